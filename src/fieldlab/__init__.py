@@ -1,0 +1,25 @@
+"""fieldlab: deterministic experiments in production, measured from your traces.
+
+Public names are listed in ``__all__``; everything else is private.
+"""
+
+from __future__ import annotations
+
+from ._hashing import BUCKETS, bucket, hash32
+from .assignment import REASONS, Assignment
+from .errors import ConfigError, FieldLabError
+from .experiments import Experiment, Holdout, Layer, Variant
+from .lab import Lab
+from .overrides import VerifiedOverrides, make_token, verify_token
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUCKETS", "bucket", "hash32",
+    "Assignment", "REASONS",
+    "ConfigError", "FieldLabError",
+    "Experiment", "Holdout", "Layer", "Variant",
+    "Lab",
+    "VerifiedOverrides", "make_token", "verify_token",
+    "__version__",
+]

@@ -1,0 +1,87 @@
+"""What an evaluation returns: the variant, the bucket and a reason a person can read."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["Assignment", "REASONS", "SPLIT", "OVERRIDE", "HOLDOUT", "TARGETING", "LAYER", "TRAFFIC",
+           "PAUSED", "CONCLUDED", "NO_UNIT", "ERROR"]
+
+SPLIT = "split"            # in the experiment; the variant comes from the bucket
+OVERRIDE = "override"      # a signed QA token forced the variant
+HOLDOUT = "holdout"        # the unit is in a holdout that covers this experiment
+TARGETING = "targeting"    # the attributes did not match the targeting rule
+LAYER = "layer"            # the unit's layer bucket belongs to another experiment
+TRAFFIC = "traffic"        # the bucket lies outside the traffic share
+PAUSED = "paused"          # draft or paused: nobody is in it
+CONCLUDED = "concluded"    # everyone gets the declared winner; not an exposure
+NO_UNIT = "no_unit"        # no unit id: not in the experiment, never a random fallback
+ERROR = "error"            # something failed inside fieldlab: the default path
+
+REASONS = (SPLIT, OVERRIDE, HOLDOUT, TARGETING, LAYER, TRAFFIC, PAUSED, CONCLUDED, NO_UNIT, ERROR)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Assignment:
+    """The outcome of evaluating one experiment for one unit.
+
+    ``variant`` is None when the unit is not in the experiment; ``reason`` says
+    why. ``params`` holds the variant's parameters (empty when no variant).
+    Instances are immutable and shared between units with the same outcome.
+    """
+
+    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout")
+
+    experiment: str
+    variant: str | None
+    bucket: int | None
+    reason: str
+    params: Mapping[str, Any]
+    holdout: str | None
+
+    def __init__(self, experiment: str, variant: str | None, bucket: int | None, reason: str,
+                 params: Mapping[str, Any] | None = None, holdout: str | None = None) -> None:
+        set_ = object.__setattr__
+        set_(self, "experiment", experiment)
+        set_(self, "variant", variant)
+        set_(self, "bucket", bucket)
+        set_(self, "reason", reason)
+        set_(self, "params", params if params is not None else _EMPTY)
+        set_(self, "holdout", holdout)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Assignment is immutable")
+
+    @property
+    def in_experiment(self) -> bool:
+        """True when the unit takes part (split or override): reading it is an exposure."""
+        return self.reason == SPLIT or self.reason == OVERRIDE
+
+    @property
+    def forced(self) -> bool:
+        return self.reason == OVERRIDE
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return self.params.get(name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"experiment": self.experiment, "variant": self.variant, "bucket": self.bucket, "reason": self.reason}
+        if self.params:
+            out["params"] = dict(self.params)
+        if self.holdout:
+            out["holdout"] = self.holdout
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Assignment):
+            return NotImplemented
+        return (self.experiment, self.variant, self.bucket, self.reason, self.holdout) == (
+            other.experiment, other.variant, other.bucket, other.reason, other.holdout)
+
+    def __hash__(self) -> int:
+        return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout))
+
+    def __repr__(self) -> str:
+        return (f"Assignment(experiment={self.experiment!r}, variant={self.variant!r}, "
+                f"bucket={self.bucket!r}, reason={self.reason!r})")

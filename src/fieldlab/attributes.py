@@ -1,0 +1,109 @@
+"""The telemetry schema: every span attribute and event name fieldlab writes or reads.
+
+This module is the only place these names are spelled. Adapters, the recorder,
+fault injection, the analysis readers and the files under ``integrations/``
+all use (or are tested against) the names here.
+
+On the request's SERVER span:
+
+==================================  ======================================================
+``fieldlab.variant.<experiment>``   variant name, for every experiment the unit is in
+``fieldlab.exposed.<experiment>``   true when the code read the variant (trigger analysis)
+``fieldlab.forced.<experiment>``    true when a signed override chose the variant
+``fieldlab.holdout.<holdout>``      true when the unit is held out by that holdout
+``fieldlab.unit.<kind>``            the unit id: keyed hash by default, raw, or absent
+``fieldlab.config.version``         content hash of the configuration that assigned
+``fieldlab.fault.injected``         true when any fault was injected into the request
+==================================  ======================================================
+
+Events: ``feature_flag.evaluation`` (OpenTelemetry semantic conventions for
+feature flags) on each exposure, and ``fieldlab.fault`` on each injected fault.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX", "VARIANT_PREFIX", "EXPOSED_PREFIX", "FORCED_PREFIX", "HOLDOUT_PREFIX", "UNIT_PREFIX",
+    "CONFIG_VERSION", "FAULT_INJECTED",
+    "variant_attr", "exposed_attr", "forced_attr", "holdout_attr", "unit_attr",
+    "FLAG_EVENT", "FLAG_KEY", "FLAG_VARIANT", "FLAG_REASON", "FLAG_PROVIDER", "FLAG_CONTEXT_ID",
+    "FLAG_SET_ID", "FLAG_VERSION", "PROVIDER_NAME", "OTEL_REASONS",
+    "FAULT_EVENT", "FAULT_POINT", "FAULT_KIND", "FAULT_EXPERIMENT", "FAULT_VARIANT", "FAULT_DELAY_MS",
+    "FAULT_STATUS", "FAULT_EXCEPTION",
+    "HTTP_STATUS_CODE", "HTTP_STATUS_CODE_OLD", "HTTP_ROUTE", "HTTP_METHOD",
+    "BAGGAGE_KEY",
+]
+
+PREFIX = "fieldlab."
+VARIANT_PREFIX = "fieldlab.variant."
+EXPOSED_PREFIX = "fieldlab.exposed."
+FORCED_PREFIX = "fieldlab.forced."
+HOLDOUT_PREFIX = "fieldlab.holdout."
+UNIT_PREFIX = "fieldlab.unit."
+CONFIG_VERSION = "fieldlab.config.version"
+FAULT_INJECTED = "fieldlab.fault.injected"
+
+
+def variant_attr(experiment: str) -> str:
+    return VARIANT_PREFIX + experiment
+
+
+def exposed_attr(experiment: str) -> str:
+    return EXPOSED_PREFIX + experiment
+
+
+def forced_attr(experiment: str) -> str:
+    return FORCED_PREFIX + experiment
+
+
+def holdout_attr(holdout: str) -> str:
+    return HOLDOUT_PREFIX + holdout
+
+
+def unit_attr(kind: str) -> str:
+    return UNIT_PREFIX + kind
+
+
+# OpenTelemetry semantic conventions, feature flags (v1.44 release candidate).
+FLAG_EVENT = "feature_flag.evaluation"
+FLAG_KEY = "feature_flag.key"
+FLAG_VARIANT = "feature_flag.result.variant"
+FLAG_REASON = "feature_flag.result.reason"
+FLAG_PROVIDER = "feature_flag.provider.name"
+FLAG_CONTEXT_ID = "feature_flag.context.id"
+FLAG_SET_ID = "feature_flag.set.id"
+FLAG_VERSION = "feature_flag.version"
+PROVIDER_NAME = "fieldlab"
+
+#: fieldlab reason -> ``feature_flag.result.reason`` well-known value.
+OTEL_REASONS = {
+    "split": "split",
+    "override": "static",
+    "concluded": "static",
+    "targeting": "default",
+    "holdout": "default",
+    "layer": "default",
+    "traffic": "default",
+    "no_unit": "default",
+    "paused": "disabled",
+    "error": "error",
+}
+
+# Fault injection.
+FAULT_EVENT = "fieldlab.fault"
+FAULT_POINT = "fieldlab.fault.point"
+FAULT_KIND = "fieldlab.fault.kind"
+FAULT_EXPERIMENT = "fieldlab.fault.experiment"
+FAULT_VARIANT = "fieldlab.fault.variant"
+FAULT_DELAY_MS = "fieldlab.fault.delay_ms"
+FAULT_STATUS = "fieldlab.fault.status"
+FAULT_EXCEPTION = "fieldlab.fault.exception"
+
+# Attributes fieldlab reads from other instrumentations (stable HTTP semconv and the old name).
+HTTP_STATUS_CODE = "http.response.status_code"
+HTTP_STATUS_CODE_OLD = "http.status_code"
+HTTP_ROUTE = "http.route"
+HTTP_METHOD = "http.request.method"
+
+#: W3C baggage member that carries signed assignments downstream.
+BAGGAGE_KEY = "fieldlab"

@@ -1,0 +1,186 @@
+"""The ``fieldlab`` command: validate, assign, token, segment, and the commands other parts add.
+
+Errors are one clear line on stderr and a non-zero exit, never a traceback.
+Subcommands that live with their feature (analysis, demo, kill switch) register
+themselves through an ``add_parsers(subparsers)`` function in their module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import FieldLabError
+
+__all__ = ["main", "build_parser"]
+
+# Modules that add their own subcommands; each has add_parsers(subparsers).
+_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch")
+
+
+class CommandError(FieldLabError):
+    """A user-facing CLI failure: printed as one line, exit code 2."""
+
+
+def _load_lab(path: str, **kw: Any):
+    from .lab import Lab
+    return Lab.from_file(path, reload_interval=0, **kw)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    lab = _load_lab(args.config)
+    n = len(lab.experiments)
+    print(f"{args.config}: valid, config version {lab.version}: {n} experiment{'s' * (n != 1)}, "
+          f"{len(lab.layers)} layer(s), {len(lab.holdouts)} holdout(s)")
+    for exp in lab.experiments.values():
+        ranges = ", ".join(f"{name} [{lo}, {hi})" for name, (lo, hi) in exp.ranges().items())
+        extra = f" layer {exp.layer} [{exp.layer_range[0] / 100:g}%, {exp.layer_range[1] / 100:g}%)" if exp.layer else ""
+        print(f"  {exp.key}: {exp.status}, unit {exp.unit}, traffic {exp.traffic:g}%{extra}: {ranges}")
+    return 0
+
+
+def _parse_attrs(pairs: Sequence[str]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise CommandError(f"--attr {pair!r}: expected key=value, e.g. --attr country=DE")
+        k, v = pair.split("=", 1)
+        try:
+            attrs[k] = json.loads(v) if v[:1] in "0123456789-[{" or v in ("true", "false", "null") else v
+        except ValueError:
+            attrs[k] = v
+    return attrs
+
+
+def _cmd_assign(args: argparse.Namespace) -> int:
+    lab = _load_lab(args.config)
+    attrs = _parse_attrs(args.attr)
+    units = {kind: args.unit for kind in {e.unit for e in lab.experiments.values()}}
+    for kind_unit in args.unit_kind or ():
+        if "=" not in kind_unit:
+            raise CommandError(f"--unit-kind {kind_unit!r}: expected kind=id, e.g. --unit-kind session=s-42")
+        kind, uid = kind_unit.split("=", 1)
+        units[kind] = uid
+    tokens = args.override or ()
+    results = lab.assign_all(units, attrs, overrides=tokens if tokens else None)
+    keys = [args.experiment] if args.experiment else list(results)
+    for key in keys:
+        if key not in results:
+            raise CommandError(f"unknown experiment {key!r}; the config has {', '.join(sorted(results))}")
+        a = results[key]
+        if args.json:
+            print(json.dumps(a.to_dict(), ensure_ascii=False))
+        else:
+            extra = f" (holdout {a.holdout})" if a.holdout else ""
+            bucket = "-" if a.bucket is None else a.bucket
+            print(f"{key:32} {str(a.variant):16} bucket {bucket!s:>5}  {a.reason}{extra}")
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .overrides import parse_duration
+    lab = _load_lab(args.config)
+    if lab.secret is None:
+        env = lab.settings.get("secret_env", "FIELDLAB_SECRET")
+        raise CommandError(f"no secret: set the environment variable {env} (lab.secret_env) to sign override tokens")
+    print(lab.make_token(args.experiment, args.variant, parse_duration(args.ttl)))
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .sql import clickhouse_expression
+    lab = _load_lab(args.config)
+    if args.experiment not in lab.experiments:
+        raise CommandError(f"unknown experiment {args.experiment!r}; the config has {', '.join(sorted(lab.experiments))}")
+    exp = lab.experiments[args.experiment]
+    if args.sql:
+        if exp.targeting:
+            print(f"note: {exp.key} has targeting, which SQL over unit ids cannot reproduce; "
+                  "the expression covers status, holdouts, layer and traffic", file=sys.stderr)
+        print(clickhouse_expression(lab, exp.key, args.sql))
+        return 0
+    if not args.units:
+        raise CommandError("segment needs --units FILE (one unit id a line, - for stdin) or --sql COLUMN")
+    stream = sys.stdin if args.units == "-" else open(args.units, encoding="utf-8")
+    with stream:
+        out = sys.stdout
+        for line in stream:
+            uid = line.rstrip("\r\n")
+            if not uid:
+                continue
+            a = lab.assign(exp.key, uid)
+            out.write(f"{uid}\t{a.variant if a.variant is not None else ''}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fieldlab", description="Deterministic experiments in production, "
+                                     "measured from your traces.")
+    parser.add_argument("--version", action="version", version=f"fieldlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a config file and show each experiment's bucket ranges")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("assign", help="show the variants a unit gets")
+    p.add_argument("config")
+    p.add_argument("--unit", required=True, help="unit id (used for every unit kind unless --unit-kind says otherwise)")
+    p.add_argument("--unit-kind", action="append", metavar="KIND=ID", help="a unit id for one kind, e.g. session=s-42")
+    p.add_argument("--attr", action="append", metavar="K=V", help="a targeting attribute (repeatable)")
+    p.add_argument("--experiment", help="only this experiment")
+    p.add_argument("--override", action="append", metavar="TOKEN", help="a signed override token")
+    p.add_argument("--json", action="store_true", help="one JSON object per experiment")
+    p.set_defaults(func=_cmd_assign)
+
+    p = sub.add_parser("token", help="make a signed, expiring QA override token")
+    p.add_argument("config")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
+    p.set_defaults(func=_cmd_token)
+
+    p = sub.add_parser("segment", help="list units' variants, or print ClickHouse SQL that recomputes them")
+    p.add_argument("config")
+    p.add_argument("experiment")
+    p.add_argument("--units", metavar="FILE", help="one unit id a line (- for stdin); prints id<TAB>variant")
+    p.add_argument("--sql", metavar="COLUMN", help="print a ClickHouse expression over COLUMN")
+    p.set_defaults(func=_cmd_segment)
+
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that part is not installed in this build
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FieldLabError as exc:
+        print(f"fieldlab {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fieldlab {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The per-request context: which variants this request has, and what it did with them.
+
+Data flows one way: request -> adapter -> context -> lab -> telemetry. An
+adapter resolves the request's units and attributes, calls :func:`start` (which
+evaluates every experiment once), and binds the context with a
+:class:`contextvars.ContextVar`, so each request sees only its own assignments,
+in threads started with a copied context, in asyncio tasks and in sync views
+run in threadpools. Outside a request everything returns the default.
+
+Telemetry hooks (set by :mod:`fieldlab.telemetry`) are called on exposure and
+on fault events; a failing hook is swallowed, counted and logged once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any, Callable, Mapping
+
+from .assignment import Assignment
+from .lab import Lab
+from .overrides import VerifiedOverrides
+
+__all__ = ["RequestContext", "current", "start", "bind", "reset", "variant", "param", "assignment", "expose"]
+
+_log = logging.getLogger("fieldlab")
+_current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
+
+
+class RequestContext:
+    """Everything fieldlab knows about one request.
+
+    ``assignments`` holds an :class:`Assignment` for every experiment (also
+    those the unit is not in, with their reason). ``exposed`` lists the keys
+    whose variant the code read. ``events`` collects span events to record
+    (exposures, faults) for recorders that attach them late.
+    """
+
+    __slots__ = ("lab", "units", "attributes", "overrides", "assignments", "exposed", "held_out",
+                 "trace_id", "version", "faults", "fault_injected", "on_expose", "on_event", "extra")
+
+    def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
+                 overrides: VerifiedOverrides | None = None, trace_id: str | None = None) -> None:
+        self.lab = lab
+        self.units = dict(units)
+        self.attributes = dict(attributes or {})
+        self.overrides = overrides
+        self.trace_id = trace_id
+        self.version = lab.version
+        self.assignments: dict[str, Assignment] = lab.assign_all(self.units, self.attributes, overrides=overrides)
+        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
+        self.exposed: set[str] = set()
+        self.faults: list[dict[str, Any]] = []
+        self.fault_injected = False
+        self.on_expose: Callable[["RequestContext", Assignment], None] | None = None
+        self.on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
+        self.extra: dict[str, Any] = {}
+        for key, a in self.assignments.items():
+            if a.in_experiment and lab.experiments[key].exposure == "on_assign":
+                self.exposed.add(key)
+
+    def in_experiment(self) -> dict[str, Assignment]:
+        """Assignments where the unit takes part (split or override) or got a concluded winner."""
+        return {k: a for k, a in self.assignments.items() if a.variant is not None}
+
+    def read(self, key: str) -> Assignment | None:
+        """The assignment of ``key``, marking it exposed when the unit is in the experiment."""
+        a = self.assignments.get(key)
+        if a is not None and a.in_experiment and key not in self.exposed:
+            self.exposed.add(key)
+            hook = self.on_expose
+            if hook is not None:
+                try:
+                    hook(self, a)
+                except Exception:
+                    _hook_failed("expose")
+        return a
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """Record a span event (e.g. an injected fault) through the telemetry hook."""
+        hook = self.on_event
+        if hook is not None:
+            try:
+                hook(self, name, attributes)
+            except Exception:
+                _hook_failed("event")
+
+
+_failed_hooks: set[str] = set()
+
+
+def _hook_failed(kind: str) -> None:
+    if kind not in _failed_hooks:
+        _failed_hooks.add(kind)
+        _log.warning("fieldlab: a telemetry %s hook failed; requests go on unrecorded", kind, exc_info=True)
+
+
+def start(lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
+          overrides: VerifiedOverrides | None = None, trace_id: str | None = None) -> RequestContext:
+    """Evaluate a request's experiments; does not bind the context (see :func:`bind`)."""
+    return RequestContext(lab, units, attributes, overrides, trace_id)
+
+
+def bind(ctx: RequestContext | None) -> contextvars.Token:
+    """Make ``ctx`` the current request context; pass the token to :func:`reset`."""
+    return _current.set(ctx)
+
+
+def reset(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+def current() -> RequestContext | None:
+    """The current request's context, or None outside a request."""
+    return _current.get()
+
+
+def assignment(key: str) -> Assignment | None:
+    """The current request's assignment of ``key`` (marks it exposed), or None outside a request."""
+    ctx = _current.get()
+    if ctx is None:
+        return None
+    try:
+        return ctx.read(key)
+    except Exception:
+        return None
+
+
+def expose(key: str) -> None:
+    """Mark ``key`` exposed for the current request without reading a value."""
+    assignment(key)
+
+
+def variant(key: str, default: str | None = None) -> str | None:
+    """The current request's variant of ``key``; ``default`` outside a request or when not in it."""
+    a = assignment(key)
+    if a is None or a.variant is None:
+        return default
+    return a.variant
+
+
+def param(key: str, name: str, default: Any = None) -> Any:
+    """A parameter of the current request's variant of ``key``, else ``default``."""
+    a = assignment(key)
+    if a is None or a.variant is None:
+        return default
+    return a.params.get(name, default)

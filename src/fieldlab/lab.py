@@ -1,0 +1,532 @@
+"""The Lab: validated experiments, layers and holdouts, and the evaluation of them.
+
+Evaluation order, each step with a reason (see :mod:`fieldlab.assignment`)::
+
+    status -> signed override -> unit present -> holdout -> targeting -> layer -> traffic -> variant
+
+``assign`` never raises: an internal failure returns "no variant, reason error",
+is counted in ``lab.stats`` and logged once. Configuration problems raise
+:class:`~fieldlab.errors.ConfigError` at construction, clearly.
+
+A Lab built with :meth:`Lab.from_file` reloads its file: a watcher thread
+starts lazily, in the process that first evaluates (so gunicorn ``--preload``
+and other forking servers work), and again in a forked child. A bad new file
+keeps the last good configuration and is reported in ``lab.config_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
+
+import mmh3
+
+from ._hashing import BUCKETS
+from .assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
+                         Assignment)
+from .config import SETTINGS_KEYS, content_version, read_config_file
+from .errors import ConfigError
+from .experiments import Experiment, Holdout, Layer
+from .overrides import VerifiedOverrides, make_token
+
+__all__ = ["Lab"]
+
+_log = logging.getLogger("fieldlab")
+_hash = mmh3.hash
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
+DEFAULT_RELOAD_INTERVAL = 5.0
+
+
+class _Compiled:
+    """One experiment, precomputed for the hot path.
+
+    Outcomes that depend only on the bucket are immutable and cached per bucket
+    (at most 10,000 per experiment), so a plain split costs one string concat,
+    one MurmurHash and one list index.
+    """
+
+    __slots__ = ("key", "exp", "unit", "prefix", "table", "simple", "running", "status", "predicate",
+                 "layer_prefix", "layer_lo", "layer_hi", "holdouts", "ranges", "forced", "fixed",
+                 "no_unit", "not_targeted", "other_layer", "held", "layer_key")
+
+    def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
+        key = exp.key
+        self.key, self.exp, self.unit = key, exp, exp.unit
+        self.prefix = exp.salt + ":"
+        self.table: list[Assignment | None] = [None] * BUCKETS
+        self.status = exp.status
+        self.running = exp.status == "running"
+        self.predicate = exp._predicate
+        self.layer_key = layer.key if layer else None
+        self.layer_prefix = (layer.salt + ":") if layer else None
+        self.layer_lo, self.layer_hi = exp.layer_range or (0, BUCKETS)
+        self.holdouts = tuple((h.salt + ":", h.threshold, h.key) for h in holdouts if h.threshold > 0)
+        self.simple = self.running and not self.holdouts and self.predicate is None and layer is None
+        self.ranges = tuple((lo, hi, v.name, v.params) for v, (lo, hi) in zip(exp.variants, exp._ranges))
+        self.forced = {v.name: Assignment(key, v.name, None, OVERRIDE, v.params) for v in exp.variants}
+        if exp.status == "concluded":
+            win = exp.variant(exp.winner)  # validated
+            self.fixed = Assignment(key, win.name, None, CONCLUDED, win.params)
+        else:
+            self.fixed = Assignment(key, None, None, PAUSED)
+        self.no_unit = Assignment(key, None, None, NO_UNIT)
+        self.not_targeted = Assignment(key, None, None, TARGETING)
+        self.other_layer = Assignment(key, None, None, LAYER)
+        self.held = {h[2]: Assignment(key, None, None, HOLDOUT, None, h[2]) for h in self.holdouts}
+
+    def split(self, b: int) -> Assignment:
+        a = self.table[b]
+        if a is None:
+            for lo, hi, name, params in self.ranges:
+                if lo <= b < hi:
+                    a = Assignment(self.key, name, b, SPLIT, params)
+                    break
+            else:
+                a = Assignment(self.key, None, b, TRAFFIC)
+            self.table[b] = a
+        return a
+
+    def evaluate(self, unit: Any, attributes: Mapping[str, Any] | None, overrides: Mapping[str, str] | None) -> Assignment:
+        if not self.running:
+            if self.status == "draft" and overrides and self.key in overrides:
+                return self.forced.get(overrides[self.key], self.fixed)
+            return self.fixed
+        if overrides and self.key in overrides:
+            forced = self.forced.get(overrides[self.key])
+            if forced is not None:
+                return forced
+        if unit is None or unit == "":
+            return self.no_unit
+        if unit.__class__ is not str:
+            unit = str(unit)
+        for prefix, threshold, hkey in self.holdouts:
+            if _hash(prefix + unit, 0, False) % BUCKETS < threshold:
+                return self.held[hkey]
+        if self.predicate is not None and not self.predicate(attributes or _EMPTY):
+            return self.not_targeted
+        if self.layer_prefix is not None:
+            lb = _hash(self.layer_prefix + unit, 0, False) % BUCKETS
+            if not self.layer_lo <= lb < self.layer_hi:
+                return self.other_layer
+        return self.split(_hash(self.prefix + unit, 0, False) % BUCKETS)
+
+
+class _State:
+    """One immutable, validated configuration: swapped whole on reload."""
+
+    __slots__ = ("experiments", "layers", "holdouts", "compiled", "fast", "version", "settings", "faults", "source")
+
+    def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
+                 settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
+                 source: str | None) -> None:
+        _validate_together(experiments, layers, holdouts)
+        self.experiments = MappingProxyType({e.key: e for e in experiments})
+        self.layers = MappingProxyType({layer.key: layer for layer in layers})
+        self.holdouts = MappingProxyType({h.key: h for h in holdouts})
+        self.settings = MappingProxyType(dict(settings))
+        self.faults = MappingProxyType(dict(faults or {}))
+        self.source = source
+        covering: dict[str, list[Holdout]] = {}
+        for h in holdouts:
+            for key in h.experiments:
+                covering.setdefault(key, []).append(h)
+        self.compiled = {e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
+                         for e in experiments}
+        self.fast = {key: c for key, c in self.compiled.items() if c.simple}
+        self.version = version or content_version({
+            "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
+            "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
+        })
+
+
+def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
+    """Rules that involve more than one object."""
+    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.key in seen:
+                raise ConfigError(f"{kind}[{i}].key", f"duplicate key {item.key!r} (also {kind}[{seen[item.key]}])",
+                                  "give each one its own key")
+            seen[item.key] = i
+    salts: dict[str, str] = {}
+    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+        for i, item in enumerate(items):
+            where = f"{kind}[{i}]"
+            if item.salt in salts:
+                raise ConfigError(f"{where}.salt", f"salt {item.salt!r} is also used by {salts[item.salt]}; the two "
+                                  "would draw identical populations, so their effects could not be separated",
+                                  "give each experiment, layer and holdout its own salt")
+            salts[item.salt] = f"{where} ({item.key!r})"
+    layer_keys = {layer.key for layer in layers}
+    by_layer: dict[str, list[tuple[int, Experiment]]] = {}
+    for i, e in enumerate(experiments):
+        if e.layer is not None:
+            if e.layer not in layer_keys:
+                raise ConfigError(f"experiments[{i}].layer", f"unknown layer {e.layer!r}",
+                                  f"declare it under [[layers]] or use one of {sorted(layer_keys)}")
+            by_layer.setdefault(e.layer, []).append((i, e))
+    for layer_key, members in by_layer.items():
+        members.sort(key=lambda m: m[1].layer_range)  # type: ignore[arg-type, return-value]
+        for (i, a), (j, b) in zip(members, members[1:]):
+            if b.layer_range[0] < a.layer_range[1]:  # type: ignore[index]
+                raise ConfigError(f"experiments[{j}].layer_range",
+                                  f"{b.key!r} [{b.layer_range[0] / 100:g}, {b.layer_range[1] / 100:g}) overlaps "  # type: ignore[index]
+                                  f"{a.key!r} [{a.layer_range[0] / 100:g}, {a.layer_range[1] / 100:g}) in layer {layer_key!r}",  # type: ignore[index]
+                                  "give experiments in one layer disjoint ranges")
+    exp_by_key = {e.key: e for e in experiments}
+    for i, h in enumerate(holdouts):
+        kinds = set()
+        for key in h.experiments:
+            if key not in exp_by_key:
+                raise ConfigError(f"holdouts[{i}].experiments", f"unknown experiment {key!r}",
+                                  f"use keys of declared experiments: {sorted(exp_by_key)}")
+            kinds.add(exp_by_key[key].unit)
+        if len(kinds) > 1:
+            raise ConfigError(f"holdouts[{i}].experiments", f"covers experiments with different unit kinds {sorted(kinds)}",
+                              "hold out experiments of one unit kind per holdout")
+
+
+def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | None) -> _State:
+    def items(name: str) -> list[Any]:
+        value = doc.get(name) or []
+        if not isinstance(value, list):
+            raise ConfigError(name, f"expected a list, got {type(value).__name__}", f"write [[{name}]] tables")
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"{name}[{i}]", "expected a table/object", f"write each entry as a [[{name}]] table")
+        return value
+
+    def construct(cls: Any, data: Mapping[str, Any], path: str, required: Sequence[str]) -> Any:
+        for field in required:
+            if field not in data:
+                raise ConfigError(f"{path}.{field}", "is missing", f"add {field} = ...")
+        try:
+            return cls(**data, _path=path)
+        except TypeError as exc:
+            raise ConfigError(path, f"unknown or misplaced field ({exc})",
+                              "check the field names in the README's config reference") from None
+
+    experiments = [construct(Experiment, e, f"experiments[{i}]", ("key", "variants")) for i, e in enumerate(items("experiments"))]
+    layers = [construct(Layer, x, f"layers[{i}]", ("key",)) for i, x in enumerate(items("layers"))]
+    holdouts = [construct(Holdout, h, f"holdouts[{i}]", ("key", "percent", "experiments")) for i, h in enumerate(items("holdouts"))]
+    settings = doc.get("lab") or {}
+    if not isinstance(settings, Mapping):
+        raise ConfigError("lab", "expected a table/object", "write a [lab] table")
+    unknown = set(settings) - SETTINGS_KEYS
+    if unknown:
+        raise ConfigError("lab", f"unknown settings {sorted(unknown)}", f"use only {', '.join(sorted(SETTINGS_KEYS))}")
+    faults = doc.get("faults")
+    if faults is not None and not isinstance(faults, Mapping):
+        raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
+    return _State(experiments, layers, holdouts, settings, faults, version, source)
+
+
+class _WatchTrap(dict):  # type: ignore[type-arg]
+    """Stands in for the compiled experiments until the first evaluation.
+
+    It is empty, so the first lookup lands in ``__missing__``, which starts
+    the file watcher in this process and puts the real mapping in place: the
+    hot path pays nothing for lazy start-up.
+    """
+
+    __slots__ = ("lab",)
+
+    def __init__(self, lab: "Lab") -> None:
+        super().__init__()
+        self.lab = lab
+
+    def __missing__(self, key: str) -> "_Compiled":
+        self.lab._start_watcher()
+        return self.lab._state.fast[key]
+
+
+_LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lab in list(_LABS):
+        lab._watcher = None
+        lab._watch_pending = lab._path is not None and lab._reload_interval > 0
+        if lab._watch_pending:
+            lab._fast = _WatchTrap(lab)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Lab:
+    """Experiments, layers and holdouts, ready to assign.
+
+    >>> lab = Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1})])
+    >>> lab.assign("checkout-redesign", "alice").variant
+    'control'
+    """
+
+    def __init__(self, experiments: Iterable[Experiment] = (), layers: Iterable[Layer] = (),
+                 holdouts: Iterable[Holdout] = (), *, secret: str | bytes | None = None,
+                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
+        state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None)
+        self._init(state, secret, path=None, reload_interval=0)
+
+    def _init(self, state: _State, secret: str | bytes | None, path: str | None, reload_interval: float) -> None:
+        self._secret_arg = secret
+        self._state = state
+        self._path = path
+        self._reload_interval = reload_interval
+        self._file_sig: tuple[int, int] | None = None
+        self._watcher: threading.Thread | None = None
+        self._watch_pending = path is not None and reload_interval > 0
+        self._fast: dict[str, _Compiled] = _WatchTrap(self) if self._watch_pending else state.fast
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+        self.config_error: str | None = None
+        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0}
+        self._listeners: list[Any] = []
+        _LABS.add(self)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> "Lab":
+        """A Lab from plain data shaped like a config file."""
+        try:
+            state = _build_from_doc(doc, content_version(doc), source)
+        except ConfigError as exc:
+            raise exc.with_source(source) from None
+        lab = cls.__new__(cls)
+        lab._init(state, secret, path=None, reload_interval=0)
+        return lab
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, secret: str | bytes | None = None,
+                  reload_interval: float | None = None) -> "Lab":
+        """A Lab from a TOML/JSON/YAML file, reloaded every ``reload_interval`` seconds (0: never).
+
+        The interval defaults to the file's ``lab.reload_interval``, else 5 s.
+        """
+        path = os.fspath(path)
+        state, sig = cls._load(path)
+        if reload_interval is None:
+            reload_interval = float(state.settings.get("reload_interval", DEFAULT_RELOAD_INTERVAL))
+        lab = cls.__new__(cls)
+        lab._init(state, secret, path=path, reload_interval=reload_interval)
+        lab._file_sig = sig
+        return lab
+
+    @staticmethod
+    def _load(path: str) -> tuple[_State, tuple[int, int]]:
+        st = os.stat(path)
+        doc, raw = read_config_file(path)
+        try:
+            state = _build_from_doc(doc, content_version(doc), path)
+        except ConfigError as exc:
+            raise exc.with_source(path) from None
+        return state, (st.st_mtime_ns, st.st_size)
+
+    # --------------------------------------------------------------- properties
+    @property
+    def experiments(self) -> Mapping[str, Experiment]:
+        return self._state.experiments
+
+    @property
+    def layers(self) -> Mapping[str, Layer]:
+        return self._state.layers
+
+    @property
+    def holdouts(self) -> Mapping[str, Holdout]:
+        return self._state.holdouts
+
+    @property
+    def version(self) -> str:
+        """Content hash of the configuration in force."""
+        return self._state.version
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return self._state.settings
+
+    @property
+    def fault_settings(self) -> Mapping[str, Any]:
+        return self._state.faults
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def secret(self) -> bytes | None:
+        """The signing secret: the constructor's, else the env var the config names, else FIELDLAB_SECRET."""
+        if self._secret_arg:
+            s = self._secret_arg
+        else:
+            s = os.environ.get(str(self._state.settings.get("secret_env", DEFAULT_SECRET_ENV)), "")
+        if not s:
+            return None
+        return s.encode("utf-8") if isinstance(s, str) else s
+
+    # --------------------------------------------------------------- evaluation
+    def assign(self, key: str, unit: Any, attributes: Mapping[str, Any] | None = None, *,
+               overrides: VerifiedOverrides | Iterable[str] | None = None) -> Assignment:
+        """The variant of experiment ``key`` for ``unit``; never raises.
+
+        ``attributes`` feed targeting. ``overrides`` are either raw override
+        tokens (verified here) or a :class:`VerifiedOverrides` already made by
+        :meth:`verify_overrides`.
+        """
+        if overrides is None and unit.__class__ is str and unit:
+            # Hot path: running experiments with no holdout, layer or targeting.
+            # While a file watch is pending, self._fast is a _WatchTrap that
+            # starts the watcher on first lookup; afterwards there is no check.
+            try:
+                c = self._fast[key]
+            except KeyError:
+                pass
+            else:
+                b = _hash(c.prefix + unit, 0, False) % 10000
+                return c.table[b] or c.split(b)
+        if self._watch_pending:
+            self._start_watcher()
+        try:
+            if overrides is not None and not isinstance(overrides, VerifiedOverrides):
+                overrides = self.verify_overrides(overrides)
+            return self._state.compiled[key].evaluate(unit, attributes, overrides)
+        except Exception as exc:
+            return self._failed(key, exc)
+
+    def assign_all(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
+                   overrides: VerifiedOverrides | Iterable[str] | None = None) -> dict[str, Assignment]:
+        """Evaluate every experiment for a request's units (``{"user": "alice", ...}``); never raises."""
+        if self._watch_pending:
+            self._start_watcher()
+        if overrides is not None and not isinstance(overrides, VerifiedOverrides):
+            overrides = self.verify_overrides(overrides)
+        out: dict[str, Assignment] = {}
+        for key, c in self._state.compiled.items():
+            try:
+                out[key] = c.evaluate(units.get(c.unit), attributes, overrides)
+            except Exception as exc:
+                out[key] = self._failed(key, exc)
+        return out
+
+    def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
+        """Check override tokens against the secret; bad ones are counted and dropped."""
+        try:
+            result = VerifiedOverrides.from_tokens(self.secret, tokens)
+        except Exception:
+            return VerifiedOverrides()
+        if result.rejected:
+            self.stats["overrides_rejected"] += result.rejected
+        return result
+
+    def make_token(self, experiment: str, variant: str, ttl_seconds: float) -> str:
+        """A signed override token (see :mod:`fieldlab.overrides`)."""
+        exp = self.experiments.get(experiment)
+        if exp is None:
+            raise ConfigError("--experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
+        if variant not in exp.variant_names:
+            raise ConfigError("--variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
+        return make_token(self.secret or b"", experiment, variant, ttl_seconds)
+
+    def _failed(self, key: str, exc: BaseException) -> Assignment:
+        self.stats["errors"] += 1
+        if key not in self._state.compiled:
+            self._log_once(f"unknown:{key}", "fieldlab: unknown experiment %r; using the default path", key)
+        else:
+            self._log_once(f"error:{key}", "fieldlab: assigning %r failed (%r); using the default path", key, exc)
+        return Assignment(key, None, None, ERROR)
+
+    def _log_once(self, tag: str, msg: str, *args: Any) -> None:
+        if tag not in self._logged and len(self._logged) < 1000:
+            self._logged.add(tag)
+            _log.warning(msg, *args)
+
+    # ------------------------------------------------------------------ reload
+    def on_reload(self, callback: Any) -> None:
+        """Call ``callback(lab)`` after each successful reload."""
+        self._listeners.append(callback)
+
+    def reload(self) -> bool:
+        """Re-read the file now if it changed. True when a new config took effect.
+
+        A file that fails to load keeps the last good config; the error is in
+        ``config_error`` (and logged) until a good file replaces it.
+        """
+        if self._path is None:
+            return False
+        with self._lock:
+            try:
+                st = os.stat(self._path)
+                sig = (st.st_mtime_ns, st.st_size)
+                if sig == self._file_sig and self.config_error is None:
+                    return False
+                state, sig = self._load(self._path)
+            except ConfigError as exc:
+                return self._reload_failed(str(exc), sig if "sig" in locals() else None)
+            except OSError as exc:
+                return self._reload_failed(f"{self._path}: cannot read: {exc.strerror}", None)
+            except Exception as exc:  # never let the watcher die
+                return self._reload_failed(f"{self._path}: {exc!r}", None)
+            self._file_sig = sig
+            changed = state.version != self._state.version
+            self._state = state
+            if not self._watch_pending:
+                self._fast = state.fast
+            if self.config_error is not None:
+                _log.warning("fieldlab: %s is valid again; config %s in force", self._path, state.version)
+            self.config_error = None
+            if changed:
+                self.stats["reloads"] += 1
+                _log.info("fieldlab: loaded config %s from %s", state.version, self._path)
+        if changed:
+            for callback in list(self._listeners):
+                try:
+                    callback(self)
+                except Exception:
+                    _log.exception("fieldlab: reload listener failed")
+        return changed
+
+    def _reload_failed(self, message: str, sig: tuple[int, int] | None) -> bool:
+        if message != self.config_error:
+            self.stats["reload_failures"] += 1
+            _log.error("fieldlab: keeping config %s; the new file is invalid: %s", self._state.version, message)
+        self.config_error = message
+        if sig is not None:
+            self._file_sig = sig
+        return False
+
+    def _start_watcher(self) -> None:
+        with self._lock:
+            if not self._watch_pending:
+                return
+            self._watch_pending = False
+            self._fast = self._state.fast
+            thread = threading.Thread(target=_watch, args=(weakref.ref(self), self._reload_interval),
+                                      name="fieldlab-config-watcher", daemon=True)
+            self._watcher = thread
+        thread.start()
+
+    def close(self) -> None:
+        """Stop watching the file (the watcher also ends when the Lab is collected)."""
+        self._watch_pending = False
+        self._fast = self._state.fast
+        self._watcher = None
+
+    def __repr__(self) -> str:
+        return f"<Lab {len(self.experiments)} experiments, config {self.version}>"
+
+
+def _watch(ref: "weakref.ref[Lab]", interval: float) -> None:
+    me = threading.current_thread()
+    while True:
+        time.sleep(interval)
+        lab = ref()
+        if lab is None or lab._watcher is not me:
+            return
+        lab.reload()
+        del lab
