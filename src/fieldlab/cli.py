@@ -77,7 +77,7 @@ def _cmd_assign(args: argparse.Namespace) -> int:
         else:
             extra = f" (holdout {a.holdout})" if a.holdout else ""
             bucket = "-" if a.bucket is None else a.bucket
-            print(f"{key:32} {str(a.variant):16} bucket {bucket!s:>5}  {a.reason}{extra}")
+            print(f"{key:32} {a.variant or '-':16} bucket {bucket!s:>5}  {a.reason}{extra}")
     return 0
 
 
@@ -117,6 +117,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+_skipped: dict[str, str] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fieldlab", description="Deterministic experiments in production, "
                                      "measured from your traces.")
@@ -154,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _PLUGINS:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that part is not installed in this build
-            raise
+        except ImportError as exc:
+            # A part whose optional dependencies are missing leaves its commands out
+            # rather than breaking every other command.
+            _skipped[name] = str(exc)
+            continue
         module.add_parsers(sub)
     return parser
 
@@ -167,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        for name, why in _skipped.items():
+            if not name.endswith((".demo", ".killswitch")) or "No module named 'fieldlab." not in why:
+                print(f"note: commands of {name} are unavailable: {why}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

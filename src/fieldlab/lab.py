@@ -321,8 +321,12 @@ class Lab:
 
     @staticmethod
     def _load(path: str) -> tuple[_State, tuple[int, int]]:
-        st = os.stat(path)
-        doc, raw = read_config_file(path)
+        try:  # stat before reading: a change during the read shows up at the next poll
+            st = os.stat(path)
+        except OSError as exc:
+            raise ConfigError("(file)", f"cannot read: {exc.strerror}", "check the path and permissions",
+                              source=path) from None
+        doc, _raw = read_config_file(path)
         try:
             state = _build_from_doc(doc, content_version(doc), path)
         except ConfigError as exc:

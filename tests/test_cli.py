@@ -1,0 +1,120 @@
+"""The fieldlab command line: output, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fieldlab import Lab, bucket, verify_token
+from fieldlab.cli import main
+
+EXAMPLE = str(Path(__file__).parent.parent / "examples" / "lab.toml")
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate(capsys):
+    code, out, _ = run(capsys, "validate", EXAMPLE)
+    assert code == 0
+    assert "valid, config version" in out and Lab.from_file(EXAMPLE).version in out
+    assert "checkout-redesign: running, unit user, traffic 50%" in out
+
+
+def test_validate_bad_file_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[experiments]]\nkey = "a"\ntraffic = 300\nvariants = [{name = "x"}]\n')
+    code, out, err = run(capsys, "validate", str(bad))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "experiments[0].traffic: traffic 300 is outside 0-100" in err
+    assert "Traceback" not in err
+
+
+def test_assign_json(capsys):
+    code, out, _ = run(capsys, "assign", EXAMPLE, "--unit", "alice", "--attr", "country=DE",
+                       "--attr", "app_version=2.4.0", "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {r["experiment"] for r in rows} == set(Lab.from_file(EXAMPLE).experiments)
+    for r in rows:
+        assert set(r) >= {"experiment", "variant", "bucket", "reason"}
+    by = {r["experiment"]: r for r in rows}
+    assert by["checkout-redesign"]["bucket"] == bucket("checkout-redesign", "alice")
+    assert by["search-ranking"]["reason"] in ("split", "traffic")
+    assert by["recommendations-v2"] == {"experiment": "recommendations-v2", "variant": "v2", "bucket": None,
+                                        "reason": "concluded"}
+
+
+def test_token_roundtrip(capsys, monkeypatch):
+    monkeypatch.setenv("FIELDLAB_SECRET", "k")
+    code, out, _ = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "treatment", "--ttl", "10m")
+    assert code == 0
+    token = out.strip()
+    assert verify_token("k", token) == ("checkout-redesign", "treatment")
+    code, out, _ = run(capsys, "assign", EXAMPLE, "--unit", "alice", "--experiment", "checkout-redesign",
+                       "--override", token, "--json")
+    assert json.loads(out)["variant"] == "treatment" and json.loads(out)["reason"] == "override"
+
+
+def test_token_errors(capsys, monkeypatch):
+    monkeypatch.delenv("FIELDLAB_SECRET", raising=False)
+    code, _, err = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "treatment")
+    assert code == 2 and "set the environment variable FIELDLAB_SECRET" in err
+    monkeypatch.setenv("FIELDLAB_SECRET", "k")
+    code, _, err = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "nope")
+    assert code == 2 and "unknown variant 'nope'" in err
+    code, _, err = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "control", "--ttl", "soon")
+    assert code == 2 and "cannot read duration 'soon'" in err
+
+
+def test_segment_units(capsys, tmp_path):
+    units = tmp_path / "units.txt"
+    ids = [f"user-{i}" for i in range(500)] + ["ünïcødé"]
+    units.write_text("\n".join(ids) + "\n", "utf-8")
+    code, out, _ = run(capsys, "segment", EXAMPLE, "checkout-redesign", "--units", str(units))
+    assert code == 0
+    lab = Lab.from_file(EXAMPLE)
+    lines = out.splitlines()
+    assert len(lines) == len(ids)
+    for line, uid in zip(lines, ids):
+        got_id, variant = line.split("\t")
+        assert got_id == uid
+        assert (variant or None) == lab.assign("checkout-redesign", uid).variant
+
+
+def test_segment_sql_reproduces_assignment_on_chdb(capsys):
+    """The printed ClickHouse expression recomputes holdout, layer, traffic and split exactly."""
+    chdb = pytest.importorskip("chdb")
+    lab = Lab.from_file(EXAMPLE)
+    for key in ("checkout-redesign", "free-shipping-banner", "recommendations-v2"):
+        code, expr, _ = run(capsys, "segment", EXAMPLE, key, "--sql", "uid")
+        assert code == 0
+        ids = [f"user-{i}" for i in range(4000)] + ["ünïcødé", "🙂", "o'brien", ""]
+        literal = ", ".join("'" + i.replace("\\", "\\\\").replace("'", "\\'") + "'" for i in ids)
+        res = chdb.query(f"SELECT {expr.strip()} AS v FROM (SELECT arrayJoin([{literal}]) AS uid) FORMAT JSONEachRow", "JSONEachRow")
+        got = [json.loads(line)["v"] for line in str(res).strip().splitlines()]
+        want = [lab.assign(key, i).variant for i in ids]
+        assert got == want, key
+        assert len({v for v in got if v}) >= 1
+
+
+def test_segment_sql_notes_targeting(capsys):
+    code, out, err = run(capsys, "segment", EXAMPLE, "search-ranking", "--sql", "uid")
+    assert code == 0 and "targeting" in err and out.startswith("multiIf(")
+
+
+def test_installed_entry_point():
+    exe = Path(sys.executable).parent / "fieldlab"
+    proc = subprocess.run([str(exe), "assign", EXAMPLE, "--unit", "bob", "--experiment", "checkout-redesign"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "checkout-redesign" in proc.stdout
+    proc = subprocess.run([str(exe), "validate", "/nonexistent.toml"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
