@@ -9,6 +9,7 @@ from ._hashing import BUCKETS, bucket, hash32
 from .assignment import REASONS, Assignment
 from .errors import ConfigError, FieldLabError
 from .experiments import Experiment, Holdout, Layer, Variant
+from .faults import InjectedFault, fault_point, inject
 from .lab import Lab
 from .overrides import VerifiedOverrides, make_token, verify_token
 
@@ -19,6 +20,7 @@ __all__ = [
     "Assignment", "REASONS",
     "ConfigError", "FieldLabError",
     "Experiment", "Holdout", "Layer", "Variant",
+    "fault_point", "inject", "InjectedFault",
     "Lab",
     "VerifiedOverrides", "make_token", "verify_token",
     "__version__",

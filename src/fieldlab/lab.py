@@ -29,6 +29,7 @@ import mmh3
 from ._hashing import BUCKETS
 from .assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
+from ._fault_kinds import FaultPlan, compile_plan
 from .config import SETTINGS_KEYS, content_version, read_config_file
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, Layer
@@ -120,12 +121,15 @@ class _Compiled:
 class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
-    __slots__ = ("experiments", "layers", "holdouts", "compiled", "fast", "version", "settings", "faults", "source")
+    __slots__ = ("experiments", "layers", "holdouts", "compiled", "fast", "version", "settings", "faults", "source",
+                 "fault_plan")
 
     def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
                  settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
                  source: str | None) -> None:
         _validate_together(experiments, layers, holdouts)
+        # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
+        self.fault_plan: FaultPlan = compile_plan(experiments, layers, holdouts, settings, faults, source)
         self.experiments = MappingProxyType({e.key: e for e in experiments})
         self.layers = MappingProxyType({layer.key: layer for layer in layers})
         self.holdouts = MappingProxyType({h.key: h for h in holdouts})
@@ -362,6 +366,16 @@ class Lab:
     @property
     def path(self) -> str | None:
         return self._path
+
+    @property
+    def reload_interval(self) -> float:
+        """Seconds between checks of the config file (0: not watched); the kill switch polls at this pace too."""
+        return self._reload_interval
+
+    @property
+    def kill_state_file(self) -> str | None:
+        """The kill-switch state file (``lab.state_file``, else ``<config>.state.json``); None without either."""
+        return self._state.fault_plan.state_file
 
     @property
     def secret(self) -> bytes | None:

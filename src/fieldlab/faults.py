@@ -1,0 +1,581 @@
+"""Fault injection per variant: deterministic across services, inside a blast radius, with a kill switch.
+
+A fault is an assignment like any other. Code names *points*; configuration
+says which variant of which experiment gets which fault there::
+
+    @fieldlab.fault_point("db.query")
+    def query(sql): ...
+
+    async with fieldlab.fault_point("db.query"):
+        rows = await conn.fetch(sql)
+
+    # config: variant "slow" of "slow-db" carries
+    #   faults = [{point = "db.query", latency_ms = 300, rate = 50}]
+
+At a point, for the current request, a fault applies only when all hold:
+
+1. the request's assignment of the experiment is that variant, by a split or a
+   signed override (never when held out, paused, concluded or not targeted);
+2. the rate draw passes: ``bucket(salt, trace_id) < rate * 100`` with
+   ``salt = "<experiment>:<variant>:fault"``, so every service on the trace's
+   path decides alike and a replay of the trace decides alike;
+3. the rails: ``[faults] enabled = true``, env ``FIELDLAB_FAULTS`` is not
+   ``off``, the kill switch does not name the experiment (or ``--all``), and
+   fewer than ``max_active`` faults are in progress in this process.
+
+Latency draws (uniform, lognormal, jitter) come from the same trace id and
+salt, plus the point and its occurrence number in the request, so replays
+match. Async code awaits ``asyncio.sleep``; sync code sleeps; a *sync* point
+reached on a thread that runs an event loop skips its latency (counted) rather
+than block the loop. Aborts are answered by the web adapters through
+:func:`abort_for` before the app runs (point ``"http"``).
+
+Every injected fault is recorded through ``ctx.event`` as the span event
+``fieldlab.fault`` and sets ``ctx.fault_injected``. Nothing here raises into
+a request except the injected exception itself: an internal failure means no
+fault, counted in :func:`stats` and logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+import math
+import os
+import re
+import statistics
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+from . import attributes as A
+from . import killswitch
+from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
+from ._hashing import BUCKETS, hash32
+from .assignment import OVERRIDE, SPLIT
+from .context import RequestContext, current
+from .errors import ConfigError
+
+__all__ = [
+    "fault_point", "inject", "InjectedFault", "register_exception", "unregister_exception", "abort_for",
+    "stats", "reset_stats", "active", "blast_radius", "FAULTS_ENV", "HTTP_POINT",
+]
+
+_log = logging.getLogger("fieldlab.faults")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``FIELDLAB_FAULTS=off`` (or 0/false/no) turns every fault off in the process, whatever the config says.
+FAULTS_ENV = "FIELDLAB_FAULTS"
+_OFF_VALUES = frozenset({"off", "0", "false", "no", "disabled"})
+_Z99 = statistics.NormalDist().inv_cdf(0.99)
+_NORMAL = statistics.NormalDist()
+_TWO32 = float(2 ** 32)
+
+
+class InjectedFault(Exception):
+    """The exception fieldlab raises for an exception fault that names no registered class.
+
+    Carries ``point``, ``experiment`` and ``variant`` so handlers and logs can tell it apart.
+    """
+
+    def __init__(self, message: str = "fieldlab injected fault", *, point: str | None = None,
+                 experiment: str | None = None, variant: str | None = None) -> None:
+        super().__init__(message)
+        self.point = point
+        self.experiment = experiment
+        self.variant = variant
+
+
+# ------------------------------------------------------------ exception registry
+_EXC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+_REGISTRY: dict[str, Callable[[str], BaseException]] = {
+    "InjectedFault": InjectedFault,
+    "fieldlab.InjectedFault": InjectedFault,
+}
+_BUILTIN_NAMES = frozenset(_REGISTRY)
+
+
+def register_exception(name: str, exc: type[Exception] | Callable[[str], Exception]) -> None:
+    """Allow exception faults named ``name`` to raise ``exc``.
+
+    ``exc`` is an ``Exception`` subclass called with one message argument, or
+    a factory ``message -> Exception`` for classes with other constructors.
+    Only registered names can be raised: a config cannot make the app raise
+    an arbitrary class. ``BaseException`` subclasses that are not
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) are refused.
+    """
+    if not isinstance(name, str) or not _EXC_NAME.match(name) or name in _BUILTIN_NAMES:
+        raise ConfigError("register_exception(name)", f"{name!r} is not a usable exception name",
+                          "use letters, digits, '_', '.', '-' (and not InjectedFault, which is built in)")
+    if isinstance(exc, type):
+        if not issubclass(exc, Exception):
+            raise ConfigError("register_exception(exc)", f"{exc.__name__} is not an Exception subclass",
+                              "register an Exception subclass; SystemExit and KeyboardInterrupt are refused")
+    elif not callable(exc):
+        raise ConfigError("register_exception(exc)", f"{exc!r} is neither an exception class nor a factory",
+                          "pass e.g. TimeoutError, or lambda msg: MyError(msg, code=504)")
+    _REGISTRY[name] = exc
+
+
+def unregister_exception(name: str) -> None:
+    """Remove a registered name (built-in names stay)."""
+    if name not in _BUILTIN_NAMES:
+        _REGISTRY.pop(name, None)
+
+
+# ------------------------------------------------------------------- counters
+_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_max_active",
+               "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
+               "errors")
+_stats: dict[str, int] = dict.fromkeys(_STATS_KEYS, 0)
+_lock = threading.Lock()
+_active = 0
+_logged: set[str] = set()
+
+
+def stats() -> dict[str, int]:
+    """Process-wide counters: faults injected, skipped by each rail, and internal errors."""
+    with _lock:
+        return dict(_stats)
+
+
+def reset_stats() -> None:
+    """Zero the counters (tests, benchmarks)."""
+    with _lock:
+        for k in _stats:
+            _stats[k] = 0
+
+
+def active() -> int:
+    """Faults in progress in this process (delays being served)."""
+    return _active
+
+
+def _count(key: str, n: int = 1) -> None:
+    with _lock:
+        _stats[key] += n
+
+
+def _log_once(tag: str, msg: str, *args: Any, exc_info: bool = False) -> None:
+    if tag not in _logged and len(_logged) < 1000:
+        _logged.add(tag)
+        _log.warning(msg, *args, exc_info=exc_info)
+
+
+def _internal_error(where: str) -> None:
+    _count("errors")
+    _log_once(f"error:{where}", "fieldlab: fault engine failed in %s; no fault injected", where, exc_info=True)
+
+
+def _release(n: int) -> None:
+    global _active
+    if n:
+        with _lock:
+            _active -= n
+
+
+def blast_radius(lab: Any) -> dict[str, Any]:
+    """The share of units (percent) each fault variant can reach, their total and the cap, for ``lab``."""
+    plan: FaultPlan = lab._state.fault_plan
+    return {"variants": {f"{e}/{v}": share * 100 for (e, v), share in plan.radius.items()},
+            "total": plan.total_radius * 100, "cap": plan.max_blast_radius}
+
+
+# ------------------------------------------------------------------ decisions
+class _Hit:
+    """One fault that will be injected now; its concurrency slot is already taken."""
+
+    __slots__ = ("experiment", "variant", "spec", "delay_ms", "attrs")
+
+    def __init__(self, experiment: str, variant: str, spec: FaultSpec, delay_ms: float,
+                 attrs: dict[str, Any]) -> None:
+        self.experiment, self.variant, self.spec, self.delay_ms, self.attrs = experiment, variant, spec, delay_ms, attrs
+
+
+def _env_off() -> bool:
+    value = os.environ.get(FAULTS_ENV)
+    return value is not None and value.strip().lower() in _OFF_VALUES
+
+
+def _trace_key(ctx: RequestContext) -> str | None:
+    tid = ctx.trace_id
+    if tid is None or tid == "" or tid == 0:
+        return None
+    if isinstance(tid, int):
+        return f"{tid:032x}"
+    return str(tid).lower()
+
+
+def _unit_key(ctx: RequestContext) -> str:
+    return "units:" + ",".join(f"{k}={v}" for k, v in sorted(ctx.units.items()) if v)
+
+
+def _uniform(*parts: Any) -> float:
+    """A deterministic draw in [0, 1) from the joined parts."""
+    return hash32(":".join(str(p) for p in parts)) / _TWO32
+
+
+def _draw_delay(spec: FaultSpec, salt: str, key: str, point: str, seq: int) -> float:
+    if spec.distribution == "fixed":
+        delay = spec.latency_ms
+    elif spec.distribution == "uniform":
+        delay = spec.min_ms + (spec.max_ms - spec.min_ms) * _uniform(salt, key, point, seq, "latency")
+    else:
+        u = min(max(_uniform(salt, key, point, seq, "latency"), 1e-9), 1 - 1e-9)
+        sigma = math.log(spec.p99_ms / spec.median_ms) / _Z99
+        delay = min(spec.median_ms * math.exp(sigma * _NORMAL.inv_cdf(u)), spec.max_ms)
+    if spec.jitter_ms:
+        delay += (2 * _uniform(salt, key, point, seq, "jitter") - 1) * spec.jitter_ms
+    return min(max(delay, 0.0), MAX_LATENCY_MS)
+
+
+def _candidates(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...]
+                ) -> list[tuple[tuple[str, str, FaultSpec, str], bool]]:
+    """Faults at ``point`` whose variant the request is in by split or signed override; flag: defined in code."""
+    plan: FaultPlan = ctx.lab._state.fault_plan
+    found = []
+    assignments = ctx.assignments
+    for group, from_code in ((plan.by_point.get(point, ()), False), (code, True)):
+        for cand in group:
+            a = assignments.get(cand[0])
+            if a is not None and a.variant == cand[1] and (a.reason == SPLIT or a.reason == OVERRIDE):
+                found.append((cand, from_code))
+    return found
+
+
+def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...],
+            mode: str) -> list[_Hit]:
+    """The faults to inject now at ``point`` (``mode``: sync, async or abort), each with a slot taken and recorded."""
+    global _active
+    cands = _candidates(ctx, point, code)
+    if not cands:
+        return []
+    lab = ctx.lab
+    plan: FaultPlan = lab._state.fault_plan
+    key = _trace_key(ctx)
+    seqs = ctx.extra.setdefault("fieldlab.fault.seq", {})
+    seq = seqs.get(point, 0)
+    seqs[point] = seq + 1
+    in_loop: bool | None = None
+    hits: list[_Hit] = []
+    raised = False
+    for (exp_key, variant, spec, salt), from_code in cands:
+        kind = spec.kind
+        if (mode == "abort") != (kind == "abort"):
+            continue
+        if kind == "abort" and hits:
+            continue  # one answer per request
+        if kind == "exception" and raised:
+            continue  # one exception per point
+        # Rate: the same decision in every service on the trace, and in a replay.
+        if spec.rate_bp < BUCKETS:
+            if key is None:
+                _count("skipped_no_trace")
+                _log_once("no_trace", "fieldlab: fault at %r has a rate but the request has no trace id; "
+                          "skipped (start a span before fieldlab, or use rate = 100)", point)
+                continue
+            if hash32(f"{salt}:{key}") % BUCKETS >= spec.rate_bp:
+                continue
+        # Rails, cheapest first; each skip is counted.
+        if not plan.enabled:
+            _count("skipped_disabled")
+            continue
+        if _env_off():
+            _count("skipped_env")
+            continue
+        if plan.state_file is not None:
+            interval = lab.reload_interval or plan.reload_interval or killswitch.DEFAULT_INTERVAL
+            if killswitch.is_killed(plan.state_file, exp_key, interval):
+                _count("skipped_killed")
+                continue
+        if from_code and (exp_key, variant) not in plan.radius:
+            share = plan.shares.get((exp_key, variant), 0.0)
+            if (plan.total_radius + share) * 100 > plan.max_blast_radius + 1e-9:
+                _count("skipped_over_cap")
+                _log_once(f"cap:{exp_key}/{variant}", "fieldlab: inject() fault for %s/%s would take the blast "
+                          "radius to %.4g%%, above the cap of %g%%; skipped", exp_key, variant,
+                          (plan.total_radius + share) * 100, plan.max_blast_radius)
+                continue
+        delay = 0.0
+        if kind == "latency":
+            if mode == "sync":
+                if in_loop is None:
+                    try:
+                        asyncio.get_running_loop()
+                        in_loop = True
+                    except RuntimeError:
+                        in_loop = False
+                if in_loop:
+                    _count("skipped_in_event_loop")
+                    _log_once(f"loop:{point}", "fieldlab: latency fault at %r reached from sync code on an "
+                              "event-loop thread; skipped so the loop is not blocked (use `async with "
+                              "fieldlab.fault_point(...)` or decorate the async function)", point)
+                    continue
+            delay = _draw_delay(spec, salt, key if key is not None else _unit_key(ctx), point, seq)
+        elif kind == "exception" and spec.exception not in _REGISTRY:
+            _count("skipped_unknown_exception")
+            _log_once(f"exc:{spec.exception}", "fieldlab: exception fault names %r, which the app has not "
+                      "registered (fieldlab.faults.register_exception); skipped", spec.exception)
+            continue
+        with _lock:
+            if _active >= plan.max_active:
+                _stats["skipped_max_active"] += 1
+                continue
+            _active += 1
+            _stats["injected"] += 1
+        attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: kind, A.FAULT_EXPERIMENT: exp_key,
+                                 A.FAULT_VARIANT: variant}
+        if kind == "latency":
+            attrs[A.FAULT_DELAY_MS] = round(delay, 3)
+        elif kind == "exception":
+            attrs[A.FAULT_EXCEPTION] = spec.exception
+            raised = True
+        else:
+            attrs[A.FAULT_STATUS] = spec.status
+        hits.append(_Hit(exp_key, variant, spec, delay, attrs))
+    for hit in hits:
+        _record(ctx, hit)
+    return hits
+
+
+def _record(ctx: RequestContext, hit: _Hit) -> None:
+    try:
+        ctx.faults.append(dict(hit.attrs))
+        ctx.event(A.FAULT_EVENT, dict(hit.attrs))
+        ctx.fault_injected = True
+    except Exception:
+        _internal_error("record")
+
+
+def _make_exception(hit: _Hit, point: str) -> BaseException | None:
+    spec = hit.spec
+    message = spec.message or f"fieldlab injected fault: {hit.experiment}/{hit.variant} at {point}"
+    factory = _REGISTRY.get(spec.exception or "InjectedFault")
+    if factory is None:
+        return None
+    if factory is InjectedFault:
+        return InjectedFault(message, point=point, experiment=hit.experiment, variant=hit.variant)
+    exc = factory(message)
+    if not isinstance(exc, BaseException):
+        raise TypeError(f"exception factory for {spec.exception!r} returned {exc!r}")
+    return exc
+
+
+def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> tuple[float, BaseException | None, int]:
+    """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
+    try:
+        if not code and point not in ctx.lab._state.fault_plan.by_point:
+            return 0.0, None, 0  # the common case: nothing configured here
+        hits = _decide(ctx, point, code, mode)
+    except Exception:
+        _internal_error("decide")
+        return 0.0, None, 0
+    if not hits:
+        return 0.0, None, 0
+    delay = 0.0
+    exc: BaseException | None = None
+    try:
+        for hit in hits:
+            if hit.spec.kind == "latency":
+                delay += hit.delay_ms
+            elif hit.spec.kind == "exception" and exc is None:
+                exc = _make_exception(hit, point)
+    except Exception:
+        _internal_error("exception")
+        _release(len(hits))
+        return 0.0, None, 0
+    return min(delay, MAX_LATENCY_MS), exc, len(hits)
+
+
+def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
+    delay, exc, slots = _plan(ctx, point, code, "sync")
+    if not slots:
+        return
+    try:
+        if delay > 0:
+            time.sleep(delay / 1000.0)
+    finally:
+        _release(slots)
+    if exc is not None:
+        raise exc
+
+
+async def _enter_async(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
+    delay, exc, slots = _plan(ctx, point, code, "async")
+    if not slots:
+        return
+    try:
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+    finally:
+        _release(slots)
+    if exc is not None:
+        raise exc
+
+
+def abort_for(ctx: RequestContext | None) -> tuple[int, bytes] | None:
+    """The (status, body) to answer before the app runs, when an abort fault applies to this request; else None.
+
+    Called by the web adapters right after the request context is started.
+    Never raises.
+    """
+    if ctx is None:
+        return None
+    try:
+        plan: FaultPlan = ctx.lab._state.fault_plan
+        if HTTP_POINT not in plan.by_point:
+            return None
+        hits = _decide(ctx, HTTP_POINT, (), "abort")
+        if not hits:
+            return None
+        _release(len(hits))
+        hit = hits[0]
+        body = hit.spec.body
+        if body is None:
+            body = f"fieldlab injected fault: {hit.experiment}/{hit.variant} answered {hit.spec.status}\n"
+        return hit.spec.status, body.encode("utf-8")
+    except Exception:
+        _internal_error("abort")
+        return None
+
+
+# ------------------------------------------------------------------ the API
+class FaultPoint:
+    """A named place where configured faults may happen: decorator or (async) context manager.
+
+    The object holds no per-call state, so one instance serves every call and
+    every thread; :func:`fault_point` caches them by name.
+    """
+
+    __slots__ = ("name", "code", "__weakref__")
+
+    def __init__(self, name: str, code: tuple[tuple[str, str, FaultSpec, str], ...] = ()) -> None:
+        self.name = name
+        self.code = code
+
+    def __call__(self, fn: F) -> F:
+        name, code = self.name, self.code
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                ctx = current()
+                if ctx is not None:
+                    await _enter_async(ctx, name, code)
+                return await fn(*args, **kwargs)
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = current()
+            if ctx is not None:
+                _enter_sync(ctx, name, code)
+            return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+    def __enter__(self) -> "FaultPoint":
+        ctx = current()
+        if ctx is not None:
+            _enter_sync(ctx, self.name, self.code)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    async def __aenter__(self) -> "FaultPoint":
+        ctx = current()
+        if ctx is not None:
+            await _enter_async(ctx, self.name, self.code)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"fault_point({self.name!r})"
+
+
+_POINTS: dict[str, FaultPoint] = {}
+_POINT_NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
+
+
+def fault_point(name: str) -> FaultPoint:
+    """The fault point ``name``, for ``@fault_point(name)``, ``with`` or ``async with``.
+
+    The code names the place; the configuration decides which fault (if any)
+    happens there, for which variant. Outside a request it does nothing.
+    """
+    p = _POINTS.get(name)
+    if p is None:
+        if not isinstance(name, str) or not _POINT_NAME.match(name) or name == HTTP_POINT:
+            raise ConfigError(f"fault_point({name!r})", "not a valid point name",
+                              f"use 1-128 letters, digits, '.', '_', '-', ':' or '/' ({HTTP_POINT!r} is for aborts)")
+        p = _POINTS.setdefault(name, FaultPoint(name))
+    return p
+
+
+def inject(experiment: str, variant: str, *, point: str | None = None, **fault: Any) -> Callable[[F], F]:
+    """A code-defined fault, for tests and scripts: ``@inject(experiment="slow-db", variant="slow", latency_ms=50)``.
+
+    The decorated function (or ``with inject(...)`` block) becomes a fault
+    point named ``point`` (default: the function's module and qualified name,
+    or ``"inject"`` for a block); configured faults at that point apply too.
+    The fault applies when the current request is in ``variant`` of
+    ``experiment`` by split or signed override, and is still subject to every
+    rail: enabled, ``FIELDLAB_FAULTS``, the kill switch, ``max_active`` and
+    the blast-radius cap (a variant that is not already a configured fault
+    variant counts on top of the configured ones). ``fault`` takes the keys of
+    a config entry (``latency_ms``, ``exception``, ``rate``, ...); aborts
+    belong in the config.
+    """
+    label = f"inject(experiment={experiment!r}, variant={variant!r})"
+    if not isinstance(experiment, str) or not isinstance(variant, str):
+        raise ConfigError(label, "experiment and variant must be strings", "name the experiment and its variant")
+    entry = dict(fault)
+    entry["point"] = point or "inject"
+    spec = parse_fault(entry, label)
+    if spec.kind == "abort":
+        raise ConfigError(label, "aborts answer the HTTP request before the app runs",
+                          "configure aborts in the config (point = \"http\"); use exception= here")
+    salt = spec.salt or f"{experiment}:{variant}:fault"
+
+    def build(name: str) -> FaultPoint:
+        return FaultPoint(name, ((experiment, variant, dataclasses.replace(spec, point=name), salt),))
+
+    return _Inject(build, point)  # type: ignore[return-value]
+
+
+class _Inject:
+    """What :func:`inject` returns: a decorator, and a context manager for blocks."""
+
+    __slots__ = ("build", "point", "block")
+
+    def __init__(self, build: Callable[[str], FaultPoint], point: str | None) -> None:
+        self.build = build
+        self.point = point
+        self.block: FaultPoint | None = None
+
+    def __call__(self, fn: F) -> F:
+        name = self.point or f"{fn.__module__}.{fn.__qualname__}".replace("<", "").replace(">", "")[:128]
+        return self.build(name)(fn)
+
+    def _block(self) -> FaultPoint:
+        if self.block is None:
+            self.block = self.build(self.point or "inject")
+        return self.block
+
+    def __enter__(self) -> FaultPoint:
+        return self._block().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    async def __aenter__(self) -> FaultPoint:
+        return await self._block().__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+

@@ -1,0 +1,342 @@
+"""The fault kill switch: a small state file beside the config, and ``fieldlab kill`` / ``fieldlab unkill``.
+
+In an incident, ``fieldlab kill slow-db --config shop.toml`` (or ``--all``)
+stops fault injection in every process that reads the same config, within one
+reload interval, without a deploy and without touching the config itself.
+
+The state file is ``<config>.state.json`` (or the ``[lab] state_file``
+setting, relative to the config). It is JSON, written atomically (a temporary
+file in the same directory, then ``os.replace``), so readers see the old or
+the new state, never half of one::
+
+    {"version": 1,
+     "all": null,
+     "experiments": {"slow-db": {"at": "2026-11-29T01:02:03Z", "by": "alice", "reason": "INC-42"}}}
+
+Processes poll it lazily from the fault decision path: one ``os.stat`` per
+reload interval (not per decision), a re-read only when it changed. Between
+polls the check is a set lookup, so it runs on every fault decision. A state
+file that exists but cannot be read or parsed kills ALL faults (fail closed)
+until it is fixed. The kill switch stops faults only; assignment goes on (to
+stop an experiment, pause it in the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import getpass
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from ._fault_kinds import state_path
+from .errors import FieldLabError
+
+__all__ = [
+    "KillState", "read_state", "write_state", "kill", "unkill", "state_file_for", "is_killed", "watch",
+    "add_parsers", "DEFAULT_INTERVAL",
+]
+
+_log = logging.getLogger("fieldlab.faults")
+DEFAULT_INTERVAL = 5.0
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class KillState:
+    """What is killed: everything (``all`` holds who and why) and/or named experiments."""
+
+    all: dict[str, Any] | None = None
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def killed(self, experiment: str) -> bool:
+        return self.all is not None or experiment in self.experiments
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": _FORMAT_VERSION, "all": self.all, "experiments": dict(sorted(self.experiments.items()))}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> "KillState":
+        if not isinstance(doc, dict) or not isinstance(doc.get("experiments", {}), dict):
+            raise ValueError("expected {\"all\": ..., \"experiments\": {...}}")
+        all_ = doc.get("all")
+        if all_ is not None and not isinstance(all_, dict):
+            all_ = {"reason": str(all_)} if all_ else None
+        return cls(all_, {str(k): (v if isinstance(v, dict) else {}) for k, v in doc.get("experiments", {}).items()})
+
+
+def read_state(path: str) -> KillState:
+    """The kill state in ``path``; an absent file means nothing is killed.
+
+    Raises ``ValueError``/``OSError`` when the file exists but is unreadable.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return KillState()
+    return KillState.from_json(json.loads(data.decode("utf-8")))
+
+
+def write_state(path: str, state: KillState) -> None:
+    """Write ``state`` atomically: a temporary file beside ``path``, fsynced, then ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fieldlab-state-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(state.to_json(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _invalidate(path)
+
+
+class _Locked:
+    """An exclusive lock on ``<state>.lock`` around read-modify-write, so two operators do not lose an update."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path + ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_Locked":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: the atomic replace still holds
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+
+
+def _config_info(config: str) -> tuple[str, list[str] | None, float]:
+    """State path, experiment keys (None when the config cannot be read) and reload interval of a config file."""
+    from .config import read_config_file
+    try:
+        doc, _ = read_config_file(config)
+    except FieldLabError as exc:
+        _log.warning("fieldlab: %s; using the default state file beside it", exc)
+        return state_path(config, {}) or config + ".state.json", None, DEFAULT_INTERVAL
+    settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
+    keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
+    interval = settings.get("reload_interval", DEFAULT_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        interval = DEFAULT_INTERVAL
+    return state_path(config, settings) or config + ".state.json", keys, float(interval)
+
+
+def state_file_for(config: str) -> str:
+    """The kill-state file of the config file ``config``."""
+    return _config_info(config)[0]
+
+
+def _stamp(reason: str | None) -> dict[str, Any]:
+    try:
+        who = getpass.getuser()
+    except Exception:
+        who = "unknown"
+    out: dict[str, Any] = {"at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "by": who}
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def kill(config: str, experiment: str | None = None, *, all: bool = False, reason: str | None = None,
+         force: bool = False) -> KillState:
+    """Stop the faults of ``experiment`` (or of every experiment with ``all=True``) for the config file ``config``.
+
+    An experiment the config does not declare is refused (a typo would kill
+    nothing) unless ``force``. Returns the new state.
+    """
+    if (experiment is None) == (not all):
+        raise FieldLabError("name one EXPERIMENT or pass --all")
+    path, keys, _ = _config_info(config)
+    if experiment is not None and keys is not None and experiment not in keys and not force:
+        raise FieldLabError(f"unknown experiment {experiment!r} in {config} (it has {', '.join(sorted(keys)) or 'none'}); "
+                            "check the key, or pass --force to kill it anyway")
+    with _Locked(path):
+        try:
+            state = read_state(path)
+        except (OSError, ValueError):
+            state = KillState()  # an unreadable state already kills everything; start it afresh
+        if all:
+            state.all = _stamp(reason)
+        else:
+            state.experiments[str(experiment)] = _stamp(reason)
+        write_state(path, state)
+    return state
+
+
+def unkill(config: str, experiment: str | None = None, *, all: bool = False) -> KillState:
+    """Lift the kill of ``experiment``, or with ``all=True`` every kill. Returns the new state."""
+    if (experiment is None) == (not all):
+        raise FieldLabError("name one EXPERIMENT or pass --all")
+    path, _, _ = _config_info(config)
+    with _Locked(path):
+        try:
+            state = read_state(path)
+        except (OSError, ValueError):
+            state = KillState()
+        if all:
+            state = KillState()
+        else:
+            state.experiments.pop(str(experiment), None)
+        write_state(path, state)
+    return state
+
+
+# ------------------------------------------------------------------ runtime
+class _Watch:
+    """One state file as seen by this process, polled at most once per interval."""
+
+    __slots__ = ("path", "all", "killed", "next_check", "sig", "lock", "error")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.all = False
+        self.killed: frozenset[str] = frozenset()
+        self.next_check = 0.0
+        self.sig: tuple[int, int, int] | None = None
+        self.lock = threading.Lock()
+        self.error: str | None = None
+
+    def is_killed(self, experiment: str, interval: float) -> bool:
+        now = time.monotonic()
+        if now >= self.next_check:
+            self.poll(now, interval)
+        return self.all or experiment in self.killed
+
+    def poll(self, now: float, interval: float) -> None:
+        if not self.lock.acquire(blocking=False):
+            return  # another thread is reading it; use the state we have
+        try:
+            self.next_check = now + interval
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                self.sig, self.all, self.killed, self.error = None, False, frozenset(), None
+                return
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if sig == self.sig:
+                return
+            try:
+                state = read_state(self.path)
+            except (OSError, ValueError) as exc:
+                if self.error is None:
+                    _log.error("fieldlab: kill-switch state %s is unreadable (%s); ALL faults are off until it is "
+                               "fixed or removed", self.path, exc)
+                self.sig, self.all, self.error = sig, True, str(exc)
+                return
+            if self.error is not None:
+                _log.warning("fieldlab: kill-switch state %s is readable again", self.path)
+            was = (self.all, self.killed)
+            self.sig, self.error = sig, None
+            self.all, self.killed = state.all is not None, frozenset(state.experiments)
+            if was != (self.all, self.killed):
+                _log.warning("fieldlab: fault kill switch now %s", "ALL" if self.all else
+                             (", ".join(sorted(self.killed)) or "off"))
+        except Exception:  # never let a poll raise into a request: fail closed
+            self.all = True
+        finally:
+            self.lock.release()
+
+
+_WATCHES: dict[str, _Watch] = {}
+_WATCHES_LOCK = threading.Lock()
+
+
+def watch(path: str) -> _Watch:
+    """The process-wide watch of a state file."""
+    w = _WATCHES.get(path)
+    if w is None:
+        with _WATCHES_LOCK:
+            w = _WATCHES.setdefault(path, _Watch(path))
+    return w
+
+
+def is_killed(path: str | None, experiment: str, interval: float = DEFAULT_INTERVAL) -> bool:
+    """True when the state file at ``path`` kills ``experiment`` (polled at most once per ``interval``)."""
+    if path is None:
+        return False
+    return watch(path).is_killed(experiment, interval)
+
+
+def _invalidate(path: str) -> None:
+    """A write from this process takes effect here at the next decision."""
+    w = _WATCHES.get(os.path.abspath(path))
+    if w is not None:
+        w.next_check = 0.0
+
+
+def _iter_lines(state: KillState) -> Iterator[str]:
+    if state.all is not None:
+        a = state.all
+        yield f"ALL faults killed ({a.get('at', '?')} by {a.get('by', '?')}{': ' + a['reason'] if a.get('reason') else ''})"
+    for key, info in sorted(state.experiments.items()):
+        yield (f"faults of {key!r} killed ({info.get('at', '?')} by {info.get('by', '?')}"
+               f"{': ' + info['reason'] if info.get('reason') else ''})")
+    if state.all is None and not state.experiments:
+        yield "no kills in force: faults follow the config"
+
+
+# ---------------------------------------------------------------------- CLI
+def _cmd_kill(args: argparse.Namespace) -> int:
+    path, _, interval = _config_info(args.config)
+    if args.status:
+        if args.experiment or args.all:
+            raise FieldLabError("--status takes no EXPERIMENT or --all")
+        state = read_state(path)
+    else:
+        state = kill(args.config, args.experiment, all=args.all, reason=args.reason, force=args.force)
+    print(f"state file: {path}")
+    for line in _iter_lines(state):
+        print(line)
+    if not args.status:
+        print(f"every process reading {args.config} stops these faults within {interval:g} s (its reload interval)")
+    return 0
+
+
+def _cmd_unkill(args: argparse.Namespace) -> int:
+    path, _, interval = _config_info(args.config)
+    state = unkill(args.config, args.experiment, all=args.all)
+    print(f"state file: {path}")
+    for line in _iter_lines(state):
+        print(line)
+    if args.experiment and state.all is not None:
+        print("note: ALL faults are still killed; run `fieldlab unkill --all` to lift that")
+    print(f"processes resume configured faults within {interval:g} s (faults still need [faults] enabled = true)")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``fieldlab kill`` and ``fieldlab unkill`` (called by :mod:`fieldlab.cli`)."""
+    p = subparsers.add_parser("kill", help="stop fault injection for an experiment (or --all), in every process")
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT")
+    p.add_argument("--all", action="store_true", help="stop every fault of every experiment")
+    p.add_argument("--config", required=True, metavar="CONFIG", help="the config file the processes load")
+    p.add_argument("--reason", help="why (recorded in the state file), e.g. an incident id")
+    p.add_argument("--force", action="store_true", help="kill an experiment the config does not declare")
+    p.add_argument("--status", action="store_true", help="only show what is killed")
+    p.set_defaults(func=_cmd_kill)
+
+    p = subparsers.add_parser("unkill", help="lift a fault kill switch (an experiment, or --all)")
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT")
+    p.add_argument("--all", action="store_true", help="lift every kill")
+    p.add_argument("--config", required=True, metavar="CONFIG")
+    p.set_defaults(func=_cmd_unkill)
