@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from ._hashing import BUCKETS, bucket, hash32
 from .assignment import REASONS, Assignment
+from .context import assignment, choose, current, expose, param, variant
 from .errors import ConfigError, FieldLabError
 from .experiments import Experiment, Holdout, Layer, Variant
 from .faults import InjectedFault, fault_point, inject
 from .lab import Lab
 from .overrides import VerifiedOverrides, make_token, verify_token
+from .switches import switch
 
 __version__ = "0.1.0"
 
@@ -23,5 +25,6 @@ __all__ = [
     "fault_point", "inject", "InjectedFault",
     "Lab",
     "VerifiedOverrides", "make_token", "verify_token",
+    "variant", "param", "switch", "choose", "assignment", "expose", "current",
     "__version__",
 ]

@@ -21,7 +21,7 @@ from .assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 
-__all__ = ["RequestContext", "current", "start", "bind", "reset", "variant", "param", "assignment", "expose"]
+__all__ = ["RequestContext", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
 
 _log = logging.getLogger("fieldlab")
 _current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
@@ -37,7 +37,8 @@ class RequestContext:
     """
 
     __slots__ = ("lab", "units", "attributes", "overrides", "assignments", "exposed", "held_out",
-                 "trace_id", "version", "faults", "fault_injected", "on_expose", "on_event", "extra")
+                 "trace_id", "version", "faults", "_fault_injected", "on_expose", "on_event", "on_fault",
+                 "server_span", "recorder", "extra")
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None) -> None:
@@ -51,13 +52,58 @@ class RequestContext:
         self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
         self.exposed: set[str] = set()
         self.faults: list[dict[str, Any]] = []
-        self.fault_injected = False
+        self._fault_injected = False
         self.on_expose: Callable[["RequestContext", Assignment], None] | None = None
         self.on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
+        self.on_fault: Callable[["RequestContext"], None] | None = None
+        #: The request's SERVER span once telemetry found it (see :mod:`fieldlab.telemetry`).
+        self.server_span: Any = None
+        #: The telemetry recorder that writes this request onto its span, if any.
+        self.recorder: Any = None
         self.extra: dict[str, Any] = {}
+        self._expose_on_assign()
+
+    def _expose_on_assign(self) -> None:
+        experiments = self.lab.experiments
         for key, a in self.assignments.items():
-            if a.in_experiment and lab.experiments[key].exposure == "on_assign":
-                self.exposed.add(key)
+            if a.in_experiment:
+                exp = experiments.get(key)
+                if exp is not None and exp.exposure == "on_assign":
+                    self.exposed.add(key)
+
+    @property
+    def fault_injected(self) -> bool:
+        """True once any fault was injected into this request; setting it tells telemetry."""
+        return self._fault_injected
+
+    @fault_injected.setter
+    def fault_injected(self, value: bool) -> None:
+        self._fault_injected = bool(value)
+        hook = self.on_fault
+        if value and hook is not None:
+            try:
+                hook(self)
+            except Exception:
+                _hook_failed("fault")
+
+    def rebind_unit(self, kind: str, unit_id: str | None) -> None:
+        """Re-evaluate the experiments of one unit kind with a new id.
+
+        Used for the ``request`` unit when the server span (and so the trace
+        id) only appears after the context was started; it happens before the
+        application has read anything.
+        """
+        self.units[kind] = unit_id
+        keys = [key for key, exp in self.lab.experiments.items() if exp.unit == kind]
+        if not keys:
+            return
+        fresh = self.lab.assign_all({kind: unit_id}, self.attributes, overrides=self.overrides)
+        for key in keys:
+            if key in fresh:
+                self.assignments[key] = fresh[key]
+                self.exposed.discard(key)
+        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
+        self._expose_on_assign()
 
     def in_experiment(self) -> dict[str, Assignment]:
         """Assignments where the unit takes part (split or override) or got a concluded winner."""
@@ -107,7 +153,11 @@ def bind(ctx: RequestContext | None) -> contextvars.Token:
 
 
 def reset(token: contextvars.Token) -> None:
-    _current.reset(token)
+    """Undo :func:`bind`; never raises (a token from another context just clears the variable)."""
+    try:
+        _current.reset(token)
+    except ValueError:
+        _current.set(None)
 
 
 def current() -> RequestContext | None:
@@ -137,6 +187,18 @@ def variant(key: str, default: str | None = None) -> str | None:
     if a is None or a.variant is None:
         return default
     return a.variant
+
+
+def choose(key: str, options: Mapping[str, Any], default: Any = None) -> Any:
+    """The value ``options`` maps the current variant of ``key`` to, else ``default``.
+
+    >>> choose("checkout-redesign", {"treatment": "new.html"}, default="old.html")  # outside a request
+    'old.html'
+    """
+    v = variant(key)
+    if v is None:
+        return default
+    return options.get(v, default)
 
 
 def param(key: str, name: str, default: Any = None) -> Any:

@@ -1,0 +1,127 @@
+"""fieldlab for any ASGI application (HTTP only; websocket and lifespan pass through).
+
+Starlette and FastAPI::
+
+    app.add_middleware(FieldLabMiddleware, lab=lab, units={"user": "header:X-User-Id"})
+
+Callables in ``units`` and ``attributes`` receive a ``starlette.requests.Request``
+when Starlette is installed (else the raw scope). Defaults: ``user`` is
+``scope["user"]`` when authenticated (Starlette's AuthenticationMiddleware,
+placed outside fieldlab); ``session`` is an id fieldlab keeps in
+``scope["session"]`` (Starlette's SessionMiddleware), created on first use.
+The context stays bound for the whole call, streaming bodies included.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping
+
+from .. import _request
+from ..context import bind
+from ..lab import Lab
+
+__all__ = ["FieldLabMiddleware", "SESSION_KEY"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+#: Where the default ``session`` resolver keeps its id inside a cookie-backed session.
+SESSION_KEY = "_fieldlab_sid"
+
+
+def _scope_of(request: Any) -> Mapping[str, Any]:
+    return request if isinstance(request, dict) else getattr(request, "scope", {})
+
+
+def _default_user(request: Any) -> Any:
+    user = _scope_of(request).get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    for attr in ("identity", "id", "username", "display_name"):
+        try:
+            value = getattr(user, attr, None)
+        except NotImplementedError:
+            continue
+        if value:
+            return value
+    return None
+
+
+def _default_session(request: Any) -> Any:
+    session = _scope_of(request).get("session")
+    if not isinstance(session, MutableMapping):
+        return None
+    sid = session.get(SESSION_KEY)
+    if not sid:
+        sid = _request.new_visitor_id()
+        session[SESSION_KEY] = sid
+    return sid
+
+
+def _request_class() -> Callable[..., Any] | None:
+    try:
+        from starlette.requests import Request
+    except ImportError:
+        return None
+    return Request  # type: ignore[no-any-return]
+
+
+class FieldLabMiddleware:
+    """Assigns every HTTP request's variants, binds them for the app, records them on the server span.
+
+    Options are those of :class:`fieldlab._request.AdapterConfig`; ``request_class``
+    builds what callables receive (default: Starlette's Request, if installed).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], lab: Lab, *,
+                 units: Mapping[str, Any] | None = None, request_class: Callable[..., Any] | None = None,
+                 **options: Any) -> None:
+        self.app = app
+        self.request_class = request_class if request_class is not None else _request_class()
+        self.config = _request.AdapterConfig(
+            lab, units=units, framework_defaults={"user": _default_user, "session": _default_session}, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cfg = self.config
+        wanted = cfg.wanted_header_bytes
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
+        cfg.plan()
+        request: Any = scope
+        if cfg.needs_request_object and self.request_class is not None:
+            try:
+                request = self.request_class(scope, receive)
+            except Exception:
+                request = scope
+        ctx = _request.begin(cfg, request, headers.get, scope.get("path", ""), scope.get("method", ""))
+        if ctx is None:
+            await self.app(scope, receive, send)
+            return
+        token = bind(ctx)
+        try:
+            cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
+            if cookie is not None:
+                send = _with_cookie(send, cookie.encode("latin-1"))
+            abort = _request.abort_for(ctx)
+            if abort is not None:
+                status, body = abort
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode("ascii"))]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.app(scope, receive, send)
+        finally:
+            _request.end(ctx, token)
+
+
+def _with_cookie(send: Send, cookie: bytes) -> Send:
+    async def send_with_cookie(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", ()), (b"set-cookie", cookie)]
+        await send(message)
+    return send_with_cookie

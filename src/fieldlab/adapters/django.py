@@ -1,0 +1,171 @@
+"""fieldlab as Django middleware, under WSGI and ASGI alike.
+
+settings.py::
+
+    MIDDLEWARE = [..., "django.contrib.auth.middleware.AuthenticationMiddleware",
+                  "fieldlab.adapters.django.FieldLabMiddleware", ...]
+    FIELDLAB = {
+        "lab": "experiments.toml",           # a Lab, a dotted path to one, or a config file path
+        "units": {"user": "header:X-User-Id"},  # optional; defaults below
+        "headers": ["X-Country"],             # optional targeting allow-list
+        "attributes": "myapp.ab.attributes",  # optional callable (or dotted path) taking the request
+        "unit_ids": "hash",                   # optional: hash | raw | none
+    }
+
+Defaults: ``user`` is ``request.user.pk`` when authenticated (place the
+middleware after AuthenticationMiddleware), ``session`` is
+``request.session.session_key``. The middleware is sync and async capable: Django
+calls the matching path, so there is no sync/async switching per request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpResponse
+
+from .. import _request
+from ..context import bind
+from ..errors import ConfigError
+from ..lab import Lab
+
+__all__ = ["FieldLabMiddleware", "load_config"]
+
+_CONFIG_FILE_EXTENSIONS = (".toml", ".json", ".yaml", ".yml")
+_KNOWN_KEYS = {"lab", "units", "headers", "attributes", "unit_ids", "trust_baggage", "propagate_baggage",
+               "visitor_cookie", "override_header", "override_cookie"}
+_labs: dict[str, Lab] = {}
+
+
+def _import(path: str, field: str) -> Any:
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(field, f"cannot import {path!r} ({exc})", "give a dotted path like 'myproject.ab.lab'") from None
+
+
+def _load_lab(value: Any) -> Lab:
+    if isinstance(value, Lab):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if text in _labs:
+            return _labs[text]
+        if text.lower().endswith(_CONFIG_FILE_EXTENSIONS) or os.path.sep in text:
+            lab = Lab.from_file(text)
+        else:
+            lab = _import(text, "FIELDLAB['lab']")
+            if not isinstance(lab, Lab):
+                raise ConfigError("FIELDLAB['lab']", f"{text!r} is a {type(lab).__name__}, not a Lab",
+                                  "point it at a fieldlab.Lab object or a config file")
+        _labs[text] = lab
+        return lab
+    raise ConfigError("FIELDLAB['lab']", f"cannot use {value!r}", "give a Lab, a dotted path to one, or a config file path")
+
+
+def _user(request: Any) -> Any:
+    return _user_of(getattr(request, "user", None))
+
+
+def _session(request: Any) -> Any:
+    session = getattr(request, "session", None)
+    return getattr(session, "session_key", None) if session is not None else None
+
+
+def load_config() -> _request.AdapterConfig:
+    """Build the adapter configuration from ``settings.FIELDLAB``, with clear errors."""
+    conf = getattr(settings, "FIELDLAB", None)
+    if not isinstance(conf, dict) or "lab" not in conf:
+        raise ConfigError("settings.FIELDLAB", "is missing or has no 'lab'",
+                          "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)")
+    unknown = set(conf) - _KNOWN_KEYS
+    if unknown:
+        raise ConfigError("settings.FIELDLAB", f"unknown keys {sorted(unknown)}", f"use only {sorted(_KNOWN_KEYS)}")
+    options = {k: v for k, v in conf.items() if k not in ("lab", "units")}
+    if isinstance(options.get("attributes"), str):
+        options["attributes"] = _import(options["attributes"], "FIELDLAB['attributes']")
+    units = dict(conf.get("units") or {})
+    for kind, spec in units.items():
+        if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec:
+            units[kind] = _import(spec, f"FIELDLAB['units'][{kind!r}]")
+    return _request.AdapterConfig(_load_lab(conf["lab"]), units=units,
+                                  framework_defaults={"user": _user, "session": _session},
+                                  where="FIELDLAB['units']", **options)
+
+
+class FieldLabMiddleware:
+    """Assigns every request's variants before the view runs and records them on the server span."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.config = load_config()
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
+        cfg = self.config
+        meta = request.META
+        keys = cfg.env_keys
+        return _request.begin(cfg, request, lambda name: meta.get(keys.get(name) or _request.env_key(name)),
+                              request.path, request.method, known)
+
+    def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
+        vid = ctx.extra.get("set_visitor")
+        if vid is not None:
+            response.set_cookie(self.config.visitor_cookie, vid, max_age=_request.VISITOR_MAX_AGE, path="/",
+                                secure=request.is_secure(), httponly=True, samesite="Lax")
+        return response
+
+    def __call__(self, request: Any) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        ctx = self._begin(request, None)
+        if ctx is None:
+            return self.get_response(request)
+        token = bind(ctx)
+        try:
+            abort = _request.abort_for(ctx)
+            if abort is not None:
+                return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
+            return self._finish(request, ctx, self.get_response(request))
+        finally:
+            _request.end(ctx, token)
+
+    async def __acall__(self, request: Any) -> Any:
+        known = None
+        cfg = self.config
+        plan = cfg.plan()
+        if "user" not in cfg.units and any(u.kind == "user" for u in plan) and hasattr(request, "auser"):
+            try:  # request.user would hit the database synchronously; auser() is the async way
+                known = {"user": _user_of(await request.auser())}
+            except Exception:
+                _request._failed("resolver_errors", "user")
+                known = {"user": None}
+        ctx = self._begin(request, known)
+        if ctx is None:
+            return await self.get_response(request)
+        token = bind(ctx)
+        try:
+            abort = _request.abort_for(ctx)
+            if abort is not None:
+                return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
+            return self._finish(request, ctx, await self.get_response(request))
+        finally:
+            _request.end(ctx, token)
+
+
+def _user_of(user: Any) -> Any:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.pk

@@ -1,0 +1,90 @@
+"""fieldlab for any WSGI application.
+
+>>> app = FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"})  # doctest: +SKIP
+
+Callables in ``units`` and ``attributes`` receive the WSGI ``environ`` (or
+``request_factory(environ)`` when given, e.g. ``werkzeug.Request``). The
+default ``user`` unit is ``REMOTE_USER``; there is no default ``session``.
+The context is bound while the wrapped app is called; response bodies that
+are generated lazily after it returns see no context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+from .. import _request
+from ..context import bind
+from ..lab import Lab
+
+__all__ = ["FieldLabMiddleware"]
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def status_line(status: int) -> str:
+    return f"{status} {_REASONS.get(status, 'Error')}"
+
+
+def _remote_user(environ: Any) -> Any:
+    env = environ if isinstance(environ, dict) else getattr(environ, "environ", {})
+    return env.get("REMOTE_USER")
+
+
+class FieldLabMiddleware:
+    """Assigns every request's variants, binds them for the app, records them on the server span.
+
+    Arguments are those of :class:`fieldlab._request.AdapterConfig`: ``units``,
+    ``headers`` (targeting allow-list), ``attributes`` (callable), ``unit_ids``
+    (``hash``/``raw``/``none``), ``trust_baggage``, ``propagate_baggage``,
+    ``visitor_cookie``, ``override_header``, ``override_cookie``.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], lab: Lab, *, units: Mapping[str, Any] | None = None,
+                 request_factory: Callable[[dict], Any] | None = None, **options: Any) -> None:
+        if not callable(app):
+            raise TypeError(f"FieldLabMiddleware(app): {app!r} is not a WSGI application")
+        self.app = app
+        self.request_factory = request_factory
+        self.config = _request.AdapterConfig(lab, units=units, framework_defaults={"user": _remote_user}, **options)
+
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        cfg = self.config
+        keys = cfg.env_keys
+        get = environ.get
+        request = environ
+        cfg.plan()
+        if self.request_factory is not None and cfg.needs_request_object:
+            try:
+                request = self.request_factory(environ)
+            except Exception:
+                request = environ
+        ctx = _request.begin(cfg, request, lambda name: get(keys.get(name) or _request.env_key(name)),
+                             environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", ""))
+        if ctx is None:
+            return self.app(environ, start_response)
+        token = bind(ctx)
+        try:
+            abort = _request.abort_for(ctx)
+            cookie = _request.visitor_cookie(cfg, ctx, environ.get("wsgi.url_scheme") == "https")
+            if cookie is not None:
+                start_response = _with_cookie(start_response, cookie)
+            if abort is not None:
+                status, body = abort
+                start_response(status_line(status), [("Content-Type", "text/plain; charset=utf-8"),
+                                                      ("Content-Length", str(len(body)))])
+                return [body]
+            return self.app(environ, start_response)
+        finally:
+            _request.end(ctx, token)
+
+
+def _with_cookie(start_response: Callable[..., Any], cookie: str) -> Callable[..., Any]:
+    def start(status: str, headers: list, exc_info: Any = None) -> Any:
+        headers = list(headers)
+        headers.append(("Set-Cookie", cookie))
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+    return start

@@ -1,0 +1,96 @@
+"""Code-path switches: one function name, one implementation per variant.
+
+Decorate the default implementation with :func:`switch` and each alternative
+with ``@<switch>.variant("name")``; calling the switch runs the implementation
+of the current request's variant (which marks the experiment exposed), and the
+default one outside a request, for units not in the experiment, or for
+variants without an implementation. Async functions work the same way: the
+call returns the chosen implementation's coroutine.
+
+>>> @switch("checkout-redesign")
+... def render_checkout(cart):
+...     return "old"
+>>> @render_checkout.variant("treatment")
+... def render_checkout_new(cart):
+...     return "new"
+>>> render_checkout([])  # outside a request: the default
+'old'
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Generic, TypeVar
+
+from .context import variant as _variant
+from .errors import FieldLabError
+
+__all__ = ["switch", "Switch"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Switch(Generic[F]):
+    """A callable that dispatches on the current variant of one experiment."""
+
+    def __init__(self, key: str, default: F) -> None:
+        if not isinstance(key, str) or not key:
+            raise FieldLabError(f"switch(key): expected an experiment key string, got {key!r}")
+        if not callable(default):
+            raise FieldLabError(f"switch({key!r}): decorate a function, got {default!r}")
+        self.key = key
+        self.default = default
+        self.implementations: dict[str, Callable[..., Any]] = {}
+        
+    def variant(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the implementation for variant ``name``; returns the function unchanged."""
+        if not isinstance(name, str) or not name:
+            raise FieldLabError(f"{self.key}: .variant(name) needs a variant name string, got {name!r}")
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self.implementations:
+                raise FieldLabError(f"switch {self.key!r}: variant {name!r} already has an implementation "
+                                    f"({self.implementations[name].__qualname__}); register each variant once")
+            self.implementations[name] = fn
+            return fn
+        return register
+
+    def resolve(self) -> Callable[..., Any]:
+        """The implementation the current request should run."""
+        v = _variant(self.key)
+        if v is None:
+            return self.default
+        return self.implementations.get(v, self.default)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<fieldlab.switch {self.key!r}: default {self.default.__qualname__}, variants {sorted(self.implementations)}>"
+
+
+def switch(key: str) -> Callable[[F], F]:
+    """Decorate a default implementation to switch on experiment ``key``.
+
+    The result is a plain function (a coroutine function when the default is
+    one, so frameworks that inspect views see the right kind) carrying
+    ``.variant(name)``, ``.key``, ``.implementations`` and ``.switch``.
+    """
+    def decorate(fn: F) -> F:
+        sw = Switch(key, fn)
+        resolve = sw.resolve
+        if inspect.iscoroutinefunction(fn):
+            async def dispatch_async(*args: Any, **kwargs: Any) -> Any:
+                return await resolve()(*args, **kwargs)
+            wrapper: Any = functools.wraps(fn)(dispatch_async)
+        else:
+            def dispatch(*args: Any, **kwargs: Any) -> Any:
+                return resolve()(*args, **kwargs)
+            wrapper = functools.wraps(fn)(dispatch)
+        wrapper.variant = sw.variant
+        wrapper.key = key
+        wrapper.implementations = sw.implementations
+        wrapper.switch = sw
+        return wrapper  # type: ignore[no-any-return]
+    return decorate

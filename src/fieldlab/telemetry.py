@@ -1,0 +1,284 @@
+"""OpenTelemetry recording: a request's assignments on its SERVER span, exposures as events.
+
+Schema (the names live in :mod:`fieldlab.attributes`; see docs/integration.md):
+``fieldlab.variant.<key>``, ``fieldlab.exposed.<key>``, ``fieldlab.forced.<key>``,
+``fieldlab.holdout.<holdout>``, ``fieldlab.unit.<kind>``, ``fieldlab.config.version``,
+``fieldlab.fault.injected``, and one ``feature_flag.evaluation`` event per exposure.
+
+Order-proof wiring. Frameworks' OTel instrumentations start the server span at
+different points, so fieldlab finds it two ways and needs no wiring:
+
+* fieldlab inside the instrumentation: the adapter sees a recording SERVER span
+  as the current span when the request starts and writes onto it;
+* fieldlab outside: the context is bound before the span starts, and
+  :class:`FieldLabSpanProcessor` (added once, lazily, to the SDK's global
+  tracer provider as soon as one is set) writes onto the first SERVER span
+  started while the context is current.
+
+Exposures and faults that happen later go to the span remembered in the
+context. Unit ids are written as a keyed hash by default (``h1:<16 hex>``,
+HMAC-SHA256); without a configured key the hash is pseudonymous only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from . import attributes as A
+from .assignment import Assignment
+from .context import RequestContext, current
+from .errors import ConfigError
+from .lab import Lab
+
+__all__ = ["Recorder", "UnitHasher", "FieldLabSpanProcessor", "ensure_processor", "processor_installed",
+           "unit_hash_key", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "stats"]
+
+_log = logging.getLogger("fieldlab")
+_SERVER = SpanKind.SERVER
+
+#: How unit ids are written: ``hash`` (default), ``raw``, or ``none`` (left out).
+UNIT_ID_MODES = ("hash", "raw", "none")
+#: The key used when neither ``lab.unit_hash_key_env`` nor a lab secret is set.
+#: It is public, so hashes made with it are pseudonymous, not anonymous.
+DEFAULT_UNIT_HASH_KEY = b"fieldlab-unit-hash-v1-public-default-key"
+
+#: Failures inside recording, by kind; requests go on unrecorded.
+stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0}
+_logged: set[str] = set()
+
+
+def _failed(kind: str) -> None:
+    stats[kind] = stats.get(kind, 0) + 1
+    if kind not in _logged:
+        _logged.add(kind)
+        _log.warning("fieldlab: telemetry failed (%s); the request goes on unrecorded", kind, exc_info=True)
+
+
+def unit_hash_key(lab: Lab) -> bytes:
+    """The unit-id hash key: env var named by ``lab.unit_hash_key_env``, else the lab secret, else the public default."""
+    env = lab.settings.get("unit_hash_key_env")
+    if env:
+        value = os.environ.get(str(env), "")
+        if value:
+            return value.encode("utf-8")
+    return lab.secret or DEFAULT_UNIT_HASH_KEY
+
+
+class UnitHasher:
+    """``h1:`` + the first 16 hex digits of HMAC-SHA256(key, unit id)."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, unit_id: str) -> str:
+        h = self._base.copy()
+        h.update(unit_id.encode("utf-8"))
+        return "h1:" + h.hexdigest()[:16]
+
+
+class Recorder:
+    """Writes requests of one adapter onto their server spans.
+
+    ``unit_ids`` is ``hash``, ``raw`` or ``none``; None takes ``lab.unit_ids``,
+    else ``hash``. The ``request`` unit (a trace id) is always written as is.
+    """
+
+    def __init__(self, lab: Lab, unit_ids: str | None = None) -> None:
+        mode = unit_ids if unit_ids is not None else lab.settings.get("unit_ids", "hash")
+        if mode not in UNIT_ID_MODES:
+            field = "unit_ids" if unit_ids is not None else "lab.unit_ids"
+            raise ConfigError(field, f"unknown mode {mode!r}", f"use one of {', '.join(UNIT_ID_MODES)}")
+        self.lab = lab
+        self.mode = mode
+        self._hasher = UnitHasher(unit_hash_key(lab))
+        self._names: dict[str, tuple[str, str, str]] = {}
+
+    # ------------------------------------------------------------------ values
+    def unit_value(self, kind: str, unit_id: str | None) -> str | None:
+        """What ``fieldlab.unit.<kind>`` holds for ``unit_id`` (None: not written)."""
+        if unit_id is None:
+            return None
+        if kind == "request" or self.mode == "raw":
+            return unit_id
+        if self.mode == "none":
+            return None
+        return self._hasher(unit_id)
+
+    def _unit_values(self, ctx: RequestContext) -> dict[str, str]:
+        values = ctx.extra.get("unit_values")
+        if values is None:
+            values = {}
+            for kind, uid in ctx.units.items():
+                v = self.unit_value(kind, uid)
+                if v is not None:
+                    values[kind] = v
+            ctx.extra["unit_values"] = values
+        return values
+
+    def _attr_names(self, key: str) -> tuple[str, str, str]:
+        names = self._names.get(key)
+        if names is None:
+            names = (A.variant_attr(key), A.exposed_attr(key), A.forced_attr(key))
+            self._names[key] = names
+        return names
+
+    def flag_event(self, ctx: RequestContext, a: Assignment) -> dict[str, Any]:
+        """The ``feature_flag.evaluation`` event attributes of one exposure."""
+        attrs: dict[str, Any] = {
+            A.FLAG_KEY: a.experiment,
+            A.FLAG_VARIANT: a.variant,
+            A.FLAG_REASON: A.OTEL_REASONS.get(a.reason, "unknown"),
+            A.FLAG_PROVIDER: A.PROVIDER_NAME,
+            A.FLAG_VERSION: ctx.version,
+        }
+        exp = ctx.lab.experiments.get(a.experiment)
+        if exp is not None:
+            uid = self._unit_values(ctx).get(exp.unit)
+            if uid is not None:
+                attrs[A.FLAG_CONTEXT_ID] = uid
+            if exp.layer:
+                attrs[A.FLAG_SET_ID] = exp.layer
+        return attrs
+
+    # ----------------------------------------------------------------- writing
+    def hook(self, ctx: RequestContext) -> None:
+        """Route the context's exposure, event and fault hooks to this recorder."""
+        ctx.recorder = self
+        ctx.on_expose = self.on_expose
+        ctx.on_event = self.on_event
+        ctx.on_fault = self.on_fault
+
+    def attach(self, ctx: RequestContext, span: Any) -> None:
+        """Make ``span`` the request's server span and write everything known so far."""
+        ctx.server_span = span
+        if ctx.extra.get("request_generated"):
+            tid = format(span.get_span_context().trace_id, "032x")
+            ctx.extra["request_generated"] = False
+            ctx.trace_id = tid
+            ctx.rebind_unit("request", tid)
+        attrs: dict[str, Any] = {A.CONFIG_VERSION: ctx.version}
+        for kind, v in self._unit_values(ctx).items():
+            attrs[A.unit_attr(kind)] = v
+        for key, a in ctx.assignments.items():
+            if a.reason == "split" or a.reason == "override":
+                names = self._attr_names(key)
+                attrs[names[0]] = a.variant
+                if a.reason == "override":
+                    attrs[names[2]] = True
+            elif a.holdout is not None:
+                attrs[A.holdout_attr(a.holdout)] = True
+        exposed = ctx.exposed
+        for key in exposed:
+            attrs[self._attr_names(key)[1]] = True
+        if ctx.fault_injected:
+            attrs[A.FAULT_INJECTED] = True
+        span.set_attributes(attrs)
+        for key in exposed:
+            span.add_event(A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
+        pending = ctx.extra.pop("pending_events", None)
+        if pending:
+            for name, event_attrs in pending:
+                span.add_event(name, event_attrs)
+
+    def attach_current(self, ctx: RequestContext) -> None:
+        """Attach to the current span when it is a recording SERVER span (fieldlab inside the instrumentation)."""
+        span = trace.get_current_span()
+        if getattr(span, "kind", None) is _SERVER and span.is_recording():
+            self.attach(ctx, span)
+
+    def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
+        span = ctx.server_span
+        if span is None:
+            return  # written when the span is found (ctx.exposed holds it)
+        try:
+            if span.is_recording():
+                span.set_attribute(self._attr_names(a.experiment)[1], True)
+                span.add_event(A.FLAG_EVENT, self.flag_event(ctx, a))
+        except Exception:
+            _failed("recorder_errors")
+
+    def on_event(self, ctx: RequestContext, name: str, attrs: dict[str, Any]) -> None:
+        span = ctx.server_span
+        try:
+            if span is None:
+                ctx.extra.setdefault("pending_events", []).append((name, dict(attrs)))
+            elif span.is_recording():
+                span.add_event(name, attrs)
+        except Exception:
+            _failed("recorder_errors")
+
+    def on_fault(self, ctx: RequestContext) -> None:
+        span = ctx.server_span
+        try:
+            if span is not None and span.is_recording():
+                span.set_attribute(A.FAULT_INJECTED, True)
+        except Exception:
+            _failed("recorder_errors")
+
+
+try:  # the SDK is optional: without it there is no provider to add a processor to
+    from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase
+except ImportError:  # pragma: no cover
+    _SpanProcessorBase = object  # type: ignore[assignment,misc]
+
+
+class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type]
+    """Writes the current request's assignments onto the first SERVER span it starts."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.kind is not _SERVER:
+            return
+        ctx = current()
+        if ctx is None or ctx.server_span is not None or ctx.recorder is None:
+            return
+        try:
+            ctx.recorder.attach(ctx, span)
+        except Exception:
+            _failed("processor_errors")
+
+    def on_end(self, span: Any) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_install_lock = threading.Lock()
+_installed_on: list[Any] = []
+
+
+def processor_installed() -> bool:
+    return bool(_installed_on)
+
+
+def ensure_processor() -> bool:
+    """Add :class:`FieldLabSpanProcessor` to the global tracer provider once; True when it is in place.
+
+    Until an SDK provider is set (``trace.set_tracer_provider``) there is
+    nothing to add to; adapters call this again on each request until then.
+    """
+    if _installed_on:
+        return True
+    provider = trace.get_tracer_provider()
+    add = getattr(provider, "add_span_processor", None)
+    if add is None:
+        return False
+    with _install_lock:
+        if not _installed_on:
+            add(FieldLabSpanProcessor())
+            _installed_on.append(provider)
+    return True
+
