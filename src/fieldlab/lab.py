@@ -142,7 +142,7 @@ class _State:
                 covering.setdefault(key, []).append(h)
         self.compiled = {e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
                          for e in experiments}
-        self.fast = {key: c for key, c in self.compiled.items() if c.simple}
+        self.fast = {key: (c.prefix, c.table, c) for key, c in self.compiled.items() if c.simple}
         self.version = version or content_version({
             "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
             "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
@@ -245,7 +245,7 @@ class _WatchTrap(dict):  # type: ignore[type-arg]
         super().__init__()
         self.lab = lab
 
-    def __missing__(self, key: str) -> "_Compiled":
+    def __missing__(self, key: str) -> "tuple[str, list[Assignment | None], _Compiled]":
         self.lab._start_watcher()
         return self.lab._state.fast[key]
 
@@ -287,7 +287,7 @@ class Lab:
         self._file_sig: tuple[int, int] | None = None
         self._watcher: threading.Thread | None = None
         self._watch_pending = path is not None and reload_interval > 0
-        self._fast: dict[str, _Compiled] = _WatchTrap(self) if self._watch_pending else state.fast
+        self._fast: dict[str, tuple[str, list[Assignment | None], _Compiled]] = _WatchTrap(self) if self._watch_pending else state.fast
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self.config_error: str | None = None
@@ -389,7 +389,7 @@ class Lab:
         return s.encode("utf-8") if isinstance(s, str) else s
 
     # --------------------------------------------------------------- evaluation
-    def assign(self, key: str, unit: Any, attributes: Mapping[str, Any] | None = None, *,
+    def assign(self, key: str, unit: Any, attributes: Mapping[str, Any] | None = None,
                overrides: VerifiedOverrides | Iterable[str] | None = None) -> Assignment:
         """The variant of experiment ``key`` for ``unit``; never raises.
 
@@ -397,17 +397,19 @@ class Lab:
         tokens (verified here) or a :class:`VerifiedOverrides` already made by
         :meth:`verify_overrides`.
         """
-        if overrides is None and unit.__class__ is str and unit:
-            # Hot path: running experiments with no holdout, layer or targeting.
-            # While a file watch is pending, self._fast is a _WatchTrap that
-            # starts the watcher on first lookup; afterwards there is no check.
-            try:
-                c = self._fast[key]
-            except KeyError:
-                pass
-            else:
-                b = _hash(c.prefix + unit, 0, False) % 10000
-                return c.table[b] or c.split(b)
+        # Hot path, shaped for CPython's specialising interpreter: running
+        # experiments without holdout, layer or targeting, and a str unit (any
+        # other type raises TypeError at the concat and takes the general path).
+        # While a file watch is pending, self._fast is a _WatchTrap that starts
+        # the watcher on its first lookup.
+        try:
+            prefix, table, c = self._fast[key]
+            b = _hash(prefix + unit, 0, False) % 10000
+        except (KeyError, TypeError):
+            pass
+        else:
+            if unit and overrides is None:
+                return table[b] or c.split(b)
         if self._watch_pending:
             self._start_watcher()
         try:
