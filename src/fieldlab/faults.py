@@ -534,11 +534,11 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
     if not isinstance(experiment, str) or not isinstance(variant, str):
         raise ConfigError(label, "experiment and variant must be strings", "name the experiment and its variant")
     entry = dict(fault)
+    if entry.get("kind") == "abort" or "status" in entry or "body" in entry:
+        raise ConfigError(label, "aborts answer the HTTP request before the app runs, so code cannot inject them",
+                          "configure aborts in the config (point = \"http\"); use exception= here")
     entry["point"] = point or "inject"
     spec = parse_fault(entry, label)
-    if spec.kind == "abort":
-        raise ConfigError(label, "aborts answer the HTTP request before the app runs",
-                          "configure aborts in the config (point = \"http\"); use exception= here")
     salt = spec.salt or f"{experiment}:{variant}:fault"
 
     def build(name: str) -> FaultPoint:
