@@ -156,3 +156,19 @@ def test_assign_all_uses_each_experiments_unit_kind():
     assert out["by-user"].bucket == bucket("by-user", "alice")
     assert out["by-visitor"].bucket == bucket("by-visitor", "v-1")
     assert out["by-request"].reason == "no_unit"
+
+
+def test_assign_all_matches_assign_for_every_path():
+    lab = Lab.from_file("examples/lab.toml", reload_interval=0, secret=SECRET)
+    token = make_token(SECRET, "checkout-redesign", "treatment", 60)
+    attrs = {"country": "DE", "app_version": "2.4.0"}
+    reasons = set()
+    for i in range(3000):
+        units = {"user": f"user-{i}", "visitor": f"v-{i}"}
+        tokens = [token] if i % 7 == 0 else None
+        all_ = lab.assign_all(units, attrs, overrides=tokens)
+        for key, a in all_.items():
+            kind = lab.experiments[key].unit
+            assert a == lab.assign(key, units[kind], attrs, overrides=tokens), (key, units)
+            reasons.add(a.reason)
+    assert reasons >= {"split", "holdout", "layer", "traffic", "override", "concluded"}
