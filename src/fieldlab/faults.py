@@ -51,6 +51,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from opentelemetry import trace as _otel_trace
+
 from . import attributes as A
 from . import killswitch
 from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
@@ -201,12 +203,26 @@ def _env_off() -> bool:
 
 
 def _trace_key(ctx: RequestContext) -> str | None:
+    """The request's trace id as 32 lowercase hex digits, the input of every fault draw; None if unknown.
+
+    ``ctx.trace_id`` when the adapter set a real one (an int or hex string);
+    otherwise the trace of the request's server span, else of the current
+    span. A placeholder id an adapter made up before any span existed
+    (``ctx.extra["request_generated"]``) is not used: it would not match the
+    trace that gets recorded, so a replay could not reproduce the decision.
+    """
     tid = ctx.trace_id
-    if tid is None or tid == "" or tid == 0:
-        return None
-    if isinstance(tid, int):
-        return f"{tid:032x}"
-    return str(tid).lower()
+    if tid and not ctx.extra.get("request_generated"):
+        if isinstance(tid, int):
+            return f"{tid:032x}"
+        return str(tid).lower()
+    span = getattr(ctx, "server_span", None)
+    if span is None:
+        span = _otel_trace.get_current_span()
+    sc = span.get_span_context()
+    if sc is not None and sc.is_valid:
+        return f"{sc.trace_id:032x}"
+    return None
 
 
 def _unit_key(ctx: RequestContext) -> str:

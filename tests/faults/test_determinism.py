@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from opentelemetry import trace
 from faultkit import bound, make_lab, slow_db, trace_id, unit_in
 
 import fieldlab
@@ -185,3 +186,28 @@ def test_latency_distributions_have_the_configured_shape() -> None:
     assert 80 <= min(j) < 81 and 119 < max(j) <= 120
     fixed = parse_fault({"point": "p", "latency_ms": 5, "jitter_ms": 10}, "t")
     assert min(faults._draw_delay(fixed, "s", k, "p", 0) for k in keys) == 0  # never negative
+
+
+def test_without_ctx_trace_id_the_span_trace_decides_and_placeholders_are_ignored(otel) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab(slow_db({"latency_ms": 1, "rate": 50}))
+    unit = unit_in(lab, "slow-db", "slow")
+
+    @fieldlab.fault_point("db.query")
+    def query() -> None:
+        return None
+
+    seen = []
+    for _ in range(60):
+        with bound(lab, unit, tid=None, otel=otel) as ctx:
+            tid = format(trace.get_current_span().get_span_context().trace_id, "032x")
+            query()
+            seen.append(ctx.fault_injected)
+            assert ctx.fault_injected == (fieldlab.bucket("slow-db:slow:fault", tid) < 5000)
+    assert 0 < sum(seen) < 60
+    # An id the adapter invented before the span existed is not a trace: the span's id decides instead.
+    with bound(lab, unit, tid="f" * 32, otel=otel) as ctx:
+        ctx.extra["request_generated"] = True
+        real = format(trace.get_current_span().get_span_context().trace_id, "032x")
+        query()
+        assert ctx.fault_injected == (fieldlab.bucket("slow-db:slow:fault", real) < 5000)
+    assert faults.stats()["skipped_no_trace"] == 0
