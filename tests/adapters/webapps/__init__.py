@@ -1,0 +1,1 @@
+"""Test applications, one per framework, sharing the shop view logic in ``common``."""
