@@ -1,0 +1,188 @@
+"""Balance check before launch: an A/A test of a planned split on pre-period traffic.
+
+A salt is a random draw; now and then it splits heavy users (or users with a
+high error rate) unevenly, and the experiment starts with a built-in
+difference. ``balance()`` recomputes, with fieldlab's own assignment, which
+historical units would land in each arm of the planned experiment (or with a
+new ``salt``), compares their past behaviour -- requests per unit, error rate,
+mean latency and any ``--metric`` -- and, when some difference is significant
+after Holm correction, tries other salts and suggests the first that passes.
+
+It needs the *raw* unit ids on the pre-period spans: fieldlab's default keyed
+hash (``h1:...``) cannot be re-bucketed under another salt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .. import attributes as A
+from ..errors import FieldLabError
+from .sources import Metric, SourceError, open_source, parse_metric
+
+__all__ = ["balance", "render_balance", "HashedUnitsError"]
+
+
+class HashedUnitsError(FieldLabError):
+    """The spans carry hashed unit ids, which cannot be re-assigned under a new salt."""
+
+
+def _collect(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any]:
+    """Per-unit pre-period aggregates: ids and a matrix [requests, errors, latency ms, metric sums/counts...]."""
+    import numpy as np
+
+    per: dict[str, list[float]] = {}
+    nm = len(metrics)
+    seen = 0
+    for uid, attrs in source.iter_units(kind):
+        seen += 1
+        if uid.startswith("h1:"):
+            raise HashedUnitsError(
+                f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {uid[:12]}...), which cannot be re-bucketed "
+                "under a planned salt; record units raw for the pre-period (unit_id = \"raw\" in the lab settings) "
+                "or pass a source whose spans carry raw ids")
+        u = per.get(uid)
+        if u is None:
+            u = per[uid] = [0.0] * (3 + 2 * nm)
+        u[0] += 1
+        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
+        try:
+            http_err = int(code) >= 500
+        except (TypeError, ValueError):
+            http_err = False
+        u[1] += bool(attrs.get("__error")) or http_err
+        u[2] += float(attrs.get("__dur_ms") or 0.0)
+        for i, m in enumerate(metrics):
+            raw = attrs.get(m.attr, "")
+            if m.kind == "conversion":
+                if str(raw) == m.value:
+                    u[3 + 2 * i] = 1.0
+            else:
+                try:
+                    u[3 + 2 * i] += float(raw)
+                    u[4 + 2 * i] += 1
+                except (TypeError, ValueError):
+                    pass
+    if not per:
+        raise SourceError(f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source ({seen} spans read); "
+                          f"the experiment's unit kind is {kind!r}: record that unit on the pre-period spans")
+    ids = list(per)
+    return ids, np.asarray([per[i] for i in ids], dtype=np.float64)
+
+
+def _planned_lab(lab: Any, key: str, salt: str) -> Any:
+    """The lab with experiment ``key`` running under ``salt`` (drafts are planned experiments)."""
+    from ..experiments import Experiment
+    from ..lab import Lab
+
+    exps = []
+    for e in lab.experiments.values():
+        if e.key == key:
+            d = e.to_dict()
+            d.pop("key")
+            d["salt"], d["status"] = salt, "running"
+            d.pop("winner", None)
+            e = Experiment(key, **d)
+        exps.append(e)
+    return Lab(exps, lab.layers.values(), lab.holdouts.values())
+
+
+def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Sequence[Metric], alpha: float) -> dict[str, Any]:
+    import numpy as np
+
+    from .stats import compare, holm, ratio_estimate, srm_test
+
+    planned = _planned_lab(lab, key, salt)
+    exp = planned.experiments[key]
+    arms = np.asarray([planned.assign(key, u).variant or "" for u in ids])
+    names = exp.variant_names
+    out: dict[str, Any] = {"salt": salt, "variants": {}, "comparisons": {}}
+    counts = [int((arms == v).sum()) for v in names]
+    out["srm"] = srm_test(counts, [exp.weights[v] for v in names])
+    for v, n in zip(names, counts):
+        out["variants"][v] = {"units": n}
+    defs: list[tuple[str, int, int | None]] = [("requests_per_unit", 0, None), ("error_rate", 1, 0), ("latency_ms", 2, 0)]
+    for i, m in enumerate(metrics):
+        defs.append((m.name, 3 + 2 * i, None if m.kind == "conversion" else 4 + 2 * i))
+    ctrl = mat[arms == exp.control]
+    tests: list[tuple[str, str, dict[str, Any]]] = []
+    for v in names:
+        if v == exp.control:
+            continue
+        trt = mat[arms == v]
+        out["comparisons"][v] = {}
+        for name, num, den in defs:
+            ce = ratio_estimate(ctrl[:, num], None if den is None else ctrl[:, den])
+            te = ratio_estimate(trt[:, num], None if den is None else trt[:, den])
+            c = compare(ce, te, alpha=alpha, sequential=False)
+            out["comparisons"][v][name] = {k: (None if x is None else float(x)) for k, x in c.items()}
+            tests.append((v, name, out["comparisons"][v][name]))
+    adj = holm([t[2]["p_value"] for t in tests])
+    worst = []
+    for (v, name, c), p in zip(tests, adj):
+        c["p_value_adjusted"] = p
+        if p is not None and p < alpha:
+            worst.append(f"{v}: {name} (adjusted p = {p:.3g})")
+    out["imbalanced"] = worst
+    out["balanced"] = not worst and not out["srm"]["mismatch"]
+    out["min_adjusted_p"] = min((p for p in adj if p is not None), default=None)
+    return out
+
+
+def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str | Metric] = (), salt: str | None = None,
+            alpha: float = 0.05, tries: int = 50, engine: str = "auto") -> dict[str, Any]:
+    """Check the planned split of ``experiment`` on pre-period spans; suggest a salt when it fails.
+
+    Returns ``{"experiment", "unit", "salt", "balanced", "check": {...}, "suggested_salt", "tried": [...]}``.
+    """
+    from .core import load_config
+
+    lab = load_config(config)
+    if lab is None:
+        raise SourceError("balance needs the lab config that holds the planned experiment")
+    if experiment not in lab.experiments:
+        raise SourceError(f"experiment {experiment!r} is not in the config; known: {sorted(lab.experiments)}")
+    exp = lab.experiments[experiment]
+    mlist = tuple(m if isinstance(m, Metric) else parse_metric(m) for m in metrics)
+    src = open_source(sources, engine=engine)
+    ids, mat = _collect(src, exp.unit, mlist)
+    base_salt = salt or exp.salt
+    check = _check(lab, experiment, base_salt, ids, mat, mlist, alpha)
+    result: dict[str, Any] = {"experiment": experiment, "unit": exp.unit, "units": len(ids), "salt": base_salt,
+                              "alpha": alpha, "balanced": check["balanced"], "check": check,
+                              "suggested_salt": None, "tried": [],
+                              "notes": ["targeting rules are not applied: every pre-period unit is considered"]
+                              if exp.targeting else []}
+    if not check["balanced"]:
+        for i in range(1, max(tries, 0) + 1):
+            cand = f"{base_salt}-{i}"
+            c = _check(lab, experiment, cand, ids, mat, mlist, alpha)
+            result["tried"].append({"salt": cand, "balanced": c["balanced"], "min_adjusted_p": c["min_adjusted_p"]})
+            if c["balanced"]:
+                result["suggested_salt"] = cand
+                result["suggested_check"] = c
+                break
+    return result
+
+
+def render_balance(result: Mapping[str, Any]) -> str:
+    c = result["check"]
+    lines = [f"balance check of {result['experiment']} (unit {result['unit']}, {result['units']:,} pre-period units, "
+             f"salt {result['salt']!r}): {'BALANCED' if result['balanced'] else 'IMBALANCED'}"]
+    lines.append("   units per arm: " + ", ".join(f"{v} {s['units']:,}" for v, s in c["variants"].items())
+                  + (f"; split p = {c['srm']['p_value']:.3g}" if c["srm"].get("p_value") is not None else ""))
+    for v, comps in c["comparisons"].items():
+        for name, x in comps.items():
+            est, padj = x.get("estimate"), x.get("p_value_adjusted")
+            est_s = "-" if est is None else f"{est:+.4g}"
+            p_s = "-" if padj is None else f"{padj:.3g}"
+            lines.append(f"   {v} - control  {name:<24} {est_s:>12}  adjusted p = {p_s}")
+    for n in result.get("notes", []):
+        lines.append(f"   note: {n}")
+    if not result["balanced"]:
+        lines.append("   imbalanced: " + "; ".join(c["imbalanced"] or ["unit counts do not match the weights"]))
+        if result["suggested_salt"]:
+            lines.append(f"   suggestion: use salt = {result['suggested_salt']!r} (passes the same check)")
+        else:
+            lines.append(f"   no balanced salt found in {len(result['tried'])} tries; try --tries with more")
+    return "\n".join(lines) + "\n"

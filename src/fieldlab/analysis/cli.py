@@ -1,0 +1,128 @@
+"""The ``fieldlab analyze`` and ``fieldlab balance`` subcommands.
+
+Registered by :func:`add_parsers`; each command returns an exit code and turns
+every expected failure into one line on stderr (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["add_parsers", "cmd_analyze", "cmd_balance"]
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"fieldlab {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _progress(args: argparse.Namespace):
+    from .sources import _progress_printer
+
+    return _progress_printer(bool(args.progress) or (sys.stderr.isatty() and not args.no_progress))
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """``fieldlab analyze SOURCE...``: tables (default), ``--json`` and/or ``--html FILE``."""
+    from ..errors import FieldLabError
+
+    try:
+        from .core import analyze
+        from .report import render_json, render_text, write_html
+    except ImportError as exc:
+        return _fail("analyze", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
+    show = _progress(args)
+    try:
+        result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
+                         sequential=not args.fixed_horizon, alpha=args.alpha, tuning=args.tuning, engine=args.engine,
+                         experiments=args.experiment, progress=show)
+    except (FieldLabError, ValueError) as exc:
+        if show:
+            sys.stderr.write("\n")
+        return _fail("analyze", str(exc))
+    except OSError as exc:
+        return _fail("analyze", f"{exc.filename or ''}: {exc.strerror or exc}")
+    if show:
+        sys.stderr.write("\r" + " " * 100 + "\r")
+    if args.html:
+        try:
+            write_html(result, args.html)
+        except OSError as exc:
+            return _fail("analyze", f"--html {args.html}: {exc.strerror or exc}; choose a writable path")
+    if args.json:
+        sys.stdout.write(render_json(result) + "\n")
+    else:
+        sys.stdout.write(render_text(result))
+        if args.html:
+            sys.stdout.write(f"HTML report written to {args.html}\n")
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    """``fieldlab balance CONFIG EXPERIMENT SOURCE...``: an A/A check of a planned split on past data."""
+    from ..errors import FieldLabError
+
+    try:
+        from .balance import balance, render_balance
+    except ImportError as exc:
+        return _fail("balance", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
+    try:
+        result = balance(args.config, args.experiment, args.sources, metrics=args.metric or (), salt=args.salt,
+                         alpha=args.alpha, tries=args.tries, engine=args.engine)
+    except (FieldLabError, ValueError) as exc:
+        return _fail("balance", str(exc))
+    except OSError as exc:
+        return _fail("balance", f"{exc.filename or ''}: {exc.strerror or exc}")
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_balance(result))
+    return 0 if result["balanced"] else 1
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``analyze`` and ``balance`` on the main ``fieldlab`` parser."""
+    p = subparsers.add_parser(
+        "analyze", help="analyse experiments from trace data (OTLP JSON files or ClickHouse)",
+        description="Analyse every experiment found on SERVER spans: sample-ratio check, error rate, latency, "
+                    "custom metrics, peek-safe intervals and a verdict per variant.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="OTLP JSON-lines file(s) (.gz ok), a directory, a glob, or clickhouse://user:pw@host:8123/db?table=otel_traces")
+    p.add_argument("--config", help="lab config (weights for SRM, unit kinds, control, holdouts); without it weights "
+                                    "are assumed equal and unit kinds inferred")
+    p.add_argument("--metric", action="append", metavar="ATTR[=VALUE]",
+                   help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
+                        "of units with any such request (conversion); prefix '-' when lower is better. Repeatable.")
+    p.add_argument("--experiment", action="append", metavar="KEY", help="only these experiments (repeatable)")
+    p.add_argument("--all-assigned", action="store_true",
+                   help="intent-to-treat: every assigned unit, not only the exposed ones")
+    p.add_argument("--fixed-horizon", action="store_true",
+                   help="fixed-horizon Welch intervals (valid only for a single look at a planned size)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--tuning", type=float, default=5000.0,
+                   help="confidence-sequence tuning parameter: the sample size where it is tightest (default 5000)")
+    p.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto",
+                   help="file reader: embedded ClickHouse (chdb, default when installed) or pure Python")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_analyze)
+
+    b = subparsers.add_parser(
+        "balance", help="before launch: check a planned split (or a new --salt) on past traffic (an A/A test)",
+        description="Recompute which historical units would fall into each arm of EXPERIMENT and compare their "
+                    "past behaviour. Needs raw unit ids on the pre-period spans.")
+    b.add_argument("config", help="lab config holding the planned experiment")
+    b.add_argument("experiment", help="experiment key")
+    b.add_argument("sources", nargs="+", metavar="SOURCE", help="pre-period OTLP JSON files/dirs/globs or a clickhouse:// URL")
+    b.add_argument("--metric", action="append", metavar="ATTR[=VALUE]", help="extra metric to balance (repeatable)")
+    b.add_argument("--salt", help="check this salt instead of the configured one")
+    b.add_argument("--alpha", type=float, default=0.05, help="flag imbalance at this Holm-adjusted level (default 0.05)")
+    b.add_argument("--tries", type=int, default=50, help="salts to try when suggesting a replacement (default 50)")
+    b.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto", help=argparse.SUPPRESS)
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=cmd_balance)

@@ -1,0 +1,295 @@
+"""``analyze()``: from spans to verdicts, as one JSON-ready dict.
+
+Order of judgement, per experiment: sample-ratio check first (an experiment
+with SRM is invalid and no effect is read from it), then guardrails (error rate
+and mean latency per request must not get worse), then the primary metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from .sources import (Aggregates, GroupData, Metric, QuerySpec, Source, SourceError, hist_value_ms, open_source,
+                      parse_metric)
+
+__all__ = ["analyze", "load_config", "GUARDRAILS", "RESULT_VERSION"]
+
+RESULT_VERSION = 1
+#: Built-in metrics; both are guardrails (lower is better).
+GUARDRAILS = ("error_rate", "latency_ms")
+_QS = (0.5, 0.9, 0.99)
+
+
+def load_config(config: Any) -> Any:
+    """A :class:`fieldlab.Lab` from a path, or the Lab itself (None stays None)."""
+    if config is None:
+        return None
+    if hasattr(config, "experiments"):
+        return config
+    from ..lab import Lab
+
+    path = os.fspath(config)
+    if not os.path.exists(path):
+        raise SourceError(f"{path}: config file not found; pass the lab config (TOML/JSON) with --config")
+    return Lab.from_file(path, reload_interval=0)
+
+
+def _f(x: Any) -> Any:
+    """A JSON-safe float (NaN/inf become None)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _metric_estimate(g: GroupData, metric: str | Metric) -> Any:
+    from .stats import ratio_estimate
+
+    if metric == "error_rate":
+        return ratio_estimate(g.errors, g.requests)
+    if metric == "latency_ms":
+        return ratio_estimate(g.latency_sum_ms, g.requests)
+    assert isinstance(metric, Metric)
+    if metric.kind == "conversion":
+        return ratio_estimate(g.conversions[metric.name])
+    return ratio_estimate(g.metric_sums[metric.name], g.metric_counts[metric.name])
+
+
+def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric], exposed_hist: bool) -> dict[str, Any]:
+    from .stats import hist_quantiles
+
+    requests = float(g.requests.sum())
+    errors = float(g.errors.sum())
+    hist = g.hist_exposed if exposed_hist else g.hist_all
+    p50, p90, p99 = hist_quantiles(g.hist_bins, hist, _QS, hist_value_ms)
+    out: dict[str, Any] = {
+        "units": g.units, "assigned_units": assigned.units, "requests": int(requests), "errors": int(errors),
+        "error_rate": _f(errors / requests) if requests else None,
+        "latency_ms": {"mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
+                       "p50": _f(p50), "p90": _f(p90), "p99": _f(p99)},
+        "metrics": {},
+    }
+    for m in metrics:
+        out["metrics"][m.name] = _f(_metric_estimate(g, m).value) if g.units else None
+    return out
+
+
+def _hist_for_report(g: GroupData, exposed_hist: bool) -> dict[str, list]:
+    hist = g.hist_exposed if exposed_hist else g.hist_all
+    keep = hist > 0
+    return {"bins_ms": [_f(v) for v in hist_value_ms(g.hist_bins[keep])], "counts": [int(c) for c in hist[keep]]}
+
+
+def _judge(comps: Mapping[str, Any], metrics: Sequence[Metric], alpha: float) -> str:
+    """A verdict in words from one treatment's comparisons."""
+    for name in GUARDRAILS:
+        c = comps.get(name) or {}
+        if c.get("p_value_adjusted") is not None and c["p_value_adjusted"] < alpha and c["estimate"] > 0:
+            return f"guardrail breached: {name} worse"
+    primary = [(m.name, m.higher_is_better) for m in metrics] or [(g, False) for g in GUARDRAILS]
+    for name, higher in primary:
+        c = comps.get(name) or {}
+        if c.get("p_value_adjusted") is not None and c["p_value_adjusted"] < alpha and c["estimate"] != 0:
+            better = (c["estimate"] > 0) == higher
+            return f"treatment {'better' if better else 'worse'} on {name}"
+    return "keep running"
+
+
+def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric] = (), all_assigned: bool = False,
+            sequential: bool = True, alpha: float = 0.05, tuning: float = 5000.0, engine: str = "auto",
+            experiments: Sequence[str] | None = None, progress: Callable[[str], None] | bool | None = None,
+            looks: int = 20) -> dict[str, Any]:
+    """Analyse every experiment found in ``sources``; returns the ``--json`` structure.
+
+    ``sources``: file paths, directories, globs, a ``clickhouse://`` URL, or a
+    :class:`~fieldlab.analysis.sources.Source`. ``config``: a config path or a
+    :class:`fieldlab.Lab` (weights for the SRM check, unit kinds, control,
+    holdouts); without it weights are assumed equal and unit kinds inferred,
+    and the result says so. ``sequential=False`` gives labelled fixed-horizon
+    intervals. ``all_assigned=True`` is intent-to-treat instead of the
+    default trigger analysis (exposed units only).
+    """
+    import numpy as np
+
+    from .stats import DEFAULT_TUNING, SRM_ALPHA, compare, holm, rank_test, srm_test
+
+    if not 0 < alpha < 1:
+        raise SourceError(f"alpha {alpha} is outside (0, 1); use e.g. 0.05")
+    lab = load_config(config)
+    mlist = tuple(m if isinstance(m, Metric) else parse_metric(m) for m in metrics)
+    names = [m.name for m in mlist]
+    if len(set(names)) != len(names) or set(names) & set(GUARDRAILS):
+        raise SourceError(f"--metric: duplicate or reserved metric names in {names}; give each metric once "
+                          f"and do not reuse {', '.join(GUARDRAILS)}")
+    unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
+    src = open_source(sources, engine=engine) if not isinstance(sources, Source) else sources
+    show = progress if callable(progress) else None
+    agg: Aggregates = src.aggregate(QuerySpec(unit_kinds=unit_kinds, metrics=mlist), show)
+
+    method = ("always-valid confidence sequence (asymptotic, tuning parameter "
+              f"{tuning:g}); safe to look at any time") if sequential else \
+        "fixed-horizon Welch t interval: valid only if you look once, at the planned sample size"
+    result: dict[str, Any] = {
+        "fieldlab_analysis": RESULT_VERSION,
+        "source": agg.source, "engine": agg.engine, "seconds": round(agg.seconds, 3),
+        "spans": agg.spans, "server_spans": agg.server_spans, "malformed_lines": agg.malformed_lines,
+        "method": {"sequential": sequential, "description": method, "alpha": alpha, "srm_alpha": SRM_ALPHA,
+                   "tuning": tuning if sequential else None,
+                   "population": "all assigned units (intent-to-treat)" if all_assigned else
+                   "exposed units (trigger analysis: units whose code read the variant)",
+                   "metrics": ["error_rate", "latency_ms"] + names},
+        "notes": [], "experiments": {}, "holdouts": {},
+    }
+    if agg.malformed_lines:
+        result["notes"].append(f"{agg.malformed_lines} malformed line(s) skipped")
+    if lab is None:
+        result["notes"].append("no --config: weights assumed equal for the SRM check; unit kind inferred per span "
+                               "(user if present, else visitor, else session, else the trace id = request)")
+    wanted = set(experiments) if experiments else None
+    if wanted and lab is not None:
+        unknown = wanted - set(lab.experiments) - set(agg.experiments)
+        if unknown:
+            raise SourceError(f"--experiment {sorted(unknown)}: not in the config nor in the data; "
+                              f"known: {sorted(set(lab.experiments) | set(agg.experiments))}")
+    keys = sorted(set(agg.experiments) | (set(lab.experiments) if lab is not None else set()))
+    for key in keys:
+        if wanted and key not in wanted:
+            continue
+        data = agg.experiments.get(key)
+        cfg = lab.experiments.get(key) if lab is not None else None
+        notes: list[str] = []
+        if cfg is not None:
+            order = list(cfg.variant_names)
+            extra = sorted(set(data.variants) - set(order)) if data else []
+            if extra:
+                notes.append(f"variants not in the config seen in the data: {extra}")
+            control = cfg.control
+            weights = {v: float(cfg.weights.get(v, 0)) for v in order + extra}
+            order += extra
+            unit_kind, unit_source = cfg.unit, "config"
+        else:
+            order = sorted(data.variants) if data else []
+            control = "control" if "control" in order else (order[0] if order else "")
+            if order and control != "control":
+                notes.append(f"no variant named 'control'; using {control!r} as the control")
+            weights = {v: 1.0 for v in order}
+            kinds = data.unit_kinds if data else []
+            unit_kind = kinds[0] if len(kinds) == 1 else "/".join(kinds) or "unknown"
+            unit_source = "inferred"
+        exp_out: dict[str, Any] = {
+            "unit": unit_kind, "unit_source": unit_source, "control": control,
+            "weights": {v: weights[v] for v in order},
+            "weights_source": "config" if cfg is not None else "assumed equal (no --config)",
+            "forced_requests_excluded": data.forced_requests if data else 0,
+            "multi_variant_units_excluded": data.multi_variant_units if data else 0,
+            "variants": {}, "srm": {}, "comparisons": {}, "verdicts": {}, "verdict": "keep running",
+            "timeline": {}, "histograms": {}, "notes": notes,
+        }
+        result["experiments"][key] = exp_out
+        if data is None or not data.variants:
+            exp_out["verdict"] = "no data"
+            notes.append("no spans carry this experiment")
+            continue
+        if data.multi_variant_units:
+            notes.append(f"{data.multi_variant_units} unit(s) seen in more than one variant were excluded")
+        groups: dict[str, GroupData] = {}
+        assigned: dict[str, GroupData] = {}
+        for v in order:
+            g = data.variants.get(v)
+            if g is None:
+                continue
+            assigned[v] = g
+            groups[v] = g if all_assigned else g.select(g.exposed)
+        # 1. sample-ratio mismatch on assigned units
+        observed = [assigned[v].units if v in assigned else 0 for v in order]
+        srm = srm_test(observed, [weights[v] for v in order])
+        total = sum(observed)
+        wsum = sum(weights.values()) or 1.0
+        srm.update(observed={v: o for v, o in zip(order, observed)},
+                   expected={v: _f(total * weights[v] / wsum) for v in order},
+                   weights_assumed=cfg is None)
+        exp_out["srm"] = srm
+        for v in order:
+            if v in groups:
+                exp_out["variants"][v] = _variant_summary(groups[v], assigned[v], mlist, not all_assigned)
+                exp_out["variants"][v]["expected_share"] = _f(weights[v] / wsum)
+                exp_out["histograms"][v] = _hist_for_report(groups[v], not all_assigned)
+        treatments = [v for v in order if v != control and v in groups]
+        if srm["mismatch"]:
+            exp_out["verdict"] = "invalid (SRM)"
+            exp_out["verdicts"] = {v: "invalid (SRM)" for v in treatments}
+            notes.append(f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_ALPHA}): assignment or logging "
+                         "is broken; no effect is reported")
+            continue
+        if control not in groups or groups[control].units < 2:
+            notes.append(f"control {control!r} has fewer than 2 analysed units; nothing to compare yet")
+            exp_out["verdicts"] = {v: "keep running" for v in treatments}
+            continue
+        # 2. comparisons against control
+        k = max(len(treatments), 1)
+        ci_alpha = alpha / k  # Bonferroni intervals to go with Holm p-values
+        mnames: list[Any] = list(GUARDRAILS) + list(mlist)
+        comps: dict[str, dict[str, Any]] = {v: {} for v in treatments}
+        ctrl = groups[control]
+        ctrl_lat = ctrl.latency_sum_ms / np.maximum(ctrl.requests, 1)
+        for m in mnames:
+            name = m if isinstance(m, str) else m.name
+            ce = _metric_estimate(ctrl, m)
+            for v in treatments:
+                c = compare(ce, _metric_estimate(groups[v], m), alpha=ci_alpha, sequential=sequential,
+                            tuning=tuning or DEFAULT_TUNING)
+                comps[v][name] = {kk: _f(vv) for kk, vv in c.items()}
+            adj = holm([comps[v][name]["p_value"] for v in treatments]) if k > 1 else \
+                [comps[v][name]["p_value"] for v in treatments]
+            for v, p in zip(treatments, adj):
+                comps[v][name]["p_value_adjusted"] = _f(p)
+                comps[v][name]["interval"] = ("confidence sequence" if sequential else "fixed-horizon") + \
+                    (f", Bonferroni {1 - ci_alpha:.4g}" if k > 1 else "")
+        for v in treatments:
+            g = groups[v]
+            lat = g.latency_sum_ms / np.maximum(g.requests, 1)
+            comps[v]["latency_ms"]["rank_p_value"] = _f(rank_test(ctrl_lat, lat))
+            cq, tq = exp_out["variants"][control]["latency_ms"], exp_out["variants"][v]["latency_ms"]
+            comps[v]["latency_ms"]["quantile_differences"] = {
+                q: _f(tq[q] - cq[q]) if tq[q] is not None and cq[q] is not None else None for q in ("p50", "p90", "p99")}
+            exp_out["verdicts"][v] = _judge(comps[v], mlist, alpha)
+        exp_out["comparisons"] = comps
+        vs = exp_out["verdicts"]
+        if len(vs) == 1:
+            exp_out["verdict"] = next(iter(vs.values()))
+        elif vs:
+            worst = [s for s in vs.values() if s.startswith("guardrail")]
+            exp_out["verdict"] = worst[0] if worst else "; ".join(f"{v}: {s}" for v, s in vs.items())
+        # 3. the primary metric's interval over time (for the report)
+        primary = mlist[0] if mlist else "error_rate"
+        pname = primary if isinstance(primary, str) else primary.name
+        times = np.concatenate([g.first_seen for g in groups.values()])
+        if times.size and looks > 0:
+            cuts = np.quantile(times, np.linspace(0, 1, looks + 1)[1:])
+            for v in treatments:
+                series = []
+                for t in cuts:
+                    cg, tg = ctrl.select(ctrl.first_seen <= t), groups[v].select(groups[v].first_seen <= t)
+                    if cg.units < 2 or tg.units < 2:
+                        continue
+                    c = compare(_metric_estimate(cg, primary), _metric_estimate(tg, primary), alpha=ci_alpha,
+                                sequential=sequential, tuning=tuning or DEFAULT_TUNING)
+                    series.append({"t": _f(t), "units": cg.units + tg.units, "estimate": _f(c["estimate"]),
+                                   "ci_low": _f(c["ci_low"]), "ci_high": _f(c["ci_high"])})
+                exp_out["timeline"][v] = {"metric": pname, "points": series}
+    # holdouts: their own group
+    covered: dict[str, list[str]] = {}
+    if lab is not None:
+        for h in getattr(lab, "holdouts", {}).values():
+            for e in h.experiments:
+                covered.setdefault(e, []).append(h.key)
+    for hkey, g in sorted(agg.holdouts.items()):
+        summary = _variant_summary(g, g, mlist, False)
+        summary["experiments"] = sorted(e for e, hs in covered.items() if hkey in hs)
+        result["holdouts"][hkey] = summary
+    for e, hs in covered.items():
+        if e in result["experiments"]:
+            result["experiments"][e]["holdout_groups"] = {h: result["holdouts"].get(h) for h in hs}
+    return result

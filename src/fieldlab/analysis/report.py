@@ -1,0 +1,351 @@
+"""Reports of an :func:`~fieldlab.analysis.analyze` result: a terminal table, JSON and a self-contained HTML page.
+
+The HTML page draws its own inline SVG (no scripts, no CDN, no matplotlib):
+latency distribution per variant, the primary metric's confidence interval
+over time, and unit counts against the expected weights.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+__all__ = ["render_text", "render_json", "render_html", "write_html"]
+
+_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if x != 0 and (abs(x) < 10 ** -(digits) or abs(x) >= 1e6):
+        return f"{x:.{digits}g}"
+    return f"{x:.{digits}f}" if abs(x) < 100 else f"{x:,.1f}"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.3f}%"
+
+
+def _p(x: Any) -> str:
+    if x is None:
+        return "p=-"
+    return "p<0.001" if x < 0.001 else f"p={x:.3f}"
+
+
+def _fmt_metric(name: str, x: Any) -> str:
+    return _pct(x) if name == "error_rate" or "=" in name else _num(x)
+
+
+def render_text(result: Mapping[str, Any]) -> str:
+    """A plain-text report: one block per experiment, invalid experiments say so before any effect."""
+    lines: list[str] = []
+    m = result["method"]
+    lines.append(f"fieldlab analyze: {result['source']} ({result['engine']}, {result['spans']:,} spans, "
+                 f"{result['server_spans']:,} server spans, {result['malformed_lines']} malformed lines skipped)")
+    lines.append(f"method: {m['description']}; alpha {m['alpha']}; population: {m['population']}")
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    if not result["experiments"]:
+        lines.append("no experiments found: no SERVER span carries a fieldlab.variant.<key> attribute")
+    for key, e in result["experiments"].items():
+        lines.append("")
+        lines.append(f"== {key}  (unit: {e['unit']}, {e['unit_source']}; control: {e['control']})")
+        lines.append(f"   verdict: {e['verdict'].upper() if e['verdict'].startswith('invalid') else e['verdict']}")
+        srm = e.get("srm") or {}
+        if srm.get("p_value") is not None:
+            obs = " / ".join(f"{v} {n:,}" for v, n in srm["observed"].items())
+            exp = " / ".join(f"{_num(x, 1)}" for x in srm["expected"].values())
+            state = "MISMATCH" if srm["mismatch"] else "ok"
+            lines.append(f"   sample ratio: {state} ({_p(srm['p_value'])}, threshold {srm['alpha']}); assigned units "
+                         f"{obs}; expected {exp} ({e['weights_source']})")
+        for note in e.get("notes", []):
+            lines.append(f"   note: {note}")
+        if not e["variants"]:
+            continue
+        mnames = list(next(iter(e["variants"].values()))["metrics"])
+        head = ["variant", "units", "requests", "errors", "err rate", "mean ms", "p50 ms", "p90 ms", "p99 ms"] + mnames
+        rows = [head]
+        for v, s in e["variants"].items():
+            lat = s["latency_ms"]
+            rows.append([v, _num(s["units"]), _num(s["requests"]), _num(s["errors"]), _pct(s["error_rate"]),
+                         _num(lat["mean"], 2), _num(lat["p50"], 2), _num(lat["p90"], 2), _num(lat["p99"], 2)]
+                        + [_fmt_metric(n, s["metrics"].get(n)) for n in mnames])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for i, r in enumerate(rows):
+            lines.append("   " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0:
+                lines.append("   " + "  ".join("-" * w for w in widths))
+        if e["verdict"].startswith("invalid"):
+            lines.append("   effects are not shown: fix the sample ratio mismatch first")
+            continue
+        for v, comps in e.get("comparisons", {}).items():
+            lines.append(f"   {v} vs {e['control']}:  {e['verdicts'].get(v, '')}")
+            for name, c in comps.items():
+                est, lo, hi = c.get("estimate"), c.get("ci_low"), c.get("ci_high")
+                f = (lambda x: _pct(x)) if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
+                rel = f" ({100 * c['relative']:+.1f}%)" if c.get("relative") is not None else ""
+                extra = ""
+                if name == "latency_ms" and c.get("rank_p_value") is not None:
+                    qd = c.get("quantile_differences") or {}
+                    extra = (f"; Mann-Whitney {_p(c['rank_p_value'])}; p50/p90/p99 diff "
+                             + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
+                sign = "+" if est is not None and est > 0 else ""
+                lines.append(f"     {name:<24} {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
+                             f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}")
+        hg = e.get("holdout_groups") or {}
+        for h, s in hg.items():
+            if s:
+                lines.append(f"   holdout {h}: {s['units']:,} units, {s['requests']:,} requests, "
+                             f"error rate {_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
+    for h, s in result.get("holdouts", {}).items():
+        if not any(h in (e.get("holdout_groups") or {}) for e in result["experiments"].values()):
+            lines.append(f"holdout {h}: {s['units']:,} units, {s['requests']:,} requests, error rate "
+                         f"{_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(result: Mapping[str, Any]) -> str:
+    return json.dumps(result, indent=2, sort_keys=False, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- SVG
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+class _Plot:
+    """A minimal SVG line/bar plot with linear or log-10 x axis."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, w: int = 640, h: int = 280) -> None:
+        self.title, self.xlabel, self.ylabel, self.w, self.h = title, xlabel, ylabel, w, h
+        self.ml, self.mr, self.mt, self.mb = 64, 150, 30, 44
+        self.items: list[str] = []
+
+    def frame(self, x0: float, x1: float, y0: float, y1: float, logx: bool = False) -> None:
+        if x1 <= x0:
+            x1 = x0 + 1
+        if y1 <= y0:
+            y1 = y0 + 1
+        self.x0, self.x1, self.y0, self.y1, self.logx = x0, x1, y0, y1, logx
+
+    def X(self, x: float) -> float:
+        pw = self.w - self.ml - self.mr
+        if self.logx:
+            x, a, b = math.log10(max(x, 1e-12)), math.log10(self.x0), math.log10(self.x1)
+        else:
+            a, b = self.x0, self.x1
+        return self.ml + pw * (x - a) / (b - a)
+
+    def Y(self, y: float) -> float:
+        ph = self.h - self.mt - self.mb
+        return self.mt + ph * (1 - (y - self.y0) / (self.y1 - self.y0))
+
+    def line(self, xs: Sequence[float], ys: Sequence[float], color: str, width: float = 2, dash: str = "") -> None:
+        pts = " ".join(f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, ys))
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        self.items.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}"{d} points="{pts}"/>')
+
+    def band(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float], color: str) -> None:
+        pts = [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, hi)]
+        pts += [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(reversed(xs), reversed(lo))]
+        self.items.append(f'<polygon fill="{color}" fill-opacity="0.2" stroke="none" points="{" ".join(pts)}"/>')
+
+    def rect(self, x: float, y: float, w: float, h: float, color: str) -> None:
+        self.items.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{color}"/>')
+
+    def text(self, x: float, y: float, s: str, anchor: str = "start", size: int = 11, color: str = "#333") -> None:
+        self.items.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{color}">{_e(s)}</text>')
+
+    def legend(self, entries: Sequence[tuple[str, str]]) -> None:
+        x = self.w - self.mr + 12
+        for i, (label, color) in enumerate(entries):
+            y = self.mt + 14 + 18 * i
+            self.rect(x, y - 9, 12, 10, color)
+            self.text(x + 18, y, label)
+
+    def render(self, xticks: Sequence[float], yticks: Sequence[float], xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{v:g}") -> str:
+        axes = []
+        bx0, bx1 = self.ml, self.w - self.mr
+        by0, by1 = self.mt, self.h - self.mb
+        axes.append(f'<rect x="{bx0}" y="{by0}" width="{bx1 - bx0}" height="{by1 - by0}" fill="#fafafa" stroke="#ccc"/>')
+        for t in xticks:
+            x = self.X(t)
+            if bx0 - 0.5 <= x <= bx1 + 0.5:
+                axes.append(f'<line x1="{x:.1f}" y1="{by0}" x2="{x:.1f}" y2="{by1}" stroke="#eee"/>')
+                axes.append(f'<text x="{x:.1f}" y="{by1 + 15}" font-size="10" text-anchor="middle" fill="#555">{_e(xfmt(t))}</text>')
+        for t in yticks:
+            y = self.Y(t)
+            if by0 - 0.5 <= y <= by1 + 0.5:
+                axes.append(f'<line x1="{bx0}" y1="{y:.1f}" x2="{bx1}" y2="{y:.1f}" stroke="#eee"/>')
+                axes.append(f'<text x="{bx0 - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" fill="#555">{_e(yfmt(t))}</text>')
+        axes.append(f'<text x="{(bx0 + bx1) / 2}" y="{self.h - 8}" font-size="11" text-anchor="middle">{_e(self.xlabel)}</text>')
+        axes.append(f'<text x="14" y="{(by0 + by1) / 2}" font-size="11" text-anchor="middle" '
+                    f'transform="rotate(-90 14 {(by0 + by1) / 2})">{_e(self.ylabel)}</text>')
+        axes.append(f'<text x="{bx0}" y="18" font-size="13" font-weight="bold">{_e(self.title)}</text>')
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
+                f'viewBox="0 0 {self.w} {self.h}" role="img" aria-label="{_e(self.title)}">'
+                + "".join(axes) + "".join(self.items) + "</svg>")
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _latency_svg(e: Mapping[str, Any]) -> str:
+    hists = e.get("histograms") or {}
+    series = [(v, h) for v, h in hists.items() if h["counts"]]
+    if not series:
+        return "<p>No latency data.</p>"
+    p = _Plot("Latency distribution per variant", "latency (ms, log scale)", "share of requests per bin group")
+    # coarsen to 40 bins per decade-ish groups of 5 for a readable curve
+    curves = []
+    for v, h in series:
+        total = sum(h["counts"]) or 1
+        groups: dict[int, float] = {}
+        for x, c in zip(h["bins_ms"], h["counts"]):
+            k = int(math.floor(math.log10(max(x, 1e-9)) * 40))
+            groups[k] = groups.get(k, 0.0) + c / total
+        ks = sorted(groups)
+        curves.append((v, [10 ** ((k + 0.5) / 40) for k in ks], [groups[k] for k in ks]))
+    xmin = min(min(c[1]) for c in curves)
+    xmax = max(max(c[1]) for c in curves)
+    ymax = max(max(c[2]) for c in curves) * 1.1
+    p.frame(xmin / 1.2, xmax * 1.2, 0, ymax, logx=True)
+    for i, (v, xs, ys) in enumerate(curves):
+        p.line(xs, ys, _COLORS[i % len(_COLORS)])
+    p.legend([(v, _COLORS[i % len(_COLORS)]) for i, (v, _, _) in enumerate(curves)])
+    lo, hi = math.floor(math.log10(xmin / 1.2)), math.ceil(math.log10(xmax * 1.2))
+    xt = [10.0 ** k * m for k in range(lo, hi + 1) for m in (1, 2, 5)]
+    return p.render(xt, _ticks(0, ymax), xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{100 * v:.1f}%")
+
+
+def _timeline_svg(e: Mapping[str, Any]) -> str:
+    tl = e.get("timeline") or {}
+    series = [(v, t) for v, t in tl.items() if t["points"]]
+    if not series:
+        return "<p>Not enough data for an interval over time.</p>"
+    metric = series[0][1]["metric"]
+    p = _Plot(f"{metric}: treatment - control, interval at each look", "units analysed so far", f"difference in {metric}")
+    allx = [pt["units"] for _, t in series for pt in t["points"]]
+    ys = [y for _, t in series for pt in t["points"] for y in (pt["ci_low"], pt["ci_high"], pt["estimate"]) if y is not None]
+    ylo, yhi = min(ys + [0.0]), max(ys + [0.0])
+    pad = (yhi - ylo) * 0.08 or 1e-6
+    p.frame(0, max(allx) * 1.02, ylo - pad, yhi + pad)
+    p.line([0, max(allx) * 1.02], [0, 0], "#888", 1, "4 3")
+    for i, (v, t) in enumerate(series):
+        pts = [pt for pt in t["points"] if pt["ci_low"] is not None and pt["ci_high"] is not None]
+        color = _COLORS[(i + 1) % len(_COLORS)]
+        if pts:
+            xs = [pt["units"] for pt in pts]
+            p.band(xs, [pt["ci_low"] for pt in pts], [pt["ci_high"] for pt in pts], color)
+            p.line(xs, [pt["estimate"] for pt in pts], color)
+    p.legend([(f"{v} - {e['control']}", _COLORS[(i + 1) % len(_COLORS)]) for i, (v, _) in enumerate(series)])
+    return p.render(_ticks(0, max(allx)), _ticks(ylo - pad, yhi + pad), xfmt=lambda v: f"{v:,.0f}", yfmt=lambda v: f"{v:.3g}")
+
+
+def _units_svg(e: Mapping[str, Any]) -> str:
+    srm = e.get("srm") or {}
+    obs, exp = srm.get("observed") or {}, srm.get("expected") or {}
+    if not obs:
+        return "<p>No units.</p>"
+    names = list(obs)
+    ymax = max([float(obs[v]) for v in names] + [float(exp.get(v) or 0) for v in names]) * 1.15 or 1
+    p = _Plot("Assigned units against the expected split", "variant", "units")
+    p.frame(0, len(names), 0, ymax)
+    pw = (p.w - p.ml - p.mr) / len(names)
+    for i, v in enumerate(names):
+        x = p.ml + pw * i + pw * 0.2
+        y = p.Y(obs[v])
+        p.rect(x, y, pw * 0.6, p.Y(0) - y, _COLORS[i % len(_COLORS)])
+        if exp.get(v) is not None:
+            ye = p.Y(exp[v])
+            p.items.append(f'<line x1="{x - 6:.1f}" y1="{ye:.1f}" x2="{x + pw * 0.6 + 6:.1f}" y2="{ye:.1f}" '
+                           'stroke="#000" stroke-width="2" stroke-dasharray="5 3"/>')
+        p.text(x + pw * 0.3, p.h - p.mb + 15, v, anchor="middle")
+        p.text(x + pw * 0.3, y - 4, f"{obs[v]:,}", anchor="middle", size=10)
+    p.legend([("expected (dashed)", "#000")])
+    return p.render([], _ticks(0, ymax), yfmt=lambda v: f"{v:,.0f}")
+
+
+def render_html(result: Mapping[str, Any]) -> str:
+    """A self-contained HTML report (inline CSS and SVG only)."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>fieldlab analysis</title><style>"
+             "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
+             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+             ".bad{color:#b00;font-weight:bold}.ok{color:#070}.verdict{font-size:1.2em}pre{background:#f6f6f6;padding:1em}"
+             "</style></head><body>"]
+    m = result["method"]
+    parts.append(f"<h1>fieldlab analysis</h1><p>Source: {_e(result['source'])} ({_e(result['engine'])}), "
+                 f"{result['spans']:,} spans, {result['malformed_lines']} malformed lines skipped.<br>"
+                 f"Method: {_e(m['description'])}; alpha {m['alpha']}; population: {_e(m['population'])}.</p>")
+    for n in result.get("notes", []):
+        parts.append(f"<p><em>Note: {_e(n)}</em></p>")
+    for key, e in result["experiments"].items():
+        invalid = e["verdict"].startswith("invalid") or e["verdict"].startswith("guardrail")
+        parts.append(f"<h2>{_e(key)}</h2><p class='verdict {'bad' if invalid else 'ok'}'>Verdict: {_e(e['verdict'])}</p>")
+        parts.append(f"<p>Unit: {_e(e['unit'])} ({_e(e['unit_source'])}); control: {_e(e['control'])}; "
+                     f"weights: {_e(e['weights_source'])}.</p>")
+        srm = e.get("srm") or {}
+        if srm.get("p_value") is not None:
+            parts.append(f"<p>Sample ratio check: <span class='{'bad' if srm['mismatch'] else 'ok'}'>"
+                         f"{'MISMATCH' if srm['mismatch'] else 'ok'}</span> (p = {srm['p_value']:.3g}, threshold {srm['alpha']}).</p>")
+        for n in e.get("notes", []):
+            parts.append(f"<p><em>{_e(n)}</em></p>")
+        if e["variants"]:
+            mnames = list(next(iter(e["variants"].values()))["metrics"])
+            parts.append("<table><tr><th>variant</th><th>units</th><th>requests</th><th>errors</th><th>error rate</th>"
+                         "<th>mean ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
+                         + "".join(f"<th>{_e(n)}</th>" for n in mnames) + "</tr>")
+            for v, s in e["variants"].items():
+                lat = s["latency_ms"]
+                parts.append(f"<tr><td>{_e(v)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{s['errors']:,}</td>"
+                             f"<td>{_pct(s['error_rate'])}</td><td>{_num(lat['mean'], 2)}</td><td>{_num(lat['p50'], 2)}</td>"
+                             f"<td>{_num(lat['p90'], 2)}</td><td>{_num(lat['p99'], 2)}</td>"
+                             + "".join(f"<td>{_e(_fmt_metric(n, s['metrics'].get(n)))}</td>" for n in mnames) + "</tr>")
+            parts.append("</table>")
+        parts.append(_units_svg(e))
+        if not e["verdict"].startswith("invalid") and e.get("comparisons"):
+            parts.append("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>interval</th>"
+                         "<th>p (adjusted)</th><th>verdict</th></tr>")
+            for v, comps in e["comparisons"].items():
+                for name, c in comps.items():
+                    f = _pct if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
+                    parts.append(f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
+                                 f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
+                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td></tr>")
+            parts.append("</table>")
+            parts.append(_timeline_svg(e))
+        elif e["verdict"].startswith("invalid"):
+            parts.append("<p class='bad'>Effects are not shown: the sample ratio mismatch makes them untrustworthy.</p>")
+        parts.append(_latency_svg(e))
+    if result.get("holdouts"):
+        parts.append("<h2>Holdouts</h2><table><tr><th>holdout</th><th>units</th><th>requests</th><th>error rate</th><th>p50 ms</th></tr>")
+        for h, s in result["holdouts"].items():
+            parts.append(f"<tr><td>{_e(h)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{_pct(s['error_rate'])}</td>"
+                         f"<td>{_num(s['latency_ms']['p50'], 2)}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_html(result: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
+    """Write :func:`render_html` to ``path``; returns the path."""
+    path = os.fspath(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_html(result))
+    return path
