@@ -495,10 +495,15 @@ def _value_str(v: Any) -> str:
     return ""
 
 
+def _list(x: Any) -> Any:
+    """A JSON array, or nothing (a wrong shape is treated as empty, as ClickHouse's JSONExtract does)."""
+    return x if isinstance(x, list) else ()
+
+
 def _walk_spans(doc: Mapping[str, Any]) -> Iterator[tuple]:
-    for rs in doc.get("resourceSpans") or ():
-        for ss in rs.get("scopeSpans") or ():
-            for sp in ss.get("spans") or ():
+    for rs in _list(doc.get("resourceSpans")):
+        for ss in _list(rs.get("scopeSpans")):
+            for sp in _list(ss.get("spans")):
                 kind = sp.get("kind")
                 code = (sp.get("status") or {}).get("code")
                 start = int(sp.get("startTimeUnixNano") or 0)
