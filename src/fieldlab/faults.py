@@ -380,11 +380,25 @@ def _make_exception(hit: _Hit, point: str) -> BaseException | None:
     return exc
 
 
+_NOTHING: tuple[float, None, int] = (0.0, None, 0)
+
+
 def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     try:
-        if not code and point not in ctx.lab._state.fault_plan.by_point:
-            return 0.0, None, 0  # the common case: nothing configured here
+        if not code:
+            # The common cases, kept cheap: nothing configured at this point, or
+            # the request is in none of the variants that have a fault here.
+            configured = ctx.lab._state.fault_plan.by_point.get(point)
+            if configured is None:
+                return _NOTHING
+            assignments = ctx.assignments
+            for cand in configured:
+                a = assignments.get(cand[0])
+                if a is not None and a.variant == cand[1]:
+                    break
+            else:
+                return _NOTHING
         hits = _decide(ctx, point, code, mode)
     except Exception:
         _internal_error("decide")
@@ -478,7 +492,7 @@ class FaultPoint:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current()
-                if ctx is not None:
+                if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
                     await _enter_async(ctx, name, code)
                 return await fn(*args, **kwargs)
             return async_wrapper  # type: ignore[return-value]
@@ -486,7 +500,7 @@ class FaultPoint:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = current()
-            if ctx is not None:
+            if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
                 _enter_sync(ctx, name, code)
             return fn(*args, **kwargs)
         return wrapper  # type: ignore[return-value]
