@@ -29,6 +29,7 @@ import getpass
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -125,13 +126,21 @@ class _Locked:
             os.close(self.fd)  # closing releases the flock
 
 
-def _config_info(config: str) -> tuple[str, list[str] | None, float]:
-    """State path, experiment keys (None when the config cannot be read) and reload interval of a config file."""
+def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None, float]:
+    """State path, experiment keys (None when the config cannot be parsed) and reload interval of a config file.
+
+    A config that does not exist is an error (a mistyped path would kill
+    nothing); one that exists but does not parse still gets its default state
+    file, so a kill works in the middle of a bad deploy.
+    """
     from .config import read_config_file
+    if not os.path.isfile(config):
+        raise FieldLabError(f"no config file at {config}; pass the file the processes load (--config)")
     try:
         doc, _ = read_config_file(config)
     except FieldLabError as exc:
-        _log.warning("fieldlab: %s; using the default state file beside it", exc)
+        if warn:
+            print(f"warning: {exc}; using the default state file beside it", file=sys.stderr)
         return state_path(config, {}) or config + ".state.json", None, DEFAULT_INTERVAL
     settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
@@ -297,10 +306,11 @@ def _iter_lines(state: KillState) -> Iterator[str]:
 
 # ---------------------------------------------------------------------- CLI
 def _cmd_kill(args: argparse.Namespace) -> int:
-    path, _, interval = _config_info(args.config)
+    path, _, interval = _config_info(args.config, warn=False)
     if args.status:
         if args.experiment or args.all:
             raise FieldLabError("--status takes no EXPERIMENT or --all")
+        _config_info(args.config)  # warns about a config that does not parse
         state = read_state(path)
     else:
         state = kill(args.config, args.experiment, all=args.all, reason=args.reason, force=args.force)
@@ -313,7 +323,7 @@ def _cmd_kill(args: argparse.Namespace) -> int:
 
 
 def _cmd_unkill(args: argparse.Namespace) -> int:
-    path, _, interval = _config_info(args.config)
+    path, _, interval = _config_info(args.config, warn=False)
     state = unkill(args.config, args.experiment, all=args.all)
     print(f"state file: {path}")
     for line in _iter_lines(state):

@@ -205,3 +205,9 @@ def test_writes_are_atomic_and_serialised(cfg: Path) -> None:
     assert bad == []
     assert set(killswitch.read_state(path).experiments) == set(names)
     assert not [p for p in os.listdir(cfg.parent) if p.endswith(".tmp")]
+
+
+def test_kill_refuses_a_config_path_that_does_not_exist(tmp_path: Path) -> None:
+    out = cli("kill", "--all", "--config", str(tmp_path / "typo.toml"))
+    assert out.returncode == 2 and "no config file" in out.stderr
+    assert list(tmp_path.iterdir()) == []
