@@ -39,7 +39,7 @@ def _collect(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[st
         if uid.startswith("h1:"):
             raise HashedUnitsError(
                 f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {uid[:12]}...), which cannot be re-bucketed "
-                "under a planned salt; record units raw for the pre-period (unit_id = \"raw\" in the lab settings) "
+                "under a planned salt; record units raw for the pre-period (unit_ids = \"raw\" in [lab]) "
                 "or pass a source whose spans carry raw ids")
         u = per.get(uid)
         if u is None:
