@@ -138,6 +138,17 @@ _active = 0
 _logged: set[str] = set()
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker starts with no faults in progress and a fresh lock (gunicorn --preload)."""
+    global _active, _lock
+    _active = 0
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def stats() -> dict[str, int]:
     """Process-wide counters: faults injected, skipped by each rail, and internal errors."""
     with _lock:

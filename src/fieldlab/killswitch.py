@@ -270,6 +270,19 @@ _WATCHES: dict[str, _Watch] = {}
 _WATCHES_LOCK = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker re-reads the state at its first decision, with fresh locks."""
+    global _WATCHES_LOCK
+    _WATCHES_LOCK = threading.Lock()
+    for w in list(_WATCHES.values()):
+        w.lock = threading.Lock()
+        w.next_check = 0.0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def watch(path: str) -> _Watch:
     """The process-wide watch of a state file."""
     w = _WATCHES.get(path)

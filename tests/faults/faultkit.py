@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import fieldlab
-from fieldlab import context, faults
+from fieldlab import context
 
 
 def slow_db(latency: dict[str, Any] | None = None, *, traffic: float = 4, status: str = "running",
