@@ -76,8 +76,11 @@ class Server:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
+        # uvicorn re-raises SIGTERM after its graceful shutdown, which skips atexit (and so the
+        # final flush of a batch span processor); SIGINT ends it through KeyboardInterrupt instead.
+        sig = signal.SIGINT if self.server == "uvicorn" else signal.SIGTERM
         try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+            os.killpg(proc.pid, sig)  # the server's own process group (start_new_session)
             proc.wait(timeout=5)
         except (subprocess.TimeoutExpired, ProcessLookupError):
             try:
