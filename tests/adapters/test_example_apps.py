@@ -73,3 +73,27 @@ def test_shop_serves_and_records_its_experiments(name: str, server: str, target:
         held += bool(lab.assign("search-ranking", user).holdout)
     assert all(user not in repr(spans) for user in users)  # hashed, never raw
     assert os.listdir(tmp_path / "spans")
+
+
+def test_demo_runs_a_real_server_and_counts_from_its_spans(tmp_path: Path) -> None:
+    import io
+
+    from fieldlab.demo import run_demo
+    progress = io.StringIO()
+    result = run_demo(app="fastapi", visitors=40, concurrency=4, out_dir=str(tmp_path / "demo"), analyze=False,
+                      stream=progress)
+    assert "40/40 visitors" in progress.getvalue()
+    assert result["errors"] == 0 and result["requests"] > 40
+    assert result["server_spans"] >= result["requests"]  # every request, plus the health checks
+    counts = result["counts"]
+    assert set(counts) == {"catalog-badges", "checkout-redesign", "free-shipping", "search-ranking"}
+    badges = counts["catalog-badges"]
+    # every request has a visitor id (the health checks of start-up too)
+    assert result["requests"] <= sum(row["requests"] for row in badges.values()) <= result["server_spans"]
+    assert sum(row["units"] for row in badges.values()) >= 30  # about one visitor id per browsing session
+
+
+def test_demo_is_a_cli_subcommand() -> None:
+    from fieldlab.cli import build_parser
+    args = build_parser().parse_args(["demo", "--visitors", "5", "--app", "django"])
+    assert args.visitors == 5 and args.app == "django" and callable(args.func)
