@@ -64,11 +64,12 @@ class RequestContext:
         self._expose_on_assign()
 
     def _expose_on_assign(self) -> None:
-        experiments = self.lab.experiments
-        for key, a in self.assignments.items():
-            if a.in_experiment:
-                exp = experiments.get(key)
-                if exp is not None and exp.exposure == "on_assign":
+        keys = _on_assign_keys(self.lab)
+        if keys:
+            assignments = self.assignments
+            for key in keys:
+                a = assignments.get(key)
+                if a is not None and a.in_experiment:
                     self.exposed.add(key)
 
     @property
@@ -133,6 +134,19 @@ class RequestContext:
 
 
 _failed_hooks: set[str] = set()
+_on_assign_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
+
+
+def _on_assign_keys(lab: Lab) -> tuple[str, ...]:
+    """Keys of experiments exposed on assignment, cached per lab and config version."""
+    version = lab.version
+    hit = _on_assign_cache.get(id(lab))
+    if hit is None or hit[0] != version:
+        keys = tuple(k for k, e in lab.experiments.items() if e.exposure == "on_assign")
+        if len(_on_assign_cache) > 256:
+            _on_assign_cache.clear()
+        _on_assign_cache[id(lab)] = hit = (version, keys)
+    return hit[1]
 
 
 def _hook_failed(kind: str) -> None:

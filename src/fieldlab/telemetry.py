@@ -39,7 +39,7 @@ from .errors import ConfigError
 from .lab import Lab
 
 __all__ = ["Recorder", "UnitHasher", "FieldLabSpanProcessor", "ensure_processor", "processor_installed",
-           "unit_hash_key", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "stats"]
+           "unit_hash_key", "set_attributes", "add_event", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "stats"]
 
 _log = logging.getLogger("fieldlab")
 _SERVER = SpanKind.SERVER
@@ -84,6 +84,59 @@ class UnitHasher:
         h = self._base.copy()
         h.update(unit_id.encode("utf-8"))
         return "h1:" + h.hexdigest()[:16]
+
+
+try:
+    from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
+except ImportError:  # pragma: no cover
+    _BoundedAttributes = None  # type: ignore[assignment,misc]
+try:
+    from opentelemetry.sdk.trace import Event as _Event
+except ImportError:  # pragma: no cover
+    _Event = None  # type: ignore[assignment,misc]
+
+
+def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
+    """``span.set_attributes(attrs)``, without re-validating values fieldlab built itself.
+
+    fieldlab writes only ``str`` and ``bool`` values under valid keys, yet the
+    SDK's public path re-cleans every value, which is most of fieldlab's cost
+    per request. When the span is the SDK's own (plain BoundedAttributes, no
+    value-length limit, room under the count limit, not ended), the values go
+    straight into its attribute dict under the same locks the SDK takes;
+    otherwise, and for any other span type, the public API is used.
+    """
+    target = getattr(span, "_attributes", None)
+    if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
+            and not target._immutable and (target.maxlen is None or len(target._dict) + len(attrs) <= target.maxlen)):
+        try:
+            with span._lock:
+                if span._end_time is not None:
+                    return
+                with target._lock:
+                    target._dict.update(attrs)
+            return
+        except AttributeError:
+            pass
+    span.set_attributes(attrs)
+
+
+def add_event(span: Any, name: str, attrs: dict[str, Any]) -> None:
+    """``span.add_event(name, attrs)``, skipping the re-validation of values fieldlab built (see :func:`set_attributes`)."""
+    limits = getattr(span, "_limits", None)
+    add = getattr(span, "_add_event", None)
+    if (_Event is not None and _BoundedAttributes is not None and limits is not None and add is not None
+            and getattr(limits, "max_attribute_length", 0) is None
+            and (limits.max_event_attributes is None or len(attrs) <= limits.max_event_attributes)):
+        try:
+            bounded = _BoundedAttributes(limits.max_event_attributes, None, immutable=False)
+            bounded._dict.update(attrs)
+            bounded._immutable = True
+            add(_Event(name=name, attributes=bounded))
+            return
+        except AttributeError:
+            pass
+    span.add_event(name, attrs)
 
 
 class Recorder:
@@ -169,26 +222,28 @@ class Recorder:
         attrs: dict[str, Any] = {A.CONFIG_VERSION: ctx.version}
         for kind, v in self._unit_values(ctx).items():
             attrs[A.unit_attr(kind)] = v
+        all_names = self._names
         for key, a in ctx.assignments.items():
-            if a.reason == "split" or a.reason == "override":
-                names = self._attr_names(key)
+            reason = a.reason
+            if reason == "split" or reason == "override":
+                names = all_names.get(key) or self._attr_names(key)
                 attrs[names[0]] = a.variant
-                if a.reason == "override":
+                if reason == "override":
                     attrs[names[2]] = True
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         exposed = ctx.exposed
         for key in exposed:
-            attrs[self._attr_names(key)[1]] = True
+            attrs[(all_names.get(key) or self._attr_names(key))[1]] = True
         if ctx.fault_injected:
             attrs[A.FAULT_INJECTED] = True
-        span.set_attributes(attrs)
+        set_attributes(span, attrs)
         for key in exposed:
-            span.add_event(A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
+            add_event(span, A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
         pending = ctx.extra.pop("pending_events", None)
         if pending:
             for name, event_attrs in pending:
-                span.add_event(name, event_attrs)
+                span.add_event(name, event_attrs)  # other parts' events: validated by the SDK
 
     def attach_current(self, ctx: RequestContext) -> None:
         """Attach to the current span when it is a recording SERVER span (fieldlab inside the instrumentation)."""
@@ -202,8 +257,8 @@ class Recorder:
             return  # written when the span is found (ctx.exposed holds it)
         try:
             if span.is_recording():
-                span.set_attribute(self._attr_names(a.experiment)[1], True)
-                span.add_event(A.FLAG_EVENT, self.flag_event(ctx, a))
+                set_attributes(span, {self._attr_names(a.experiment)[1]: True})
+                add_event(span, A.FLAG_EVENT, self.flag_event(ctx, a))
         except Exception:
             _failed("recorder_errors")
 
@@ -221,7 +276,7 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is not None and span.is_recording():
-                span.set_attribute(A.FAULT_INJECTED, True)
+                set_attributes(span, {A.FAULT_INJECTED: True})
         except Exception:
             _failed("recorder_errors")
 

@@ -177,7 +177,6 @@ def test_django_config_errors_name_the_setting() -> None:
 def test_starlette_middleware(otel: Any, order: str) -> None:
     from opentelemetry.instrumentation.starlette import StarletteInstrumentor
     from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.middleware.sessions import SessionMiddleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -192,7 +191,7 @@ def test_starlette_middleware(otel: Any, order: str) -> None:
                              "session": fieldlab.variant("by-session")})
     units = {"user": lambda request: request.headers.get("X-User-Id")}
     if order == "otel_outer":
-        app = Starlette(routes=[Route("/", index)], middleware=[Middleware(SessionMiddleware, secret_key="k")])
+        app = Starlette(routes=[Route("/", index)])
         app.add_middleware(FieldLabMiddleware, lab=lab, units=units)
         app.add_middleware(SessionMiddleware, secret_key="k")
         StarletteInstrumentor.instrument_app(app)

@@ -1,0 +1,279 @@
+"""Requests per second of a hello-world app per framework: OTel only vs OTel + fieldlab (10 running experiments).
+
+Each framework runs under its real server on 127.0.0.1 (gunicorn gthread for
+Flask and Django, uvicorn for Starlette and FastAPI), one process each, with
+the OpenTelemetry SDK, the framework's instrumentation and a batch span
+processor feeding an exporter that drops spans (so disk speed is not measured).
+The load generator is ``wrk`` when installed (a Lua script gives every request
+its own user id), else a Python client with keep-alive threads. Configurations
+are measured interleaved, several rounds, and the median is reported, so
+background noise hits both sides alike.
+
+    python benchmarks/bench_frameworks.py [--seconds 3] [--rounds 3] [--frameworks flask,django,starlette,fastapi]
+
+The same file is the app module the servers import (``BENCH_APP``/``BENCH_MODE`` env vars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FRAMEWORKS = ("flask", "django", "starlette", "fastapi")
+MODES = ("otel", "otel+fieldlab")
+EXPERIMENTS = 10
+
+
+# ----------------------------------------------------------------------------- the apps (server side)
+def _lab() -> Any:
+    from fieldlab import Experiment, Lab
+    return Lab([Experiment(f"exp-{i}", {"control": 1, "treatment": 1}) for i in range(EXPERIMENTS)])
+
+
+def _otel() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    trace.set_tracer_provider(provider)
+
+
+UNITS = {"user": "header:X-User-Id"}
+
+
+def make_app(framework: str, mode: str) -> Any:
+    """The hello-world app of ``framework``; with fieldlab it reads one variant per request."""
+    _otel()
+    with_fieldlab = mode == "otel+fieldlab"
+    import fieldlab
+    if framework == "flask":
+        from flask import Flask
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        app = Flask("bench")
+
+        @app.get("/")
+        def hello() -> str:
+            return f"hello {fieldlab.variant('exp-0', 'none')}"
+        FlaskInstrumentor().instrument_app(app)
+        if with_fieldlab:
+            from fieldlab.adapters.flask import FieldLab
+            FieldLab(app, lab=_lab(), units=UNITS)
+        return app
+    if framework == "django":
+        import django
+        from django.conf import settings
+        from django.http import HttpResponse
+        from django.urls import path
+
+        def hello_view(request: Any) -> HttpResponse:
+            return HttpResponse(f"hello {fieldlab.variant('exp-0', 'none')}")
+        sys.modules[__name__].urlpatterns = [path("", hello_view)]  # type: ignore[attr-defined]
+        settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+                           INSTALLED_APPS=[], DATABASES={}, USE_TZ=True,
+                           MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"] if with_fieldlab else [],
+                           FIELDLAB={"lab": _lab(), "units": UNITS})
+        django.setup()
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+        DjangoInstrumentor().instrument()
+        from django.core.wsgi import get_wsgi_application
+        return get_wsgi_application()
+    if framework == "starlette":
+        from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        async def hello_async(request: Any) -> PlainTextResponse:
+            return PlainTextResponse(f"hello {fieldlab.variant('exp-0', 'none')}")
+        sapp = Starlette(routes=[Route("/", hello_async)])
+        if with_fieldlab:
+            from fieldlab.adapters.starlette import FieldLabMiddleware
+            sapp.add_middleware(FieldLabMiddleware, lab=_lab(), units=UNITS)
+        StarletteInstrumentor.instrument_app(sapp)
+        return sapp
+    if framework == "fastapi":
+        from fastapi import FastAPI
+        from fastapi.responses import PlainTextResponse as FastText
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        fapp = FastAPI()
+
+        @fapp.get("/", response_class=FastText)
+        async def hello_fast() -> str:
+            return f"hello {fieldlab.variant('exp-0', 'none')}"
+        if with_fieldlab:
+            from fieldlab.adapters.fastapi import FieldLabMiddleware as FastMiddleware
+            fapp.add_middleware(FastMiddleware, lab=_lab(), units=UNITS)
+        FastAPIInstrumentor.instrument_app(fapp)
+        return fapp
+    raise SystemExit(f"unknown framework {framework!r}; use one of {', '.join(FRAMEWORKS)}")
+
+
+if os.environ.get("BENCH_APP"):
+    app = make_app(os.environ["BENCH_APP"], os.environ.get("BENCH_MODE", "otel"))
+
+
+# ----------------------------------------------------------------------------- the harness (client side)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, framework: str, mode: str) -> None:
+        self.framework, self.mode = framework, mode
+        self.port = _free_port()
+        env = {**os.environ, "BENCH_APP": framework, "BENCH_MODE": mode}
+        if framework in ("flask", "django"):
+            cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "8", "--keep-alive", "30",
+                   "-b", f"127.0.0.1:{self.port}", "--chdir", str(HERE), "--log-level", "warning", "bench_frameworks:app"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(HERE),
+                   "--log-level", "warning", "--no-access-log", "bench_frameworks:app"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.framework}/{self.mode} server died: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                c.request("GET", "/", headers={"X-User-Id": "warmup"})
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit(f"{self.framework}/{self.mode} server did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+_LUA = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, 100000000)})
+end
+"""
+
+
+def load_wrk(port: int, seconds: float, connections: int, lua: str) -> float:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", lua, f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"cannot read wrk output:\n{out}")
+
+
+def load_python(port: int, seconds: float, connections: int) -> float:
+    """A keep-alive HTTP/1.1 client per thread; counts completed 200 responses."""
+    stop = time.monotonic() + seconds
+    counts = [0] * connections
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        n = 0
+        while time.monotonic() < stop:
+            try:
+                conn.request("GET", "/", headers={"X-User-Id": f"user-{i}-{n}"})
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    counts[i] += 1
+            except (OSError, http.client.HTTPException):
+                conn.close()
+            n += 1
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=3.0, help="length of one measurement (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    args = p.parse_args()
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
+    if args.client == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed; use --client python (or apt-get install wrk)")
+    lua = None
+    if use_wrk:
+        fd, lua = tempfile.mkstemp(suffix=".lua")
+        os.write(fd, _LUA.encode())
+        os.close(fd)
+    servers = {(f, m): Server(f, m) for f in frameworks for m in MODES}
+    results: dict[tuple[str, str], list[float]] = {k: [] for k in servers}
+    try:
+        for s in servers.values():
+            s.wait()
+        print(f"load generator: {'wrk' if use_wrk else 'python keep-alive threads'}, {args.connections} connections, "
+              f"{args.seconds:g} s x {args.rounds} rounds, interleaved; {EXPERIMENTS} running experiments", file=sys.stderr)
+        for r in range(args.rounds):
+            for f in frameworks:
+                order = MODES if r % 2 == 0 else MODES[::-1]
+                for m in order:
+                    port = servers[(f, m)].port
+                    if use_wrk:
+                        load_wrk(port, 1, args.connections, lua)  # type: ignore[arg-type]  # warm-up
+                        rps = load_wrk(port, args.seconds, args.connections, lua)  # type: ignore[arg-type]
+                    else:
+                        load_python(port, 0.5, args.connections)
+                        rps = load_python(port, args.seconds, args.connections)
+                    results[(f, m)].append(rps)
+                    print(f"  round {r + 1}: {f:<10} {m:<14} {rps:9.0f} req/s", file=sys.stderr)
+    finally:
+        for s in servers.values():
+            s.stop()
+        if lua:
+            os.unlink(lua)
+    print(f"\n{'framework':<10} {'server':<9} {'(a) otel req/s':>15} {'(b) +fieldlab req/s':>20} {'b/a':>6}")
+    print("-" * 64)
+    worst = 1.0
+    for f in frameworks:
+        a = statistics.median(results[(f, "otel")])
+        b = statistics.median(results[(f, "otel+fieldlab")])
+        worst = min(worst, b / a)
+        server = "gunicorn" if f in ("flask", "django") else "uvicorn"
+        print(f"{f:<10} {server:<9} {a:>15.0f} {b:>20.0f} {b / a:>6.3f}")
+    print(f"\nworst b/a: {worst:.3f} (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
