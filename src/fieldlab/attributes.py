@@ -16,8 +16,18 @@ On the request's SERVER span:
 ``fieldlab.fault.injected``         true when any fault was injected into the request
 ==================================  ======================================================
 
+``fieldlab.variant.*`` is written for split and signed-override assignments
+only (not for concluded winners, holdouts or targeting misses). Unit ids are
+``h1:`` + 16 hex digits of HMAC-SHA256 by default (key: the env var named by
+``lab.unit_hash_key_env``, else the lab secret, else a public default key, in
+which case the hash is pseudonymous only); ``lab.unit_ids`` = ``raw`` writes
+them as they are, ``none`` leaves them out; the ``request`` kind is the trace id.
+
 Events: ``feature_flag.evaluation`` (OpenTelemetry semantic conventions for
-feature flags) on each exposure, and ``fieldlab.fault`` on each injected fault.
+feature flags) on each exposure, with key, result variant, result reason
+(mapped through :data:`OTEL_REASONS`), provider ``fieldlab``, context id (the
+unit attribute value), set id (the layer) and version (config version); and
+``fieldlab.fault`` on each injected fault. See docs/integration.md.
 """
 
 from __future__ import annotations
