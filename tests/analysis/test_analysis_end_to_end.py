@@ -181,3 +181,17 @@ def test_write_html_from_the_python_api(ab_file, tmp_path):
     out = write_html(res, tmp_path / "r.html")
     text = open(out).read()
     assert "Latency distribution" in text and "Assigned units" in text and "interval at each look" in text
+
+
+def test_progress_goes_to_stderr_only_when_asked(ab_file, capsys):
+    assert main(["analyze", ab_file, "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "reading" in captured.err and "reading" not in captured.out
+    assert main(["analyze", ab_file]) == 0  # pytest's stderr is not a TTY: no progress
+    assert "reading" not in capsys.readouterr().err
+
+
+def test_unreachable_clickhouse_is_one_clear_line(capsys):
+    rc = main(["analyze", "clickhouse://default:@127.0.0.1:1/otel?table=otel_traces"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cannot connect to ClickHouse" in err and "\n" not in err

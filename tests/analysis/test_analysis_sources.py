@@ -227,3 +227,31 @@ def test_numpy_stays_out_of_import_fieldlab():
     code = "import sys, fieldlab, fieldlab.analysis; print('numpy' in sys.modules, 'scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_clickhouse_sql_asset_agrees_with_analyze(ab_file, tmp_path):
+    """integrations/clickhouse/fieldlab_variant_summary.sql on the exporter schema gives analyze's ITT counts."""
+    from pathlib import Path
+
+    from fieldlab.analysis import analyze
+
+    asset = Path(__file__).parents[2] / "integrations" / "clickhouse" / "fieldlab_variant_summary.sql"
+    sql = asset.read_text()
+    for name in (A.VARIANT_PREFIX, A.EXPOSED_PREFIX, A.FORCED_PREFIX, A.unit_attr("user"), A.HTTP_STATUS_CODE,
+                 A.HTTP_STATUS_CODE_OLD):
+        assert f"'{name}" in sql
+    sql = sql.replace("{start:DateTime64(9)}", "toDateTime64('2000-01-01 00:00:00', 9)")
+    sql = sql.replace("{end:DateTime64(9)}", "toDateTime64('2100-01-01 00:00:00', 9)")
+    sess = chdb_session(str(tmp_path / "ch"))
+    try:
+        sess.query(OTEL_TRACES_DDL.format(table="otel_traces"))
+        load_into_otel_traces(sess, "otel_traces", ab_file)
+        text = str(sess.query(sql, "JSONEachRow"))
+    finally:
+        sess.close()
+    rows = {r["variant"]: r for r in map(json.loads, text.splitlines()) if r.get("experiment") == "checkout"}
+    res = analyze(ab_file, all_assigned=True)["experiments"]["checkout"]["variants"]
+    assert set(rows) == set(res) == {"control", "treatment"}
+    for v, r in rows.items():
+        assert (int(r["units"]), int(r["requests"]), int(r["errors"])) == \
+               (res[v]["units"], res[v]["requests"], res[v]["errors"])
