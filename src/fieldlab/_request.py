@@ -299,7 +299,7 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
         if tokens:
             verified = cfg.lab.verify_overrides(tokens)
             overrides = verified if len(verified) else None
-        ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"))
+        ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
         if extra:
             ctx.extra.update(extra)
         if cfg.trust_baggage:

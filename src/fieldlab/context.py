@@ -41,10 +41,12 @@ class RequestContext:
                  "server_span", "recorder", "extra")
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
-                 overrides: VerifiedOverrides | None = None, trace_id: str | None = None) -> None:
+                 overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
+                 copy: bool = True) -> None:
         self.lab = lab
-        self.units = dict(units)
-        self.attributes = dict(attributes or {})
+        # copy=False: the caller hands over fresh dicts it will not touch again (the adapters' hot path)
+        self.units = dict(units) if copy or units.__class__ is not dict else units  # type: ignore[assignment]
+        self.attributes = dict(attributes or {}) if copy or attributes.__class__ is not dict else attributes  # type: ignore[assignment]
         self.overrides = overrides
         self.trace_id = trace_id
         self.version = lab.version

@@ -73,17 +73,30 @@ def unit_hash_key(lab: Lab) -> bytes:
 
 
 class UnitHasher:
-    """``h1:`` + the first 16 hex digits of HMAC-SHA256(key, unit id)."""
+    """``h1:`` + the first 16 hex digits of HMAC-SHA256(key, unit id).
 
-    __slots__ = ("_base",)
+    Recent results are cached (a user makes many requests); the cache is
+    bounded and simply emptied when full.
+    """
+
+    __slots__ = ("_base", "_cache")
+    CACHE_SIZE = 8192
 
     def __init__(self, key: bytes) -> None:
         self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self._cache: dict[str, str] = {}
 
     def __call__(self, unit_id: str) -> str:
+        hit = self._cache.get(unit_id)
+        if hit is not None:
+            return hit
         h = self._base.copy()
         h.update(unit_id.encode("utf-8"))
-        return "h1:" + h.hexdigest()[:16]
+        value = "h1:" + h.hexdigest()[:16]
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[unit_id] = value
+        return value
 
 
 try:
