@@ -86,6 +86,11 @@ def test_cli_json_has_the_documented_keys_and_correct_numbers(ab_file, tmp_path,
     assert res["method"]["sequential"] is True and "5000" in res["method"]["description"]
     page = html.read_text()
     assert page.count("<svg") == 3 and "<script" not in page
+    import xml.etree.ElementTree as ET
+
+    for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
+        root = ET.fromstring(svg)  # well-formed, standalone SVG
+        assert root.tag.endswith("svg") and len(list(root.iter())) > 10
     assert not re.search(r"(src|href)=['\"]?https?://", page)
 
 

@@ -149,11 +149,12 @@ def test_collector_spellings_string_enums_and_numeric_ints(ab_file, reference, t
         assert_same(FileSource(str(out), engine=engine).aggregate(SPEC), reference)
 
 
-def test_clickhouse_exporter_schema_on_chdb(ab_file, reference, tmp_path):
+@pytest.mark.parametrize("duration_type", ["UInt64", "Int64"])
+def test_clickhouse_exporter_schema_on_chdb(ab_file, reference, tmp_path, duration_type):
     sess = chdb_session(str(tmp_path / "ch"))
     try:
         sess.query("CREATE DATABASE IF NOT EXISTS otel")
-        sess.query(OTEL_TRACES_DDL.format(table="otel.otel_traces"))
+        sess.query(OTEL_TRACES_DDL.format(table="otel.otel_traces", duration_type=duration_type))
         n = load_into_otel_traces(sess, "otel.otel_traces", ab_file)
         assert n == reference.spans
         kinds = str(sess.query("SELECT groupUniqArray(SpanKind) FROM otel.otel_traces", "TSV"))
@@ -244,7 +245,7 @@ def test_clickhouse_sql_asset_agrees_with_analyze(ab_file, tmp_path):
     sql = sql.replace("{end:DateTime64(9)}", "toDateTime64('2100-01-01 00:00:00', 9)")
     sess = chdb_session(str(tmp_path / "ch"))
     try:
-        sess.query(OTEL_TRACES_DDL.format(table="otel_traces"))
+        sess.query(OTEL_TRACES_DDL.format(table="otel_traces", duration_type="UInt64"))
         load_into_otel_traces(sess, "otel_traces", ab_file)
         text = str(sess.query(sql, "JSONEachRow"))
     finally:

@@ -95,7 +95,7 @@ def add_parsers(subparsers: Any) -> None:
                                     "are assumed equal and unit kinds inferred")
     p.add_argument("--metric", action="append", metavar="ATTR[=VALUE]",
                    help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
-                        "of units with any such request (conversion); prefix '-' when lower is better. Repeatable.")
+                        "of units with any such request (conversion); write --metric=-ATTR when lower is better. Repeatable.")
     p.add_argument("--experiment", action="append", metavar="KEY", help="only these experiments (repeatable)")
     p.add_argument("--all-assigned", action="store_true",
                    help="intent-to-treat: every assigned unit, not only the exposed ones")

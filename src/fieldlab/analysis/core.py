@@ -292,4 +292,21 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
     for e, hs in covered.items():
         if e in result["experiments"]:
             result["experiments"][e]["holdout_groups"] = {h: result["holdouts"].get(h) for h in hs}
-    return result
+    return _clean(result)
+
+
+def _clean(x: Any) -> Any:
+    """Plain JSON types only: numpy scalars become Python numbers, NaN/inf become None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if hasattr(x, "item") and not isinstance(x, (int, float)):
+        x = x.item()
+    if isinstance(x, bool) or isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
