@@ -100,7 +100,8 @@ def test_srm_makes_the_experiment_invalid_before_any_effect(tmp_path, capsys):
     res = analyze(path, _config(tmp_path))
     e = res["experiments"]["checkout"]
     assert e["srm"]["mismatch"] is True and e["srm"]["p_value"] < 0.001
-    assert e["verdict"] == "invalid (SRM)" and e["comparisons"] == {}
+    assert e["verdict"] == "invalid (SRM)" and e["verdicts"] == {"treatment": "invalid (SRM)"}
+    assert e["effects_valid"] is False  # the JSON keeps the numbers for machines, flagged; people never see them
     assert main(["analyze", path, "--config", _config(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "INVALID (SRM)" in out and "MISMATCH" in out and " vs control" not in out

@@ -172,6 +172,7 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
         else:
             order = sorted(data.variants) if data else []
             control = "control" if "control" in order else (order[0] if order else "")
+            order = [v for v in order if v == control] + [v for v in order if v != control]
             if order and control != "control":
                 notes.append(f"no variant named 'control'; using {control!r} as the control")
             weights = {v: 1.0 for v in order}
@@ -184,7 +185,8 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             "weights_source": "config" if cfg is not None else "assumed equal (no --config)",
             "forced_requests_excluded": data.forced_requests if data else 0,
             "multi_variant_units_excluded": data.multi_variant_units if data else 0,
-            "variants": {}, "srm": {}, "comparisons": {}, "verdicts": {}, "verdict": "keep running",
+            "verdict": "keep running", "verdicts": {}, "srm": {}, "effects_valid": True, "variants": {},
+            "comparisons": {},
             "timeline": {}, "histograms": {}, "notes": notes,
         }
         result["experiments"][key] = exp_out
@@ -218,11 +220,8 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                 exp_out["histograms"][v] = _hist_for_report(groups[v], not all_assigned)
         treatments = [v for v in order if v != control and v in groups]
         if srm["mismatch"]:
-            exp_out["verdict"] = "invalid (SRM)"
-            exp_out["verdicts"] = {v: "invalid (SRM)" for v in treatments}
             notes.append(f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_ALPHA}): assignment or logging "
-                         "is broken; no effect is reported")
-            continue
+                         "is broken; effects are not trustworthy (the terminal and HTML reports do not show them)")
         if control not in groups or groups[control].units < 2:
             notes.append(f"control {control!r} has fewer than 2 analysed units; nothing to compare yet")
             exp_out["verdicts"] = {v: "keep running" for v in treatments}
@@ -256,8 +255,12 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                 q: _f(tq[q] - cq[q]) if tq[q] is not None and cq[q] is not None else None for q in ("p50", "p90", "p99")}
             exp_out["verdicts"][v] = _judge(comps[v], mlist, alpha)
         exp_out["comparisons"] = comps
+        exp_out["effects_valid"] = not srm["mismatch"]
         vs = exp_out["verdicts"]
-        if len(vs) == 1:
+        if srm["mismatch"]:
+            exp_out["verdicts"] = {v: "invalid (SRM)" for v in treatments}
+            exp_out["verdict"] = "invalid (SRM)"
+        elif len(vs) == 1:
             exp_out["verdict"] = next(iter(vs.values()))
         elif vs:
             worst = [s for s in vs.values() if s.startswith("guardrail")]

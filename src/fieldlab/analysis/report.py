@@ -84,6 +84,7 @@ def render_text(result: Mapping[str, Any]) -> str:
         if e["verdict"].startswith("invalid"):
             lines.append("   effects are not shown: fix the sample ratio mismatch first")
             continue
+        namew = max([len(n) for comps in e.get("comparisons", {}).values() for n in comps] + [12])
         for v, comps in e.get("comparisons", {}).items():
             lines.append(f"   {v} vs {e['control']}:  {e['verdicts'].get(v, '')}")
             for name, c in comps.items():
@@ -96,7 +97,7 @@ def render_text(result: Mapping[str, Any]) -> str:
                     extra = (f"; Mann-Whitney {_p(c['rank_p_value'])}; p50/p90/p99 diff "
                              + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
                 sign = "+" if est is not None and est > 0 else ""
-                lines.append(f"     {name:<24} {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
+                lines.append(f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
                              f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}")
         hg = e.get("holdout_groups") or {}
         for h, s in hg.items():
