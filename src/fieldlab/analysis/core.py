@@ -264,7 +264,12 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             exp_out["verdict"] = next(iter(vs.values()))
         elif vs:
             worst = [s for s in vs.values() if s.startswith("guardrail")]
-            exp_out["verdict"] = worst[0] if worst else "; ".join(f"{v}: {s}" for v, s in vs.items())
+            if worst:
+                exp_out["verdict"] = worst[0]
+            elif len(set(vs.values())) == 1:
+                exp_out["verdict"] = next(iter(vs.values()))
+            else:
+                exp_out["verdict"] = "; ".join(f"{v}: {s}" for v, s in vs.items())
         # 3. the primary metric's interval over time (for the report)
         primary = mlist[0] if mlist else "error_rate"
         pname = primary if isinstance(primary, str) else primary.name

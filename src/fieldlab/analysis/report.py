@@ -94,7 +94,7 @@ def render_text(result: Mapping[str, Any]) -> str:
                 extra = ""
                 if name == "latency_ms" and c.get("rank_p_value") is not None:
                     qd = c.get("quantile_differences") or {}
-                    extra = (f"; Mann-Whitney {_p(c['rank_p_value'])}; p50/p90/p99 diff "
+                    extra = (f"; Mann-Whitney (one look) {_p(c['rank_p_value'])}; p50/p90/p99 diff "
                              + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
                 sign = "+" if est is not None and est > 0 else ""
                 lines.append(f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
