@@ -86,3 +86,37 @@ def test_hashed_ids_cannot_be_rebucketed(tmp_path, capsys):
 def test_unknown_experiment(preperiod, tmp_path, capsys):
     assert main(["balance", _config(tmp_path, "a"), "nope", preperiod]) == 2
     assert "not in the config" in capsys.readouterr().err
+
+
+def test_unit_totals_agree_across_engines_and_the_clickhouse_table(preperiod, tmp_path):
+    import numpy as np
+
+    from analysis_helpers import OTEL_TRACES_DDL, chdb_session, load_into_otel_traces
+    from fieldlab.analysis.sources import ClickHouseSource, parse_metric
+
+    metrics = (parse_metric(A.HTTP_STATUS_CODE), parse_metric(f"{A.HTTP_STATUS_CODE}=200"))
+
+    def table(src):
+        ids, mat, hashed = src.unit_totals("user", metrics)
+        assert hashed is None
+        order = np.argsort(ids)
+        return [ids[i] for i in order], np.round(mat[order], 6)
+
+    py_ids, py = table(FileSource(preperiod, engine="python"))
+    ch_ids, ch = table(FileSource(preperiod, engine="chdb"))
+    assert py_ids == ch_ids and len(py_ids) == 2000
+    np.testing.assert_allclose(py, ch)
+    from fieldlab.analysis.sources import QuerySpec
+
+    assert py[:, 0].sum() == FileSource(preperiod, engine="python").aggregate(QuerySpec()).server_spans
+    assert (py[::1, 0] >= 1).all() and py[:, 0].max() == 150
+    sess = chdb_session(str(tmp_path / "ch"))
+    try:
+        sess.query(OTEL_TRACES_DDL.format(table="otel_traces", duration_type="UInt64"))
+        load_into_otel_traces(sess, "otel_traces", preperiod)
+        tb_ids, tb = table(ClickHouseSource.from_chdb(sess, "otel_traces"))
+    finally:
+        sess.close()
+    assert tb_ids == py_ids
+    np.testing.assert_allclose(tb, py)
+    assert (py[:, 3] == 200 * py[:, 0]).all() and (py[:, 5] == 1).all()  # numeric sum and conversion columns

@@ -28,46 +28,17 @@ class HashedUnitsError(FieldLabError):
 
 
 def _collect(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any]:
-    """Per-unit pre-period aggregates: ids and a matrix [requests, errors, latency ms, metric sums/counts...]."""
-    import numpy as np
-
-    per: dict[str, list[float]] = {}
-    nm = len(metrics)
-    seen = 0
-    for uid, attrs in source.iter_units(kind):
-        seen += 1
-        if uid.startswith("h1:"):
-            raise HashedUnitsError(
-                f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {uid[:12]}...), which cannot be re-bucketed "
-                "under a planned salt; record units raw for the pre-period (unit_ids = \"raw\" in [lab]) "
-                "or pass a source whose spans carry raw ids")
-        u = per.get(uid)
-        if u is None:
-            u = per[uid] = [0.0] * (3 + 2 * nm)
-        u[0] += 1
-        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
-        try:
-            http_err = int(code) >= 500
-        except (TypeError, ValueError):
-            http_err = False
-        u[1] += bool(attrs.get("__error")) or http_err
-        u[2] += float(attrs.get("__dur_ms") or 0.0)
-        for i, m in enumerate(metrics):
-            raw = attrs.get(m.attr, "")
-            if m.kind == "conversion":
-                if str(raw) == m.value:
-                    u[3 + 2 * i] = 1.0
-            else:
-                try:
-                    u[3 + 2 * i] += float(raw)
-                    u[4 + 2 * i] += 1
-                except (TypeError, ValueError):
-                    pass
-    if not per:
-        raise SourceError(f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source ({seen} spans read); "
-                          f"the experiment's unit kind is {kind!r}: record that unit on the pre-period spans")
-    ids = list(per)
-    return ids, np.asarray([per[i] for i in ids], dtype=np.float64)
+    """Per-unit pre-period totals (aggregated in the store); refuses hashed unit ids."""
+    ids, mat, hashed = source.unit_totals(kind, metrics)
+    if hashed:
+        raise HashedUnitsError(
+            f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {hashed[:12]}...), which cannot be re-bucketed "
+            "under a planned salt; record units raw for the pre-period (unit_ids = \"raw\" in [lab]) "
+            "or pass a source whose spans carry raw ids")
+    if not ids:
+        raise SourceError(f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source; the experiment's unit "
+                          f"kind is {kind!r}: record that unit on the pre-period spans")
+    return ids, mat
 
 
 def _planned_lab(lab: Any, key: str, salt: str) -> Any:
@@ -82,6 +53,7 @@ def _planned_lab(lab: Any, key: str, salt: str) -> Any:
             d.pop("key")
             d["salt"], d["status"] = salt, "running"
             d.pop("winner", None)
+            d.pop("targeting", None)  # targeting reads request attributes the spans do not hold
             e = Experiment(key, **d)
         exps.append(e)
     return Lab(exps, lab.layers.values(), lab.holdouts.values())
@@ -148,6 +120,10 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
     ids, mat = _collect(src, exp.unit, mlist)
     base_salt = salt or exp.salt
     check = _check(lab, experiment, base_salt, ids, mat, mlist, alpha)
+    thin = {v: s["units"] for v, s in check["variants"].items() if s["units"] < 2}
+    if thin:
+        raise SourceError(f"too few pre-period units fall into {experiment!r} to compare its arms ({thin} of "
+                          f"{len(ids)} units); use a longer pre-period or check the experiment's traffic")
     result: dict[str, Any] = {"experiment": experiment, "unit": exp.unit, "units": len(ids), "salt": base_salt,
                               "alpha": alpha, "balanced": check["balanced"], "check": check,
                               "suggested_salt": None, "tried": [],

@@ -41,7 +41,7 @@ from ..errors import FieldLabError
 __all__ = [
     "Metric", "parse_metric", "QuerySpec", "GroupData", "ExperimentData", "Aggregates",
     "Source", "FileSource", "ClickHouseSource", "open_source", "aggregate_sql", "file_spans_sql",
-    "otel_traces_spans_sql", "SourceError", "HIST_PER_DECADE", "hist_value_ms", "UNIT_FALLBACK_ORDER",
+    "otel_traces_spans_sql", "unit_totals_sql", "SourceError", "HIST_PER_DECADE", "hist_value_ms", "UNIT_FALLBACK_ORDER",
 ]
 
 #: Latency histogram resolution: bins per factor of ten (200 -> bins 1.16 % wide).
@@ -304,6 +304,48 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     )
 
 
+def unit_totals_sql(spans_sql: str, kind: str, metrics: Sequence[Metric] = ()) -> str:
+    """Per-unit totals of SERVER spans for a unit kind, regardless of experiments (the balance check).
+
+    One row: ``ids`` and, per unit, ``requests``, ``errors``, ``lat_ms`` and each
+    metric's sums; ``hashed`` counts ``h1:`` ids (which cannot be re-bucketed).
+    """
+    unit = (f"if(Attrs[{_lit(A.unit_attr('request'))}] != '', Attrs[{_lit(A.unit_attr('request'))}], TraceId)"
+            if kind == "request" else f"Attrs[{_lit(A.unit_attr(kind))}]")
+    status_new, status_old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
+    inner_aggs, outer = [], []
+    for i, m in enumerate(metrics):
+        a = _lit(m.attr)
+        if m.kind == "conversion":
+            inner_aggs.append(f"max(Attrs[{a}] = {_lit(str(m.value))}) AS m{i}_s, toUInt64(0) AS m{i}_n")
+        else:
+            inner_aggs.append(f"sum(ifNull(toFloat64OrNull(Attrs[{a}]), 0)) AS m{i}_s, "
+                              f"countIf(toFloat64OrNull(Attrs[{a}]) IS NOT NULL) AS m{i}_n")
+        outer.append(f"groupArray(m{i}_s) AS a_m{i}_s, groupArray(m{i}_n) AS a_m{i}_n")
+    iaggs = "".join(", " + c for c in inner_aggs)
+    oaggs = "".join(", " + c for c in outer)
+    return (
+        "SELECT groupArray(unit) AS a_ids, groupArray(requests) AS a_requests, groupArray(errors) AS a_errors, "
+        "groupArray(lat_ms) AS a_lat_ms, countIf(startsWith(unit, 'h1:')) AS a_hashed, "
+        f"anyIf(unit, startsWith(unit, 'h1:')) AS a_hashed_example{oaggs} FROM ("
+        f"SELECT unit, count() AS requests, countIf(IsError) AS errors, sum(Dur) / 1e6 AS lat_ms{iaggs} FROM ("
+        f"SELECT {unit} AS unit, Attrs, Dur, StatusError OR toInt64OrZero(if(Attrs[{status_new}] != '', "
+        f"Attrs[{status_new}], Attrs[{status_old}])) >= 500 AS IsError FROM ({spans_sql}) "
+        "WHERE line_ok AND has_span AND IsServer) WHERE unit != '' GROUP BY unit)"
+    )
+
+
+def _unit_totals_from_row(r: Mapping[str, Any], metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
+    import numpy as np
+
+    cols = [r["a_requests"], r["a_errors"], r["a_lat_ms"]]
+    for i in range(len(metrics)):
+        cols += [[float(x) for x in r[f"a_m{i}_s"]], r[f"a_m{i}_n"]]
+    ids = [str(u) for u in r["a_ids"]]
+    mat = np.asarray(cols, dtype=np.float64).T.reshape(len(ids), 3 + 2 * len(metrics))
+    return ids, mat, (str(r["a_hashed_example"]) if int(r["a_hashed"]) else None)
+
+
 def _rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Aggregates:
     """Turn :func:`aggregate_sql` rows into numpy-backed :class:`Aggregates`."""
     import numpy as np
@@ -371,8 +413,15 @@ class Source:
     def aggregate(self, spec: QuerySpec, progress: Callable[[str], None] | None = None) -> Aggregates:
         raise NotImplementedError
 
-    def iter_units(self, kind: str) -> Iterator[tuple[str, Mapping[str, Any]]]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
+        """Per-unit totals of every SERVER span for unit ``kind`` (for the balance check).
+
+        Returns ``(ids, matrix, hashed_example)``: the matrix has one row per unit,
+        ``[requests, errors, latency ms, metric sum, metric count, ...]``; a conversion
+        metric's "sum" is 1 when any request matched. ``hashed_example`` is an
+        ``h1:`` id when the spans carry hashed ids, else None.
+        """
+        raise NotImplementedError  # pragma: no cover - overridden
 
 
 def _expand_paths(specs: Sequence[str]) -> list[str]:
@@ -494,13 +543,58 @@ class FileSource(Source):
                     yield from spans
             done += size
 
-    def iter_units(self, kind: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
-        """Every SERVER span's ``(unit id of kind, attrs)``: used by the balance check."""
-        for ok, tid, ts, dur, server, err, attrs in self._iter_spans():
-            if ok and server:
-                uid = tid if kind == "request" else attrs.get(A.unit_attr(kind), "")
-                if uid:
-                    yield uid, {**attrs, "__error": err, "__dur_ms": dur / 1e6}
+    def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
+        if self.engine == "chdb":
+            spec = QuerySpec(metrics=tuple(metrics))
+            pairs = [(os.path.abspath(p), "gzip" if _is_gzip(p) else "none") for p in self.paths]
+            try:
+                rows = _chdb_rows(unit_totals_sql(file_spans_sql(pairs, spec), kind, metrics))
+            except Exception as exc:
+                raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
+                                  "try --engine python") from None
+            return _unit_totals_from_row(rows[0], metrics)
+        return _python_unit_totals(self._iter_spans(), kind, metrics)
+
+
+def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
+    """The pure-Python twin of :func:`unit_totals_sql`."""
+    import numpy as np
+
+    per: dict[str, list[float]] = {}
+    hashed = None
+    for ok, tid, ts, dur, server, status_err, attrs in spans:
+        if not (ok and server):
+            continue
+        uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
+        if not uid:
+            continue
+        if hashed is None and uid.startswith("h1:"):
+            hashed = uid
+        u = per.get(uid)
+        if u is None:
+            u = per[uid] = [0.0] * (3 + 2 * len(metrics))
+        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
+        try:
+            http_err = int(code) >= 500
+        except ValueError:
+            http_err = False
+        u[0] += 1
+        u[1] += status_err or http_err
+        u[2] += dur / 1e6
+        for i, m in enumerate(metrics):
+            raw = attrs.get(m.attr, "")
+            if m.kind == "conversion":
+                if raw == m.value:
+                    u[3 + 2 * i] = 1.0
+            else:
+                try:
+                    val = float(raw)
+                except ValueError:
+                    continue
+                u[3 + 2 * i] += val
+                u[4 + 2 * i] += 1
+    ids = list(per)
+    return ids, np.asarray([per[i] for i in ids], dtype=np.float64).reshape(len(ids), 3 + 2 * len(metrics)), hashed
 
 
 def _value_str(v: Any) -> str:
@@ -719,16 +813,14 @@ class ClickHouseSource(Source):
         agg.engine, agg.source, agg.seconds = "clickhouse", self.description, time.perf_counter() - t0
         return agg
 
-    def iter_units(self, kind: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
-        """Server spans as ``(unit id, attributes)``, streamed from the table (for the balance check)."""
-        unit = "TraceId" if kind == "request" else f"SpanAttributes[{_lit(A.unit_attr(kind))}]"
-        rows = self._run(
-            f"SELECT toString({unit}) AS uid, CAST(SpanAttributes, 'Map(String, String)') AS attrs, "
-            "toString(StatusCode) IN ('Error', 'STATUS_CODE_ERROR') AS err, toFloat64(Duration) / 1e6 AS dur "
-            f"FROM {self.table} WHERE toString(SpanKind) IN ('Server', 'SPAN_KIND_SERVER') AND uid != ''"
-            + (f" AND ({self.where})" if self.where else ""))
-        for r in rows:
-            yield r["uid"], {**r["attrs"], "__error": bool(r["err"]), "__dur_ms": float(r["dur"])}
+    def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
+        spec = QuerySpec(metrics=tuple(metrics))
+        try:
+            rows = self._run(unit_totals_sql(otel_traces_spans_sql(self.table, self.where, spec), kind, metrics))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise SourceError(f"{self.description}: query failed: {first}") from None
+        return _unit_totals_from_row(rows[0], metrics)
 
 
 def open_source(spec: str | Sequence[str] | Source, engine: str = "auto") -> Source:
