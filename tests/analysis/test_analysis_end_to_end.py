@@ -201,3 +201,17 @@ def test_unreachable_clickhouse_is_one_clear_line(capsys):
     rc = main(["analyze", "clickhouse://default:@127.0.0.1:1/otel?table=otel_traces"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "cannot connect to ClickHouse" in err and "\n" not in err
+
+
+def test_exposure_imbalance_is_noted_and_no_experiments_is_said(tmp_path, capsys):
+    reqs = make_requests(3000, experiment="checkout", reqs_per_unit=(1, 1), seed=12)
+    for r in reqs:  # the treatment's code path reads the flag for only 80 % of its units
+        if r["attrs"][A.variant_attr("checkout")] == "treatment" and int(r["attrs"][A.unit_attr("user")][-2:], 16) % 5 == 0:
+            r["attrs"].pop(A.exposed_attr("checkout"), None)
+    path = write_otlp(str(tmp_path / "exp.jsonl"), reqs, child_spans=False)
+    e = analyze(path, _config(tmp_path))["experiments"]["checkout"]
+    assert e["srm"]["mismatch"] is False and e["srm_exposed"]["mismatch"] is True
+    assert any("read the assignment at different rates" in n for n in e["notes"])
+    plain = write_otlp(str(tmp_path / "plain.jsonl"), [dict(attrs={"http.route": "/"}, dur_ms=1.0)], child_spans=False)
+    assert main(["analyze", plain]) == 0
+    assert "no experiments found" in capsys.readouterr().out

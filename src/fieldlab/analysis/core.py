@@ -213,6 +213,15 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                    expected={v: _f(total * weights[v] / wsum) for v in order},
                    weights_assumed=cfg is None)
         exp_out["srm"] = srm
+        if not all_assigned:
+            exposed_counts = [int(assigned[v].exposed.sum()) if v in assigned else 0 for v in order]
+            srm_exp = srm_test(exposed_counts, [weights[v] for v in order])
+            srm_exp["observed"] = dict(zip(order, exposed_counts))
+            exp_out["srm_exposed"] = srm_exp
+            if srm_exp["mismatch"] and not srm["mismatch"]:
+                notes.append(f"exposed units do not match the weights (p = {srm_exp['p_value']:.2g}): the variants "
+                             "read the assignment at different rates, so the trigger analysis may be biased; "
+                             "compare with --all-assigned")
         for v in order:
             if v in groups:
                 exp_out["variants"][v] = _variant_summary(groups[v], assigned[v], mlist, not all_assigned)
