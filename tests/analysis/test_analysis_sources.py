@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 
-from analysis_helpers import OTEL_TRACES_DDL, chdb_session, load_into_otel_traces, make_requests, write_otlp
+from analysis_helpers import OTEL_TRACES_DDL, chdb_session, load_into_otel_traces, write_otlp
 from fieldlab import attributes as A
 from fieldlab.analysis.sources import (ClickHouseSource, FileSource, QuerySpec, SourceError, open_source,
                                        parse_metric)
