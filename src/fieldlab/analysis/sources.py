@@ -488,6 +488,12 @@ class FileSource(Source):
         if engine == "chdb" and not _chdb_available():
             raise SourceError("engine chdb: the chdb package is not installed; pip install chdb, or use --engine python")
         self.engine = "chdb" if engine == "auto" and _chdb_available() else ("python" if engine == "auto" else engine)
+        if self.engine == "chdb" and any(ch in p for p in self.paths for ch in "*?{}[]"):
+            # ClickHouse's file() would read these characters as a glob; the Python reader takes names literally.
+            if engine == "chdb":
+                raise SourceError("a file name contains one of * ? { } [ ], which embedded ClickHouse reads as a "
+                                  "glob; rename the file or use --engine python")
+            self.engine = "python"
         self.description = ", ".join(self.paths) if len(self.paths) <= 3 else f"{len(self.paths)} files"
 
     def aggregate(self, spec: QuerySpec, progress: Callable[[str], None] | None = None) -> Aggregates:
