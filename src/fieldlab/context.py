@@ -100,11 +100,9 @@ class RequestContext:
         keys = [key for key, exp in self.lab.experiments.items() if exp.unit == kind]
         if not keys:
             return
-        fresh = self.lab.assign_all({kind: unit_id}, self.attributes, overrides=self.overrides)
-        for key in keys:
-            if key in fresh:
-                self.assignments[key] = fresh[key]
-                self.exposed.discard(key)
+        for key in keys:  # only this kind's experiments: the others keep their one evaluation
+            self.assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
+            self.exposed.discard(key)
         self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
         self._expose_on_assign()
 
