@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["analyze", "write_html", "render_text", "balance", "FileSource", "ClickHouseSource", "open_source",
+__all__ = ["analyze", "write_html", "render_text", "render_html", "balance", "FileSource", "ClickHouseSource", "open_source",
            "parse_metric", "SourceError"]
 
 

@@ -215,9 +215,11 @@ def file_spans_sql(paths: Sequence[tuple[str, str]], spec: QuerySpec | None = No
         f"arrayFilter(a -> {keep}, sp.attributes) AS kept, "
         "mapFromArrays(arrayMap(a -> a.1, kept), arrayMap(a -> arrayStringConcat(mapValues(a.2)), kept)) AS Attrs "
         f"FROM (SELECT JSONExtract(line, '{_LINE_T}') AS d, "
-        "notEmpty(d.resourceSpans) OR (isValidJSON(line) AND JSONType(line) = 'Object') AS line_ok "
-        f"FROM ({reads}) WHERE notEmpty(trimBoth(line))) "
-        "LEFT ARRAY JOIN d.resourceSpans AS rs LEFT ARRAY JOIN rs.scopeSpans AS ss LEFT ARRAY JOIN ss.spans AS sp"
+        # short-circuit OR: only lines that gave no spans are validated; blank lines are not malformed
+        "notEmpty(d.resourceSpans) OR (isValidJSON(line) AND JSONType(line) = 'Object') OR trimBoth(line) = '' "
+        "AS line_ok, arrayFlatten(arrayMap(rs -> arrayMap(ss -> ss.spans, rs.scopeSpans), d.resourceSpans)) AS spans "
+        f"FROM ({reads}) WHERE line != '' AND (notEmpty(spans) OR NOT line_ok)) "
+        "LEFT ARRAY JOIN spans AS sp"
     )
 
 
