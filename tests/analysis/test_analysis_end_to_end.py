@@ -215,3 +215,11 @@ def test_exposure_imbalance_is_noted_and_no_experiments_is_said(tmp_path, capsys
     plain = write_otlp(str(tmp_path / "plain.jsonl"), [dict(attrs={"http.route": "/"}, dur_ms=1.0)], child_spans=False)
     assert main(["analyze", plain]) == 0
     assert "no experiments found" in capsys.readouterr().out
+
+
+def test_a_missing_control_arm_is_an_srm_not_a_quiet_keep_running(tmp_path):
+    path = write_otlp(str(tmp_path / "noctl.jsonl"), make_requests(
+        400, experiment="checkout", drop={"control": 1.0}, reqs_per_unit=(1, 1), seed=13), child_spans=False)
+    e = analyze(path, _config(tmp_path))["experiments"]["checkout"]
+    assert e["srm"]["observed"]["control"] == 0 and e["srm"]["mismatch"] is True
+    assert e["verdict"] == "invalid (SRM)" and e["verdicts"] == {"treatment": "invalid (SRM)"}

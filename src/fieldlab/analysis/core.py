@@ -233,7 +233,10 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                          "is broken; effects are not trustworthy (the terminal and HTML reports do not show them)")
         if control not in groups or groups[control].units < 2:
             notes.append(f"control {control!r} has fewer than 2 analysed units; nothing to compare yet")
-            exp_out["verdicts"] = {v: "keep running" for v in treatments}
+            state = "invalid (SRM)" if srm["mismatch"] else "keep running"
+            exp_out["verdicts"] = {v: state for v in treatments}
+            exp_out["verdict"] = state
+            exp_out["effects_valid"] = not srm["mismatch"]
             continue
         # 2. comparisons against control
         k = max(len(treatments), 1)
