@@ -6,8 +6,10 @@ the OpenTelemetry SDK, the framework's instrumentation and a batch span
 processor feeding an exporter that drops spans (so disk speed is not measured).
 The load generator is ``wrk`` when installed (a Lua script gives every request
 its own user id), else a Python client with keep-alive threads. Configurations
-are measured interleaved, several rounds, and the median is reported, so
-background noise hits both sides alike.
+are measured in several rounds and the median is reported; by default (a)
+and (b) of a framework are loaded at the same time, so background load on a
+shared machine hits both alike (``--sequential`` loads them one after the
+other instead).
 
 Two numbers per configuration: wall-clock requests per second, and requests
 per CPU-second of the server process (its user+system time from /proc over the
@@ -44,9 +46,22 @@ EXPERIMENTS = 10
 
 
 # ----------------------------------------------------------------------------- the apps (server side)
+#: Distinct users the load generator draws from (a returning-user population).
+USERS = 5000
+
+
 def _lab() -> Any:
+    """10 running experiments, warmed like a long-running process.
+
+    A Lab builds each bucket's Assignment on first use; a fresh process pays
+    that on its first ~10^5 requests. Evaluating the user population once
+    measures the steady state instead of the warm-up.
+    """
     from fieldlab import Experiment, Lab
-    return Lab([Experiment(f"exp-{i}", {"control": 1, "treatment": 1}) for i in range(EXPERIMENTS)])
+    lab = Lab([Experiment(f"exp-{i}", {"control": 1, "treatment": 1}) for i in range(EXPERIMENTS)])
+    for i in range(1, USERS + 1):
+        lab.assign_all({"user": f"user-{i}"})
+    return lab
 
 
 def _otel() -> None:
@@ -185,7 +200,7 @@ _LUA = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, 100000000)})
+  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, USERS)})
 end
 """
 
@@ -207,15 +222,42 @@ def cpu_seconds(pgid: int) -> float:
     return total / ticks
 
 
-def load_wrk(port: int, seconds: float, connections: int, lua: str) -> int:
-    """Completed requests of one wrk run."""
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", lua, f"http://127.0.0.1:{port}/"],
-                         capture_output=True, text=True, check=True).stdout
+def _wrk_command(port: int, seconds: float, connections: int, lua: str) -> list[str]:
+    return ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", lua, f"http://127.0.0.1:{port}/"]
+
+
+def _wrk_requests(out: str) -> int:
     for line in out.splitlines():
         parts = line.split()
         if len(parts) > 2 and parts[1] == "requests" and parts[2] == "in":
             return int(parts[0])
     raise RuntimeError(f"cannot read wrk output:\n{out}")
+
+
+def load_wrk(port: int, seconds: float, connections: int, lua: str) -> int:
+    """Completed requests of one wrk run."""
+    out = subprocess.run(_wrk_command(port, seconds, connections, lua), capture_output=True, text=True, check=True).stdout
+    return _wrk_requests(out)
+
+
+def load_wrk_together(ports: list[int], seconds: float, connections: int, lua: str) -> list[int]:
+    """One wrk per port, all at once: the servers share the same moment of machine load."""
+    procs = [subprocess.Popen(_wrk_command(p, seconds, connections, lua), stdout=subprocess.PIPE, text=True)
+             for p in ports]
+    return [_wrk_requests(proc.communicate()[0]) for proc in procs]
+
+
+def load_python_together(ports: list[int], seconds: float, connections: int) -> list[int]:
+    results = [0] * len(ports)
+
+    def run(i: int) -> None:
+        results[i] = load_python(ports[i], seconds, connections)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ports))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def load_python(port: int, seconds: float, connections: int) -> int:
@@ -228,7 +270,7 @@ def load_python(port: int, seconds: float, connections: int) -> int:
         n = 0
         while time.monotonic() < stop:
             try:
-                conn.request("GET", "/", headers={"X-User-Id": f"user-{i}-{n}"})
+                conn.request("GET", "/", headers={"X-User-Id": f"user-{(i * 7919 + n) % USERS + 1}"})
                 r = conn.getresponse()
                 r.read()
                 if r.status == 200:
@@ -251,6 +293,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--sequential", action="store_true",
+                   help="load a and b one after the other (default: both at once, so they share the same background load)")
     args = p.parse_args()
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
@@ -259,7 +303,7 @@ def main() -> int:
     lua = None
     if use_wrk:
         fd, lua = tempfile.mkstemp(suffix=".lua")
-        os.write(fd, _LUA.encode())
+        os.write(fd, _LUA.replace("USERS", str(USERS)).encode())
         os.close(fd)
     servers = {(f, m): Server(f, m) for f in frameworks for m in MODES}
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in servers}
@@ -268,26 +312,41 @@ def main() -> int:
         for s in servers.values():
             s.wait()
         print(f"load generator: {'wrk' if use_wrk else 'python keep-alive threads'}, {args.connections} connections, "
-              f"{args.seconds:g} s x {args.rounds} rounds, interleaved; {EXPERIMENTS} running experiments", file=sys.stderr)
+              f"{args.seconds:g} s x {args.rounds} rounds, {'interleaved one after the other' if args.sequential else 'a and b loaded at the same time'}; "
+              f"{EXPERIMENTS} running experiments, {USERS} users", file=sys.stderr)
         for r in range(args.rounds):
             for f in frameworks:
-                order = MODES if r % 2 == 0 else MODES[::-1]
-                for m in order:
-                    srv = servers[(f, m)]
-                    if r == 0:  # warm-up once: imports, caches, JIT-free but lazy paths
+                pair = [servers[(f, m)] for m in MODES]
+                if r == 0:  # warm-up once
+                    for srv in pair:
                         if use_wrk:
                             load_wrk(srv.port, 1, args.connections, lua)  # type: ignore[arg-type]
                         else:
                             load_python(srv.port, 1, args.connections)
-                    cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
-                    if use_wrk:
-                        n = load_wrk(srv.port, args.seconds, args.connections, lua)  # type: ignore[arg-type]
-                    else:
-                        n = load_python(srv.port, args.seconds, args.connections)
-                    elapsed, cpu = time.monotonic() - t0, cpu_seconds(srv.proc.pid) - cpu0
-                    wall[(f, m)].append(n / elapsed)
+                if args.sequential:
+                    counts, elapsed_each, cpu_each = [], [], []
+                    for srv in (pair if r % 2 == 0 else pair[::-1]):
+                        cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
+                        n = (load_wrk(srv.port, args.seconds, args.connections, lua) if use_wrk  # type: ignore[arg-type]
+                             else load_python(srv.port, args.seconds, args.connections))
+                        counts.append(n)
+                        elapsed_each.append(time.monotonic() - t0)
+                        cpu_each.append(cpu_seconds(srv.proc.pid) - cpu0)
+                    if r % 2:
+                        counts, elapsed_each, cpu_each = counts[::-1], elapsed_each[::-1], cpu_each[::-1]
+                else:
+                    cpu0 = [cpu_seconds(srv.proc.pid) for srv in pair]
+                    t0 = time.monotonic()
+                    ports = [srv.port for srv in pair]
+                    counts = (load_wrk_together(ports, args.seconds, args.connections, lua) if use_wrk  # type: ignore[arg-type]
+                              else load_python_together(ports, args.seconds, args.connections))
+                    elapsed = time.monotonic() - t0
+                    elapsed_each = [elapsed] * len(pair)
+                    cpu_each = [cpu_seconds(srv.proc.pid) - c for srv, c in zip(pair, cpu0)]
+                for m, n, el, cpu in zip(MODES, counts, elapsed_each, cpu_each):
+                    wall[(f, m)].append(n / el)
                     per_cpu[(f, m)].append(n / cpu if cpu > 0 else float("nan"))
-                    print(f"  round {r + 1}: {f:<10} {m:<14} {n / elapsed:8.0f} req/s  {n / max(cpu, 1e-9):8.0f} req/CPU-s",
+                    print(f"  round {r + 1}: {f:<10} {m:<14} {n / el:8.0f} req/s  {n / max(cpu, 1e-9):8.0f} req/CPU-s",
                           file=sys.stderr)
     finally:
         for s in servers.values():

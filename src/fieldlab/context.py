@@ -51,7 +51,7 @@ class RequestContext:
         self.trace_id = trace_id
         self.version = lab.version
         self.assignments: dict[str, Assignment] = lab.assign_all(self.units, self.attributes, overrides=overrides)
-        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
+        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout}) if lab.holdouts else []
         self.exposed: set[str] = set()
         self.faults: list[dict[str, Any]] = []
         self._fault_injected = False
@@ -103,7 +103,7 @@ class RequestContext:
         for key in keys:  # only this kind's experiments: the others keep their one evaluation
             self.assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
             self.exposed.discard(key)
-        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
+        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout}) if self.lab.holdouts else []
         self._expose_on_assign()
 
     def in_experiment(self) -> dict[str, Assignment]:

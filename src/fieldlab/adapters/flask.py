@@ -67,7 +67,6 @@ class FieldLab:
                                        "create one FieldLab per app and call init_app once")
         app.extensions["fieldlab"] = self
         app.before_request(self._before)
-        app.after_request(self._after)
         app.teardown_request(self._teardown)
 
     def _before(self) -> Any:
@@ -77,24 +76,24 @@ class FieldLab:
         keys = cfg.env_keys  # type: ignore[union-attr]
         get = environ.get
         ctx = _request.begin(cfg, request, lambda name: get(keys.get(name) or _request.env_key(name)),  # type: ignore[arg-type]
-                             request.path, request.method)
+                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""))
         if ctx is None:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
+        if "set_visitor" in ctx.extra:
+            flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
         abort = _request.abort_for(ctx)
         if abort is not None:
             status, body = abort
             return flask.Response(body, status=status, mimetype="text/plain")
         return None
 
-    def _after(self, response: flask.Response) -> flask.Response:
-        environ = flask.request.environ
-        ctx = environ.get(_CTX)
-        if ctx is not None:
-            cookie = _request.visitor_cookie(self.config, ctx, flask.request.scheme == "https")  # type: ignore[arg-type]
-            if cookie is not None:
-                response.headers.add("Set-Cookie", cookie)
+    def _set_cookie(self, response: flask.Response) -> flask.Response:
+        ctx = flask.request.environ.get(_CTX)
+        cookie = _request.visitor_cookie(self.config, ctx, flask.request.scheme == "https")  # type: ignore[arg-type]
+        if cookie is not None:
+            response.headers.add("Set-Cookie", cookie)
         return response
 
     def _teardown(self, exc: BaseException | None) -> None:
