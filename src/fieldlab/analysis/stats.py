@@ -118,7 +118,7 @@ def compare(control: RatioEstimate, treatment: RatioEstimate, *, alpha: float = 
     Welch t interval (identical to ``scipy.stats.ttest_ind(equal_var=False)``
     for per-unit means).
     """
-    from scipy import stats as st
+    from scipy import special  # scipy.special only: scipy.stats costs 1.5 s of import on every run
 
     est = treatment.value - control.value
     var = treatment.variance + control.variance
@@ -139,15 +139,15 @@ def compare(control: RatioEstimate, treatment: RatioEstimate, *, alpha: float = 
         vc, vt = control.variance, treatment.variance
         den = vc * vc / (control.n - 1) + vt * vt / (treatment.n - 1)
         df = (var * var / den) if den > 0 else float(control.n + treatment.n - 2)
-        hw = float(st.t.ppf(1 - alpha / 2, df)) * se
-        p = float(2 * st.t.sf(abs(est) / se, df))
+        hw = float(special.stdtrit(df, 1 - alpha / 2)) * se
+        p = float(2 * special.stdtr(df, -abs(est) / se))
     out.update(ci_low=est - hw, ci_high=est + hw, p_value=p)
     return out
 
 
 def srm_test(observed: Sequence[float], weights: Sequence[float], alpha: float = SRM_ALPHA) -> dict[str, Any]:
     """Chi-square goodness of fit of assigned units per variant against the configured weights."""
-    from scipy import stats as st
+    from scipy import special
 
     obs = np.asarray(observed, float)
     w = np.asarray(weights, float)
@@ -158,8 +158,9 @@ def srm_test(observed: Sequence[float], weights: Sequence[float], alpha: float =
     exp = total * w / w.sum()
     if np.any(obs[~keep] > 0):  # units in a variant that should get none
         return {"chi2": float("inf"), "p_value": 0.0, "mismatch": True, "alpha": alpha}
-    chi2, p = st.chisquare(obs[keep], exp[keep])
-    return {"chi2": float(chi2), "p_value": float(p), "mismatch": bool(p < alpha), "alpha": alpha}
+    chi2 = float((((obs[keep] - exp[keep]) ** 2) / exp[keep]).sum())
+    p = float(special.chdtrc(int(keep.sum()) - 1, chi2))
+    return {"chi2": chi2, "p_value": p, "mismatch": bool(p < alpha), "alpha": alpha}
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -176,14 +177,29 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 
 def rank_test(control: Any, treatment: Any) -> float | None:
-    """Two-sided Mann-Whitney U p-value (the Kayenta judge's test) on per-unit values."""
-    from scipy import stats as st
+    """Two-sided Mann-Whitney U p-value (the Kayenta judge's test) on per-unit values.
+
+    The normal approximation with tie and continuity corrections, as
+    ``scipy.stats.mannwhitneyu(..., method="asymptotic")`` computes it.
+    """
+    import math
 
     a, b = np.asarray(control, float), np.asarray(treatment, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size < 2 or b.size < 2:
+    n1, n2 = b.size, a.size
+    if n1 < 2 or n2 < 2:
         return None
-    return float(st.mannwhitneyu(b, a, alternative="two-sided").pvalue)
+    n = n1 + n2
+    _, inv, counts = np.unique(np.concatenate([b, a]), return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    u1 = float(avg_rank[inv[:n1]].sum()) - n1 * (n1 + 1) / 2.0
+    u = max(u1, n1 * n2 - u1)
+    ties = float((counts.astype(float) ** 3 - counts).sum())
+    var = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(var)
+    return float(min(1.0, math.erfc(z / math.sqrt(2.0))))
 
 
 def hist_quantiles(bins: Any, counts: Any, qs: Sequence[float], value: Any) -> list[float | None]:
