@@ -118,3 +118,12 @@ def test_installed_entry_point():
     assert "checkout-redesign" in proc.stdout
     proc = subprocess.run([str(exe), "validate", "/nonexistent.toml"], capture_output=True, text=True)
     assert proc.returncode == 2 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_shows_fault_blast_radius(capsys, tmp_path):
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('[faults]\nenabled = true\n[[experiments]]\nkey = "slow-db"\ntraffic = 4\n'
+                   'variants = [{ name = "control" }, { name = "slow", faults = [{ point = "db.query", latency_ms = 50 }] }]\n')
+    code, out, _ = run(capsys, "validate", str(cfg))
+    assert code == 0
+    assert "faults: enabled; blast radius 2.00% of a 5% cap (slow-db/slow 2.00%)" in out

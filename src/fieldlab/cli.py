@@ -40,6 +40,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         ranges = ", ".join(f"{name} [{lo}, {hi})" for name, (lo, hi) in exp.ranges().items())
         extra = f" layer {exp.layer} [{exp.layer_range[0] / 100:g}%, {exp.layer_range[1] / 100:g}%)" if exp.layer else ""
         print(f"  {exp.key}: {exp.status}, unit {exp.unit}, traffic {exp.traffic:g}%{extra}: {ranges}")
+    plan = lab._state.fault_plan
+    if plan.radius:
+        from .faults import blast_radius
+        radius = blast_radius(lab)
+        parts = ", ".join(f"{name} {share:.2f}%" for name, share in radius["variants"].items())
+        print(f"  faults: {'enabled' if plan.enabled else 'disabled (set [faults] enabled = true)'}; "
+              f"blast radius {radius['total']:.2f}% of a {radius['cap']:g}% cap ({parts})")
     return 0
 
 
