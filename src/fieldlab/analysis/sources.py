@@ -141,6 +141,8 @@ class GroupData:
 
 @dataclass
 class ExperimentData:
+    """One experiment's per-variant unit aggregates and what was excluded (forced requests, units in two variants)."""
+
     key: str
     variants: dict[str, GroupData]
     unit_kinds: list[str]
@@ -150,6 +152,8 @@ class ExperimentData:
 
 @dataclass
 class Aggregates:
+    """Everything a source hands to the statistics: experiments, holdout groups and reading counters."""
+
     experiments: dict[str, ExperimentData]
     holdouts: dict[str, GroupData]
     spans: int = 0
