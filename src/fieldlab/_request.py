@@ -58,6 +58,7 @@ VISITOR_MAX_AGE = 365 * 24 * 3600
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _BAGGAGE_CONTEXT = "fieldlab-baggage-v1."
+_CACHE_SIZE = 10_000
 
 #: Failures on the request path, by kind; each one is logged once.
 stats: dict[str, int] = {"resolver_errors": 0, "attribute_errors": 0, "start_errors": 0, "fault_errors": 0,
@@ -164,6 +165,8 @@ class AdapterConfig:
         self.env_keys = {h: env_key(h) for h in wanted}
         self._plan_version: str | None = None
         self._plan: tuple[_Unit, ...] = ()
+        #: unit ids (in plan order) -> (assignments, base span attributes, unit attribute values); see begin()
+        self.cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, str]]] | None = None
         self.needs_visitor = False
         self.needs_request_object = attributes is not None
         telemetry.ensure_processor()
@@ -186,6 +189,10 @@ class AdapterConfig:
                 if unit is not None:
                     plan.append(unit)
             self._plan = tuple(plan)
+            # Without targeting and without per-request units, the assignments are a function of the
+            # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
+            cacheable = "request" not in kinds and not any(e.targeting for e in lab.experiments.values())
+            self.cache = {} if cacheable else None
             self.needs_visitor = any(u.how == "visitor" for u in plan)
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
             self._plan_version = lab.version
@@ -299,13 +306,29 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
         if tokens:
             verified = cfg.lab.verify_overrides(tokens)
             overrides = verified if len(verified) else None
-        ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
+        cache = cfg.cache if overrides is None else None
+        hit = None
+        if cache is not None:
+            key = tuple(units.values())
+            hit = cache.get(key)
+        if hit is not None:
+            ctx = RequestContext(cfg.lab, units, attrs, None, units.get("request"), copy=False, assignments=dict(hit[0]))
+            ctx.extra["base_attrs"] = hit[1]
+            ctx.extra["unit_values"] = hit[2]
+        else:
+            ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
         if extra:
             ctx.extra.update(extra)
-        if cfg.trust_baggage:
-            _apply_baggage(cfg, ctx, get("baggage"))
         recorder = cfg.recorder
         recorder.hook(ctx)
+        if cfg.trust_baggage and _apply_baggage(cfg, ctx, get("baggage")):
+            ctx.extra.pop("base_attrs", None)  # this request's assignments differ from the cached ones
+        elif cache is not None and hit is None:
+            base = recorder.base_attributes(ctx)
+            ctx.extra["base_attrs"] = base
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = (dict(ctx.assignments), base, ctx.extra["unit_values"])
         try:
             recorder.attach_current(ctx)
         except Exception:
@@ -413,14 +436,16 @@ def _baggage_member(header: str | None) -> str | None:
     return None
 
 
-def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) -> None:
+def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) -> bool:
+    """Apply verified inbound baggage; True when it changed an assignment."""
     raw = _baggage_member(header)
     if raw is None:
-        return
+        return False
     variants = verify_baggage(cfg.lab.secret, raw)
     if variants is None:
         stats["baggage_rejected"] += 1
-        return
+        return False
+    changed = False
     experiments = cfg.lab.experiments
     for key, name in variants.items():
         exp = experiments.get(key)
@@ -429,6 +454,8 @@ def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) 
         if ctx.assignments[key].reason == "override":
             continue  # a signed override on this hop wins
         ctx.assignments[key] = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        changed = True
+    return changed
 
 
 def baggage_header(value: str) -> str:

@@ -42,7 +42,7 @@ class RequestContext:
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
-                 copy: bool = True) -> None:
+                 copy: bool = True, assignments: dict[str, Assignment] | None = None) -> None:
         self.lab = lab
         # copy=False: the caller hands over fresh dicts it will not touch again (the adapters' hot path)
         self.units = dict(units) if copy or units.__class__ is not dict else units  # type: ignore[assignment]
@@ -50,7 +50,9 @@ class RequestContext:
         self.overrides = overrides
         self.trace_id = trace_id
         self.version = lab.version
-        self.assignments: dict[str, Assignment] = lab.assign_all(self.units, self.attributes, overrides=overrides)
+        # assignments: already evaluated for exactly these units (an adapter's cache); else evaluate now
+        self.assignments: dict[str, Assignment] = (assignments if assignments is not None else
+                                                   lab.assign_all(self.units, self.attributes, overrides=overrides))
         self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout}) if lab.holdouts else []
         self.exposed: set[str] = set()
         self.faults: list[dict[str, Any]] = []

@@ -224,14 +224,12 @@ class Recorder:
         ctx.on_event = self.on_event
         ctx.on_fault = self.on_fault
 
-    def attach(self, ctx: RequestContext, span: Any) -> None:
-        """Make ``span`` the request's server span and write everything known so far."""
-        ctx.server_span = span
-        if ctx.extra.get("request_generated"):
-            tid = format(span.get_span_context().trace_id, "032x")
-            ctx.extra["request_generated"] = False
-            ctx.trace_id = tid
-            ctx.rebind_unit("request", tid)
+    def base_attributes(self, ctx: RequestContext) -> dict[str, Any]:
+        """The attributes that depend only on the assignments: version, units, variants, overrides, holdouts.
+
+        Adapters may compute this once per distinct set of units and reuse it
+        (see ``fieldlab._request``); it is treated as read-only.
+        """
         attrs: dict[str, Any] = {A.CONFIG_VERSION: ctx.version}
         for kind, v in self._unit_values(ctx).items():
             attrs[A.unit_attr(kind)] = v
@@ -245,15 +243,32 @@ class Recorder:
                     attrs[names[2]] = True
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
+        return attrs
+
+    def attach(self, ctx: RequestContext, span: Any) -> None:
+        """Make ``span`` the request's server span and write everything known so far."""
+        ctx.server_span = span
+        extra = ctx.extra
+        if extra.get("request_generated"):
+            tid = format(span.get_span_context().trace_id, "032x")
+            extra["request_generated"] = False
+            extra.pop("base_attrs", None)
+            ctx.trace_id = tid
+            ctx.rebind_unit("request", tid)
+        base = extra.get("base_attrs")
+        if base is None:
+            base = self.base_attributes(ctx)
+        set_attributes(span, base)
         exposed = ctx.exposed
-        for key in exposed:
-            attrs[(all_names.get(key) or self._attr_names(key))[1]] = True
-        if ctx.fault_injected:
-            attrs[A.FAULT_INJECTED] = True
-        set_attributes(span, attrs)
-        for key in exposed:
-            add_event(span, A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
-        pending = ctx.extra.pop("pending_events", None)
+        if exposed or ctx.fault_injected:
+            all_names = self._names
+            more: dict[str, Any] = {(all_names.get(key) or self._attr_names(key))[1]: True for key in exposed}
+            if ctx.fault_injected:
+                more[A.FAULT_INJECTED] = True
+            set_attributes(span, more)
+            for key in exposed:
+                add_event(span, A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
+        pending = extra.pop("pending_events", None)
         if pending:
             for name, event_attrs in pending:
                 span.add_event(name, event_attrs)  # other parts' events: validated by the SDK

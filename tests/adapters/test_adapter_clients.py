@@ -8,6 +8,8 @@ resolvers and recorders, cookies over https, and configuration errors.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import contextvars
 import threading
 from typing import Any, Callable
@@ -314,3 +316,32 @@ def test_asgi_passes_websocket_and_lifespan_through() -> None:
     for kind in ("lifespan", "websocket"):
         asyncio.run(mw({"type": kind}, None, None))
     assert seen == [("lifespan", None), ("websocket", None)]
+
+
+def test_repeat_units_reuse_their_evaluation_and_stay_exact(otel: Any, tmp_path: Any) -> None:
+    """Without targeting, assignments are cached per unit ids; overrides, baggage and reloads bypass or reset it."""
+    config = tmp_path / "lab.toml"
+    config.write_text('[[experiments]]\nkey = "checkout-redesign"\nvariants = ["control", "treatment"]\n')
+    lab = Lab.from_file(config, secret=SECRET, reload_interval=0)
+    client = wsgi_client(lab, fieldlab_outer=True)
+    users = [f"r{i}" for i in range(30)]
+    for _ in range(2):
+        for u in users:
+            assert client.get("/", headers={"X-User-Id": u}).json["checkout"] == lab.assign("checkout-redesign", u).variant
+    cache = client.application.config.cache
+    assert cache is not None and len(cache) == len(users)
+    spans = otel.server_spans()
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for s in spans:
+        by_user.setdefault(s.attributes[A.unit_attr("user")], []).append(dict(s.attributes))
+    assert all(len(v) == 2 and v[0] == v[1] for v in by_user.values())  # a cache hit writes what a miss wrote
+    control = next(u for u in users if lab.assign("checkout-redesign", u).variant == "control")
+    token = lab.make_token("checkout-redesign", "treatment", 60)
+    assert client.get("/", headers={"X-User-Id": control, "X-Fieldlab-Override": token}).json["checkout"] == "treatment"
+    assert client.get("/", headers={"X-User-Id": control}).json["checkout"] == "control"  # the override was not cached
+    config.write_text('[[experiments]]\nkey = "checkout-redesign"\nvariants = ["control", "treatment"]\n'
+                      'salt = "fresh-population"\n')
+    os.utime(config, (time.time() + 5, time.time() + 5))
+    assert lab.reload()
+    for u in users:
+        assert client.get("/", headers={"X-User-Id": u}).json["checkout"] == lab.assign("checkout-redesign", u).variant
