@@ -255,3 +255,16 @@ def test_clickhouse_sql_asset_agrees_with_analyze(ab_file, tmp_path):
     for v, r in rows.items():
         assert (int(r["units"]), int(r["requests"]), int(r["errors"])) == \
                (res[v]["units"], res[v]["requests"], res[v]["errors"])
+
+
+def test_auto_engine_falls_back_when_chdb_is_busy(ab_file, reference, tmp_path):
+    """A process that already holds a chdb session on a path cannot open chdb's default one."""
+    sess = chdb_session(str(tmp_path / "busy"))
+    try:
+        agg = FileSource(ab_file).aggregate(SPEC)
+        assert agg.engine.startswith("python (chdb unavailable")
+        assert_same(agg, reference)
+        with pytest.raises(SourceError, match="--engine python"):
+            FileSource(ab_file, engine="chdb").aggregate(SPEC)
+    finally:
+        sess.close()

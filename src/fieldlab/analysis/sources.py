@@ -493,6 +493,7 @@ class FileSource(Source):
             raise SourceError(f"engine {engine!r} is unknown; use auto, chdb or python")
         if engine == "chdb" and not _chdb_available():
             raise SourceError("engine chdb: the chdb package is not installed; pip install chdb, or use --engine python")
+        self.requested_engine = engine
         self.engine = "chdb" if engine == "auto" and _chdb_available() else ("python" if engine == "auto" else engine)
         if self.engine == "chdb" and any(ch in p for p in self.paths for ch in "*?{}[]"):
             # ClickHouse's file() would read these characters as a glob; the Python reader takes names literally.
@@ -513,8 +514,15 @@ class FileSource(Source):
             try:
                 rows = _chdb_rows(aggregate_sql(file_spans_sql(pairs, spec), spec))
             except Exception as exc:  # chdb raises its own error type
-                raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
-                                  "try --engine python") from None
+                why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                if self.requested_engine != "auto":
+                    raise SourceError(f"{self.description}: embedded ClickHouse failed: {why}; "
+                                      "try --engine python") from None
+                # e.g. the process already holds a chdb session on another path: read with Python instead
+                agg = _python_aggregate(self._iter_spans(progress), spec)
+                agg.engine, agg.source, agg.seconds = f"python (chdb unavailable: {why})", self.description, \
+                    time.perf_counter() - t0
+                return agg
             finally:
                 if ticker:
                     ticker.stop()
