@@ -570,6 +570,8 @@ class FileSource(Source):
             try:
                 rows = _chdb_rows(unit_totals_sql(file_spans_sql(pairs, spec), kind, metrics))
             except Exception as exc:
+                if self.requested_engine == "auto":
+                    return _python_unit_totals(self._iter_spans(), kind, metrics)
                 raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
                                   "try --engine python") from None
             return _unit_totals_from_row(rows[0], metrics)
