@@ -182,7 +182,8 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
         exp_out: dict[str, Any] = {
             "unit": unit_kind, "unit_source": unit_source, "control": control,
             "weights": {v: weights[v] for v in order},
-            "weights_source": "config" if cfg is not None else "assumed equal (no --config)",
+            "weights_source": "config" if cfg is not None else (
+                "assumed equal (no --config)" if lab is None else "assumed equal (experiment not in the config)"),
             "forced_requests_excluded": data.forced_requests if data else 0,
             "multi_variant_units_excluded": data.multi_variant_units if data else 0,
             "verdict": "keep running", "verdicts": {}, "srm": {}, "effects_valid": True, "variants": {},
