@@ -212,7 +212,7 @@ def test_bad_sources_say_what_to_do(tmp_path):
     with pytest.raises(SourceError, match="matches no files"):
         open_source(str(tmp_path / "*.jsonl"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="no .jsonl"):
+    with pytest.raises(SourceError, match="holds no .json"):
         open_source(str(tmp_path / "empty"))
     with pytest.raises(SourceError, match="clickhouse://"):
         open_source("ftp://example/x")
@@ -268,3 +268,15 @@ def test_auto_engine_falls_back_when_chdb_is_busy(ab_file, reference, tmp_path):
             FileSource(ab_file, engine="chdb").aggregate(SPEC)
     finally:
         sess.close()
+
+
+def test_zstd_files_from_the_collector_file_exporter(ab_file, reference, tmp_path):
+    """The Collector file exporter's ``compression: zstd``: detected by content, read by chdb."""
+    import chdb
+
+    out = tmp_path / "traces.zst"
+    chdb.query(f"SELECT * FROM file('{ab_file}', 'RawBLOB') INTO OUTFILE '{out}' COMPRESSION 'zstd' FORMAT RawBLOB")
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    assert_same(FileSource(str(out)).aggregate(SPEC), reference)
+    with pytest.raises(SourceError, match="zstd"):
+        FileSource(str(out), engine="python").aggregate(SPEC)

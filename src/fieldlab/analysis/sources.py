@@ -436,9 +436,9 @@ def _expand_paths(specs: Sequence[str]) -> list[str]:
         spec = os.fspath(spec)
         if os.path.isdir(spec):
             found = sorted(os.path.join(root, f) for root, _, names in os.walk(spec) for f in names
-                           if f.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz", ".ndjson", ".ndjson.gz")))
+                           if f.endswith((".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".json.zst", ".jsonl.zst")))
             if not found:
-                raise SourceError(f"{spec}: the directory holds no .jsonl/.json(.gz) files; "
+                raise SourceError(f"{spec}: the directory holds no .json/.jsonl/.ndjson files (plain, .gz or .zst); "
                                   "point at the file exporter's output directory or pass the files")
             files.extend(found)
         elif any(ch in spec for ch in "*?["):
@@ -454,9 +454,19 @@ def _expand_paths(specs: Sequence[str]) -> list[str]:
     return files
 
 
-def _is_gzip(path: str) -> bool:
+def _compression(path: str) -> str:
+    """``gzip``, ``zstd`` (the Collector file exporter's ``compression: zstd``) or ``none``, by content."""
     with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return "none"
+
+
+def _is_gzip(path: str) -> bool:
+    return _compression(path) == "gzip"
 
 
 def _chdb_available() -> bool:
@@ -509,13 +519,13 @@ class FileSource(Source):
             if progress:
                 total = sum(os.path.getsize(p) for p in self.paths)
                 progress(f"reading {len(self.paths)} file(s), {total / 1e6:.1f} MB, with embedded ClickHouse ...")
-            pairs = [(os.path.abspath(p), "gzip" if _is_gzip(p) else "none") for p in self.paths]
+            pairs = [(os.path.abspath(p), _compression(p)) for p in self.paths]
             ticker = _Ticker(progress, f"reading {self.description} with embedded ClickHouse") if progress else None
             try:
                 rows = _chdb_rows(aggregate_sql(file_spans_sql(pairs, spec), spec))
             except Exception as exc:  # chdb raises its own error type
                 why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                if self.requested_engine != "auto":
+                if self.requested_engine != "auto" or any(c == "zstd" for _, c in pairs):
                     raise SourceError(f"{self.description}: embedded ClickHouse failed: {why}; "
                                       "try --engine python") from None
                 # e.g. the process already holds a chdb session on another path: read with Python instead
@@ -535,7 +545,11 @@ class FileSource(Source):
     # -- the streaming pure-Python reader (fallback engine and reference implementation)
 
     def _open(self, path: str):
-        return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+        kind = _compression(path)
+        if kind == "zstd":
+            raise SourceError(f"{path}: zstd-compressed; the Python reader cannot read zstd: install chdb "
+                              "(the default engine reads it) or decompress the file")
+        return gzip.open(path, "rb") if kind == "gzip" else open(path, "rb")
 
     def _iter_spans(self, progress: Callable[[str], None] | None = None) -> Iterator[tuple]:
         """Yield ``(line_ok, trace_id, ts, dur, is_server, status_error, attrs)``; bad lines yield line_ok False."""
@@ -566,7 +580,7 @@ class FileSource(Source):
     def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
         if self.engine == "chdb":
             spec = QuerySpec(metrics=tuple(metrics))
-            pairs = [(os.path.abspath(p), "gzip" if _is_gzip(p) else "none") for p in self.paths]
+            pairs = [(os.path.abspath(p), _compression(p)) for p in self.paths]
             try:
                 rows = _chdb_rows(unit_totals_sql(file_spans_sql(pairs, spec), kind, metrics))
             except Exception as exc:
