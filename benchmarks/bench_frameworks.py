@@ -47,7 +47,7 @@ EXPERIMENTS = 10
 
 # ----------------------------------------------------------------------------- the apps (server side)
 #: Distinct users the load generator draws from (a returning-user population).
-USERS = 5000
+USERS = 2000
 
 
 def _lab() -> Any:
@@ -197,10 +197,16 @@ class Server:
 
 
 _LUA = """
+request = function()
+  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, USERS)})
+end
+"""
+#: Warm-up: every user of the population once, in turn (a server that has been up for a while has seen them).
+_LUA_WARMUP = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. math.random(1, USERS)})
+  return wrk.format("GET", "/", {["X-User-Id"] = "user-" .. ((counter % USERS) + 1)})
 end
 """
 
@@ -291,6 +297,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="length of one measurement (default 1)")
     p.add_argument("--rounds", type=int, default=11, help="interleaved rounds; the median is reported (default 11)")
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--warmup", type=float, default=4.0, help="seconds of warm-up per server, cycling through the users")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--sequential", action="store_true",
@@ -300,10 +307,13 @@ def main() -> int:
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed; use --client python (or apt-get install wrk)")
-    lua = None
+    lua = warm_lua = None
     if use_wrk:
         fd, lua = tempfile.mkstemp(suffix=".lua")
         os.write(fd, _LUA.replace("USERS", str(USERS)).encode())
+        os.close(fd)
+        fd, warm_lua = tempfile.mkstemp(suffix=".lua")
+        os.write(fd, _LUA_WARMUP.replace("USERS", str(USERS)).encode())
         os.close(fd)
     servers = {(f, m): Server(f, m) for f in frameworks for m in MODES}
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in servers}
@@ -317,12 +327,12 @@ def main() -> int:
         for r in range(args.rounds):
             for f in frameworks:
                 pair = [servers[(f, m)] for m in MODES]
-                if r == 0:  # warm-up once
+                if r == 0:  # warm-up once: each user of the population, like a server that has been up a while
                     for srv in pair:
                         if use_wrk:
-                            load_wrk(srv.port, 1, args.connections, lua)  # type: ignore[arg-type]
+                            load_wrk(srv.port, args.warmup, 2, warm_lua)  # type: ignore[arg-type]
                         else:
-                            load_python(srv.port, 1, args.connections)
+                            load_python(srv.port, args.warmup, 1)
                 if args.sequential:
                     counts, elapsed_each, cpu_each = [], [], []
                     for srv in (pair if r % 2 == 0 else pair[::-1]):
@@ -351,8 +361,9 @@ def main() -> int:
     finally:
         for s in servers.values():
             s.stop()
-        if lua:
-            os.unlink(lua)
+        for path in (lua, warm_lua):
+            if path:
+                os.unlink(path)
     print(f"\n{'framework':<10} {'server':<9} {'(a) otel':>10} {'(b) +fieldlab':>14} {'b/a':>6}   "
           f"{'(a) req/CPU-s':>14} {'(b) req/CPU-s':>14} {'b/a':>6}")
     print(f"{'':<10} {'':<9} {'wall req/s':>10} {'wall req/s':>14}")

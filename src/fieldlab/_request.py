@@ -165,8 +165,9 @@ class AdapterConfig:
         self.env_keys = {h: env_key(h) for h in wanted}
         self._plan_version: str | None = None
         self._plan: tuple[_Unit, ...] = ()
-        #: unit ids (in plan order) -> (assignments, base span attributes, unit attribute values); see begin()
-        self.cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, str]]] | None = None
+        #: unit ids (in plan order) -> (assignments, base span attributes, unit attribute values,
+        #: exposure event attributes by experiment); see begin()
+        self.cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, str], dict[str, Any]]] | None = None
         self.needs_visitor = False
         self.needs_request_object = attributes is not None
         telemetry.ensure_processor()
@@ -315,6 +316,7 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
             ctx = RequestContext(cfg.lab, units, attrs, None, units.get("request"), copy=False, assignments=dict(hit[0]))
             ctx.extra["base_attrs"] = hit[1]
             ctx.extra["unit_values"] = hit[2]
+            ctx.extra["event_cache"] = hit[3]
         else:
             ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
         if extra:
@@ -323,12 +325,15 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
         recorder.hook(ctx)
         if cfg.trust_baggage and _apply_baggage(cfg, ctx, get("baggage")):
             ctx.extra.pop("base_attrs", None)  # this request's assignments differ from the cached ones
+            ctx.extra.pop("event_cache", None)
         elif cache is not None and hit is None:
             base = recorder.base_attributes(ctx)
+            events: dict[str, Any] = {}
             ctx.extra["base_attrs"] = base
+            ctx.extra["event_cache"] = events
             if len(cache) >= _CACHE_SIZE:
                 cache.clear()
-            cache[key] = (dict(ctx.assignments), base, ctx.extra["unit_values"])
+            cache[key] = (dict(ctx.assignments), base, ctx.extra["unit_values"], events)
         try:
             recorder.attach_current(ctx)
         except Exception:

@@ -134,22 +134,38 @@ def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
     span.set_attributes(attrs)
 
 
-def add_event(span: Any, name: str, attrs: dict[str, Any]) -> None:
-    """``span.add_event(name, attrs)``, skipping the re-validation of values fieldlab built (see :func:`set_attributes`)."""
+def _frozen_event_attributes(span: Any, attrs: dict[str, Any]) -> Any:
+    """Immutable SDK event attributes built without re-validation, or None when the SDK's limits need the public path."""
     limits = getattr(span, "_limits", None)
+    if (_Event is None or _BoundedAttributes is None or limits is None
+            or getattr(limits, "max_attribute_length", 0) is not None
+            or (limits.max_event_attributes is not None and len(attrs) > limits.max_event_attributes)):
+        return None
+    try:
+        bounded = _BoundedAttributes(limits.max_event_attributes, None, immutable=False)
+        bounded._dict.update(attrs)
+        bounded._immutable = True
+    except AttributeError:
+        return None
+    return bounded
+
+
+def add_event(span: Any, name: str, attrs: Any) -> None:
+    """``span.add_event(name, attrs)``, skipping the re-validation of values fieldlab built (see :func:`set_attributes`).
+
+    ``attrs`` may be a dict or attributes made by :func:`_frozen_event_attributes` (immutable, so one
+    object can serve the events of many spans).
+    """
     add = getattr(span, "_add_event", None)
-    if (_Event is not None and _BoundedAttributes is not None and limits is not None and add is not None
-            and getattr(limits, "max_attribute_length", 0) is None
-            and (limits.max_event_attributes is None or len(attrs) <= limits.max_event_attributes)):
-        try:
-            bounded = _BoundedAttributes(limits.max_event_attributes, None, immutable=False)
-            bounded._dict.update(attrs)
-            bounded._immutable = True
-            add(_Event(name=name, attributes=bounded))
-            return
-        except AttributeError:
-            pass
-    span.add_event(name, attrs)
+    if add is not None and _Event is not None:
+        bounded = attrs if attrs.__class__ is _BoundedAttributes else _frozen_event_attributes(span, attrs)
+        if bounded is not None:
+            try:
+                add(_Event(name=name, attributes=bounded))
+                return
+            except AttributeError:
+                pass
+    span.add_event(name, dict(attrs))
 
 
 class Recorder:
@@ -216,6 +232,18 @@ class Recorder:
                 attrs[A.FLAG_SET_ID] = exp.layer
         return attrs
 
+    def _add_flag_event(self, ctx: RequestContext, span: Any, a: Assignment) -> None:
+        """Add the exposure event; its attributes are built once per cached set of units (see ``_request``)."""
+        cache = ctx.extra.get("event_cache")
+        attrs = cache.get(a.experiment) if cache is not None else None
+        if attrs is None:
+            attrs = self.flag_event(ctx, a)
+            if cache is not None:
+                frozen = _frozen_event_attributes(span, attrs)
+                if frozen is not None:
+                    cache[a.experiment] = attrs = frozen
+        add_event(span, A.FLAG_EVENT, attrs)
+
     # ----------------------------------------------------------------- writing
     def hook(self, ctx: RequestContext) -> None:
         """Route the context's exposure, event and fault hooks to this recorder."""
@@ -267,7 +295,7 @@ class Recorder:
                 more[A.FAULT_INJECTED] = True
             set_attributes(span, more)
             for key in exposed:
-                add_event(span, A.FLAG_EVENT, self.flag_event(ctx, ctx.assignments[key]))
+                self._add_flag_event(ctx, span, ctx.assignments[key])
         pending = extra.pop("pending_events", None)
         if pending:
             for name, event_attrs in pending:
@@ -286,7 +314,7 @@ class Recorder:
         try:
             if span.is_recording():
                 set_attributes(span, {self._attr_names(a.experiment)[1]: True})
-                add_event(span, A.FLAG_EVENT, self.flag_event(ctx, a))
+                self._add_flag_event(ctx, span, a)
         except Exception:
             _failed("recorder_errors")
 

@@ -331,10 +331,12 @@ def test_repeat_units_reuse_their_evaluation_and_stay_exact(otel: Any, tmp_path:
     cache = client.application.config.cache
     assert cache is not None and len(cache) == len(users)
     spans = otel.server_spans()
-    by_user: dict[str, list[dict[str, Any]]] = {}
+    by_user: dict[str, list[Any]] = {}
     for s in spans:
-        by_user.setdefault(s.attributes[A.unit_attr("user")], []).append(dict(s.attributes))
+        by_user.setdefault(s.attributes[A.unit_attr("user")], []).append(
+            (dict(s.attributes), [(e.name, dict(e.attributes)) for e in s.events]))
     assert all(len(v) == 2 and v[0] == v[1] for v in by_user.values())  # a cache hit writes what a miss wrote
+    assert all(v[0][1] and v[0][1][0][0] == A.FLAG_EVENT for v in by_user.values())
     control = next(u for u in users if lab.assign("checkout-redesign", u).variant == "control")
     token = lab.make_token("checkout-redesign", "treatment", 60)
     assert client.get("/", headers={"X-User-Id": control, "X-Fieldlab-Override": token}).json["checkout"] == "treatment"
