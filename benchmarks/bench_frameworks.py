@@ -6,10 +6,10 @@ the OpenTelemetry SDK, the framework's instrumentation and a batch span
 processor feeding an exporter that drops spans (so disk speed is not measured).
 The load generator is ``wrk`` when installed (a Lua script gives every request
 its own user id), else a Python client with keep-alive threads. Configurations
-are measured in several rounds and the median is reported; by default (a)
-and (b) of a framework are loaded at the same time, so background load on a
-shared machine hits both alike (``--sequential`` loads them one after the
-other instead).
+are measured interleaved in several short rounds (the order alternating) and
+the median is reported; ``--together`` loads them at the same time instead. A
+second OTel-only server (a2) runs as a control: a2/a shows how far this
+machine's noise alone moves the ratio.
 
 Two numbers per configuration: wall-clock requests per second, and requests
 per CPU-second of the server process (its user+system time from /proc over the
@@ -303,8 +303,8 @@ def main() -> int:
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--experiments", type=int, default=EXPERIMENTS, help="running experiments in (b) (default 10)")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
-    p.add_argument("--sequential", action="store_true",
-                   help="load a and b one after the other (default: both at once, so they share the same background load)")
+    p.add_argument("--together", action="store_true",
+                   help="load a, b and a2 at the same time (default: one after the other, interleaved, order alternating)")
     args = p.parse_args()
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     os.environ["BENCH_EXPERIMENTS"] = str(args.experiments)  # the servers read it
@@ -327,7 +327,7 @@ def main() -> int:
         for s in servers.values():
             s.wait()
         print(f"load generator: {'wrk' if use_wrk else 'python keep-alive threads'}, {args.connections} connections, "
-              f"{args.seconds:g} s x {args.rounds} rounds, {'interleaved one after the other' if args.sequential else 'a and b loaded at the same time'}; "
+              f"{args.seconds:g} s x {args.rounds} rounds, {'a, b and a2 loaded at the same time' if args.together else 'interleaved one after the other'}; "
               f"{EXPERIMENTS} running experiments, {USERS} users", file=sys.stderr)
         for r in range(args.rounds):
             for f in frameworks:
@@ -338,7 +338,7 @@ def main() -> int:
                             load_wrk(srv.port, args.warmup, 2, warm_lua)  # type: ignore[arg-type]
                         else:
                             load_python(srv.port, args.warmup, 1)
-                if args.sequential:
+                if not args.together:
                     counts, elapsed_each, cpu_each = [], [], []
                     for srv in (pair if r % 2 == 0 else pair[::-1]):
                         cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
