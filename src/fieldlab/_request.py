@@ -223,9 +223,9 @@ def new_visitor_id() -> str:
     return "%032x" % _sysrandom.getrandbits(128)
 
 
-def _request_id(get: Callable[[str], str | None], ctx_extra: dict[str, Any]) -> str:
-    span = trace.get_current_span()
-    sc = span.get_span_context()
+def _known_trace_id(get: Callable[[str], str | None]) -> str | None:
+    """The current span's trace id, else the inbound ``traceparent``'s; None when neither exists."""
+    sc = trace.get_current_span().get_span_context()
     if sc.is_valid:
         return format(sc.trace_id, "032x")
     tp = get("traceparent")
@@ -233,6 +233,13 @@ def _request_id(get: Callable[[str], str | None], ctx_extra: dict[str, Any]) -> 
         m = _TRACEPARENT.match(tp.strip().lower())
         if m and m.group(1) != "0" * 32:
             return m.group(1)
+    return None
+
+
+def _request_id(get: Callable[[str], str | None], ctx_extra: dict[str, Any]) -> str:
+    known = _known_trace_id(get)
+    if known is not None:
+        return known
     ctx_extra["request_generated"] = True  # replaced by the server span's trace id when it starts
     return "%032x" % random.getrandbits(128)
 
@@ -321,6 +328,10 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
             ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
         if extra:
             ctx.extra.update(extra)
+        if ctx.trace_id is None and cfg.lab._state.fault_plan.enabled:
+            # Fault decisions hash the trace id; an abort may run before any span
+            # exists, so take the caller's W3C trace id when there is one.
+            ctx.trace_id = _known_trace_id(get)
         recorder = cfg.recorder
         recorder.hook(ctx)
         if cfg.trust_baggage and _apply_baggage(cfg, ctx, get("baggage")):
