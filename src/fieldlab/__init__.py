@@ -5,8 +5,8 @@ Public names are listed in ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+from ._assignment import REASONS, Assignment
 from ._hashing import BUCKETS, bucket, hash32
-from .assignment import REASONS, Assignment
 from .context import assignment, choose, current, expose, param, variant
 from .errors import ConfigError, FieldLabError
 from .experiments import Experiment, Holdout, Layer, Variant

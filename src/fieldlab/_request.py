@@ -38,7 +38,7 @@ from opentelemetry import trace
 
 from . import attributes as A
 from . import telemetry
-from .assignment import SPLIT, Assignment
+from ._assignment import SPLIT, Assignment
 from .context import RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab

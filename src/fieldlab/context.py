@@ -17,7 +17,7 @@ import contextvars
 import logging
 from typing import Any, Callable, Mapping
 
-from .assignment import Assignment
+from ._assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 

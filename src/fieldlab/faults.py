@@ -57,7 +57,7 @@ from . import attributes as A
 from . import killswitch
 from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
 from ._hashing import BUCKETS, hash32
-from .assignment import OVERRIDE, SPLIT
+from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
 from .errors import ConfigError
 

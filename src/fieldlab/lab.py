@@ -1,6 +1,6 @@
 """The Lab: validated experiments, layers and holdouts, and the evaluation of them.
 
-Evaluation order, each step with a reason (see :mod:`fieldlab.assignment`)::
+Evaluation order, each step with a reason (see :mod:`fieldlab._assignment`)::
 
     status -> signed override -> unit present -> holdout -> targeting -> layer -> traffic -> variant
 
@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import mmh3
 
 from ._hashing import BUCKETS
-from .assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
+from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
 from .config import SETTINGS_KEYS, content_version, read_config_file

@@ -33,7 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from . import attributes as A
-from .assignment import Assignment
+from ._assignment import Assignment
 from .context import RequestContext, current
 from .errors import ConfigError
 from .lab import Lab

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from ..assignment import Assignment
+from .._assignment import Assignment
 from ..context import RequestContext, current
 from .asgi import SESSION_KEY, FieldLabMiddleware
 
