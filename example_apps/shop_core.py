@@ -8,7 +8,10 @@ only route requests here; everything experiment-related is in this module:
 * ``checkout-redesign`` switches the checkout flow; ``free-shipping`` (same
   layer, so never together with it) sets the shipping threshold;
 * ``catalog-badges`` decides badges per anonymous visitor, exposed on assignment;
-* the ``ux-holdout`` keeps 10 % of users out of the UX experiments.
+* the ``ux-holdout`` keeps 10 % of users out of the UX experiments;
+* ``slow-inventory`` makes the inventory reservation slow (and sometimes time
+  out) for 2 % of users, through the fault point ``inventory.reserve``: how do
+  checkout latency and conversion hold up when a dependency degrades?
 
 Telemetry: spans go to OTLP JSON lines files in ``$FIELDLAB_SPANS_DIR``
 (default ``./fieldlab-spans``), or to ``$OTEL_EXPORTER_OTLP_ENDPOINT`` over
@@ -22,6 +25,7 @@ import time
 from typing import Any
 
 import fieldlab
+import fieldlab.faults
 from fieldlab import Lab
 
 __all__ = ["CATALOG", "UNITS", "HEADERS", "load_lab", "setup_telemetry", "catalog_page", "search",
@@ -155,11 +159,25 @@ def start_checkout() -> dict[str, Any]:
     return flow
 
 
+# The inventory service's timeout, as fault injection may raise it (allow-listed by name).
+fieldlab.faults.register_exception("inventory_timeout", TimeoutError)
+
+
+@fieldlab.fault_point("inventory.reserve")
+def reserve_stock(item_ids: list[int]) -> None:
+    """Reserve stock for an order: stands in for a call to an inventory service."""
+    time.sleep(0.001)
+
+
 def place_order(item_ids: list[int]) -> tuple[int, dict[str, Any]]:
-    """Price an order: (status, body). Unknown items are a 400, never a crash."""
+    """Price an order: (status, body). Unknown items are a 400, an inventory timeout a 504, never a crash."""
     items = [_BY_ID.get(i) for i in item_ids]
     if not items or any(p is None for p in items):
         return 400, {"error": "unknown or missing item ids", "known": sorted(_BY_ID)}
+    try:
+        reserve_stock(item_ids)
+    except TimeoutError:
+        return 504, {"error": "inventory service timed out; nothing was charged"}
     subtotal = round(sum(p["price"] for p in items if p), 2)
     threshold = float(fieldlab.param("free-shipping", "threshold", 50.0))
     shipping = 0.0 if subtotal >= threshold else 4.95

@@ -46,7 +46,9 @@ async def checkout(ab: Assignments = Depends(assignments)) -> dict[str, Any]:
 
 
 @app.post("/orders")
-async def orders(body: dict[str, Any] = Body(default_factory=dict)) -> JSONResponse:
+def orders(body: dict[str, Any] = Body(default_factory=dict)) -> JSONResponse:
+    # A plain def: placing an order calls the (blocking) inventory service, so
+    # FastAPI runs it in its threadpool, where fieldlab's context follows it.
     status, payload = shop_core.place_order(list(body.get("items") or []))
     return JSONResponse(payload, status_code=status)
 
