@@ -21,7 +21,7 @@ from ._assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 
-__all__ = ["RequestContext", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
+__all__ = ["RequestContext", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
 
 _log = logging.getLogger("fieldlab")
 _current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
@@ -181,15 +181,19 @@ def current() -> RequestContext | None:
     return _current.get()
 
 
-def assignment(key: str) -> Assignment | None:
-    """The current request's assignment of ``key`` (marks it exposed), or None outside a request."""
-    ctx = _current.get()
+def read_from(ctx: RequestContext | None, key: str) -> Assignment | None:
+    """``ctx.read(key)`` for a context that may be None; never raises (the default path)."""
     if ctx is None:
         return None
     try:
         return ctx.read(key)
     except Exception:
         return None
+
+
+def assignment(key: str) -> Assignment | None:
+    """The current request's assignment of ``key`` (marks it exposed), or None outside a request."""
+    return read_from(_current.get(), key)
 
 
 def expose(key: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from .._assignment import Assignment
-from ..context import RequestContext, current
+from ..context import RequestContext, current, read_from
 from .asgi import SESSION_KEY, FieldLabMiddleware
 
 __all__ = ["FieldLabMiddleware", "Assignments", "assignments", "SESSION_KEY"]
@@ -32,13 +32,7 @@ class Assignments(Mapping[str, str]):
         self.context = context
 
     def assignment(self, key: str) -> Assignment | None:
-        ctx = self.context
-        if ctx is None:
-            return None
-        try:
-            return ctx.read(key)
-        except Exception:
-            return None
+        return read_from(self.context, key)
 
     def variant(self, key: str, default: str | None = None) -> str | None:
         a = self.assignment(key)
