@@ -617,20 +617,31 @@ def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Met
         u[0] += 1
         u[1] += status_err or http_err
         u[2] += dur / 1e6
-        for i, m in enumerate(metrics):
-            raw = attrs.get(m.attr, "")
-            if m.kind == "conversion":
-                if raw == m.value:
-                    u[3 + 2 * i] = 1.0
-            else:
-                try:
-                    val = float(raw)
-                except ValueError:
-                    continue
-                u[3 + 2 * i] += val
-                u[4 + 2 * i] += 1
+        _add_metrics(u, 3, metrics, attrs)
     ids = list(per)
     return ids, np.asarray([per[i] for i in ids], dtype=np.float64).reshape(len(ids), 3 + 2 * len(metrics)), hashed
+
+
+def _add_metrics(u: list, offset: int, metrics: Sequence[Metric], attrs: Mapping[str, str]) -> None:
+    """Fold one span's custom metrics into a unit's running totals, from column ``offset`` on.
+
+    A conversion sets its column to 1 when the attribute has the value; a
+    numeric metric adds its value and a count (non-numbers and NaN are skipped).
+    """
+    for i, m in enumerate(metrics):
+        raw = attrs.get(m.attr, "")
+        col = offset + 2 * i
+        if m.kind == "conversion":
+            if raw == m.value:
+                u[col] = 1.0
+            continue
+        try:
+            val = float(raw)
+        except ValueError:
+            continue
+        if not math.isnan(val):
+            u[col] += val
+            u[col + 1] += 1
 
 
 def _value_str(v: Any) -> str:
@@ -725,20 +736,7 @@ def _python_aggregate(spans: Iterable[tuple], spec: QuerySpec) -> Aggregates:
             u[3] += dur
             u[4] = u[4] or exposed
             u[5] = min(u[5], ts)
-            for i, m in enumerate(spec.metrics):
-                raw = attrs.get(m.attr, "")
-                if m.kind == "conversion":
-                    if raw == m.value:
-                        u[6 + 2 * i] = 1.0
-                else:
-                    try:
-                        val = float(raw)
-                    except ValueError:
-                        continue
-                    if math.isnan(val):
-                        continue
-                    u[6 + 2 * i] += val
-                    u[7 + 2 * i] += 1
+            _add_metrics(u, 6, spec.metrics, attrs)
             hb = hist.setdefault((is_h, exp, variant), {}).setdefault(b, [0, 0])
             hb[0] += 1
             hb[1] += exposed
