@@ -31,7 +31,7 @@ class Assignment:
     Instances are immutable and shared between units with the same outcome.
     """
 
-    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout")
+    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout", "in_experiment")
 
     experiment: str
     variant: str | None
@@ -39,6 +39,8 @@ class Assignment:
     reason: str
     params: Mapping[str, Any]
     holdout: str | None
+    #: True when the unit takes part (split or override): reading it is an exposure.
+    in_experiment: bool
 
     def __init__(self, experiment: str, variant: str | None, bucket: int | None, reason: str,
                  params: Mapping[str, Any] | None = None, holdout: str | None = None) -> None:
@@ -49,14 +51,11 @@ class Assignment:
         set_(self, "reason", reason)
         set_(self, "params", params if params is not None else _EMPTY)
         set_(self, "holdout", holdout)
+        # a plain attribute, not a property: the request path reads it on every variant() call
+        set_(self, "in_experiment", reason == SPLIT or reason == OVERRIDE)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Assignment is immutable")
-
-    @property
-    def in_experiment(self) -> bool:
-        """True when the unit takes part (split or override): reading it is an exposure."""
-        return self.reason == SPLIT or self.reason == OVERRIDE
 
     @property
     def forced(self) -> bool:

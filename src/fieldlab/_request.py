@@ -39,7 +39,8 @@ from opentelemetry import trace
 from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
-from .context import RequestContext, reset
+from ._fault_kinds import HTTP_POINT
+from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
 from .overrides import sign
@@ -163,19 +164,19 @@ class AdapterConfig:
         self.wanted_headers = frozenset(wanted)
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
         self.env_keys = {h: env_key(h) for h in wanted}
-        self._plan_version: str | None = None
+        self._state: Any = None
         self._plan: tuple[_Unit, ...] = ()
-        #: unit ids (in plan order) -> (assignments, base span attributes, unit attribute values,
-        #: exposure event attributes by experiment); see begin()
-        self.cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, str], dict[str, Any]]] | None = None
+        #: unit ids (in plan order) -> the evaluation every request with those ids shares; see begin()
+        self.cache: dict[tuple[Any, ...], PreparedRequest] | None = None
         self.needs_visitor = False
         self.needs_request_object = attributes is not None
-        telemetry.ensure_processor()
+        self.may_abort = False
 
     def plan(self) -> tuple[_Unit, ...]:
-        """The resolvers to run: one per unit kind the lab's experiments use (cached per config version)."""
+        """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
         lab = self.lab
-        if lab.version != self._plan_version:
+        state = lab._state
+        if state is not self._state:
             kinds = sorted({e.unit for e in lab.experiments.values()})
             plan = []
             for kind in kinds:
@@ -196,7 +197,8 @@ class AdapterConfig:
             self.cache = {} if cacheable else None
             self.needs_visitor = any(u.how == "visitor" for u in plan)
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
-            self._plan_version = lab.version
+            self.may_abort = HTTP_POINT in state.fault_plan.by_point
+            self._state = state
         return self._plan
 
 
@@ -245,22 +247,31 @@ def _request_id(get: Callable[[str], str | None], ctx_extra: dict[str, Any]) -> 
 
 
 def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], path: str, method: str,
-          known: Mapping[str, Any] | None = None) -> RequestContext | None:
+          known: Mapping[str, Any] | None = None, make_request: Callable[[], Any] | None = None) -> RequestContext | None:
     """Start a request's context (not bound yet); None when anything fails: the default path.
 
     ``get`` returns a request header by lower-case name. ``request`` is what
-    callables receive (``request()`` is called first when it is a factory,
-    i.e. when ``cfg`` says a callable needs it). ``known`` holds unit ids the
-    adapter already resolved (e.g. Django's async user).
+    callables receive; with ``make_request``, it is built by that only when a
+    callable needs it. ``known`` holds unit ids the adapter already resolved
+    (e.g. Django's async user).
+
+    This runs on every request, so the common case is kept short: units read
+    from headers or cookies, no override token, and a prepared evaluation of
+    those unit ids (see :class:`~fieldlab.context.PreparedRequest`).
     """
     try:
-        if not telemetry._installed_on:
-            telemetry.ensure_processor()
-        plan = cfg.plan()
-        extra: dict[str, Any] = {}
+        lab = cfg.lab
+        if cfg._state is not lab._state:
+            cfg.plan()
+        if make_request is not None and cfg.needs_request_object:
+            try:
+                request = make_request()
+            except Exception:
+                pass
+        extra: dict[str, Any] | None = None
         cookies: dict[str, str] | None = None
         units: dict[str, str | None] = {}
-        for unit in plan:
+        for unit in cfg._plan:
             how = unit.how
             value: Any = None
             if known is not None and unit.kind in known and unit.kind not in cfg.units:
@@ -279,8 +290,12 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
                 value = cookies.get(unit.name)
                 if how == "visitor" and (value is None or not _HEX32.match(value)):
                     value = new_visitor_id()
+                    if extra is None:
+                        extra = {}
                     extra["set_visitor"] = value
             elif how == "request":
+                if extra is None:
+                    extra = {}
                 value = _request_id(get, extra)
             if value is not None and value.__class__ is not str:
                 value = str(value)
@@ -297,58 +312,32 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
                     attrs.update(more)
             except Exception:
                 _failed("attribute_errors", "attributes callable")
-        overrides = None
-        tokens: list[str] = []
-        if cfg.override_header:
-            raw = get(cfg.override_header)
-            if raw:
-                tokens.extend(t.strip() for t in raw.split(",") if t.strip())
-        if cfg._override_cookie_probe:
-            raw_cookie = get("cookie")
-            if raw_cookie and cfg._override_cookie_probe in raw_cookie:
-                if cookies is None:
-                    cookies = parse_cookies(raw_cookie)
-                raw = cookies.get(cfg.override_cookie)  # type: ignore[arg-type]
-                if raw:
-                    tokens.extend(t.strip() for t in unquote(raw).split(",") if t.strip())
-        if tokens:
-            verified = cfg.lab.verify_overrides(tokens)
-            overrides = verified if len(verified) else None
-        cache = cfg.cache if overrides is None else None
-        hit = None
-        if cache is not None:
+        overrides = _overrides(cfg, get, cookies) if cfg.override_header or cfg.override_cookie else None
+        cache = cfg.cache
+        recorder = cfg.recorder
+        if cache is not None and overrides is None:
             key = tuple(units.values())
-            hit = cache.get(key)
-        if hit is not None:
-            ctx = RequestContext(cfg.lab, units, attrs, None, units.get("request"), copy=False, assignments=dict(hit[0]))
-            ctx.extra["base_attrs"] = hit[1]
-            ctx.extra["unit_values"] = hit[2]
-            ctx.extra["event_cache"] = hit[3]
+            prepared = cache.get(key)
+            if prepared is None:
+                prepared = _prepare(cfg, key, units, attrs)
+            ctx = RequestContext.from_prepared(lab, units, attrs, prepared, recorder)
         else:
-            ctx = RequestContext(cfg.lab, units, attrs, overrides, units.get("request"), copy=False)
-        if extra:
-            ctx.extra.update(extra)
-        if ctx.trace_id is None and cfg.lab._state.fault_plan.enabled:
+            ctx = RequestContext(lab, units, attrs, overrides, units.get("request"), copy=False)
+            ctx.recorder = recorder
+        if extra is not None:
+            ctx.extra = extra
+        if cfg.may_abort and ctx.trace_id is None:
             # Fault decisions hash the trace id; an abort may run before any span
             # exists, so take the caller's W3C trace id when there is one.
             ctx.trace_id = _known_trace_id(get)
-        recorder = cfg.recorder
-        recorder.hook(ctx)
-        if cfg.trust_baggage and _apply_baggage(cfg, ctx, get("baggage")):
-            ctx.extra.pop("base_attrs", None)  # this request's assignments differ from the cached ones
-            ctx.extra.pop("event_cache", None)
-        elif cache is not None and hit is None:
-            base = recorder.base_attributes(ctx)
-            events: dict[str, Any] = {}
-            ctx.extra["base_attrs"] = base
-            ctx.extra["event_cache"] = events
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()
-            cache[key] = (dict(ctx.assignments), base, ctx.extra["unit_values"], events)
+        if cfg.trust_baggage:
+            _apply_baggage(cfg, ctx, get("baggage"))
         try:
             recorder.attach_current(ctx)
         except Exception:
             telemetry._failed("recorder_errors")
+        if ctx.server_span is None and not telemetry._installed_on:
+            telemetry.ensure_processor()  # fieldlab runs outside the instrumentation: the span starts later
         if cfg.propagate_baggage:
             value = outbound_baggage(ctx)
             if value is not None:
@@ -359,15 +348,56 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
         return None
 
 
+def _overrides(cfg: AdapterConfig, get: Callable[[str], str | None], cookies: dict[str, str] | None) -> Any:
+    """The verified override tokens of a request (header and cookie), or None when it has none."""
+    tokens: list[str] = []
+    if cfg.override_header:
+        raw = get(cfg.override_header)
+        if raw:
+            tokens.extend(t.strip() for t in raw.split(",") if t.strip())
+    if cfg._override_cookie_probe:
+        raw_cookie = get("cookie")
+        if raw_cookie and cfg._override_cookie_probe in raw_cookie:
+            if cookies is None:
+                cookies = parse_cookies(raw_cookie)
+            raw = cookies.get(cfg.override_cookie)  # type: ignore[arg-type]
+            if raw:
+                tokens.extend(t.strip() for t in unquote(raw).split(",") if t.strip())
+    if not tokens:
+        return None
+    verified = cfg.lab.verify_overrides(tokens)
+    return verified if len(verified) else None
+
+
+def _prepare(cfg: AdapterConfig, key: tuple[Any, ...], units: dict[str, str | None],
+             attrs: dict[str, Any]) -> PreparedRequest:
+    """Evaluate one set of unit ids in full and keep what every request with them shares."""
+    full = RequestContext(cfg.lab, units, attrs)
+    recorder = cfg.recorder
+    unit_values = recorder.unit_values(full.units)
+    full.extra["unit_values"] = unit_values
+    prepared = PreparedRequest(full.assignments, list(full.held_out), frozenset(full.exposed), full.version,
+                               recorder.base_attributes(full), unit_values)
+    cache = cfg.cache
+    if cache is not None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = prepared
+    return prepared
+
+
 def end(ctx: RequestContext, token: Any) -> None:
     """Finish a request: make sure a fault shows on the span, detach baggage, unbind. Never raises."""
     try:
-        span = ctx.server_span
-        if ctx.fault_injected and span is not None and span.is_recording():
-            span.set_attribute(A.FAULT_INJECTED, True)
-        otel_token = ctx.extra.get("otel_token")
-        if otel_token is not None:
-            otel_context.detach(otel_token)
+        if ctx._fault_injected:
+            span = ctx.server_span
+            if span is not None and span.is_recording():
+                span.set_attribute(A.FAULT_INJECTED, True)
+        extra = ctx.extra
+        if extra:
+            otel_token = extra.get("otel_token")
+            if otel_token is not None:
+                otel_context.detach(otel_token)
     except Exception:
         telemetry._failed("recorder_errors")
     if token is not None:
@@ -379,6 +409,8 @@ _abort_hook: list[Any] = []
 
 def abort_for(ctx: RequestContext) -> tuple[int, bytes] | None:
     """A ``(status, body)`` fault injection answers with before the app runs, else None. Never raises."""
+    if HTTP_POINT not in ctx.lab._state.fault_plan.by_point:
+        return None
     if not _abort_hook:
         try:
             from . import faults  # written separately; absent in builds without fault injection
@@ -469,7 +501,7 @@ def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) 
             continue
         if ctx.assignments[key].reason == "override":
             continue  # a signed override on this hop wins
-        ctx.assignments[key] = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        ctx.own_assignments()[key] = Assignment(key, name, None, SPLIT, exp.variant(name).params)
         changed = True
     return changed
 

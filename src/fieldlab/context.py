@@ -21,24 +21,64 @@ from ._assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 
-__all__ = ["RequestContext", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
+__all__ = ["RequestContext", "PreparedRequest", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
 
 _log = logging.getLogger("fieldlab")
 _current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
+
+
+class PreparedRequest:
+    """What every request with the same unit ids shares, computed once (see :mod:`fieldlab._request`).
+
+    Without targeting and without per-request units, assignments are a function
+    of the unit ids alone, so an adapter evaluates them, and the span attributes
+    they imply, once per distinct ids and hands each request this read-only
+    bundle. ``events`` is filled by telemetry with ready-made exposure event
+    attributes, per experiment.
+    """
+
+    __slots__ = ("assignments", "held_out", "exposed", "version", "base_attrs", "unit_values", "events")
+
+    def __init__(self, assignments: dict[str, Assignment], held_out: list[str], exposed: frozenset[str],
+                 version: str, base_attrs: dict[str, Any], unit_values: dict[str, str]) -> None:
+        self.assignments = assignments
+        self.held_out = held_out
+        self.exposed = exposed
+        self.version = version
+        self.base_attrs = base_attrs
+        self.unit_values = unit_values
+        self.events: dict[str, Any] = {}
 
 
 class RequestContext:
     """Everything fieldlab knows about one request.
 
     ``assignments`` holds an :class:`Assignment` for every experiment (also
-    those the unit is not in, with their reason). ``exposed`` lists the keys
-    whose variant the code read. ``events`` collects span events to record
-    (exposures, faults) for recorders that attach them late.
+    those the unit is not in, with their reason); treat it as read-only, it may
+    be shared with other requests of the same units. ``exposed`` lists the keys
+    whose variant the code read. ``faults`` lists the faults injected into this
+    request.
+
+    Exposures, events and faults go to ``recorder`` (telemetry), unless a hook
+    (``on_expose``, ``on_event``, ``on_fault``) is set on the context itself.
+    The fields most requests never set live on the class, so creating a
+    context costs only what a request uses.
     """
 
-    __slots__ = ("lab", "units", "attributes", "overrides", "assignments", "exposed", "held_out",
-                 "trace_id", "version", "faults", "_fault_injected", "on_expose", "on_event", "on_fault",
-                 "server_span", "recorder", "extra")
+    __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
+                 "extra", "prepared", "__dict__")
+
+    # rarely set: class-level defaults, set per instance only when needed
+    overrides: VerifiedOverrides | None = None
+    trace_id: str | None = None
+    held_out: "list[str] | tuple[()]" = ()
+    faults: "list[dict[str, Any]] | tuple[()]" = ()
+    _fault_injected = False
+    on_expose: Callable[["RequestContext", Assignment], None] | None = None
+    on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
+    on_fault: Callable[["RequestContext"], None] | None = None
+    #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
+    span_attrs: Any = None
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
@@ -47,25 +87,43 @@ class RequestContext:
         # copy=False: the caller hands over fresh dicts it will not touch again (the adapters' hot path)
         self.units = dict(units) if copy or units.__class__ is not dict else units  # type: ignore[assignment]
         self.attributes = dict(attributes or {}) if copy or attributes.__class__ is not dict else attributes  # type: ignore[assignment]
-        self.overrides = overrides
-        self.trace_id = trace_id
+        if overrides is not None:
+            self.overrides = overrides
+        if trace_id is not None:
+            self.trace_id = trace_id
         self.version = lab.version
         # assignments: already evaluated for exactly these units (an adapter's cache); else evaluate now
         self.assignments: dict[str, Assignment] = (assignments if assignments is not None else
                                                    lab.assign_all(self.units, self.attributes, overrides=overrides))
-        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout}) if lab.holdouts else []
+        if lab.holdouts:
+            self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
         self.exposed: set[str] = set()
-        self.faults: list[dict[str, Any]] = []
-        self._fault_injected = False
-        self.on_expose: Callable[["RequestContext", Assignment], None] | None = None
-        self.on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
-        self.on_fault: Callable[["RequestContext"], None] | None = None
         #: The request's SERVER span once telemetry found it (see :mod:`fieldlab.telemetry`).
         self.server_span: Any = None
         #: The telemetry recorder that writes this request onto its span, if any.
         self.recorder: Any = None
         self.extra: dict[str, Any] = {}
+        self.prepared: PreparedRequest | None = None
         self._expose_on_assign()
+
+    @classmethod
+    def from_prepared(cls, lab: Lab, units: dict[str, str | None], attributes: dict[str, Any],
+                      prepared: PreparedRequest, recorder: Any) -> "RequestContext":
+        """A context for units whose evaluation was prepared earlier: no evaluation, nothing copied."""
+        self = _new(cls)
+        self.lab = lab
+        self.units = units
+        self.attributes = attributes
+        self.assignments = prepared.assignments
+        if prepared.held_out:
+            self.held_out = prepared.held_out
+        self.exposed = set(prepared.exposed) if prepared.exposed else set()
+        self.version = prepared.version
+        self.server_span = None
+        self.recorder = recorder
+        self.extra = {}
+        self.prepared = prepared
+        return self
 
     def _expose_on_assign(self) -> None:
         keys = _on_assign_keys(self.lab)
@@ -84,12 +142,29 @@ class RequestContext:
     @fault_injected.setter
     def fault_injected(self, value: bool) -> None:
         self._fault_injected = bool(value)
-        hook = self.on_fault
-        if value and hook is not None:
+        if value:
+            hook = self.on_fault
             try:
-                hook(self)
+                if hook is not None:
+                    hook(self)
+                elif self.recorder is not None:
+                    self.recorder.on_fault(self)
             except Exception:
                 _hook_failed("fault")
+
+    def add_fault(self, attributes: dict[str, Any]) -> None:
+        """Note a fault injected into this request (its span event attributes)."""
+        if self.faults:
+            self.faults.append(attributes)  # type: ignore[union-attr]
+        else:
+            self.faults = [attributes]
+
+    def own_assignments(self) -> dict[str, Assignment]:
+        """This request's own copy of ``assignments``, to change it without touching other requests."""
+        if self.prepared is not None:
+            self.assignments = dict(self.assignments)
+            self.prepared = None
+        return self.assignments
 
     def rebind_unit(self, kind: str, unit_id: str | None) -> None:
         """Re-evaluate the experiments of one unit kind with a new id.
@@ -102,10 +177,12 @@ class RequestContext:
         keys = [key for key, exp in self.lab.experiments.items() if exp.unit == kind]
         if not keys:
             return
+        assignments = self.own_assignments()
         for key in keys:  # only this kind's experiments: the others keep their one evaluation
-            self.assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
+            assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
             self.exposed.discard(key)
-        self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout}) if self.lab.holdouts else []
+        if self.lab.holdouts:
+            self.held_out = sorted({a.holdout for a in assignments.values() if a.holdout})
         self._expose_on_assign()
 
     def in_experiment(self) -> dict[str, Assignment]:
@@ -118,22 +195,28 @@ class RequestContext:
         if a is not None and a.in_experiment and key not in self.exposed:
             self.exposed.add(key)
             hook = self.on_expose
-            if hook is not None:
-                try:
+            try:
+                if hook is not None:
                     hook(self, a)
-                except Exception:
-                    _hook_failed("expose")
+                elif self.recorder is not None:
+                    self.recorder.on_expose(self, a)
+            except Exception:
+                _hook_failed("expose")
         return a
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
-        """Record a span event (e.g. an injected fault) through the telemetry hook."""
+        """Record a span event (e.g. an injected fault) through telemetry or the ``on_event`` hook."""
         hook = self.on_event
-        if hook is not None:
-            try:
+        try:
+            if hook is not None:
                 hook(self, name, attributes)
-            except Exception:
-                _hook_failed("event")
+            elif self.recorder is not None:
+                self.recorder.on_event(self, name, attributes)
+        except Exception:
+            _hook_failed("event")
 
+
+_new = object.__new__
 
 _failed_hooks: set[str] = set()
 _on_assign_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
@@ -163,9 +246,9 @@ def start(lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, An
     return RequestContext(lab, units, attributes, overrides, trace_id)
 
 
-def bind(ctx: RequestContext | None) -> contextvars.Token:
-    """Make ``ctx`` the current request context; pass the token to :func:`reset`."""
-    return _current.set(ctx)
+#: ``bind(ctx)`` makes ``ctx`` the current request context and returns a token for :func:`reset`
+#: (the ContextVar's own ``set``: no Python frame on the request path).
+bind: Callable[["RequestContext | None"], contextvars.Token] = _current.set
 
 
 def reset(token: contextvars.Token) -> None:
@@ -193,7 +276,13 @@ def read_from(ctx: RequestContext | None, key: str) -> Assignment | None:
 
 def assignment(key: str) -> Assignment | None:
     """The current request's assignment of ``key`` (marks it exposed), or None outside a request."""
-    return read_from(_current.get(), key)
+    ctx = _current.get()
+    if ctx is None:
+        return None
+    try:
+        return ctx.read(key)
+    except Exception:
+        return None
 
 
 def expose(key: str) -> None:
@@ -203,7 +292,13 @@ def expose(key: str) -> None:
 
 def variant(key: str, default: str | None = None) -> str | None:
     """The current request's variant of ``key``; ``default`` outside a request or when not in it."""
-    a = assignment(key)
+    ctx = _current.get()  # assignment() inlined: this runs on every read of every request
+    if ctx is None:
+        return default
+    try:
+        a = ctx.read(key)
+    except Exception:
+        return default
     if a is None or a.variant is None:
         return default
     return a.variant

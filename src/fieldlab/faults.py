@@ -370,7 +370,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
 
 def _record(ctx: RequestContext, hit: _Hit) -> None:
     try:
-        ctx.faults.append(dict(hit.attrs))
+        ctx.add_fault(dict(hit.attrs))
         ctx.event(A.FAULT_EVENT, dict(hit.attrs))
         ctx.fault_injected = True
     except Exception:

@@ -27,7 +27,7 @@ import hmac
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -134,6 +134,33 @@ def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
     span.set_attributes(attrs)
 
 
+def _sdk_attributes(span: Any) -> Any:
+    """The SDK span's own attribute store when fieldlab may write into it directly, else None.
+
+    That is: plain BoundedAttributes with no value-length limit, still mutable.
+    Writers then take the same locks as the SDK and check the count limit
+    (:func:`_put`); anything else goes through the public API.
+    """
+    target = getattr(span, "_attributes", None)
+    if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
+            and not target._immutable and hasattr(span, "_lock") and hasattr(span, "_end_time")):
+        return target
+    return None
+
+
+def _put(span: Any, target: Any, attrs: dict[str, Any]) -> bool:
+    """Write ``attrs`` into ``target`` (from :func:`_sdk_attributes`); False when only the public API may."""
+    with span._lock:
+        if span._end_time is not None:
+            return True  # ended: the SDK would drop the write too
+        with target._lock:
+            d = target._dict
+            if target.maxlen is not None and len(d) + len(attrs) > target.maxlen:
+                return False
+            d.update(attrs)
+    return True
+
+
 def _frozen_event_attributes(span: Any, attrs: dict[str, Any]) -> Any:
     """Immutable SDK event attributes built without re-validation, or None when the SDK's limits need the public path."""
     limits = getattr(span, "_limits", None)
@@ -197,14 +224,22 @@ class Recorder:
         return self._hasher(unit_id)
 
     def _unit_values(self, ctx: RequestContext) -> dict[str, str]:
+        prepared = ctx.prepared
+        if prepared is not None:
+            return prepared.unit_values
         values = ctx.extra.get("unit_values")
         if values is None:
-            values = {}
-            for kind, uid in ctx.units.items():
-                v = self.unit_value(kind, uid)
-                if v is not None:
-                    values[kind] = v
+            values = self.unit_values(ctx.units)
             ctx.extra["unit_values"] = values
+        return values
+
+    def unit_values(self, units: Mapping[str, str | None]) -> dict[str, str]:
+        """``fieldlab.unit.<kind>`` values of a request's units, by kind (those written at all)."""
+        values = {}
+        for kind, uid in units.items():
+            v = self.unit_value(kind, uid)
+            if v is not None:
+                values[kind] = v
         return values
 
     def _attr_names(self, key: str) -> tuple[str, str, str]:
@@ -233,8 +268,9 @@ class Recorder:
         return attrs
 
     def _add_flag_event(self, ctx: RequestContext, span: Any, a: Assignment) -> None:
-        """Add the exposure event; its attributes are built once per cached set of units (see ``_request``)."""
-        cache = ctx.extra.get("event_cache")
+        """Add the exposure event; its attributes are built once per prepared set of units (see ``_request``)."""
+        prepared = ctx.prepared
+        cache = prepared.events if prepared is not None else None
         attrs = cache.get(a.experiment) if cache is not None else None
         if attrs is None:
             attrs = self.flag_event(ctx, a)
@@ -242,20 +278,20 @@ class Recorder:
                 frozen = _frozen_event_attributes(span, attrs)
                 if frozen is not None:
                     cache[a.experiment] = attrs = frozen
-        add_event(span, A.FLAG_EVENT, attrs)
+        if ctx.span_attrs is not None and attrs.__class__ is _BoundedAttributes:
+            span._add_event(_Event(A.FLAG_EVENT, attrs))  # an SDK span (see attach) and frozen attributes
+        else:
+            add_event(span, A.FLAG_EVENT, attrs)
 
     # ----------------------------------------------------------------- writing
     def hook(self, ctx: RequestContext) -> None:
-        """Route the context's exposure, event and fault hooks to this recorder."""
+        """Make this recorder the one that writes ``ctx``'s exposures, events and faults."""
         ctx.recorder = self
-        ctx.on_expose = self.on_expose
-        ctx.on_event = self.on_event
-        ctx.on_fault = self.on_fault
 
     def base_attributes(self, ctx: RequestContext) -> dict[str, Any]:
         """The attributes that depend only on the assignments: version, units, variants, overrides, holdouts.
 
-        Adapters may compute this once per distinct set of units and reuse it
+        Adapters compute this once per distinct set of units and reuse it
         (see ``fieldlab._request``); it is treated as read-only.
         """
         attrs: dict[str, Any] = {A.CONFIG_VERSION: ctx.version}
@@ -277,26 +313,29 @@ class Recorder:
         """Make ``span`` the request's server span and write everything known so far."""
         ctx.server_span = span
         extra = ctx.extra
-        if extra.get("request_generated"):
+        if extra and extra.get("request_generated"):
             tid = format(span.get_span_context().trace_id, "032x")
             extra["request_generated"] = False
-            extra.pop("base_attrs", None)
             ctx.trace_id = tid
             ctx.rebind_unit("request", tid)
-        base = extra.get("base_attrs")
-        if base is None:
-            base = self.base_attributes(ctx)
-        set_attributes(span, base)
+        prepared = ctx.prepared
+        base = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
+        target = _sdk_attributes(span)
+        if target is None or not _put(span, target, base):
+            target = None
+            span.set_attributes(base)
+        ctx.span_attrs = target
         exposed = ctx.exposed
         if exposed or ctx.fault_injected:
             all_names = self._names
             more: dict[str, Any] = {(all_names.get(key) or self._attr_names(key))[1]: True for key in exposed}
             if ctx.fault_injected:
                 more[A.FAULT_INJECTED] = True
-            set_attributes(span, more)
+            if target is None or not _put(span, target, more):
+                span.set_attributes(more)
             for key in exposed:
                 self._add_flag_event(ctx, span, ctx.assignments[key])
-        pending = extra.pop("pending_events", None)
+        pending = extra.pop("pending_events", None) if extra else None
         if pending:
             for name, event_attrs in pending:
                 span.add_event(name, event_attrs)  # other parts' events: validated by the SDK
@@ -312,9 +351,16 @@ class Recorder:
         if span is None:
             return  # written when the span is found (ctx.exposed holds it)
         try:
-            if span.is_recording():
-                set_attributes(span, {self._attr_names(a.experiment)[1]: True})
-                self._add_flag_event(ctx, span, a)
+            names = self._names.get(a.experiment) or self._attr_names(a.experiment)
+            target = ctx.span_attrs
+            if target is not None:
+                if not _put(span, target, {names[1]: True}):
+                    span.set_attribute(names[1], True)
+            elif span.is_recording():
+                span.set_attribute(names[1], True)
+            else:
+                return
+            self._add_flag_event(ctx, span, a)
         except Exception:
             _failed("recorder_errors")
 
@@ -332,7 +378,7 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is not None and span.is_recording():
-                set_attributes(span, {A.FAULT_INJECTED: True})
+                span.set_attribute(A.FAULT_INJECTED, True)
         except Exception:
             _failed("recorder_errors")
 
@@ -369,6 +415,15 @@ class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type
 
 _install_lock = threading.Lock()
 _installed_on: list[Any] = []
+_MISSING = object()
+
+
+def _sdk_provider() -> Any:
+    """The global tracer provider if one was set, else None, without the API's per-call environment lookups."""
+    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is None and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+        return None  # nothing set yet (the common case before set_tracer_provider)
+    return trace.get_tracer_provider()
 
 
 def processor_installed() -> bool:
@@ -378,12 +433,15 @@ def processor_installed() -> bool:
 def ensure_processor() -> bool:
     """Add :class:`FieldLabSpanProcessor` to the global tracer provider once; True when it is in place.
 
-    Until an SDK provider is set (``trace.set_tracer_provider``) there is
-    nothing to add to; adapters call this again on each request until then.
+    Adapters call it for a request that starts with no server span current
+    (fieldlab outside the instrumentation), so an app whose instrumentation
+    wraps fieldlab never pays for a processor. Until an SDK provider is set
+    (``trace.set_tracer_provider``) there is nothing to add to, and such
+    requests try again.
     """
     if _installed_on:
         return True
-    provider = trace.get_tracer_provider()
+    provider = _sdk_provider()
     add = getattr(provider, "add_span_processor", None)
     if add is None:
         return False
@@ -392,4 +450,3 @@ def ensure_processor() -> bool:
             add(FieldLabSpanProcessor())
             _installed_on.append(provider)
     return True
-

@@ -194,9 +194,11 @@ def test_a_failing_recorder_never_reaches_the_request(otel: Any, monkeypatch: py
         assert r.json["checkout"] == lab.assign("checkout-redesign", "dave").variant
 
 
-def test_fault_abort_and_events_reach_the_server_span(otel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = make_lab()
-    monkeypatch.setattr(_request, "_abort_hook", [lambda ctx: (503, b"injected") if ctx.units.get("user") == "victim" else None])
+def test_fault_abort_and_events_reach_the_server_span(otel: Any) -> None:
+    outage = Experiment("outage", {"up": 1, "down": 1}, traffic=4, faults={"down": [{"status": 503, "body": "injected"}]})
+    lab = Lab([outage], faults={"enabled": True}, secret=SECRET)
+    victim = next(f"u{i}" for i in range(100_000) if lab.assign("outage", f"u{i}").variant == "down")
+    fine = next(f"u{i}" for i in range(100_000) if lab.assign("outage", f"u{i}").variant is None)
 
     def app(environ: dict, start_response: Callable[..., Any]) -> list[bytes]:
         ctx = fieldlab.current()
@@ -208,10 +210,10 @@ def test_fault_abort_and_events_reach_the_server_span(otel: Any, monkeypatch: py
         inner = fl_wsgi.FieldLabMiddleware(OtelWSGI(app), lab=lab, units={"user": "header:X-User-Id"}) if outer else \
             OtelWSGI(fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"}))
         client = WerkzeugClient(inner)
-        r = client.get("/", headers={"X-User-Id": "victim"})
+        r = client.get("/", headers={"X-User-Id": victim})
         assert (r.status_code, r.data) == (503, b"injected")
         otel.clear()
-        assert client.get("/", headers={"X-User-Id": "fine"}).status_code == 200
+        assert client.get("/", headers={"X-User-Id": fine}).status_code == 200
         span = only_span(otel)
         assert span.attributes[A.FAULT_INJECTED] is True
         assert [e.attributes[A.FAULT_POINT] for e in span.events if e.name == A.FAULT_EVENT] == ["db.query"]

@@ -51,7 +51,7 @@ def test_sync_latency_only_in_fault_variant_and_only_at_named_point() -> None:
         assert dt_other < 0.05
     with bound(lab, control) as ctx:
         _, dt = timed(query)
-        assert dt < 0.05 and not ctx.fault_injected and ctx.faults == []
+        assert dt < 0.05 and not ctx.fault_injected and not ctx.faults
     _, dt = timed(query)  # outside any request
     assert dt < 0.05
     assert faults.stats()["injected"] == 1

@@ -89,23 +89,19 @@ class FieldLabMiddleware:
         cfg = self.config
         wanted = cfg.wanted_header_bytes
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
-        cfg.plan()
-        request: Any = scope
-        if cfg.needs_request_object and self.request_class is not None:
-            try:
-                request = self.request_class(scope, receive)
-            except Exception:
-                request = scope
-        ctx = _request.begin(cfg, request, headers.get, scope.get("path", ""), scope.get("method", ""))
+        request_class = self.request_class
+        ctx = _request.begin(cfg, scope, headers.get, scope.get("path", ""), scope.get("method", ""),
+                             make_request=None if request_class is None else lambda: request_class(scope, receive))
         if ctx is None:
             await self.app(scope, receive, send)
             return
         token = bind(ctx)
         try:
-            cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
-            if cookie is not None:
-                send = _with_cookie(send, cookie.encode("latin-1"))
-            abort = _request.abort_for(ctx)
+            if ctx.extra:
+                cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
+                if cookie is not None:
+                    send = _with_cookie(send, cookie.encode("latin-1"))
+            abort = _request.abort_for(ctx) if cfg.may_abort else None
             if abort is not None:
                 status, body = abort
                 await send({"type": "http.response.start", "status": status,

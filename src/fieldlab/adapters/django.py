@@ -135,7 +135,7 @@ class FieldLabMiddleware:
             return self.get_response(request)
         token = bind(ctx)
         try:
-            abort = _request.abort_for(ctx)
+            abort = _request.abort_for(ctx) if self.config.may_abort else None
             if abort is not None:
                 return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
             return self._finish(request, ctx, self.get_response(request))
@@ -157,7 +157,7 @@ class FieldLabMiddleware:
             return await self.get_response(request)
         token = bind(ctx)
         try:
-            abort = _request.abort_for(ctx)
+            abort = _request.abort_for(ctx) if self.config.may_abort else None
             if abort is not None:
                 return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
             return self._finish(request, ctx, await self.get_response(request))

@@ -83,7 +83,7 @@ class FieldLab:
         environ[_TOKEN] = bind(ctx)
         if "set_visitor" in ctx.extra:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
-        abort = _request.abort_for(ctx)
+        abort = _request.abort_for(ctx) if cfg.may_abort else None  # type: ignore[union-attr]
         if abort is not None:
             status, body = abort
             return flask.Response(body, status=status, mimetype="text/plain")

@@ -53,23 +53,19 @@ class FieldLabMiddleware:
         cfg = self.config
         keys = cfg.env_keys
         get = environ.get
-        request = environ
-        cfg.plan()
-        if self.request_factory is not None and cfg.needs_request_object:
-            try:
-                request = self.request_factory(environ)
-            except Exception:
-                request = environ
-        ctx = _request.begin(cfg, request, lambda name: get(keys.get(name) or _request.env_key(name)),
-                             environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", ""))
+        factory = self.request_factory
+        ctx = _request.begin(cfg, environ, lambda name: get(keys.get(name) or _request.env_key(name)),
+                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
+                             make_request=None if factory is None else lambda: factory(environ))
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
         try:
-            abort = _request.abort_for(ctx)
-            cookie = _request.visitor_cookie(cfg, ctx, environ.get("wsgi.url_scheme") == "https")
-            if cookie is not None:
-                start_response = _with_cookie(start_response, cookie)
+            abort = _request.abort_for(ctx) if cfg.may_abort else None
+            if ctx.extra:
+                cookie = _request.visitor_cookie(cfg, ctx, get("wsgi.url_scheme") == "https")
+                if cookie is not None:
+                    start_response = _with_cookie(start_response, cookie)
             if abort is not None:
                 status, body = abort
                 start_response(status_line(status), [("Content-Type", "text/plain; charset=utf-8"),
