@@ -82,10 +82,12 @@ Resolver = Callable[[Any], Any]
 class _Unit:
     """One compiled unit resolver: ``header``, ``cookie``, ``call``, ``visitor`` or ``request``."""
 
-    __slots__ = ("kind", "how", "name", "fn")
+    __slots__ = ("kind", "how", "name", "env", "fn")
 
     def __init__(self, kind: str, how: str, name: str = "", fn: Resolver | None = None) -> None:
         self.kind, self.how, self.name, self.fn = kind, how, name, fn
+        #: the header's WSGI environ / Django META key
+        self.env = env_key(name) if how == "header" else ""
 
 
 def _compile_unit(kind: str, spec: Any, where: str) -> _Unit:
@@ -149,6 +151,7 @@ class AdapterConfig:
         self.propagate_baggage = bool(propagate_baggage)
         self.visitor_cookie = visitor_cookie
         self.override_header = override_header.lower() if override_header else None
+        self.override_env = env_key(self.override_header) if self.override_header else ""
         self.override_cookie = override_cookie or None
         self._override_cookie_probe = f"{override_cookie}=" if override_cookie else None
         if (self.trust_baggage or self.propagate_baggage) and not lab.secret:
@@ -163,7 +166,6 @@ class AdapterConfig:
         #: Lower-case header names the request path may read (ASGI adapters decode only these).
         self.wanted_headers = frozenset(wanted)
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
-        self.env_keys = {h: env_key(h) for h in wanted}
         self._state: Any = None
         self._plan: tuple[_Unit, ...] = ()
         #: unit ids (in plan order) -> the evaluation every request with those ids shares; see begin()
@@ -246,14 +248,26 @@ def _request_id(get: Callable[[str], str | None], ctx_extra: dict[str, Any]) -> 
     return "%032x" % random.getrandbits(128)
 
 
-def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], path: str, method: str,
-          known: Mapping[str, Any] | None = None, make_request: Callable[[], Any] | None = None) -> RequestContext | None:
+def header_getter(headers: Mapping[str, str], environ: bool) -> Callable[[str], str | None]:
+    """A function returning a request header by lower-case name from ``headers`` (see :func:`begin`)."""
+    if environ:
+        return lambda name: headers.get(env_key(name))
+    return headers.get
+
+
+def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: str, method: str,
+          known: Mapping[str, Any] | None = None, make_request: Callable[[], Any] | None = None,
+          defer: bool = False, environ: bool = False) -> RequestContext | None:
     """Start a request's context (not bound yet); None when anything fails: the default path.
 
-    ``get`` returns a request header by lower-case name. ``request`` is what
-    callables receive; with ``make_request``, it is built by that only when a
-    callable needs it. ``known`` holds unit ids the adapter already resolved
-    (e.g. Django's async user).
+    ``headers`` holds the request's headers by lower-case name, or, with
+    ``environ``, is a WSGI environ (or Django ``META``) holding them under
+    ``HTTP_*`` keys. ``request`` is what callables receive; with
+    ``make_request``, it is built by that only when a callable needs it.
+    ``known`` holds unit ids the adapter already resolved (e.g. Django's async
+    user). ``defer``: the adapter's :func:`end` runs before the server span
+    ends, so the span may be written once, at the end (see
+    :meth:`fieldlab.telemetry.Recorder.attach_current`).
 
     This runs on every request, so the common case is kept short: units read
     from headers or cookies, no override token, and a prepared evaluation of
@@ -268,6 +282,7 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
                 request = make_request()
             except Exception:
                 pass
+        hget = headers.get
         extra: dict[str, Any] | None = None
         cookies: dict[str, str] | None = None
         units: dict[str, str | None] = {}
@@ -277,7 +292,7 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
             if known is not None and unit.kind in known and unit.kind not in cfg.units:
                 value = known[unit.kind]
             elif how == "header":
-                value = get(unit.name)
+                value = hget(unit.env if environ else unit.name)
             elif how == "call":
                 try:
                     value = unit.fn(request)  # type: ignore[misc]
@@ -286,7 +301,7 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
                     value = None
             elif how == "cookie" or how == "visitor":
                 if cookies is None:
-                    cookies = parse_cookies(get("cookie"))
+                    cookies = parse_cookies(hget("HTTP_COOKIE" if environ else "cookie"))
                 value = cookies.get(unit.name)
                 if how == "visitor" and (value is None or not _HEX32.match(value)):
                     value = new_visitor_id()
@@ -296,15 +311,16 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
             elif how == "request":
                 if extra is None:
                     extra = {}
-                value = _request_id(get, extra)
+                value = _request_id(header_getter(headers, environ), extra)
             if value is not None and value.__class__ is not str:
                 value = str(value)
             units[unit.kind] = value or None
         attrs: dict[str, Any] = {"path": path, "method": method}
-        for h in cfg.headers:
-            v = get(h)
-            if v is not None:
-                attrs[h] = v
+        if cfg.headers:
+            for h in cfg.headers:
+                v = hget(env_key(h) if environ else h)
+                if v is not None:
+                    attrs[h] = v
         if cfg.attributes is not None:
             try:
                 more = cfg.attributes(request)
@@ -312,7 +328,13 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
                     attrs.update(more)
             except Exception:
                 _failed("attribute_errors", "attributes callable")
-        overrides = _overrides(cfg, get, cookies) if cfg.override_header or cfg.override_cookie else None
+        overrides = None
+        if cfg.override_header and hget(cfg.override_env if environ else cfg.override_header):
+            overrides = _overrides(cfg, header_getter(headers, environ), cookies)
+        elif cfg._override_cookie_probe:
+            raw_cookie = hget("HTTP_COOKIE" if environ else "cookie")
+            if raw_cookie and cfg._override_cookie_probe in raw_cookie:
+                overrides = _overrides(cfg, header_getter(headers, environ), cookies)
         cache = cfg.cache
         recorder = cfg.recorder
         if cache is not None and overrides is None:
@@ -329,11 +351,11 @@ def begin(cfg: AdapterConfig, request: Any, get: Callable[[str], str | None], pa
         if cfg.may_abort and ctx.trace_id is None:
             # Fault decisions hash the trace id; an abort may run before any span
             # exists, so take the caller's W3C trace id when there is one.
-            ctx.trace_id = _known_trace_id(get)
+            ctx.trace_id = _known_trace_id(header_getter(headers, environ))
         if cfg.trust_baggage:
-            _apply_baggage(cfg, ctx, get("baggage"))
+            _apply_baggage(cfg, ctx, hget("HTTP_BAGGAGE" if environ else "baggage"))
         try:
-            recorder.attach_current(ctx)
+            recorder.attach_current(ctx, defer)
         except Exception:
             telemetry._failed("recorder_errors")
         if ctx.server_span is None and not telemetry._installed_on:
@@ -389,7 +411,9 @@ def _prepare(cfg: AdapterConfig, key: tuple[Any, ...], units: dict[str, str | No
 def end(ctx: RequestContext, token: Any) -> None:
     """Finish a request: make sure a fault shows on the span, detach baggage, unbind. Never raises."""
     try:
-        if ctx._fault_injected:
+        if ctx.deferred is not None:
+            ctx.recorder.flush(ctx)
+        elif ctx._fault_injected:
             span = ctx.server_span
             if span is not None and span.is_recording():
                 span.set_attribute(A.FAULT_INJECTED, True)

@@ -66,7 +66,7 @@ class RequestContext:
     """
 
     __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
-                 "extra", "prepared", "__dict__")
+                 "extra", "prepared", "span_attrs", "deferred", "__dict__")
 
     # rarely set: class-level defaults, set per instance only when needed
     overrides: VerifiedOverrides | None = None
@@ -77,8 +77,6 @@ class RequestContext:
     on_expose: Callable[["RequestContext", Assignment], None] | None = None
     on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
     on_fault: Callable[["RequestContext"], None] | None = None
-    #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
-    span_attrs: Any = None
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
@@ -104,6 +102,11 @@ class RequestContext:
         self.recorder: Any = None
         self.extra: dict[str, Any] = {}
         self.prepared: PreparedRequest | None = None
+        #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
+        self.span_attrs: Any = None
+        #: Exposure events waiting for the end of the request, when telemetry writes the span then
+        #: (fieldlab inside the instrumentation); None when it writes as things happen.
+        self.deferred: list[Any] | None = None
         self._expose_on_assign()
 
     @classmethod
@@ -123,6 +126,8 @@ class RequestContext:
         self.recorder = recorder
         self.extra = {}
         self.prepared = prepared
+        self.span_attrs = None
+        self.deferred = None
         return self
 
     def _expose_on_assign(self) -> None:

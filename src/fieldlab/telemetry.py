@@ -51,7 +51,7 @@ UNIT_ID_MODES = ("hash", "raw", "none")
 DEFAULT_UNIT_HASH_KEY = b"fieldlab-unit-hash-v1-public-default-key"
 
 #: Failures inside recording, by kind; requests go on unrecorded.
-stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0}
+stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0, "late_flushes": 0}
 _logged: set[str] = set()
 
 
@@ -107,6 +107,40 @@ try:
     from opentelemetry.sdk.trace import Event as _Event
 except ImportError:  # pragma: no cover
     _Event = None  # type: ignore[assignment,misc]
+try:
+    from opentelemetry.sdk.trace import _Span as _SdkSpan
+except ImportError:  # pragma: no cover
+    _SdkSpan = None  # type: ignore[assignment,misc]
+
+
+def _context_var() -> Any:
+    """The ContextVar holding the current OTel context, when the default runtime context is in use."""
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        runtime = otel_context._RUNTIME_CONTEXT
+        if runtime.__class__ is ContextVarsRuntimeContext:
+            var = runtime._current_context
+            var.get()
+            return var
+    except Exception:
+        pass
+    return None
+
+
+_OTEL_CONTEXT = _context_var()
+try:
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover
+    _OTEL_CONTEXT = None
+_INVALID = trace.INVALID_SPAN
+
+
+def _current_span() -> Any:
+    """``trace.get_current_span()`` without its four Python frames, when the default runtime context is in use."""
+    if _OTEL_CONTEXT is not None:
+        return _OTEL_CONTEXT.get().get(_SPAN_KEY, _INVALID)
+    return trace.get_current_span()
 
 
 def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
@@ -267,8 +301,8 @@ class Recorder:
                 attrs[A.FLAG_SET_ID] = exp.layer
         return attrs
 
-    def _add_flag_event(self, ctx: RequestContext, span: Any, a: Assignment) -> None:
-        """Add the exposure event; its attributes are built once per prepared set of units (see ``_request``)."""
+    def _event_attributes(self, ctx: RequestContext, span: Any, a: Assignment) -> Any:
+        """The exposure event's attributes; built once per prepared set of units (see ``_request``) and frozen."""
         prepared = ctx.prepared
         cache = prepared.events if prepared is not None else None
         attrs = cache.get(a.experiment) if cache is not None else None
@@ -278,6 +312,10 @@ class Recorder:
                 frozen = _frozen_event_attributes(span, attrs)
                 if frozen is not None:
                     cache[a.experiment] = attrs = frozen
+        return attrs
+
+    def _add_flag_event(self, ctx: RequestContext, span: Any, a: Assignment) -> None:
+        attrs = self._event_attributes(ctx, span, a)
         if ctx.span_attrs is not None and attrs.__class__ is _BoundedAttributes:
             span._add_event(_Event(A.FLAG_EVENT, attrs))  # an SDK span (see attach) and frozen attributes
         else:
@@ -340,13 +378,70 @@ class Recorder:
             for name, event_attrs in pending:
                 span.add_event(name, event_attrs)  # other parts' events: validated by the SDK
 
-    def attach_current(self, ctx: RequestContext) -> None:
-        """Attach to the current span when it is a recording SERVER span (fieldlab inside the instrumentation)."""
-        span = trace.get_current_span()
-        if getattr(span, "kind", None) is _SERVER and span.is_recording():
+    def attach_current(self, ctx: RequestContext, defer: bool = False) -> None:
+        """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation).
+
+        With ``defer``, which an adapter passes when its request ends before
+        the span does (WSGI, Flask, Django: the instrumentation wraps them),
+        everything is written once, by :meth:`flush` at the end of the request
+        (exposure events keep the time they happened); writing each exposure
+        as it happens costs a locked span update per read. ASGI servers' spans
+        end with the last body message, before the app returns, so the ASGI
+        adapter writes as things happen, as it does for spans fieldlab cannot
+        write into directly.
+        """
+        span = _current_span()
+        if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
+            if span._kind is not _SERVER or span._end_time is not None:
+                return
+        elif getattr(span, "kind", None) is not _SERVER or not span.is_recording():
+            return
+        target = _sdk_attributes(span) if defer else None
+        if target is None or _Event is None or (ctx.extra and ctx.extra.get("request_generated")):
             self.attach(ctx, span)
+            return
+        ctx.server_span = span
+        ctx.span_attrs = target
+        ctx.deferred = []
+
+    def flush(self, ctx: RequestContext) -> None:
+        """Write a deferred request (see :meth:`attach_current`) onto its server span; the span must still be open."""
+        span = ctx.server_span
+        pending = ctx.deferred
+        ctx.deferred = None
+        if span is None or pending is None:
+            return
+        prepared = ctx.prepared
+        attrs = dict(prepared.base_attrs) if prepared is not None else self.base_attributes(ctx)
+        exposed = ctx.exposed
+        if exposed:
+            all_names = self._names
+            for key in exposed:
+                attrs[(all_names.get(key) or self._attr_names(key))[1]] = True
+                if not any(ev[0] == key for ev in pending):  # exposed on assignment: no read, no event yet
+                    pending.append((key, _Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key]))))
+        if ctx._fault_injected:
+            attrs[A.FAULT_INJECTED] = True
+        if span._end_time is not None:
+            stats["late_flushes"] = stats.get("late_flushes", 0) + 1  # the span ended before the request did
+            return
+        target = ctx.span_attrs
+        if not _put(span, target, attrs):
+            span.set_attributes(attrs)
+        for _, event in pending:
+            if event.attributes.__class__ is _BoundedAttributes:
+                span._add_event(event)
+            else:
+                span.add_event(event.name, dict(event.attributes), event.timestamp)
 
     def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
+        pending = ctx.deferred
+        if pending is not None:
+            try:  # the span is written at the end of the request; the event keeps this moment
+                pending.append((a.experiment, _Event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.server_span, a))))
+            except Exception:
+                _failed("recorder_errors")
+            return
         span = ctx.server_span
         if span is None:
             return  # written when the span is found (ctx.exposed holds it)

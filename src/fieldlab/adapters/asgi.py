@@ -90,7 +90,7 @@ class FieldLabMiddleware:
         wanted = cfg.wanted_header_bytes
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
         request_class = self.request_class
-        ctx = _request.begin(cfg, scope, headers.get, scope.get("path", ""), scope.get("method", ""),
+        ctx = _request.begin(cfg, scope, headers, scope.get("path", ""), scope.get("method", ""),
                              make_request=None if request_class is None else lambda: request_class(scope, receive))
         if ctx is None:
             await self.app(scope, receive, send)

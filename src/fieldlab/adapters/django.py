@@ -114,11 +114,8 @@ class FieldLabMiddleware:
             markcoroutinefunction(self)
 
     def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
-        cfg = self.config
-        meta = request.META
-        keys = cfg.env_keys
-        return _request.begin(cfg, request, lambda name: meta.get(keys.get(name) or _request.env_key(name)),
-                              request.path, request.method, known)
+        return _request.begin(self.config, request, request.META, request.path, request.method, known,
+                              defer=True, environ=True)
 
     def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
         vid = ctx.extra.get("set_visitor")

@@ -51,12 +51,11 @@ class FieldLabMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         cfg = self.config
-        keys = cfg.env_keys
         get = environ.get
         factory = self.request_factory
-        ctx = _request.begin(cfg, environ, lambda name: get(keys.get(name) or _request.env_key(name)),
-                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
-                             make_request=None if factory is None else lambda: factory(environ))
+        ctx = _request.begin(cfg, environ, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
+                             make_request=None if factory is None else lambda: factory(environ),
+                             defer=True, environ=True)
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
