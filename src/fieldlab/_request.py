@@ -168,6 +168,7 @@ class AdapterConfig:
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
         self._state: Any = None
         self._plan: tuple[_Unit, ...] = ()
+        self._single_header: tuple[str, str, str] | None = None
         #: unit ids (in plan order) -> the evaluation every request with those ids shares; see begin()
         self.cache: dict[tuple[Any, ...], PreparedRequest] | None = None
         self.needs_visitor = False
@@ -200,6 +201,12 @@ class AdapterConfig:
             self.needs_visitor = any(u.how == "visitor" for u in plan)
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
             self.may_abort = HTTP_POINT in state.fault_plan.by_point
+            only = plan[0] if len(plan) == 1 else None
+            simple = (self.cache is not None and not self.headers and self.attributes is None
+                      and not self.trust_baggage and not self.propagate_baggage)
+            #: (header name, environ key, unit kind) when one header is the request's only unit: begin()'s short path
+            self._single_header = (only.name, only.env, only.kind) if (
+                simple and only is not None and only.how == "header") else None
             self._state = state
         return self._plan
 
@@ -283,6 +290,14 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             except Exception:
                 pass
         hget = headers.get
+        single = cfg._single_header
+        if single is not None:
+            # the common case, kept short: one unit, read from a header, no override token
+            prepared = cfg.cache.get(hget(single[1] if environ else single[0]) or None)  # type: ignore[union-attr]
+            if prepared is not None and not hget(cfg.override_env if environ else cfg.override_header) and not (
+                    cfg._override_cookie_probe and cfg._override_cookie_probe in (hget("HTTP_COOKIE" if environ else "cookie") or "")):
+                ctx = RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared, cfg.recorder)
+                return _started(cfg, ctx, headers, environ, defer)
         extra: dict[str, Any] | None = None
         cookies: dict[str, str] | None = None
         units: dict[str, str | None] = {}
@@ -336,24 +351,34 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             if raw_cookie and cfg._override_cookie_probe in raw_cookie:
                 overrides = _overrides(cfg, header_getter(headers, environ), cookies)
         cache = cfg.cache
-        recorder = cfg.recorder
         if cache is not None and overrides is None:
-            key = tuple(units.values())
+            key = tuple(units.values()) if single is None else units[single[2]]
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)
-            ctx = RequestContext.from_prepared(lab, units, attrs, prepared, recorder)
+            ctx = RequestContext.from_prepared(lab, attrs, prepared, cfg.recorder)
         else:
             ctx = RequestContext(lab, units, attrs, overrides, units.get("request"), copy=False)
-            ctx.recorder = recorder
+            ctx.recorder = cfg.recorder
         if extra is not None:
             ctx.extra = extra
+        return _started(cfg, ctx, headers, environ, defer)
+    except Exception:
+        _failed("start_errors", "request start")
+        return None
+
+
+def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str], environ: bool,
+             defer: bool) -> RequestContext | None:
+    """The part of :func:`begin` every context goes through: faults' trace id, baggage, the span."""
+    try:
+        recorder = cfg.recorder
         if cfg.may_abort and ctx.trace_id is None:
             # Fault decisions hash the trace id; an abort may run before any span
             # exists, so take the caller's W3C trace id when there is one.
             ctx.trace_id = _known_trace_id(header_getter(headers, environ))
         if cfg.trust_baggage:
-            _apply_baggage(cfg, ctx, hget("HTTP_BAGGAGE" if environ else "baggage"))
+            _apply_baggage(cfg, ctx, headers.get("HTTP_BAGGAGE" if environ else "baggage"))
         try:
             recorder.attach_current(ctx, defer)
         except Exception:
@@ -398,7 +423,7 @@ def _prepare(cfg: AdapterConfig, key: tuple[Any, ...], units: dict[str, str | No
     recorder = cfg.recorder
     unit_values = recorder.unit_values(full.units)
     full.extra["unit_values"] = unit_values
-    prepared = PreparedRequest(full.assignments, list(full.held_out), frozenset(full.exposed), full.version,
+    prepared = PreparedRequest(full.units, full.assignments, list(full.held_out), frozenset(full.exposed), full.version,
                                recorder.base_attributes(full), unit_values)
     cache = cfg.cache
     if cache is not None:
@@ -406,6 +431,14 @@ def _prepare(cfg: AdapterConfig, key: tuple[Any, ...], units: dict[str, str | No
             cache.clear()
         cache[key] = prepared
     return prepared
+
+
+def flush(ctx: RequestContext) -> None:
+    """Write a request's deferred span data now (e.g. as the response starts). Never raises."""
+    try:
+        ctx.recorder.flush(ctx)
+    except Exception:
+        telemetry._failed("recorder_errors")
 
 
 def end(ctx: RequestContext, token: Any) -> None:

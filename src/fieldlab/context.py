@@ -37,10 +37,11 @@ class PreparedRequest:
     attributes, per experiment.
     """
 
-    __slots__ = ("assignments", "held_out", "exposed", "version", "base_attrs", "unit_values", "events")
+    __slots__ = ("units", "assignments", "held_out", "exposed", "version", "base_attrs", "unit_values", "events")
 
-    def __init__(self, assignments: dict[str, Assignment], held_out: list[str], exposed: frozenset[str],
-                 version: str, base_attrs: dict[str, Any], unit_values: dict[str, str]) -> None:
+    def __init__(self, units: dict[str, str | None], assignments: dict[str, Assignment], held_out: list[str],
+                 exposed: frozenset[str], version: str, base_attrs: dict[str, Any], unit_values: dict[str, str]) -> None:
+        self.units = units
         self.assignments = assignments
         self.held_out = held_out
         self.exposed = exposed
@@ -54,9 +55,10 @@ class RequestContext:
     """Everything fieldlab knows about one request.
 
     ``assignments`` holds an :class:`Assignment` for every experiment (also
-    those the unit is not in, with their reason); treat it as read-only, it may
-    be shared with other requests of the same units. ``exposed`` lists the keys
-    whose variant the code read. ``faults`` lists the faults injected into this
+    those the unit is not in, with their reason); treat it and ``units`` as
+    read-only, they may be shared with other requests of the same units.
+    ``exposed`` holds the keys whose variant the code read (a frozenset until
+    the first read). ``faults`` lists the faults injected into this
     request.
 
     Exposures, events and faults go to ``recorder`` (telemetry), unless a hook
@@ -106,21 +108,21 @@ class RequestContext:
         self.span_attrs: Any = None
         #: Exposure events waiting for the end of the request, when telemetry writes the span then
         #: (fieldlab inside the instrumentation); None when it writes as things happen.
-        self.deferred: list[Any] | None = None
+        self.deferred: list[Any] | tuple[()] | None = None
         self._expose_on_assign()
 
     @classmethod
-    def from_prepared(cls, lab: Lab, units: dict[str, str | None], attributes: dict[str, Any],
-                      prepared: PreparedRequest, recorder: Any) -> "RequestContext":
+    def from_prepared(cls, lab: Lab, attributes: dict[str, Any], prepared: PreparedRequest,
+                      recorder: Any) -> "RequestContext":
         """A context for units whose evaluation was prepared earlier: no evaluation, nothing copied."""
         self = _new(cls)
         self.lab = lab
-        self.units = units
+        self.units = prepared.units
         self.attributes = attributes
         self.assignments = prepared.assignments
         if prepared.held_out:
             self.held_out = prepared.held_out
-        self.exposed = set(prepared.exposed) if prepared.exposed else set()
+        self.exposed = prepared.exposed  # shared frozenset; read() copies it on the first exposure
         self.version = prepared.version
         self.server_span = None
         self.recorder = recorder
@@ -178,11 +180,13 @@ class RequestContext:
         id) only appears after the context was started; it happens before the
         application has read anything.
         """
-        self.units[kind] = unit_id
+        self.units = units = dict(self.units)
+        units[kind] = unit_id
         keys = [key for key, exp in self.lab.experiments.items() if exp.unit == kind]
         if not keys:
             return
         assignments = self.own_assignments()
+        self.exposed = set(self.exposed)
         for key in keys:  # only this kind's experiments: the others keep their one evaluation
             assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
             self.exposed.discard(key)
@@ -198,7 +202,10 @@ class RequestContext:
         """The assignment of ``key``, marking it exposed when the unit is in the experiment."""
         a = self.assignments.get(key)
         if a is not None and a.in_experiment and key not in self.exposed:
-            self.exposed.add(key)
+            exposed = self.exposed
+            if exposed.__class__ is not set:
+                exposed = self.exposed = set(exposed)
+            exposed.add(key)
             hook = self.on_expose
             try:
                 if hook is not None:

@@ -381,14 +381,14 @@ class Recorder:
     def attach_current(self, ctx: RequestContext, defer: bool = False) -> None:
         """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation).
 
-        With ``defer``, which an adapter passes when its request ends before
-        the span does (WSGI, Flask, Django: the instrumentation wraps them),
-        everything is written once, by :meth:`flush` at the end of the request
-        (exposure events keep the time they happened); writing each exposure
-        as it happens costs a locked span update per read. ASGI servers' spans
-        end with the last body message, before the app returns, so the ASGI
-        adapter writes as things happen, as it does for spans fieldlab cannot
-        write into directly.
+        With ``defer``, which an adapter passes when it can flush before the
+        span ends (WSGI, Flask, Django: at the end of the request, which the
+        instrumentation wraps; ASGI: when the response starts, since ASGI
+        instrumentation ends the span with the last body message), everything
+        is written once, by :meth:`flush` (exposure events keep the time they
+        happened); writing each exposure as it happens costs a locked span
+        update per read. After the flush, and for spans fieldlab cannot write
+        into directly, things are written as they happen.
         """
         span = _current_span()
         if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
@@ -402,7 +402,7 @@ class Recorder:
             return
         ctx.server_span = span
         ctx.span_attrs = target
-        ctx.deferred = []
+        ctx.deferred = ()  # deferred, nothing pending yet (a list once an exposure happens)
 
     def flush(self, ctx: RequestContext) -> None:
         """Write a deferred request (see :meth:`attach_current`) onto its server span; the span must still be open."""
@@ -418,8 +418,12 @@ class Recorder:
             all_names = self._names
             for key in exposed:
                 attrs[(all_names.get(key) or self._attr_names(key))[1]] = True
-                if not any(ev[0] == key for ev in pending):  # exposed on assignment: no read, no event yet
-                    pending.append((key, _Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key]))))
+            if len(exposed) > len(pending):  # exposed on assignment: no read, so no event yet
+                have = {ev.attributes.get(A.FLAG_KEY) for ev in pending}
+                pending = list(pending)
+                for key in exposed:
+                    if key not in have:
+                        pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key])))
         if ctx._fault_injected:
             attrs[A.FAULT_INJECTED] = True
         if span._end_time is not None:
@@ -428,7 +432,7 @@ class Recorder:
         target = ctx.span_attrs
         if not _put(span, target, attrs):
             span.set_attributes(attrs)
-        for _, event in pending:
+        for event in pending:
             if event.attributes.__class__ is _BoundedAttributes:
                 span._add_event(event)
             else:
@@ -437,8 +441,10 @@ class Recorder:
     def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
         pending = ctx.deferred
         if pending is not None:
-            try:  # the span is written at the end of the request; the event keeps this moment
-                pending.append((a.experiment, _Event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.server_span, a))))
+            try:  # the span is written later (see flush); the event keeps this moment
+                if pending.__class__ is tuple:
+                    pending = ctx.deferred = []
+                pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.server_span, a)))
             except Exception:
                 _failed("recorder_errors")
             return

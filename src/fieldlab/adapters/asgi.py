@@ -91,12 +91,15 @@ class FieldLabMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
         request_class = self.request_class
         ctx = _request.begin(cfg, scope, headers, scope.get("path", ""), scope.get("method", ""),
-                             make_request=None if request_class is None else lambda: request_class(scope, receive))
+                             make_request=None if request_class is None else lambda: request_class(scope, receive),
+                             defer=True)
         if ctx is None:
             await self.app(scope, receive, send)
             return
         token = bind(ctx)
         try:
+            if ctx.deferred is not None:  # the server span ends with the last body message: write it at the start
+                send = _FlushAtStart(send, ctx)
             if ctx.extra:
                 cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
                 if cookie is not None:
@@ -112,6 +115,21 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
         finally:
             _request.end(ctx, token)
+
+
+class _FlushAtStart:
+    """``send`` that first writes the request's deferred span data, as the response starts."""
+
+    __slots__ = ("send", "ctx")
+
+    def __init__(self, send: Send, ctx: Any) -> None:
+        self.send = send
+        self.ctx = ctx
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if self.ctx.deferred is not None and message["type"] == "http.response.start":
+            _request.flush(self.ctx)
+        await self.send(message)
 
 
 def _with_cookie(send: Send, cookie: bytes) -> Send:
