@@ -182,16 +182,22 @@ def _sdk_attributes(span: Any) -> Any:
     return None
 
 
-def _put(span: Any, target: Any, attrs: dict[str, Any]) -> bool:
-    """Write ``attrs`` into ``target`` (from :func:`_sdk_attributes`); False when only the public API may."""
-    with span._lock:
-        if span._end_time is not None:
-            return True  # ended: the SDK would drop the write too
-        with target._lock:
-            d = target._dict
-            if target.maxlen is not None and len(d) + len(attrs) > target.maxlen:
-                return False
-            d.update(attrs)
+def _put(span: Any, target: Any, attrs: dict[str, Any], more: dict[str, Any] | None = None) -> bool:
+    """Write ``attrs`` (and ``more``) into ``target`` (from :func:`_sdk_attributes`); False when only the public API may.
+
+    No lock is taken: a request's span is written by that request alone, and
+    each ``dict.update`` of str keys is atomic in CPython, so the SDK's locks
+    would only guard the count check below against a concurrent writer of the
+    same span, where the worst case is a few attributes over the limit.
+    """
+    if span._end_time is not None:
+        return True  # ended: the SDK would drop the write too
+    d = target._dict
+    if target.maxlen is not None and len(d) + len(attrs) + (len(more) if more else 0) > target.maxlen:
+        return False
+    d.update(attrs)
+    if more:
+        d.update(more)
     return True
 
 
@@ -412,12 +418,13 @@ class Recorder:
         if span is None or pending is None:
             return
         prepared = ctx.prepared
-        attrs = dict(prepared.base_attrs) if prepared is not None else self.base_attributes(ctx)
+        attrs = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
+        more: dict[str, Any] = {}
         exposed = ctx.exposed
         if exposed:
             all_names = self._names
             for key in exposed:
-                attrs[(all_names.get(key) or self._attr_names(key))[1]] = True
+                more[(all_names.get(key) or self._attr_names(key))[1]] = True
             if len(exposed) > len(pending):  # exposed on assignment: no read, so no event yet
                 have = {ev.attributes.get(A.FLAG_KEY) for ev in pending}
                 pending = list(pending)
@@ -425,13 +432,13 @@ class Recorder:
                     if key not in have:
                         pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key])))
         if ctx._fault_injected:
-            attrs[A.FAULT_INJECTED] = True
+            more[A.FAULT_INJECTED] = True
         if span._end_time is not None:
             stats["late_flushes"] = stats.get("late_flushes", 0) + 1  # the span ended before the request did
             return
-        target = ctx.span_attrs
-        if not _put(span, target, attrs):
+        if not _put(span, ctx.span_attrs, attrs, more):
             span.set_attributes(attrs)
+            span.set_attributes(more)
         for event in pending:
             if event.attributes.__class__ is _BoundedAttributes:
                 span._add_event(event)
