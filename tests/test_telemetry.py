@@ -130,3 +130,57 @@ def test_processor_is_added_once_lazily_when_the_provider_appears_later() -> Non
     import sys
     out = subprocess.run([sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "1"
+
+
+def _user_in(lab: Lab, key: str) -> str:
+    return next(f"u{i}" for i in range(1000) if lab.assign(key, f"u{i}").in_experiment)
+
+
+def test_deferred_request_is_written_once_at_the_end_with_the_exposure_time(tracer: Any) -> None:
+    import time
+
+    from opentelemetry import trace
+
+    from fieldlab import _request
+    t, exporter = tracer
+    lab = make_lab()
+    user = _user_in(lab, "checkout-redesign")
+    cfg = _request.AdapterConfig(lab, units={"user": "header:X-U"})
+    with t.start_as_current_span("GET /", kind=SpanKind.SERVER) as span:
+        ctx = _request.begin(cfg, None, {"x-u": user}, "/", "GET", defer=True)
+        assert ctx is not None and ctx.deferred == () and ctx.server_span is span
+        assert not any(k.startswith(A.PREFIX) for k in span.attributes)  # nothing written yet
+        token = context.bind(ctx)
+        before = time.time_ns()
+        assert context.variant("checkout-redesign") == lab.assign("checkout-redesign", user).variant
+        after = time.time_ns()
+        time.sleep(0.02)
+        _request.end(ctx, token)
+        assert trace.get_current_span() is span
+    (s,) = [s for s in exporter.get_finished_spans() if s.name == "GET /"]
+    assert s.attributes[A.variant_attr("checkout-redesign")] == lab.assign("checkout-redesign", user).variant
+    assert s.attributes[A.exposed_attr("checkout-redesign")] is True
+    assert s.attributes[A.CONFIG_VERSION] == lab.version
+    (event,) = [e for e in s.events if e.name == A.FLAG_EVENT]
+    assert before <= event.timestamp <= after  # the moment of the read, not of the flush
+    assert event.attributes[A.FLAG_KEY] == "checkout-redesign"
+
+
+def test_a_span_that_ends_before_the_deferred_flush_is_counted_not_written(tracer: Any) -> None:
+    from opentelemetry import trace
+
+    from fieldlab import _request
+    t, exporter = tracer
+    lab = make_lab()
+    cfg = _request.AdapterConfig(lab, units={"user": "header:X-U"})
+    span = t.start_span("GET /", kind=SpanKind.SERVER)
+    with trace.use_span(span, end_on_exit=False):
+        ctx = _request.begin(cfg, None, {"x-u": _user_in(lab, "checkout-redesign")}, "/", "GET", defer=True)
+        token = context.bind(ctx)
+        context.variant("checkout-redesign")
+        span.end()
+        late = telemetry.stats["late_flushes"]
+        _request.end(ctx, token)  # never raises
+    assert telemetry.stats["late_flushes"] == late + 1
+    (s,) = exporter.get_finished_spans()
+    assert not any(k.startswith(A.PREFIX) for k in s.attributes)
