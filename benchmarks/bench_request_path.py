@@ -14,6 +14,10 @@ machine drift cancels) and its median reported, with a2/a from a second,
 identical OTel-only process as the noise floor.
 
     python benchmarks/bench_request_path.py [--batch 2000] [--rounds 15] [--frameworks flask,starlette]
+
+Diagnostics: BENCH_GC_DISABLE=1 turns the garbage collector off after the
+warm-up in every process, BENCH_GC_FREEZE=1 freezes the warmed heap instead;
+either shows how much of the difference is collection work.
 """
 
 from __future__ import annotations

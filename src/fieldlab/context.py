@@ -288,13 +288,7 @@ def read_from(ctx: RequestContext | None, key: str) -> Assignment | None:
 
 def assignment(key: str) -> Assignment | None:
     """The current request's assignment of ``key`` (marks it exposed), or None outside a request."""
-    ctx = _current.get()
-    if ctx is None:
-        return None
-    try:
-        return ctx.read(key)
-    except Exception:
-        return None
+    return read_from(_current.get(), key)
 
 
 def expose(key: str) -> None:

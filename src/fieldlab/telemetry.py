@@ -108,6 +108,10 @@ try:
 except ImportError:  # pragma: no cover
     _Event = None  # type: ignore[assignment,misc]
 try:
+    from opentelemetry.sdk.util import BoundedList as _BoundedList
+except ImportError:  # pragma: no cover
+    _BoundedList = None  # type: ignore[assignment,misc]
+try:
     from opentelemetry.sdk.trace import _Span as _SdkSpan
 except ImportError:  # pragma: no cover
     _SdkSpan = None  # type: ignore[assignment,misc]
@@ -439,9 +443,13 @@ class Recorder:
         if not _put(span, ctx.span_attrs, attrs, more):
             span.set_attributes(attrs)
             span.set_attributes(more)
+        events = getattr(span, "_events", None)
         for event in pending:
             if event.attributes.__class__ is _BoundedAttributes:
-                span._add_event(event)
+                if events.__class__ is _BoundedList:
+                    events.append(event)  # the span's own event list; its end was checked above
+                else:
+                    span._add_event(event)
             else:
                 span.add_event(event.name, dict(event.attributes), event.timestamp)
 
