@@ -164,14 +164,13 @@ class AdapterConfig:
         if self.trust_baggage:
             wanted.add("baggage")
         #: Lower-case header names the request path may read (ASGI adapters decode only these).
-        self.wanted_headers = frozenset(wanted)
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
         self._state: Any = None
         self._plan: tuple[_Unit, ...] = ()
         self._single_header: tuple[str, str, str] | None = None
-        #: unit ids (in plan order) -> the evaluation every request with those ids shares; see begin()
-        self.cache: dict[tuple[Any, ...], PreparedRequest] | None = None
-        self.needs_visitor = False
+        #: unit ids (a tuple in plan order; the id itself for a one-header plan) -> the evaluation
+        #: every request with those ids shares; see begin()
+        self.cache: dict[Any, PreparedRequest] | None = None
         self.needs_request_object = attributes is not None
         self.may_abort = False
 
@@ -198,12 +197,10 @@ class AdapterConfig:
             # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
             cacheable = "request" not in kinds and not any(e.targeting for e in lab.experiments.values())
             self.cache = {} if cacheable else None
-            self.needs_visitor = any(u.how == "visitor" for u in plan)
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
             self.may_abort = HTTP_POINT in state.fault_plan.by_point
             only = plan[0] if len(plan) == 1 else None
-            simple = (self.cache is not None and not self.headers and self.attributes is None
-                      and not self.trust_baggage and not self.propagate_baggage)
+            simple = self.cache is not None and not self.headers and self.attributes is None
             #: (header name, environ key, unit kind) when one header is the request's only unit: begin()'s short path
             self._single_header = (only.name, only.env, only.kind) if (
                 simple and only is not None and only.how == "header") else None
@@ -290,12 +287,15 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             except Exception:
                 pass
         hget = headers.get
+        cookie_key = "HTTP_COOKIE" if environ else "cookie"
+        probe = cfg._override_cookie_probe
+        has_override = bool((cfg.override_header and hget(cfg.override_env if environ else cfg.override_header))
+                            or (probe and probe in (hget(cookie_key) or "")))
         single = cfg._single_header
-        if single is not None:
-            # the common case, kept short: one unit, read from a header, no override token
+        if single is not None and not has_override:
+            # the common case, kept short: one unit, read from a header, a prepared evaluation
             prepared = cfg.cache.get(hget(single[1] if environ else single[0]) or None)  # type: ignore[union-attr]
-            if prepared is not None and not hget(cfg.override_env if environ else cfg.override_header) and not (
-                    cfg._override_cookie_probe and cfg._override_cookie_probe in (hget("HTTP_COOKIE" if environ else "cookie") or "")):
+            if prepared is not None:
                 ctx = RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared, cfg.recorder)
                 return _started(cfg, ctx, headers, environ, defer)
         extra: dict[str, Any] | None = None
@@ -316,7 +316,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                     value = None
             elif how == "cookie" or how == "visitor":
                 if cookies is None:
-                    cookies = parse_cookies(hget("HTTP_COOKIE" if environ else "cookie"))
+                    cookies = parse_cookies(hget(cookie_key))
                 value = cookies.get(unit.name)
                 if how == "visitor" and (value is None or not _HEX32.match(value)):
                     value = new_visitor_id()
@@ -343,13 +343,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                     attrs.update(more)
             except Exception:
                 _failed("attribute_errors", "attributes callable")
-        overrides = None
-        if cfg.override_header and hget(cfg.override_env if environ else cfg.override_header):
-            overrides = _overrides(cfg, header_getter(headers, environ), cookies)
-        elif cfg._override_cookie_probe:
-            raw_cookie = hget("HTTP_COOKIE" if environ else "cookie")
-            if raw_cookie and cfg._override_cookie_probe in raw_cookie:
-                overrides = _overrides(cfg, header_getter(headers, environ), cookies)
+        overrides = _overrides(cfg, header_getter(headers, environ), cookies) if has_override else None
         cache = cfg.cache
         if cache is not None and overrides is None:
             key = tuple(units.values()) if single is None else units[single[2]]
@@ -370,29 +364,24 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
 
 def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str], environ: bool,
              defer: bool) -> RequestContext | None:
-    """The part of :func:`begin` every context goes through: faults' trace id, baggage, the span."""
+    """The part of :func:`begin` every context goes through (inside its ``try``): faults' trace id, baggage, the span."""
+    if cfg.may_abort and ctx.trace_id is None:
+        # Fault decisions hash the trace id; an abort may run before any span
+        # exists, so take the caller's W3C trace id when there is one.
+        ctx.trace_id = _known_trace_id(header_getter(headers, environ))
+    if cfg.trust_baggage:
+        _apply_baggage(cfg, ctx, headers.get("HTTP_BAGGAGE" if environ else "baggage"))
     try:
-        recorder = cfg.recorder
-        if cfg.may_abort and ctx.trace_id is None:
-            # Fault decisions hash the trace id; an abort may run before any span
-            # exists, so take the caller's W3C trace id when there is one.
-            ctx.trace_id = _known_trace_id(header_getter(headers, environ))
-        if cfg.trust_baggage:
-            _apply_baggage(cfg, ctx, headers.get("HTTP_BAGGAGE" if environ else "baggage"))
-        try:
-            recorder.attach_current(ctx, defer)
-        except Exception:
-            telemetry._failed("recorder_errors")
-        if ctx.server_span is None and not telemetry._installed_on:
-            telemetry.ensure_processor()  # fieldlab runs outside the instrumentation: the span starts later
-        if cfg.propagate_baggage:
-            value = outbound_baggage(ctx)
-            if value is not None:
-                ctx.extra["otel_token"] = otel_context.attach(otel_baggage.set_baggage(A.BAGGAGE_KEY, value))
-        return ctx
+        cfg.recorder.attach_current(ctx, defer)
     except Exception:
-        _failed("start_errors", "request start")
-        return None
+        telemetry._failed("recorder_errors")
+    if ctx.server_span is None and not telemetry._installed_on:
+        telemetry.ensure_processor()  # fieldlab runs outside the instrumentation: the span starts later
+    if cfg.propagate_baggage:
+        value = outbound_baggage(ctx)
+        if value is not None:
+            ctx.extra["otel_token"] = otel_context.attach(otel_baggage.set_baggage(A.BAGGAGE_KEY, value))
+    return ctx
 
 
 def _overrides(cfg: AdapterConfig, get: Callable[[str], str | None], cookies: dict[str, str] | None) -> Any:
@@ -416,7 +405,7 @@ def _overrides(cfg: AdapterConfig, get: Callable[[str], str | None], cookies: di
     return verified if len(verified) else None
 
 
-def _prepare(cfg: AdapterConfig, key: tuple[Any, ...], units: dict[str, str | None],
+def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
              attrs: dict[str, Any]) -> PreparedRequest:
     """Evaluate one set of unit ids in full and keep what every request with them shares."""
     full = RequestContext(cfg.lab, units, attrs)

@@ -103,40 +103,32 @@ try:
     from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
 except ImportError:  # pragma: no cover
     _BoundedAttributes = None  # type: ignore[assignment,misc]
-try:
+try:  # the SDK is optional: without it every write takes the public API
     from opentelemetry.sdk.trace import Event as _Event
-except ImportError:  # pragma: no cover
-    _Event = None  # type: ignore[assignment,misc]
-try:
+    from opentelemetry.sdk.trace import _Span as _SdkSpan
     from opentelemetry.sdk.util import BoundedList as _BoundedList
 except ImportError:  # pragma: no cover
-    _BoundedList = None  # type: ignore[assignment,misc]
-try:
-    from opentelemetry.sdk.trace import _Span as _SdkSpan
-except ImportError:  # pragma: no cover
-    _SdkSpan = None  # type: ignore[assignment,misc]
+    _Event = _SdkSpan = _BoundedList = None  # type: ignore[assignment,misc]
 
 
-def _context_var() -> Any:
-    """The ContextVar holding the current OTel context, when the default runtime context is in use."""
+def _context_var() -> tuple[Any, Any]:
+    """(the ContextVar holding the current OTel context, the span's key in it), when the default runtime
+    context is in use; else (None, None)."""
     try:
         from opentelemetry import context as otel_context
         from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
         runtime = otel_context._RUNTIME_CONTEXT
         if runtime.__class__ is ContextVarsRuntimeContext:
             var = runtime._current_context
             var.get()
-            return var
+            return var, _SPAN_KEY
     except Exception:
         pass
-    return None
+    return None, None
 
 
-_OTEL_CONTEXT = _context_var()
-try:
-    from opentelemetry.trace.propagation import _SPAN_KEY
-except ImportError:  # pragma: no cover
-    _OTEL_CONTEXT = None
+_OTEL_CONTEXT, _SPAN_KEY = _context_var()
 _INVALID = trace.INVALID_SPAN
 
 
@@ -151,33 +143,21 @@ def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
     """``span.set_attributes(attrs)``, without re-validating values fieldlab built itself.
 
     fieldlab writes only ``str`` and ``bool`` values under valid keys, yet the
-    SDK's public path re-cleans every value, which is most of fieldlab's cost
-    per request. When the span is the SDK's own (plain BoundedAttributes, no
-    value-length limit, room under the count limit, not ended), the values go
-    straight into its attribute dict under the same locks the SDK takes;
-    otherwise, and for any other span type, the public API is used.
+    SDK's public path re-cleans every value. When the span is the SDK's own
+    (see :func:`_sdk_attributes`) and has room, the values go straight into its
+    attribute dict (:func:`_put`); otherwise the public API is used.
     """
-    target = getattr(span, "_attributes", None)
-    if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
-            and not target._immutable and (target.maxlen is None or len(target._dict) + len(attrs) <= target.maxlen)):
-        try:
-            with span._lock:
-                if span._end_time is not None:
-                    return
-                with target._lock:
-                    target._dict.update(attrs)
-            return
-        except AttributeError:
-            pass
-    span.set_attributes(attrs)
+    target = _sdk_attributes(span)
+    if target is None or not _put(span, target, attrs):
+        span.set_attributes(attrs)
 
 
 def _sdk_attributes(span: Any) -> Any:
     """The SDK span's own attribute store when fieldlab may write into it directly, else None.
 
     That is: plain BoundedAttributes with no value-length limit, still mutable.
-    Writers then take the same locks as the SDK and check the count limit
-    (:func:`_put`); anything else goes through the public API.
+    Writers then check the span's end and the count limit (:func:`_put`);
+    anything else goes through the public API.
     """
     target = getattr(span, "_attributes", None)
     if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
@@ -357,6 +337,14 @@ class Recorder:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs
 
+    def _late_attributes(self, ctx: RequestContext) -> dict[str, Any]:
+        """What the request did after it started: ``fieldlab.exposed.<key>`` per exposure, and a fault flag."""
+        all_names = self._names
+        more: dict[str, Any] = {(all_names.get(key) or self._attr_names(key))[1]: True for key in ctx.exposed}
+        if ctx._fault_injected:
+            more[A.FAULT_INJECTED] = True
+        return more
+
     def attach(self, ctx: RequestContext, span: Any) -> None:
         """Make ``span`` the request's server span and write everything known so far."""
         ctx.server_span = span
@@ -374,11 +362,8 @@ class Recorder:
             span.set_attributes(base)
         ctx.span_attrs = target
         exposed = ctx.exposed
-        if exposed or ctx.fault_injected:
-            all_names = self._names
-            more: dict[str, Any] = {(all_names.get(key) or self._attr_names(key))[1]: True for key in exposed}
-            if ctx.fault_injected:
-                more[A.FAULT_INJECTED] = True
+        if exposed or ctx._fault_injected:
+            more = self._late_attributes(ctx)
             if target is None or not _put(span, target, more):
                 span.set_attributes(more)
             for key in exposed:
@@ -396,8 +381,8 @@ class Recorder:
         instrumentation wraps; ASGI: when the response starts, since ASGI
         instrumentation ends the span with the last body message), everything
         is written once, by :meth:`flush` (exposure events keep the time they
-        happened); writing each exposure as it happens costs a locked span
-        update per read. After the flush, and for spans fieldlab cannot write
+        happened); writing each exposure as it happens costs a span update and
+        an event append per read. After the flush, and for spans fieldlab cannot write
         into directly, things are written as they happen.
         """
         span = _current_span()
@@ -423,20 +408,14 @@ class Recorder:
             return
         prepared = ctx.prepared
         attrs = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
-        more: dict[str, Any] = {}
+        more = self._late_attributes(ctx)
         exposed = ctx.exposed
-        if exposed:
-            all_names = self._names
+        if len(exposed) > len(pending):  # exposed on assignment: no read, so no event yet
+            have = {ev.attributes.get(A.FLAG_KEY) for ev in pending}
+            pending = list(pending)
             for key in exposed:
-                more[(all_names.get(key) or self._attr_names(key))[1]] = True
-            if len(exposed) > len(pending):  # exposed on assignment: no read, so no event yet
-                have = {ev.attributes.get(A.FLAG_KEY) for ev in pending}
-                pending = list(pending)
-                for key in exposed:
-                    if key not in have:
-                        pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key])))
-        if ctx._fault_injected:
-            more[A.FAULT_INJECTED] = True
+                if key not in have:
+                    pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key])))
         if span._end_time is not None:
             stats["late_flushes"] = stats.get("late_flushes", 0) + 1  # the span ended before the request did
             return
