@@ -40,7 +40,8 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
-from .context import PreparedRequest, RequestContext, reset
+from .context import PreparedRequest, RequestContext, bind
+from .context import _current
 from .errors import ConfigError
 from .lab import Lab
 from .overrides import sign
@@ -50,6 +51,7 @@ __all__ = ["AdapterConfig", "begin", "end", "abort_for", "visitor_cookie", "pars
            "DEFAULT_OVERRIDE_COOKIE", "BAGGAGE_TTL_SECONDS", "VISITOR_MAX_AGE"]
 
 _log = logging.getLogger("fieldlab")
+_unbind = _current.reset
 
 DEFAULT_VISITOR_COOKIE = "fieldlab_visitor"
 DEFAULT_OVERRIDE_HEADER = "X-Fieldlab-Override"
@@ -154,6 +156,9 @@ class AdapterConfig:
         self.override_env = env_key(self.override_header) if self.override_header else ""
         self.override_cookie = override_cookie or None
         self._override_cookie_probe = f"{override_cookie}=" if override_cookie else None
+        # the same names as ASGI bytes, for begin(raw=True)
+        self._override_raw = self.override_header.encode("latin-1") if self.override_header else None
+        self._override_cookie_probe_raw = self._override_cookie_probe.encode("latin-1") if override_cookie else None
         if (self.trust_baggage or self.propagate_baggage) and not lab.secret:
             _log.warning("fieldlab: baggage needs a lab secret (lab.secret_env / FIELDLAB_SECRET); "
                          "without one, fieldlab baggage is neither sent nor trusted")
@@ -167,12 +172,14 @@ class AdapterConfig:
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
         self._state: Any = None
         self._plan: tuple[_Unit, ...] = ()
-        self._single_header: tuple[str, str, str] | None = None
-        #: unit ids (a tuple in plan order; the id itself for a one-header plan) -> the evaluation
-        #: every request with those ids shares; see begin()
+        self._single_header: tuple[str, str, str, bytes] | None = None
+        #: unit ids (a tuple in plan order; the id itself for a one-header plan, as str and, for
+        #: ASGI, as the raw header bytes) -> the evaluation every request with those ids shares; see begin()
         self.cache: dict[Any, PreparedRequest] | None = None
         self.needs_request_object = attributes is not None
         self.may_abort = False
+        #: no abort faults and no baggage in or out: a prepared request needs nothing but its span
+        self._plain = False
 
     def plan(self) -> tuple[_Unit, ...]:
         """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
@@ -201,9 +208,11 @@ class AdapterConfig:
             self.may_abort = HTTP_POINT in state.fault_plan.by_point
             only = plan[0] if len(plan) == 1 else None
             simple = self.cache is not None and not self.headers and self.attributes is None
-            #: (header name, environ key, unit kind) when one header is the request's only unit: begin()'s short path
-            self._single_header = (only.name, only.env, only.kind) if (
+            #: (header name, environ key, unit kind, raw name) when one header is the request's only unit:
+            #: begin()'s short path
+            self._single_header = (only.name, only.env, only.kind, only.name.encode("latin-1")) if (
                 simple and only is not None and only.how == "header") else None
+            self._plain = not (self.may_abort or self.trust_baggage or self.propagate_baggage)
             self._state = state
         return self._plan
 
@@ -260,18 +269,18 @@ def header_getter(headers: Mapping[str, str], environ: bool) -> Callable[[str], 
 
 
 def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: str, method: str,
-          known: Mapping[str, Any] | None = None, make_request: Callable[[], Any] | None = None,
-          defer: bool = False, environ: bool = False) -> RequestContext | None:
+          known: Mapping[str, Any] | None = None, make_request: Callable[[Any], Any] | None = None,
+          environ: bool = False, raw: bool = False) -> RequestContext | None:
     """Start a request's context (not bound yet); None when anything fails: the default path.
 
     ``headers`` holds the request's headers by lower-case name, or, with
     ``environ``, is a WSGI environ (or Django ``META``) holding them under
-    ``HTTP_*`` keys. ``request`` is what callables receive; with
-    ``make_request``, it is built by that only when a callable needs it.
+    ``HTTP_*`` keys, or, with ``raw``, maps ASGI header names to values, both
+    bytes (``dict(scope["headers"])``: only what a request needs is decoded). ``request`` is what callables receive; with
+    ``make_request``, they receive ``make_request(request)``, built only when
+    a callable needs it.
     ``known`` holds unit ids the adapter already resolved (e.g. Django's async
-    user). ``defer``: the adapter's :func:`end` runs before the server span
-    ends, so the span may be written once, at the end (see
-    :meth:`fieldlab.telemetry.Recorder.attach_current`).
+    user).
 
     This runs on every request, so the common case is kept short: units read
     from headers or cookies, no override token, and a prepared evaluation of
@@ -281,23 +290,52 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
         lab = cfg.lab
         if cfg._state is not lab._state:
             cfg.plan()
-        if make_request is not None and cfg.needs_request_object:
-            try:
-                request = make_request()
-            except Exception:
-                pass
+        single = cfg._single_header
+        prepared = None
+        raw_id = None
+        if raw:
+            if single is not None and cfg._plain:
+                probe_raw = cfg._override_cookie_probe_raw
+                override_raw = cfg._override_raw
+                cookie = headers.get(b"cookie")  # type: ignore[call-overload]
+                # bytes.find, not `in`: `in` first tries the probe as an int and builds a TypeError
+                if not ((override_raw is not None and headers.get(override_raw))  # type: ignore[call-overload]
+                        or (probe_raw is not None and cookie and cookie.find(probe_raw) != -1)):
+                    raw_id = headers.get(single[3])  # type: ignore[call-overload]
+                    if raw_id:
+                        prepared = cfg.cache.get(raw_id)  # type: ignore[union-attr]
+            if prepared is None:  # decode what the general path may read
+                wanted = cfg.wanted_header_bytes
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in wanted}
         hget = headers.get
         cookie_key = "HTTP_COOKIE" if environ else "cookie"
         probe = cfg._override_cookie_probe
-        has_override = bool((cfg.override_header and hget(cfg.override_env if environ else cfg.override_header))
-                            or (probe and probe in (hget(cookie_key) or "")))
-        single = cfg._single_header
-        if single is not None and not has_override:
-            # the common case, kept short: one unit, read from a header, a prepared evaluation
-            prepared = cfg.cache.get(hget(single[1] if environ else single[0]) or None)  # type: ignore[union-attr]
-            if prepared is not None:
-                ctx = RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared, cfg.recorder)
-                return _started(cfg, ctx, headers, environ, defer)
+        has_override = False
+        if prepared is None:
+            has_override = bool((cfg.override_header and hget(cfg.override_env if environ else cfg.override_header))
+                                or (probe and probe in (hget(cookie_key) or "")))
+            if single is not None and not has_override:
+                # one unit, read from a header: a prepared evaluation
+                prepared = cfg.cache.get(hget(single[1] if environ else single[0]) or None)  # type: ignore[union-attr]
+                if prepared is not None and raw_id:
+                    cfg.cache[raw_id] = prepared  # type: ignore[index]
+        if prepared is not None:
+            # the common case, kept short: a prepared evaluation, nothing else to do but find the span
+            ctx = RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared, cfg.recorder)
+            if not cfg._plain:
+                return _started(cfg, ctx, headers, environ)
+            try:
+                cfg.recorder.attach_current(ctx)
+            except Exception:
+                telemetry._failed("recorder_errors")
+            if ctx.server_span is None and not telemetry._installed_on:
+                telemetry.ensure_processor()
+            return ctx
+        if make_request is not None and cfg.needs_request_object:
+            try:
+                request = make_request(request)
+            except Exception:
+                pass
         extra: dict[str, Any] | None = None
         cookies: dict[str, str] | None = None
         units: dict[str, str | None] = {}
@@ -350,20 +388,22 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)
+                if raw_id and single is not None:
+                    cache[raw_id] = prepared
             ctx = RequestContext.from_prepared(lab, attrs, prepared, cfg.recorder)
         else:
             ctx = RequestContext(lab, units, attrs, overrides, units.get("request"), copy=False)
             ctx.recorder = cfg.recorder
         if extra is not None:
             ctx.extra = extra
-        return _started(cfg, ctx, headers, environ, defer)
+        return _started(cfg, ctx, headers, environ)
     except Exception:
         _failed("start_errors", "request start")
         return None
 
 
-def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str], environ: bool,
-             defer: bool) -> RequestContext | None:
+def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str],
+             environ: bool) -> RequestContext | None:
     """The part of :func:`begin` every context goes through (inside its ``try``): faults' trace id, baggage, the span."""
     if cfg.may_abort and ctx.trace_id is None:
         # Fault decisions hash the trace id; an abort may run before any span
@@ -372,7 +412,7 @@ def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str]
     if cfg.trust_baggage:
         _apply_baggage(cfg, ctx, headers.get("HTTP_BAGGAGE" if environ else "baggage"))
     try:
-        cfg.recorder.attach_current(ctx, defer)
+        cfg.recorder.attach_current(ctx)
     except Exception:
         telemetry._failed("recorder_errors")
     if ctx.server_span is None and not telemetry._installed_on:
@@ -422,20 +462,10 @@ def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
     return prepared
 
 
-def flush(ctx: RequestContext) -> None:
-    """Write a request's deferred span data now (e.g. as the response starts). Never raises."""
-    try:
-        ctx.recorder.flush(ctx)
-    except Exception:
-        telemetry._failed("recorder_errors")
-
-
 def end(ctx: RequestContext, token: Any) -> None:
     """Finish a request: make sure a fault shows on the span, detach baggage, unbind. Never raises."""
     try:
-        if ctx.deferred is not None:
-            ctx.recorder.flush(ctx)
-        elif ctx._fault_injected:
+        if ctx._fault_injected:
             span = ctx.server_span
             if span is not None and span.is_recording():
                 span.set_attribute(A.FAULT_INJECTED, True)
@@ -447,7 +477,10 @@ def end(ctx: RequestContext, token: Any) -> None:
     except Exception:
         telemetry._failed("recorder_errors")
     if token is not None:
-        reset(token)
+        try:
+            _unbind(token)
+        except ValueError:  # a token from another context: just clear the variable
+            bind(None)
 
 
 _abort_hook: list[Any] = []

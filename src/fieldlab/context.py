@@ -68,7 +68,7 @@ class RequestContext:
     """
 
     __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
-                 "extra", "prepared", "span_attrs", "deferred", "__dict__")
+                 "extra", "prepared", "span_attrs", "__dict__")
 
     # rarely set: class-level defaults, set per instance only when needed
     overrides: VerifiedOverrides | None = None
@@ -106,9 +106,6 @@ class RequestContext:
         self.prepared: PreparedRequest | None = None
         #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
         self.span_attrs: Any = None
-        #: Exposure events waiting for the end of the request, when telemetry writes the span then
-        #: (fieldlab inside the instrumentation); None when it writes as things happen.
-        self.deferred: list[Any] | tuple[()] | None = None
         self._expose_on_assign()
 
     @classmethod
@@ -129,7 +126,6 @@ class RequestContext:
         self.extra = {}
         self.prepared = prepared
         self.span_attrs = None
-        self.deferred = None
         return self
 
     def _expose_on_assign(self) -> None:

@@ -27,6 +27,8 @@ import hmac
 import logging
 import os
 import threading
+import time
+from collections import deque
 from typing import Any, Mapping
 
 from opentelemetry import trace
@@ -51,7 +53,7 @@ UNIT_ID_MODES = ("hash", "raw", "none")
 DEFAULT_UNIT_HASH_KEY = b"fieldlab-unit-hash-v1-public-default-key"
 
 #: Failures inside recording, by kind; requests go on unrecorded.
-stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0, "late_flushes": 0}
+stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0}
 _logged: set[str] = set()
 
 
@@ -109,6 +111,28 @@ try:  # the SDK is optional: without it every write takes the public API
     from opentelemetry.sdk.util import BoundedList as _BoundedList
 except ImportError:  # pragma: no cover
     _Event = _SdkSpan = _BoundedList = None  # type: ignore[assignment,misc]
+
+
+def _direct_events() -> bool:
+    """True when SDK events and span event lists have the layout :meth:`Recorder.on_expose` writes directly.
+
+    An exposure event is then made without the SDK's two ``__init__`` frames
+    and appended to the span's bounded deque without its lock (a request's
+    span is written by that request alone). Any other layout takes the public path.
+    """
+    if _Event is None or _BoundedList is None or _BoundedAttributes is None:
+        return False
+    try:
+        probe = _Event("probe", None, 1)
+        return (vars(probe) == {"_name": "probe", "_timestamp": 1, "_attributes": None}
+                and _BoundedList(1)._dq.__class__ is deque)
+    except Exception:  # pragma: no cover
+        return False
+
+
+_DIRECT_EVENTS = _direct_events()
+_new = object.__new__
+_time_ns = time.time_ns
 
 
 def _context_var() -> tuple[Any, Any]:
@@ -373,86 +397,66 @@ class Recorder:
             for name, event_attrs in pending:
                 span.add_event(name, event_attrs)  # other parts' events: validated by the SDK
 
-    def attach_current(self, ctx: RequestContext, defer: bool = False) -> None:
-        """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation).
-
-        With ``defer``, which an adapter passes when it can flush before the
-        span ends (WSGI, Flask, Django: at the end of the request, which the
-        instrumentation wraps; ASGI: when the response starts, since ASGI
-        instrumentation ends the span with the last body message), everything
-        is written once, by :meth:`flush` (exposure events keep the time they
-        happened); writing each exposure as it happens costs a span update and
-        an event append per read. After the flush, and for spans fieldlab cannot write
-        into directly, things are written as they happen.
-        """
-        span = _current_span()
+    def attach_current(self, ctx: RequestContext) -> None:
+        """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation) and write it."""
+        span = _OTEL_CONTEXT.get().get(_SPAN_KEY, _INVALID) if _OTEL_CONTEXT is not None else trace.get_current_span()
         if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
             if span._kind is not _SERVER or span._end_time is not None:
                 return
+            prepared = ctx.prepared
+            target = span._attributes
+            if (prepared is not None and not ctx.exposed and not ctx.extra and target.__class__ is _BoundedAttributes
+                    and target.max_value_len is None and not target._immutable):
+                # a prepared request: one dict update is all there is to write (what attach() does, inlined)
+                d = target._dict
+                base = prepared.base_attrs
+                if target.maxlen is None or len(d) + len(base) <= target.maxlen:
+                    d.update(base)
+                    ctx.server_span = span
+                    ctx.span_attrs = target
+                    return
         elif getattr(span, "kind", None) is not _SERVER or not span.is_recording():
             return
-        target = _sdk_attributes(span) if defer else None
-        if target is None or _Event is None or (ctx.extra and ctx.extra.get("request_generated")):
-            self.attach(ctx, span)
-            return
-        ctx.server_span = span
-        ctx.span_attrs = target
-        ctx.deferred = ()  # deferred, nothing pending yet (a list once an exposure happens)
-
-    def flush(self, ctx: RequestContext) -> None:
-        """Write a deferred request (see :meth:`attach_current`) onto its server span; the span must still be open."""
-        span = ctx.server_span
-        pending = ctx.deferred
-        ctx.deferred = None
-        if span is None or pending is None:
-            return
-        prepared = ctx.prepared
-        attrs = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
-        more = self._late_attributes(ctx)
-        exposed = ctx.exposed
-        if len(exposed) > len(pending):  # exposed on assignment: no read, so no event yet
-            have = {ev.attributes.get(A.FLAG_KEY) for ev in pending}
-            pending = list(pending)
-            for key in exposed:
-                if key not in have:
-                    pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, span, ctx.assignments[key])))
-        if span._end_time is not None:
-            stats["late_flushes"] = stats.get("late_flushes", 0) + 1  # the span ended before the request did
-            return
-        if not _put(span, ctx.span_attrs, attrs, more):
-            span.set_attributes(attrs)
-            span.set_attributes(more)
-        events = getattr(span, "_events", None)
-        for event in pending:
-            if event.attributes.__class__ is _BoundedAttributes:
-                if events.__class__ is _BoundedList:
-                    events.append(event)  # the span's own event list; its end was checked above
-                else:
-                    span._add_event(event)
-            else:
-                span.add_event(event.name, dict(event.attributes), event.timestamp)
+        self.attach(ctx, span)
 
     def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
-        pending = ctx.deferred
-        if pending is not None:
-            try:  # the span is written later (see flush); the event keeps this moment
-                if pending.__class__ is tuple:
-                    pending = ctx.deferred = []
-                pending.append(_Event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.server_span, a)))
-            except Exception:
-                _failed("recorder_errors")
-            return
+        """Write one exposure as it happens: ``fieldlab.exposed.<key>`` and its ``feature_flag.evaluation`` event.
+
+        This runs on the first read of each experiment in every request, so the
+        common case (an SDK span fieldlab may write directly, see :meth:`attach`,
+        and event attributes prepared for these units) is a dict store, one
+        object and a deque append.
+        """
         span = ctx.server_span
         if span is None:
             return  # written when the span is found (ctx.exposed holds it)
         try:
-            names = self._names.get(a.experiment) or self._attr_names(a.experiment)
+            key = a.experiment
+            name = (self._names.get(key) or self._attr_names(key))[1]
             target = ctx.span_attrs
             if target is not None:
-                if not _put(span, target, {names[1]: True}):
-                    span.set_attribute(names[1], True)
+                if span._end_time is not None:
+                    return  # ended: the SDK would drop the write too
+                prepared = ctx.prepared
+                attrs = prepared.events.get(key) if prepared is not None else None
+                events = span._events
+                if (attrs is not None and _DIRECT_EVENTS and events.__class__ is _BoundedList
+                        and (target.maxlen is None or len(target._dict) < target.maxlen)):
+                    target._dict[name] = True
+                    event = _new(_Event)
+                    event._name = A.FLAG_EVENT
+                    event._timestamp = _time_ns()
+                    event._attributes = attrs
+                    dq = events._dq
+                    if dq.maxlen is None or len(dq) < dq.maxlen:
+                        dq.append(event)
+                    else:
+                        events.append(event)  # full: the SDK's own path counts the dropped one
+                    return
+                if not _put(span, target, {name: True}):
+                    span.set_attribute(name, True)
             elif span.is_recording():
-                span.set_attribute(names[1], True)
+                span.set_attribute(name, True)
             else:
                 return
             self._add_flag_event(ctx, span, a)

@@ -5,7 +5,8 @@ Starlette and FastAPI::
     app.add_middleware(FieldLabMiddleware, lab=lab, units={"user": "header:X-User-Id"})
 
 Callables in ``units`` and ``attributes`` receive a ``starlette.requests.Request``
-when Starlette is installed (else the raw scope). Defaults: ``user`` is
+of the scope when Starlette is installed (else the raw scope); they are sync,
+so they read what the scope holds (headers, cookies, user, session), not the body. Defaults: ``user`` is
 ``scope["user"]`` when authenticated (Starlette's AuthenticationMiddleware,
 placed outside fieldlab); ``session`` is an id fieldlab keeps in
 ``scope["session"]`` (Starlette's SessionMiddleware), created on first use.
@@ -87,19 +88,13 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
             return
         cfg = self.config
-        wanted = cfg.wanted_header_bytes
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in wanted}
-        request_class = self.request_class
-        ctx = _request.begin(cfg, scope, headers, scope.get("path", ""), scope.get("method", ""),
-                             make_request=None if request_class is None else lambda: request_class(scope, receive),
-                             defer=True)
+        ctx = _request.begin(cfg, scope, dict(scope.get("headers", ())), scope.get("path", ""), scope.get("method", ""),
+                             make_request=self.request_class, raw=True)
         if ctx is None:
             await self.app(scope, receive, send)
             return
         token = bind(ctx)
         try:
-            if ctx.deferred is not None:  # the server span ends with the last body message: write it at the start
-                send = _FlushAtStart(send, ctx)
             if ctx.extra:
                 cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
                 if cookie is not None:
@@ -115,21 +110,6 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
         finally:
             _request.end(ctx, token)
-
-
-class _FlushAtStart:
-    """``send`` that first writes the request's deferred span data, as the response starts."""
-
-    __slots__ = ("send", "ctx")
-
-    def __init__(self, send: Send, ctx: Any) -> None:
-        self.send = send
-        self.ctx = ctx
-
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
-        if self.ctx.deferred is not None and message["type"] == "http.response.start":
-            _request.flush(self.ctx)
-        await self.send(message)
 
 
 def _with_cookie(send: Send, cookie: bytes) -> Send:

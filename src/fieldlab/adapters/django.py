@@ -115,7 +115,7 @@ class FieldLabMiddleware:
 
     def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
         return _request.begin(self.config, request, request.META, request.path, request.method, known,
-                              defer=True, environ=True)
+                              environ=True)
 
     def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
         vid = ctx.extra.get("set_visitor")

@@ -84,7 +84,7 @@ class FieldLab:
         environ = _environ()
         get = environ.get
         ctx = _request.begin(cfg, flask.request, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),  # type: ignore[arg-type]
-                             defer=True, environ=True)
+                             environ=True)
         if ctx is None:
             return None
         environ[_CTX] = ctx

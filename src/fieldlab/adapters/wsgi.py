@@ -52,10 +52,9 @@ class FieldLabMiddleware:
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         cfg = self.config
         get = environ.get
-        factory = self.request_factory
         ctx = _request.begin(cfg, environ, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
-                             make_request=None if factory is None else lambda: factory(environ),
-                             defer=True, environ=True)
+                             make_request=self.request_factory,
+                             environ=True)
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
