@@ -420,7 +420,7 @@ def _started(cfg: AdapterConfig, ctx: RequestContext, headers: Mapping[str, str]
     if cfg.propagate_baggage:
         value = outbound_baggage(ctx)
         if value is not None:
-            ctx.extra["otel_token"] = otel_context.attach(otel_baggage.set_baggage(A.BAGGAGE_KEY, value))
+            ctx.own_extra()["otel_token"] = otel_context.attach(otel_baggage.set_baggage(A.BAGGAGE_KEY, value))
     return ctx
 
 
@@ -451,7 +451,7 @@ def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
     full = RequestContext(cfg.lab, units, attrs)
     recorder = cfg.recorder
     unit_values = recorder.unit_values(full.units)
-    full.extra["unit_values"] = unit_values
+    full.own_extra()["unit_values"] = unit_values
     prepared = PreparedRequest(full.units, full.assignments, list(full.held_out), frozenset(full.exposed), full.version,
                                recorder.base_attributes(full), unit_values)
     cache = cfg.cache

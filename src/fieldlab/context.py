@@ -14,6 +14,7 @@ on fault events; a failing hook is swallowed, counted and logged once.
 from __future__ import annotations
 
 import contextvars
+from types import MappingProxyType
 import logging
 from typing import Any, Callable, Mapping
 
@@ -24,6 +25,7 @@ from .overrides import VerifiedOverrides
 __all__ = ["RequestContext", "PreparedRequest", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
 
 _log = logging.getLogger("fieldlab")
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 _current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
 
 
@@ -68,9 +70,12 @@ class RequestContext:
     """
 
     __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
-                 "extra", "prepared", "span_attrs", "__dict__")
+                 "prepared", "span_attrs", "__dict__")
 
     # rarely set: class-level defaults, set per instance only when needed
+    #: What adapters and telemetry keep about the request besides its assignments (a new visitor
+    #: id, a generated trace id, baggage tokens...): read-only and empty until :meth:`own_extra`.
+    extra: Mapping[str, Any] = _NO_EXTRA
     overrides: VerifiedOverrides | None = None
     trace_id: str | None = None
     held_out: "list[str] | tuple[()]" = ()
@@ -102,7 +107,6 @@ class RequestContext:
         self.server_span: Any = None
         #: The telemetry recorder that writes this request onto its span, if any.
         self.recorder: Any = None
-        self.extra: dict[str, Any] = {}
         self.prepared: PreparedRequest | None = None
         #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
         self.span_attrs: Any = None
@@ -123,7 +127,6 @@ class RequestContext:
         self.version = prepared.version
         self.server_span = None
         self.recorder = recorder
-        self.extra = {}
         self.prepared = prepared
         self.span_attrs = None
         return self
@@ -161,6 +164,13 @@ class RequestContext:
             self.faults.append(attributes)  # type: ignore[union-attr]
         else:
             self.faults = [attributes]
+
+    def own_extra(self) -> dict[str, Any]:
+        """``extra`` as this request's own dict, to write into (most requests never need one)."""
+        extra = self.extra
+        if extra is _NO_EXTRA:
+            extra = self.extra = {}
+        return extra  # type: ignore[return-value]
 
     def own_assignments(self) -> dict[str, Assignment]:
         """This request's own copy of ``assignments``, to change it without touching other requests."""

@@ -283,7 +283,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
     lab = ctx.lab
     plan: FaultPlan = lab._state.fault_plan
     key = _trace_key(ctx)
-    seqs = ctx.extra.setdefault("fieldlab.fault.seq", {})
+    seqs = ctx.own_extra().setdefault("fieldlab.fault.seq", {})
     seq = seqs.get(point, 0)
     seqs[point] = seq + 1
     in_loop: bool | None = None

@@ -278,7 +278,7 @@ class Recorder:
         values = ctx.extra.get("unit_values")
         if values is None:
             values = self.unit_values(ctx.units)
-            ctx.extra["unit_values"] = values
+            ctx.own_extra()["unit_values"] = values
         return values
 
     def unit_values(self, units: Mapping[str, str | None]) -> dict[str, str]:
@@ -467,7 +467,7 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is None:
-                ctx.extra.setdefault("pending_events", []).append((name, dict(attrs)))
+                ctx.own_extra().setdefault("pending_events", []).append((name, dict(attrs)))
             elif span.is_recording():
                 span.add_event(name, attrs)
         except Exception:

@@ -309,6 +309,32 @@ def test_asgi_middleware_with_concurrent_requests(otel: Any, outer: bool) -> Non
         assert span.attributes[A.variant_attr("checkout-redesign")] == lab.assign("checkout-redesign", f"a{i}").variant
 
 
+def test_asgi_reads_raw_headers_overrides_and_reuses_evaluations_by_raw_id(otel: Any) -> None:
+    """ASGI looks prepared evaluations up by the raw header bytes; overrides (header or cookie) still win."""
+    lab = Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1})], secret=SECRET)
+    mw = fl_asgi.FieldLabMiddleware(OtelASGI(asgi_view), lab=lab, units={"user": "header:X-User-Id"}, request_class=None)
+    user = next(f"x{i}" for i in range(1000) if lab.assign("checkout-redesign", f"x{i}").variant == "control")
+    token = lab.make_token("checkout-redesign", "treatment", 600)
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://t") as client:
+            seen = []
+            for headers in ({"X-User-Id": user}, {"X-User-Id": user},
+                            {"X-User-Id": user, "X-Fieldlab-Override": token},
+                            {"X-User-Id": user, "Cookie": f"theme=dark; fieldlab_override={token}"},
+                            {"X-User-Id": user, "Cookie": "fieldlab_override=checkout-redesign%3Dtreatment"},
+                            {"X-User-Id": user, "Cookie": "theme=dark"}):
+                seen.append((await client.get("/", headers=headers)).json()["checkout"])
+            return seen
+    assert asyncio.run(run()) == ["control", "control", "treatment", "treatment", "control", "control"]
+    cache = mw.config.cache
+    assert cache is not None and cache[user.encode()] is cache[user]  # one evaluation, found by str or raw id
+    spans = otel.server_spans()
+    plain = [dict(spans[i].attributes) for i in (0, 1, 5)]
+    assert plain[0] == plain[1] == plain[2]  # a raw-id hit writes what the first request wrote
+    assert [A.forced_attr("checkout-redesign") in s.attributes for s in spans] == [False, False, True, True, False, False]
+
+
 def test_asgi_passes_websocket_and_lifespan_through() -> None:
     seen: list[Any] = []
 

@@ -68,7 +68,7 @@ def bound(lab: fieldlab.Lab, unit: str, tid: str | None = "0af7651916cd43dd8448e
         ctx = context.start(lab, {"user": unit}, trace_id=tid,
                             overrides=lab.verify_overrides(overrides) if overrides else None)
         events: list[tuple[str, dict[str, Any]]] = []
-        ctx.extra["test_events"] = events
+        ctx.own_extra()["test_events"] = events
 
         def on_event(c: context.RequestContext, name: str, attrs: dict[str, Any]) -> None:
             events.append((name, attrs))
