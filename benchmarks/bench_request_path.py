@@ -15,6 +15,16 @@ identical OTel-only process as the noise floor.
 
     python benchmarks/bench_request_path.py [--batch 2000] [--rounds 15] [--frameworks flask,starlette]
 
+``--instructions`` counts instead of timing: every configuration runs once under
+valgrind's callgrind (install valgrind), which counts the CPU instructions the
+measured requests execute (only those: collection is switched on around them).
+The count does not move with the machine's load, so it resolves differences
+the timings cannot on a shared machine; it does not see cache misses or branch
+mispredictions, so it is a lower bound of the cost, not a time. Span export is
+held back during the count (a long batch delay), identically in (a) and (b).
+
+    python benchmarks/bench_request_path.py --instructions [--requests 300]
+
 Diagnostics: BENCH_GC_DISABLE=1 turns the garbage collector off after the
 warm-up in every process, BENCH_GC_FREEZE=1 freezes the warmed heap instead;
 either shows how much of the difference is collection work.
@@ -111,6 +121,54 @@ def child(framework: str, mode: str) -> None:
         print(f"{time.process_time() - t0:.9f}", flush=True)
 
 
+def count_child(framework: str, mode: str, n: int) -> None:
+    """Warm up, then run ``n`` requests inside ``sys.call_tracing``: the one call callgrind collects in."""
+    run = _driver(framework, mode)
+    run(bench_users(), 0)
+    import gc
+    gc.collect()
+    sys.call_tracing(run, (n, 0))
+
+
+def instructions(frameworks: list[str], n: int) -> int:
+    """Instructions per request of (a) and (b) per framework, counted by callgrind, two at a time."""
+    import re
+    import shutil
+    import tempfile
+    if shutil.which("valgrind") is None:
+        print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OTEL_BSP_SCHEDULE_DELAY": "100000000",
+           "OTEL_BSP_MAX_QUEUE_SIZE": "1000000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000"}
+    jobs = [(f, m) for f in frameworks for m in MODES[:2]]
+    counts: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(0, len(jobs), 2):
+            running = []
+            for f, m in jobs[i:i + 2]:
+                log = Path(tmp) / f"{f}-{m}.log"
+                cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--toggle-collect=sys_call_tracing",
+                       f"--callgrind-out-file={Path(tmp) / f'{f}-{m}.out'}", sys.executable, __file__,
+                       "--count", f, m, str(n)]
+                running.append(((f, m), log, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                                               stderr=log.open("w"))))
+            for key, log, proc in running:
+                proc.wait()
+                found = re.search(r"Collected : (\d+)", log.read_text())
+                if proc.returncode != 0 or not found:
+                    raise SystemExit(f"{key[0]}/{key[1]} failed under valgrind:\n{log.read_text()[-2000:]}")
+                counts[key] = int(found.group(1)) / n
+                print(f"  {key[0]}/{key[1]}: {counts[key]:,.0f} instructions per request", file=sys.stderr)
+    print(f"\n{'framework':<10} {'(a) otel':>12} {'(b) +fieldlab':>14} {'fieldlab':>10} {'b/a':>7}")
+    print(f"{'':<10} {'instr/req':>12} {'instr/req':>14} {'instr/req':>10} {'':>7}")
+    print("-" * 58)
+    for f in frameworks:
+        a, b = counts[(f, MODES[0])], counts[(f, MODES[1])]
+        print(f"{f:<10} {a:>12,.0f} {b:>14,.0f} {b - a:>10,.0f} {a / b:>7.3f}")
+    print(f"\nb/a: instructions per request of (a) over (b), {n} requests after warm-up, counted by callgrind.")
+    return 0
+
+
 def bench_users() -> int:
     sys.path.insert(0, str(HERE))
     import bench_frameworks as bf
@@ -123,13 +181,22 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15, help="interleaved batches per configuration (default 15)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--experiments", type=int, default=10, help="running experiments in (b) (default 10)")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per request under callgrind instead of timing (needs valgrind)")
+    p.add_argument("--count", nargs=3, metavar=("FRAMEWORK", "MODE", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--requests", type=int, default=300, help="requests counted per configuration with --instructions")
     p.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ["BENCH_EXPERIMENTS"] = str(args.experiments)
     if args.child:
         child(*args.child)
         return 0
+    if args.count:
+        count_child(args.count[0], args.count[1], int(args.count[2]))
+        return 0
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if args.instructions:
+        return instructions(frameworks, args.requests)
     procs = {}
     for f in frameworks:
         for m in MODES:
