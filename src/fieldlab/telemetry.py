@@ -156,13 +156,6 @@ _OTEL_CONTEXT, _SPAN_KEY = _context_var()
 _INVALID = trace.INVALID_SPAN
 
 
-def _current_span() -> Any:
-    """``trace.get_current_span()`` without its four Python frames, when the default runtime context is in use."""
-    if _OTEL_CONTEXT is not None:
-        return _OTEL_CONTEXT.get().get(_SPAN_KEY, _INVALID)
-    return trace.get_current_span()
-
-
 def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
     """``span.set_attributes(attrs)``, without re-validating values fieldlab built itself.
 
@@ -399,6 +392,7 @@ class Recorder:
 
     def attach_current(self, ctx: RequestContext) -> None:
         """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation) and write it."""
+        # trace.get_current_span() without its four Python frames when the default runtime context is in use
         span = _OTEL_CONTEXT.get().get(_SPAN_KEY, _INVALID) if _OTEL_CONTEXT is not None else trace.get_current_span()
         if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
             if span._kind is not _SERVER or span._end_time is not None:
