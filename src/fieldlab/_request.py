@@ -178,7 +178,7 @@ class AdapterConfig:
         self.cache: dict[Any, PreparedRequest] | None = None
         self.needs_request_object = attributes is not None
         self.may_abort = False
-        #: no abort faults and no baggage in or out: a prepared request needs nothing but its span
+        #: no abort faults and no baggage in or out: a raw (ASGI) request found prepared needs no decoded header
         self._plain = False
 
     def plan(self) -> tuple[_Unit, ...]:
@@ -276,9 +276,9 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
     ``headers`` holds the request's headers by lower-case name, or, with
     ``environ``, is a WSGI environ (or Django ``META``) holding them under
     ``HTTP_*`` keys, or, with ``raw``, maps ASGI header names to values, both
-    bytes (``dict(scope["headers"])``: only what a request needs is decoded). ``request`` is what callables receive; with
-    ``make_request``, they receive ``make_request(request)``, built only when
-    a callable needs it.
+    bytes (``dict(scope["headers"])``: only what a request needs is decoded).
+    ``request`` is what callables receive; with ``make_request``, they receive
+    ``make_request(request)``, built only when a callable needs it.
     ``known`` holds unit ids the adapter already resolved (e.g. Django's async
     user).
 
@@ -314,23 +314,13 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
         if prepared is None:
             has_override = bool((cfg.override_header and hget(cfg.override_env if environ else cfg.override_header))
                                 or (probe and probe in (hget(cookie_key) or "")))
-            if single is not None and not has_override:
+            if single is not None and not has_override and raw_id is None:  # (a raw id missed: so does its str)
                 # one unit, read from a header: a prepared evaluation
                 prepared = cfg.cache.get(hget(single[1] if environ else single[0]) or None)  # type: ignore[union-attr]
-                if prepared is not None and raw_id:
-                    cfg.cache[raw_id] = prepared  # type: ignore[index]
         if prepared is not None:
             # the common case, kept short: a prepared evaluation, nothing else to do but find the span
-            ctx = RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared, cfg.recorder)
-            if not cfg._plain:
-                return _started(cfg, ctx, headers, environ)
-            try:
-                cfg.recorder.attach_current(ctx)
-            except Exception:
-                telemetry._failed("recorder_errors")
-            if ctx.server_span is None and not telemetry._installed_on:
-                telemetry.ensure_processor()
-            return ctx
+            return _started(cfg, RequestContext.from_prepared(lab, {"path": path, "method": method}, prepared,
+                                                              cfg.recorder), headers, environ)
         if make_request is not None and cfg.needs_request_object:
             try:
                 request = make_request(request)

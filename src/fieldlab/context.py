@@ -14,8 +14,8 @@ on fault events; a failing hook is swallowed, counted and logged once.
 from __future__ import annotations
 
 import contextvars
-from types import MappingProxyType
 import logging
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ._assignment import Assignment

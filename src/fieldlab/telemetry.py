@@ -178,7 +178,7 @@ def _sdk_attributes(span: Any) -> Any:
     """
     target = getattr(span, "_attributes", None)
     if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
-            and not target._immutable and hasattr(span, "_lock") and hasattr(span, "_end_time")):
+            and not target._immutable and hasattr(span, "_end_time")):
         return target
     return None
 
@@ -397,18 +397,6 @@ class Recorder:
         if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
             if span._kind is not _SERVER or span._end_time is not None:
                 return
-            prepared = ctx.prepared
-            target = span._attributes
-            if (prepared is not None and not ctx.exposed and not ctx.extra and target.__class__ is _BoundedAttributes
-                    and target.max_value_len is None and not target._immutable):
-                # a prepared request: one dict update is all there is to write (what attach() does, inlined)
-                d = target._dict
-                base = prepared.base_attrs
-                if target.maxlen is None or len(d) + len(base) <= target.maxlen:
-                    d.update(base)
-                    ctx.server_span = span
-                    ctx.span_attrs = target
-                    return
         elif getattr(span, "kind", None) is not _SERVER or not span.is_recording():
             return
         self.attach(ctx, span)

@@ -6,10 +6,11 @@ Starlette and FastAPI::
 
 Callables in ``units`` and ``attributes`` receive a ``starlette.requests.Request``
 of the scope when Starlette is installed (else the raw scope); they are sync,
-so they read what the scope holds (headers, cookies, user, session), not the body. Defaults: ``user`` is
-``scope["user"]`` when authenticated (Starlette's AuthenticationMiddleware,
-placed outside fieldlab); ``session`` is an id fieldlab keeps in
-``scope["session"]`` (Starlette's SessionMiddleware), created on first use.
+so they read what the scope holds (headers, cookies, user, session), not the
+body. Defaults: ``user`` is ``scope["user"]`` when authenticated (Starlette's
+AuthenticationMiddleware, placed outside fieldlab); ``session`` is an id
+fieldlab keeps in ``scope["session"]`` (Starlette's SessionMiddleware),
+created on first use.
 The context stays bound for the whole call, streaming bodies included.
 """
 

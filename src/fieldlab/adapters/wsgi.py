@@ -53,8 +53,7 @@ class FieldLabMiddleware:
         cfg = self.config
         get = environ.get
         ctx = _request.begin(cfg, environ, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
-                             make_request=self.request_factory,
-                             environ=True)
+                             make_request=self.request_factory, environ=True)
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
