@@ -51,8 +51,12 @@ class Server:
         if self.server == "gunicorn":
             return [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--chdir", str(HERE),
                     "--log-level", "warning", "--graceful-timeout", "2", self.target]
+        # A long keep-alive: uvicorn closes a connection 5 s after its last response by default, and a test
+        # client driving hundreds of requests on two shared cores can take that long to send its next one
+        # on that connection; the close then races the request and the client reads a reset (ReadError).
         return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(HERE),
-                "--log-level", "warning", "--no-access-log", "--workers", str(self.workers), self.target]
+                "--log-level", "warning", "--no-access-log", "--workers", str(self.workers),
+                "--timeout-keep-alive", "120", self.target]
 
     def start(self) -> "Server":
         self.span_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,13 @@ class Server:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=5)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's output, for failure messages."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no server log: {exc})"
 
     def spans(self) -> list[dict[str, Any]]:
         return read_spans(self.span_dir)

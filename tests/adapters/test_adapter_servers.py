@@ -163,7 +163,10 @@ def test_500_concurrent_requests_each_see_their_own_assignments(spec: Any, test_
                 users = [f"conc-{i}" for i in range(500)]
                 responses = await asyncio.gather(*(client.get("/shop", headers={"X-User-Id": u}) for u in users))
                 return list(zip(users, responses))
-        pairs = asyncio.run(run())
+        try:
+            pairs = asyncio.run(run())
+        except httpx.HTTPError as exc:
+            pytest.fail(f"{type(exc).__name__} ({exc.__cause__!r}); server log:\n{srv.log_tail()}")
         spans = server_spans_by_trace(srv, {r.json()["trace_id"] for _, r in pairs})
         for user, r in pairs:
             assert r.status_code == 200
