@@ -40,8 +40,7 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
-from .context import PreparedRequest, RequestContext, bind
-from .context import _current
+from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
 from .overrides import sign
@@ -51,7 +50,6 @@ __all__ = ["AdapterConfig", "begin", "end", "abort_for", "visitor_cookie", "pars
            "DEFAULT_OVERRIDE_COOKIE", "BAGGAGE_TTL_SECONDS", "VISITOR_MAX_AGE"]
 
 _log = logging.getLogger("fieldlab")
-_unbind = _current.reset
 
 DEFAULT_VISITOR_COOKIE = "fieldlab_visitor"
 DEFAULT_OVERRIDE_HEADER = "X-Fieldlab-Override"
@@ -378,7 +376,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)
-                if raw_id and single is not None:
+                if raw_id:  # (only a one-header plan reads a raw id)
                     cache[raw_id] = prepared
             ctx = RequestContext.from_prepared(lab, attrs, prepared, cfg.recorder)
         else:
@@ -467,10 +465,7 @@ def end(ctx: RequestContext, token: Any) -> None:
     except Exception:
         telemetry._failed("recorder_errors")
     if token is not None:
-        try:
-            _unbind(token)
-        except ValueError:  # a token from another context: just clear the variable
-            bind(None)
+        reset(token)
 
 
 _abort_hook: list[Any] = []

@@ -183,8 +183,8 @@ def _sdk_attributes(span: Any) -> Any:
     return None
 
 
-def _put(span: Any, target: Any, attrs: dict[str, Any], more: dict[str, Any] | None = None) -> bool:
-    """Write ``attrs`` (and ``more``) into ``target`` (from :func:`_sdk_attributes`); False when only the public API may.
+def _put(span: Any, target: Any, attrs: dict[str, Any]) -> bool:
+    """Write ``attrs`` into ``target`` (from :func:`_sdk_attributes`); False when only the public API may.
 
     No lock is taken: a request's span is written by that request alone, and
     each ``dict.update`` of str keys is atomic in CPython, so the SDK's locks
@@ -194,11 +194,9 @@ def _put(span: Any, target: Any, attrs: dict[str, Any], more: dict[str, Any] | N
     if span._end_time is not None:
         return True  # ended: the SDK would drop the write too
     d = target._dict
-    if target.maxlen is not None and len(d) + len(attrs) + (len(more) if more else 0) > target.maxlen:
+    if target.maxlen is not None and len(d) + len(attrs) > target.maxlen:
         return False
     d.update(attrs)
-    if more:
-        d.update(more)
     return True
 
 
