@@ -16,6 +16,7 @@ keeps the last good configuration and is reported in ``lab.config_error``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -42,6 +43,8 @@ _hash = mmh3.hash
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
+#: Distinct unknown experiment keys named in a warning each; beyond it they are only counted.
+UNKNOWN_KEYS_LOGGED = 256
 
 
 class _Compiled:
@@ -290,8 +293,11 @@ class Lab:
         self._fast: dict[str, tuple[str, list[Assignment | None], _Compiled]] = _WatchTrap(self) if self._watch_pending else state.fast
         self._lock = threading.Lock()
         self._logged: set[str] = set()
+        self._unknown_logged: set[str] = set()
+        self._unknown_overflow = False
         self.config_error: str | None = None
-        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0}
+        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
+                                      "unknown_experiments": 0}
         self._listeners: list[Any] = []
         _LABS.add(self)
 
@@ -462,10 +468,38 @@ class Lab:
     def _failed(self, key: str, exc: BaseException) -> Assignment:
         self.stats["errors"] += 1
         if key not in self._state.compiled:
-            self._log_once(f"unknown:{key}", "fieldlab: unknown experiment %r; using the default path", key)
+            self._unknown_key(key)
         else:
             self._log_once(f"error:{key}", "fieldlab: assigning %r failed (%r); using the default path", key, exc)
         return Assignment(key, None, None, ERROR)
+
+    def _unknown_key(self, key: Any) -> None:
+        """Report code asking for an experiment the config does not have (a typo, or a removed experiment).
+
+        Counted in ``stats["unknown_experiments"]`` on every read, and logged at WARNING on the
+        ``fieldlab`` logger once per key, with the closest configured key. At most
+        ``UNKNOWN_KEYS_LOGGED`` distinct keys are remembered and named, so a flood of
+        random keys costs bounded memory; later ones are only counted. Never raises.
+        """
+        try:
+            self.stats["unknown_experiments"] += 1
+            logged = self._unknown_logged
+            key = key[:128] if isinstance(key, str) else repr(key)[:128]  # bounded memory per key too
+            if key in logged:
+                return
+            if len(logged) >= UNKNOWN_KEYS_LOGGED:
+                if not self._unknown_overflow:  # one last line, then silence
+                    self._unknown_overflow = True
+                    _log.warning("fieldlab: more than %d distinct unknown experiment keys; further ones are only "
+                                 "counted in lab.stats['unknown_experiments']", UNKNOWN_KEYS_LOGGED)
+                return
+            logged.add(key)
+            known = list(self._state.experiments)
+            close = difflib.get_close_matches(key, known, n=1) if known else []
+            hint = f"did you mean {close[0]!r}?" if close else f"the config has {len(known)} experiment(s)"
+            _log.warning("fieldlab: unknown experiment %r (%s); using the default path", key, hint)
+        except Exception:  # reporting a mistake must not become one
+            pass
 
     def _log_once(self, tag: str, msg: str, *args: Any) -> None:
         if tag not in self._logged and len(self._logged) < 1000:
