@@ -180,3 +180,34 @@ def test_units_file_not_utf8_is_one_line_exit_2(tmp_path):
     proc = cli("segment", EXAMPLE, "checkout-redesign", "--units", "-", input=b"\xfe\xff\n", capture_output=True,
                timeout=60)
     assert proc.returncode == 2 and b"<stdin>: line 1: not UTF-8 text" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+CONFIG_MISTAKES = [
+    ("yaml syntax error", "lab.yaml", "experiments:\n  - key: a\n    variants: [{name: x}\n    traffic: 50\n",
+     "(file): cannot parse YAML: line 4, column 5"),
+    ("duplicate key in json", "lab.json",
+     '{"experiments": [{"key": "a", "traffic": 5, "traffic": 50, "variants": [{"name": "x"}]}]}',
+     "experiments[0].traffic: key 'traffic' is given more than once"),
+    ("duplicate key in yaml", "lab.yaml", "experiments:\n  - key: a\n    key: b\n    variants: [{name: x}]\n",
+     "experiments[0].key: key 'key' is given more than once (lines 2 and 3)"),
+    ("duplicate key in toml", "lab.toml", '[[experiments]]\nkey = "a"\nkey = "b"\nvariants = [{name = "x"}]\n',
+     "cannot parse TOML: Cannot overwrite a value (at line 3"),
+    ("surrogate escape in json", "lab.json", '{"experiments": [{"key": "a", "variants": [{"name": "\\ud800"}]}]}',
+     "experiments[0].variants[0].name: \"\\ud800\" holds a lone surrogate escape"),
+    ("misspelt field", "lab.toml", '[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
+     "experiments[0]: unknown or misplaced field 'trafic'; did you mean 'traffic'?"),
+    ("config not utf-8", "lab.toml", b'[[experiments]]\nkey = "\xe9"\n', "(file): not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", [c[1:] for c in CONFIG_MISTAKES], ids=[c[0] for c in CONFIG_MISTAKES])
+def test_config_mistakes_are_one_line_exit_2_through_the_real_cli(tmp_path, name, text, expected):
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml")
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    for command in (["validate", str(path)], ["assign", str(path), "--unit", "alice"]):
+        proc = cli(*command, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"fieldlab {command[0]}: {path}: ") and expected in proc.stderr, proc.stderr

@@ -17,6 +17,7 @@ keeps the last good configuration and is reported in ``lab.config_error``.
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
 import threading
@@ -31,8 +32,8 @@ from ._hashing import BUCKETS
 from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
-from .config import SETTINGS_KEYS, content_version, read_config_file
-from .errors import ConfigError
+from .config import SETTINGS_KEYS, check_document, content_version, read_config_file
+from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
 
@@ -210,6 +211,12 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
         return value
 
     def construct(cls: Any, data: Mapping[str, Any], path: str, required: Sequence[str]) -> Any:
+        fields = _fields(cls)
+        unknown = [name for name in data if name not in fields]
+        if unknown:
+            shown = ", ".join(repr(name) for name in unknown)
+            raise ConfigError(path, f"unknown or misplaced field{'s' * (len(unknown) > 1)} {shown}",
+                              suggest_names(unknown, fields, f"{cls.__name__.lower()} fields"))
         for field in required:
             if field not in data:
                 raise ConfigError(f"{path}.{field}", "is missing", f"add {field} = ...")
@@ -227,11 +234,25 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
         raise ConfigError("lab", "expected a table/object", "write a [lab] table")
     unknown = set(settings) - SETTINGS_KEYS
     if unknown:
-        raise ConfigError("lab", f"unknown settings {sorted(unknown)}", f"use only {', '.join(sorted(SETTINGS_KEYS))}")
+        raise ConfigError("lab", f"unknown settings {sorted(unknown, key=str)}",
+                          suggest_names(sorted(unknown, key=str), SETTINGS_KEYS, "settings"))
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
     return _State(experiments, layers, holdouts, settings, faults, version, source)
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _fields(cls: type) -> frozenset[str]:
+    """The config fields ``cls`` takes: its constructor's keyword parameters, less the private ones."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        params = inspect.signature(cls).parameters.values()
+        fields = _FIELDS[cls] = frozenset(p.name for p in params if not p.name.startswith("_")
+                                          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return fields
 
 
 class _WatchTrap(dict):  # type: ignore[type-arg]
@@ -306,6 +327,7 @@ class Lab:
     def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> "Lab":
         """A Lab from plain data shaped like a config file."""
         try:
+            check_document(doc)  # lone surrogates would fail content_version's UTF-8 with a raw traceback
             state = _build_from_doc(doc, content_version(doc), source)
         except ConfigError as exc:
             raise exc.with_source(source) from None
