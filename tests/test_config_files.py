@@ -355,6 +355,14 @@ def test_duplicate_key_in_toml_is_one_line_with_the_file_and_the_fix(tmp_path):
     assert "remove the duplicate" in message
 
 
+def yaml_available() -> bool:
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_surrogate_escape_in_json_config_is_a_config_error(tmp_path):
     """JSON allows "\\ud800"; the UTF-8 version hash then raised UnicodeEncodeError. Now a ConfigError with the path."""
     text = '{"experiments": [{"key": "a", "variants": [{"name": "x"}, {"name": "\\ud800"}]}]}'
@@ -362,6 +370,10 @@ def test_surrogate_escape_in_json_config_is_a_config_error(tmp_path):
     assert 'experiments[0].variants[1].name: "\\ud800" holds a lone surrogate escape' in message
     with pytest.raises(ConfigError, match=r"^<dict>: experiments\[0\]\.variants\[1\]\.name: .*lone surrogate"):
         Lab.from_dict(json.loads(text))
+    if yaml_available():
+        yaml_text = 'experiments:\n  - key: a\n    variants: [{name: "\\U0000dfff"}]\n'
+        assert 'experiments[0].variants[0].name: "\\udfff" holds a lone surrogate' in load_error(
+            write(tmp_path, yaml_text, "lab.yaml"))
     key_text = '{"experiments": [{"key": "a", "variants": [{"name": "x", "params": {"\\udcff": 1}}]}]}'
     assert "experiments[0].variants[0].params: key \"\\udcff\" holds a lone surrogate" in load_error(
         write(tmp_path, key_text, "key.json"))

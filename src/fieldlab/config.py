@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Mapping
 
 from .errors import ConfigError, suggest_names
@@ -40,17 +41,26 @@ def parse_format(path: str) -> str:
 def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
     """Decode one config document into plain Python data."""
     try:
+        text = data.decode("utf-8")
         if fmt == "toml":
-            doc = _toml.loads(data.decode("utf-8"))
+            doc = _toml.loads(text)  # refuses duplicate keys and surrogate escapes itself
+            suspect = False
         elif fmt == "json":
-            doc = json.loads(data.decode("utf-8"), object_pairs_hook=_json_object)
+            found: list[_Duplicated] = []
+            doc = json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, found))
+            suspect = bool(found) or _SURROGATE_ESCAPE.search(text) is not None
         else:
             try:
                 import yaml  # type: ignore[import-untyped]
             except ModuleNotFoundError:
                 raise ConfigError("(file)", "YAML needs PyYAML, which is not installed",
                                   "pip install 'fieldlab[yaml]', or use TOML or JSON", source=source) from None
-            doc = yaml.load(data.decode("utf-8"), Loader=_yaml_loader())  # a SafeLoader that refuses duplicate keys
+            loader = _yaml_loader()(text)  # a SafeLoader that marks duplicate keys (what yaml.load does)
+            try:
+                doc = loader.get_single_data()
+            finally:
+                loader.dispose()
+            suspect = loader.duplicates_found or _SURROGATE_ESCAPE.search(text) is not None
     except ConfigError:
         raise
     except UnicodeDecodeError as exc:
@@ -59,10 +69,11 @@ def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
     except Exception as exc:  # parser errors carry line numbers in their text
         problem, fix = _parse_error(exc, fmt)
         raise ConfigError("(file)", f"cannot parse {fmt.upper()}: {problem}", fix, source=source) from None
-    try:
-        check_document(doc)
-    except ConfigError as exc:
-        raise exc.with_source(source) from None
+    if suspect:  # only then the walk over the whole document, which costs about as much as parsing
+        try:
+            check_document(doc)
+        except ConfigError as exc:
+            raise exc.with_source(source) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -99,15 +110,20 @@ def _parse_error(exc: Exception, fmt: str) -> tuple[str, str]:
 class _Duplicated(dict):  # type: ignore[type-arg]
     """A parsed mapping in which ``duplicates`` appeared more than once; only lives until check_document."""
 
-    duplicates: "list[tuple[Any, str]]"  # (key, where), set on each instance
+    duplicates: list[tuple[Any, str]]  # (key, where), set on each instance
 
 
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object_pairs_hook: a plain dict, or a _Duplicated one when a key repeats."""
+#: A JSON or YAML escape that can make a lone surrogate (\ud800-\udfff, YAML also \U0000d800).
+_SURROGATE_ESCAPE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F]")
+
+
+def _json_object(pairs: list[tuple[str, Any]], found: list[_Duplicated]) -> dict[str, Any]:
+    """json's object_pairs_hook: a plain dict, or a _Duplicated one (also put in ``found``) when a key repeats."""
     out = dict(pairs)
     if len(out) == len(pairs):
         return out
     marked = _Duplicated(out)
+    found.append(marked)
     marked.duplicates = []
     seen: set[str] = set()
     for key, _value in pairs:
@@ -130,6 +146,8 @@ def _yaml_loader() -> Any:
         import yaml
 
         class Loader(yaml.SafeLoader):  # type: ignore[misc]
+            duplicates_found = False
+
             def construct_yaml_map(self, node: Any) -> Any:
                 seen: dict[tuple[str, str], Any] = {}
                 dups: list[tuple[Any, str]] = []
@@ -138,13 +156,14 @@ def _yaml_loader() -> Any:
                         continue
                     ident = (key_node.tag, key_node.value)
                     if ident in seen:
-                        dups.append((key_node.value, f" (lines {seen[ident].line + 1} and "
-                                                     f"{key_node.start_mark.line + 1})"))
+                        lines = f" (lines {seen[ident].line + 1} and {key_node.start_mark.line + 1})"
+                        dups.append((key_node.value, lines))
                     else:
                         seen[ident] = key_node.start_mark
                 data: dict[Any, Any] = _Duplicated() if dups else {}
                 if dups:
                     data.duplicates = dups  # type: ignore[attr-defined]
+                    self.duplicates_found = True
                 yield data
                 data.update(self.construct_mapping(node))
 
@@ -198,7 +217,7 @@ def check_document(doc: Any) -> None:
                 if _bad_text(key):
                     raise ConfigError(path or "(top level)", f'key "{shown}" holds a lone surrogate escape, '
                                       "which is not a Unicode character",
-                                      "write the character itself, or a valid surrogate pair such as \\ud83d\\ude00")
+                                      "write the character itself rather than an escape")
                 stack.append((item, sub))
         elif isinstance(value, list):
             if id(value) in seen:
@@ -209,7 +228,7 @@ def check_document(doc: Any) -> None:
         elif _bad_text(value):
             raise ConfigError(path or "(top level)", f'"{_text(value)}" holds a lone surrogate escape, '
                               "which is not a Unicode character",
-                              "write the character itself, or a valid surrogate pair such as \\ud83d\\ude00")
+                              "write the character itself rather than an escape")
 
 
 def read_config_file(path: str) -> tuple[dict[str, Any], bytes]:

@@ -327,8 +327,13 @@ class Lab:
     def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> "Lab":
         """A Lab from plain data shaped like a config file."""
         try:
-            check_document(doc)  # lone surrogates would fail content_version's UTF-8 with a raw traceback
-            state = _build_from_doc(doc, content_version(doc), source)
+            try:
+                version = content_version(doc)
+            except UnicodeEncodeError:  # a lone surrogate: name its field path rather than show a traceback
+                check_document(doc)
+                raise ConfigError("(document)", "a string holds a lone surrogate escape, which is not a Unicode "
+                                  "character", "write the character itself rather than an escape") from None
+            state = _build_from_doc(doc, version, source)
         except ConfigError as exc:
             raise exc.with_source(source) from None
         lab = cls.__new__(cls)
