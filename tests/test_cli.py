@@ -127,3 +127,87 @@ def test_validate_shows_fault_blast_radius(capsys, tmp_path):
     code, out, _ = run(capsys, "validate", str(cfg))
     assert code == 0
     assert "faults: enabled; blast radius 2.00% of a 5% cap (slow-db/slow 2.00%)" in out
+
+
+# ------------------------------------------------- mistakes and closed pipes: one line or silence
+SRC = str(Path(__file__).parent.parent / "src")
+
+
+def cli(*argv: str, **kw):  # type: ignore[no-untyped-def]
+    """The real command in a subprocess, running this checkout's source."""
+    import os
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "fieldlab.cli", *argv], env=env, **kw)
+
+
+def test_segment_into_head_broken_pipe_exits_quietly(tmp_path):
+    """`fieldlab segment ... | head -1`: the reader leaves early; no "Broken pipe", exit 0."""
+    import os
+    units = tmp_path / "units.txt"
+    units.write_text("".join(f"user-{i}\n" for i in range(100_000)), "utf-8")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "fieldlab.cli", "segment", EXAMPLE, "checkout-redesign",
+                             "--units", str(units)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.readline()  # what `head -1` does, then it exits
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"user-0\t")
+    assert err == ""
+
+
+def test_closed_stdout_before_any_output_broken_pipe_exits_quietly():
+    """Output small enough to sit in the buffer meets the closed pipe at the final flush: still silent, exit 0."""
+    import os
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = cli("validate", EXAMPLE, stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_units_file_not_utf8_is_one_line_exit_2(tmp_path):
+    units = tmp_path / "units.bin"
+    units.write_bytes(b"alice\nb\xffob\n")
+    proc = cli("segment", EXAMPLE, "checkout-redesign", "--units", str(units), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert f"{units}: line 2: not UTF-8 text" in proc.stderr and "save the units file as UTF-8" in proc.stderr
+    assert proc.stdout.startswith("alice\t")  # the good lines before it were written
+    proc = cli("segment", EXAMPLE, "checkout-redesign", "--units", "-", input=b"\xfe\xff\n", capture_output=True,
+               timeout=60)
+    assert proc.returncode == 2 and b"<stdin>: line 1: not UTF-8 text" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+CONFIG_MISTAKES = [
+    ("yaml syntax error", "lab.yaml", "experiments:\n  - key: a\n    variants: [{name: x}\n    traffic: 50\n",
+     "(file): cannot parse YAML: line 4, column 5"),
+    ("duplicate key in json", "lab.json",
+     '{"experiments": [{"key": "a", "traffic": 5, "traffic": 50, "variants": [{"name": "x"}]}]}',
+     "experiments[0].traffic: key 'traffic' is given more than once"),
+    ("duplicate key in yaml", "lab.yaml", "experiments:\n  - key: a\n    key: b\n    variants: [{name: x}]\n",
+     "experiments[0].key: key 'key' is given more than once (lines 2 and 3)"),
+    ("duplicate key in toml", "lab.toml", '[[experiments]]\nkey = "a"\nkey = "b"\nvariants = [{name = "x"}]\n',
+     "cannot parse TOML: Cannot overwrite a value (at line 3"),
+    ("surrogate escape in json", "lab.json", '{"experiments": [{"key": "a", "variants": [{"name": "\\ud800"}]}]}',
+     "experiments[0].variants[0].name: \"\\ud800\" holds a lone surrogate escape"),
+    ("misspelt field", "lab.toml", '[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
+     "experiments[0]: unknown or misplaced field 'trafic'; did you mean 'traffic'?"),
+    ("config not utf-8", "lab.toml", b'[[experiments]]\nkey = "\xe9"\n', "(file): not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", [c[1:] for c in CONFIG_MISTAKES], ids=[c[0] for c in CONFIG_MISTAKES])
+def test_config_mistakes_are_one_line_exit_2_through_the_real_cli(tmp_path, name, text, expected):
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml")
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    for command in (["validate", str(path)], ["assign", str(path), "--unit", "alice"]):
+        proc = cli(*command, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"fieldlab {command[0]}: {path}: ") and expected in proc.stderr, proc.stderr

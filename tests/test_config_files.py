@@ -303,3 +303,94 @@ def test_import_starts_no_thread():
 def test_example_is_copyable(tmp_path):
     shutil.copy(EXAMPLE, tmp_path / "copy.toml")
     assert Lab.from_file(tmp_path / "copy.toml", reload_interval=0).version == Lab.from_file(EXAMPLE).version
+
+
+# ------------------------------------------- parser mistakes: one line, file, field path, the fix
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        Lab.from_file(path, reload_interval=0)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    return message
+
+
+def test_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path):
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "experiments:\n  - key: a\n    variants: [{name: x}\n    traffic: 50\n", "lab.yaml")
+    message = load_error(path)
+    assert "(file): cannot parse YAML: line 4, column 5: expected ',' or ']'" in message
+    assert "while parsing a flow sequence at line 3, column 15" in message and message.endswith("fix the YAML syntax")
+
+
+def test_duplicate_key_in_json_is_an_error_naming_the_field_path(tmp_path):
+    path = write(tmp_path, json.dumps({"experiments": [{"key": "a", "variants": [{"name": "x"}]}]})
+                 .replace('"key": "a"', '"key": "a", "traffic": 5, "traffic": 50'), "lab.json")
+    message = load_error(path)
+    assert "experiments[0].traffic: key 'traffic' is given more than once" in message and "keep one" in message
+    top = write(tmp_path, '{"lab": {}, "experiments": [], "lab": {"reload_interval": 1}}', "top.json")
+    assert f"{top}: lab: key 'lab' is given more than once" in load_error(top)
+
+
+def test_duplicate_key_in_yaml_is_an_error_naming_path_and_lines(tmp_path):
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "experiments:\n  - key: a\n    traffic: 5\n    variants:\n      - name: x\n"
+                 "        weight: 1\n        weight: 3\n", "lab.yaml")
+    message = load_error(path)
+    assert "experiments[0].variants[0].weight: key 'weight' is given more than once (lines 6 and 7)" in message
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path):
+    """`<<: *defaults` then the same key is YAML's way to override, not a duplicate."""
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "experiments:\n  - &base {key: b, traffic: 5, salt: s1, variants: [{name: x}]}\n"
+                 "  - <<: *base\n    key: a\n    traffic: 50\n    salt: s2\n", "lab.yaml")
+    lab = Lab.from_file(path, reload_interval=0)
+    assert (lab.experiments["a"].traffic, lab.experiments["b"].traffic) == (50, 5)
+
+
+def test_duplicate_key_in_toml_is_one_line_with_the_file_and_the_fix(tmp_path):
+    path = write(tmp_path, BASE.replace('key = "checkout-redesign"', 'key = "checkout-redesign"\ntraffic = 5\ntraffic = 6'))
+    message = load_error(path)
+    assert "(file): cannot parse TOML: Cannot overwrite a value (at line 5" in message
+    assert "remove the duplicate" in message
+
+
+def yaml_available() -> bool:
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_surrogate_escape_in_json_config_is_a_config_error(tmp_path):
+    """JSON allows "\\ud800"; the UTF-8 version hash then raised UnicodeEncodeError. Now a ConfigError with the path."""
+    text = '{"experiments": [{"key": "a", "variants": [{"name": "x"}, {"name": "\\ud800"}]}]}'
+    message = load_error(write(tmp_path, text, "lab.json"))
+    assert 'experiments[0].variants[1].name: "\\ud800" holds a lone surrogate escape' in message
+    with pytest.raises(ConfigError, match=r"^<dict>: experiments\[0\]\.variants\[1\]\.name: .*lone surrogate"):
+        Lab.from_dict(json.loads(text))
+    if yaml_available():
+        yaml_text = 'experiments:\n  - key: a\n    variants: [{name: "\\U0000dfff"}]\n'
+        assert 'experiments[0].variants[0].name: "\\udfff" holds a lone surrogate' in load_error(
+            write(tmp_path, yaml_text, "lab.yaml"))
+    key_text = '{"experiments": [{"key": "a", "variants": [{"name": "x", "params": {"\\udcff": 1}}]}]}'
+    assert "experiments[0].variants[0].params: key \"\\udcff\" holds a lone surrogate" in load_error(
+        write(tmp_path, key_text, "key.json"))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
+     "experiments[0]: unknown or misplaced field 'trafic'; did you mean 'traffic'?"),
+    ('[[experiments]]\nkey = "a"\nvariants = [{nmae = "x"}]\n',
+     "experiments[0].variants[0]: unknown keys ['nmae']; did you mean 'name'?"),
+    (BASE + '[lab]\nreload_intervall = 3\n',
+     "lab: unknown settings ['reload_intervall']; did you mean 'reload_interval'?"),
+    (BASE + '[[holdout]]\nkey = "h"\n',
+     "(top level): unknown sections ['holdout']; did you mean 'holdouts'?"),
+    (BASE + '[[holdouts]]\nkey = "h"\npercnt = 5\nexperiments = ["checkout-redesign"]\n',
+     "holdouts[0]: unknown or misplaced field 'percnt'; did you mean 'percent'?"),
+], ids=["experiment field", "variant key", "lab setting", "section", "holdout field"])
+def test_misspelt_field_names_the_closest_valid_name(tmp_path, text, expected):
+    message = load_error(write(tmp_path, text))
+    assert expected in message and "__init__" not in message and "keyword argument" not in message

@@ -89,3 +89,80 @@ def test_registering_a_variant_twice_is_a_clear_error() -> None:
             return ""
     with pytest.raises(FieldLabError, match="experiment key"):
         fieldlab.switch("")(lambda: None)
+
+
+# ------------------------------------------- unknown experiment keys are reported, not swallowed
+def _fresh_lab() -> Lab:
+    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1})])
+
+
+def _in_request(lab: Lab, fn):  # type: ignore[no-untyped-def]
+    token = context.bind(context.start(lab, {"user": "alice"}))
+    try:
+        return fn()
+    finally:
+        context.reset(token)
+
+
+@fieldlab.switch("checkout-redesing")  # misspelt on purpose
+def render_typo() -> str:
+    return "default"
+
+
+@render_typo.variant("treatment")
+def render_typo_new() -> str:
+    return "new"
+
+
+def test_unknown_experiment_key_is_warned_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """variant/param/choose/assignment/@switch on a key the config lacks: default, WARNING once per key, counted."""
+    import logging
+    lab = _fresh_lab()
+    reads = [
+        lambda: fieldlab.variant("checkout-redesing", default="d"),
+        lambda: fieldlab.param("checkout-redesing", "size", 7),
+        lambda: fieldlab.choose("checkout-redesing", {"treatment": 1}, default=0),
+        lambda: fieldlab.assignment("checkout-redesing"),
+        render_typo,
+    ]
+    with caplog.at_level(logging.WARNING, logger="fieldlab"):
+        got = [_in_request(lab, fn) for fn in reads for _ in range(3)]
+    assert got == ["d"] * 3 + [7] * 3 + [0] * 3 + [None] * 3 + ["default"] * 3  # still the default, never raises
+    assert lab.stats["unknown_experiments"] == 15
+    warnings = [r for r in caplog.records if r.name == "fieldlab" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert "unknown experiment 'checkout-redesing'" in message and "did you mean 'checkout-redesign'?" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fieldlab"):
+        _in_request(lab, lambda: fieldlab.variant("other-typo"))
+    assert "unknown experiment 'other-typo'" in caplog.text  # once per key: a new key warns again
+    assert lab.stats["errors"] == 0  # a known key read normally is neither
+    assert _in_request(lab, lambda: fieldlab.variant("checkout-redesign")) in ("control", "treatment")
+    assert lab.stats["unknown_experiments"] == 16
+
+
+def test_unknown_key_flood_keeps_the_log_set_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Random keys by the thousand: each counted, at most UNKNOWN_KEYS_LOGGED named, memory bounded."""
+    import logging
+
+    from fieldlab.lab import UNKNOWN_KEYS_LOGGED
+    lab = _fresh_lab()
+    ctx = context.start(lab, {"user": "alice"})
+    with caplog.at_level(logging.WARNING, logger="fieldlab"):
+        for i in range(5000):
+            assert context.read_from(ctx, f"random-{i}-" + "x" * 1000) is None
+    assert lab.stats["unknown_experiments"] == 5000
+    assert len(lab._unknown_logged) == UNKNOWN_KEYS_LOGGED
+    assert all(len(k) <= 128 for k in lab._unknown_logged)
+    assert len(caplog.records) == UNKNOWN_KEYS_LOGGED + 1  # one per named key, then one "further ones" line
+    assert "further ones are only counted" in caplog.records[-1].getMessage()
+
+
+def test_unknown_key_outside_a_request_is_the_default_without_a_report(caplog: pytest.LogCaptureFixture) -> None:
+    """Outside a request there is no lab to check against: the default, silently (documented)."""
+    import logging
+    with caplog.at_level(logging.WARNING, logger="fieldlab"):
+        assert fieldlab.variant("checkout-redesing", default="d") == "d"
+        assert render_typo() == "default"
+    assert caplog.records == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -112,11 +113,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return 0
     if not args.units:
         raise CommandError("segment needs --units FILE (one unit id a line, - for stdin) or --sql COLUMN")
-    stream = sys.stdin if args.units == "-" else open(args.units, encoding="utf-8")
+    # Bytes in, strict UTF-8 per line: the ids are hashed as the UTF-8 text they are, and a
+    # file that is not UTF-8 is one clear error naming the line, never a traceback.
+    name = "<stdin>" if args.units == "-" else args.units
+    stream = sys.stdin.buffer if args.units == "-" else open(args.units, "rb")
     with stream:
         out = sys.stdout
-        for line in stream:
-            uid = line.rstrip("\r\n")
+        for number, raw in enumerate(stream, 1):
+            try:
+                uid = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{name}: line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                   "save the units file as UTF-8") from None
             if not uid:
                 continue
             a = lab.assign(exp.key, uid)
@@ -183,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"note: commands of {name} are unavailable: {why}", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # before OSError, its base class: `fieldlab segment ... | head -1`
+        return _stdout_closed()
     except FieldLabError as exc:
         print(f"fieldlab {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -192,8 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _stdout_closed() -> int:
+    """The reader of our output closed it (``| head``): stop quietly, exit 0, as ripgrep does.
+
+    stdout is pointed at /dev/null first, so the interpreter's final flush of
+    what is still buffered cannot fail with a second BrokenPipeError.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (e.g. captured): nothing will flush to it
+        pass
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest_names
 
-__all__ = ["read_config_file", "parse_format", "content_version", "TOP_LEVEL_KEYS", "SETTINGS_KEYS"]
+__all__ = ["read_config_file", "parse_format", "content_version", "check_document", "TOP_LEVEL_KEYS", "SETTINGS_KEYS"]
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -40,25 +41,39 @@ def parse_format(path: str) -> str:
 def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
     """Decode one config document into plain Python data."""
     try:
+        text = data.decode("utf-8")
         if fmt == "toml":
-            doc = _toml.loads(data.decode("utf-8"))
+            doc = _toml.loads(text)  # refuses duplicate keys and surrogate escapes itself
+            suspect = False
         elif fmt == "json":
-            doc = json.loads(data.decode("utf-8"))
+            found: list[_Duplicated] = []
+            doc = json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, found))
+            suspect = bool(found) or _SURROGATE_ESCAPE.search(text) is not None
         else:
             try:
                 import yaml  # type: ignore[import-untyped]
             except ModuleNotFoundError:
                 raise ConfigError("(file)", "YAML needs PyYAML, which is not installed",
                                   "pip install 'fieldlab[yaml]', or use TOML or JSON", source=source) from None
-            doc = yaml.safe_load(data.decode("utf-8"))
+            loader = _yaml_loader()(text)  # a SafeLoader that marks duplicate keys (what yaml.load does)
+            try:
+                doc = loader.get_single_data()
+            finally:
+                loader.dispose()
+            suspect = loader.duplicates_found or _SURROGATE_ESCAPE.search(text) is not None
     except ConfigError:
         raise
     except UnicodeDecodeError as exc:
         raise ConfigError("(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})", "save the file as UTF-8",
                           source=source) from None
     except Exception as exc:  # parser errors carry line numbers in their text
-        raise ConfigError("(file)", f"cannot parse {fmt.upper()}: {exc}", f"fix the {fmt.upper()} syntax",
-                          source=source) from None
+        problem, fix = _parse_error(exc, fmt)
+        raise ConfigError("(file)", f"cannot parse {fmt.upper()}: {problem}", fix, source=source) from None
+    if suspect:  # only then the walk over the whole document, which costs about as much as parsing
+        try:
+            check_document(doc)
+        except ConfigError as exc:
+            raise exc.with_source(source) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -66,9 +81,154 @@ def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
                           "start the file with experiments, layers, holdouts and lab sections", source=source)
     unknown = set(doc) - TOP_LEVEL_KEYS
     if unknown:
-        raise ConfigError("(top level)", f"unknown sections {sorted(unknown)}",
-                          f"use only {', '.join(sorted(TOP_LEVEL_KEYS))}", source=source)
+        raise ConfigError("(top level)", f"unknown sections {sorted(unknown, key=str)}",
+                          suggest_names(sorted(unknown, key=str), TOP_LEVEL_KEYS, "sections"), source=source)
     return doc
+
+
+def _parse_error(exc: Exception, fmt: str) -> tuple[str, str]:
+    """One line saying where and what, and the fix, from a parser's exception.
+
+    PyYAML's messages span four lines (context, a quoted source line, a caret);
+    the CLI promises one line, so its marks become "line L, column C".
+    """
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:  # yaml.MarkedYAMLError
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context:
+            text += f" ({context}" + (f" at line {cmark.line + 1}, column {cmark.column + 1})" if cmark else ")")
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    if fmt == "toml" and ("Cannot overwrite" in text or "twice" in text):
+        return text, "remove the duplicate: each key and table appears once (the last would otherwise win silently)"
+    return text, f"fix the {fmt.upper()} syntax"
+
+
+class _Duplicated(dict):  # type: ignore[type-arg]
+    """A parsed mapping in which ``duplicates`` appeared more than once; only lives until check_document."""
+
+    duplicates: list[tuple[Any, str]]  # (key, where), set on each instance
+
+
+#: A JSON or YAML escape that can make a lone surrogate (\ud800-\udfff, YAML also \U0000d800).
+_SURROGATE_ESCAPE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F]")
+
+
+def _json_object(pairs: list[tuple[str, Any]], found: list[_Duplicated]) -> dict[str, Any]:
+    """json's object_pairs_hook: a plain dict, or a _Duplicated one (also put in ``found``) when a key repeats."""
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    marked = _Duplicated(out)
+    found.append(marked)
+    marked.duplicates = []
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
+            marked.duplicates.append((key, ""))
+        seen.add(key)
+    return marked
+
+
+_YAML_LOADER: Any = None
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's SafeLoader, except that a key repeated in one mapping is reported, not overwritten.
+
+    Keys brought in by a merge (``<<: *defaults``) may be overridden, as YAML intends.
+    """
+    global _YAML_LOADER
+    if _YAML_LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):  # type: ignore[misc]
+            duplicates_found = False
+
+            def construct_yaml_map(self, node: Any) -> Any:
+                seen: dict[tuple[str, str], Any] = {}
+                dups: list[tuple[Any, str]] = []
+                for key_node, _value in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    ident = (key_node.tag, key_node.value)
+                    if ident in seen:
+                        lines = f" (lines {seen[ident].line + 1} and {key_node.start_mark.line + 1})"
+                        dups.append((key_node.value, lines))
+                    else:
+                        seen[ident] = key_node.start_mark
+                data: dict[Any, Any] = _Duplicated() if dups else {}
+                if dups:
+                    data.duplicates = dups  # type: ignore[attr-defined]
+                    self.duplicates_found = True
+                yield data
+                data.update(self.construct_mapping(node))
+
+        Loader.add_constructor("tag:yaml.org,2002:map", Loader.construct_yaml_map)
+        _YAML_LOADER = Loader
+    return _YAML_LOADER
+
+
+def _text(value: str) -> str:
+    """``value`` safe to print: lone surrogates shown as escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bad_text(value: Any) -> bool:
+    """True for a str holding a lone surrogate (JSON/YAML allow "\\ud800"; no UTF-8 encoder, span or file does)."""
+    if value.__class__ is not str or value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_document(doc: Any) -> None:
+    """Refuse what a parser accepts but would go wrong later, naming the field path.
+
+    A key given twice in one mapping (JSON and YAML keep the last silently), and
+    strings with lone surrogate escapes (not Unicode text: they cannot be hashed as
+    UTF-8, written to a span or versioned). Iterative, so any depth the parser
+    accepted is fine.
+    """
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    seen: set[int] = set()
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            if id(value) in seen:  # YAML aliases share (and may nest) objects
+                continue
+            seen.add(id(value))
+            if isinstance(value, _Duplicated):
+                key, where = value.duplicates[0]
+                shown = _text(key) if isinstance(key, str) else repr(key)
+                raise ConfigError(f"{path}.{shown}" if path else shown,
+                                  f"key {shown!r} is given more than once{where}; the parser would keep only the last",
+                                  "keep one of them")
+            items = list(value.items())
+            for key, item in reversed(items):
+                shown = _text(key) if isinstance(key, str) else str(key)
+                sub = f"{path}.{shown}" if path else shown
+                if _bad_text(key):
+                    raise ConfigError(path or "(top level)", f'key "{shown}" holds a lone surrogate escape, '
+                                      "which is not a Unicode character",
+                                      "write the character itself rather than an escape")
+                stack.append((item, sub))
+        elif isinstance(value, list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            for i in range(len(value) - 1, -1, -1):
+                stack.append((value[i], f"{path}[{i}]"))
+        elif _bad_text(value):
+            raise ConfigError(path or "(top level)", f'"{_text(value)}" holds a lone surrogate escape, '
+                              "which is not a Unicode character",
+                              "write the character itself rather than an escape")
 
 
 def read_config_file(path: str) -> tuple[dict[str, Any], bytes]:

@@ -207,7 +207,11 @@ class RequestContext:
     def read(self, key: str) -> Assignment | None:
         """The assignment of ``key``, marking it exposed when the unit is in the experiment."""
         a = self.assignments.get(key)
-        if a is not None and a.in_experiment and key not in self.exposed:
+        if a is None:
+            if key not in self.lab._state.experiments:  # not a key added by a reload since this request began
+                self.lab._unknown_key(key)
+            return None
+        if a.in_experiment and key not in self.exposed:
             exposed = self.exposed
             if exposed.__class__ is not set:
                 exposed = self.exposed = set(exposed)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["FieldLabError", "ConfigError"]
+import difflib
+from typing import Any, Iterable, Sequence
+
+__all__ = ["FieldLabError", "ConfigError", "suggest_names"]
 
 
 class FieldLabError(Exception):
@@ -27,3 +30,19 @@ class ConfigError(FieldLabError, ValueError):
 
     def with_source(self, source: str) -> "ConfigError":
         return ConfigError(self.path, self.problem, self.fix, source=source)
+
+
+def suggest_names(unknown: Sequence[Any], valid: Iterable[str], what: str) -> str:
+    """The fix for misspelt names: the closest valid name of each, then the valid ones.
+
+    >>> suggest_names(["trafic"], ["key", "traffic", "variants"], "an experiment's fields")
+    "did you mean 'traffic'? (an experiment's fields: key, traffic, variants)"
+    """
+    names = sorted(valid)
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), names, n=1)
+        if close:
+            hints.append(f"{close[0]!r}" if len(unknown) == 1 else f"{close[0]!r} for {name!r}")
+    listed = f"{what}: {', '.join(names)}"
+    return f"did you mean {', '.join(hints)}? ({listed})" if hints else f"use only {listed}"

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from ._hashing import traffic_basis_points, variant_boundaries
-from .errors import ConfigError
+from .errors import ConfigError, suggest_names
 from .targeting import Predicate, compile_condition
 
 __all__ = [
@@ -84,7 +84,9 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
         if isinstance(item, Mapping):
             unknown = set(item) - {"name", "weight", "params", "faults"}
             if unknown:
-                raise ConfigError(where, f"unknown keys {sorted(unknown)}", "a variant has name, weight, params and faults")
+                raise ConfigError(where, f"unknown keys {sorted(unknown, key=str)}",
+                                  suggest_names(sorted(unknown, key=str), ("name", "weight", "params", "faults"),
+                                                "a variant has"))
             name, weight = item.get("name"), item.get("weight", 1)
             vparams, vfaults = item.get("params") or {}, tuple(item.get("faults") or ())
         elif isinstance(item, (list, tuple)) and len(item) == 2:

@@ -16,6 +16,8 @@ keeps the last good configuration and is reported in ``lab.config_error``.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import os
 import threading
@@ -30,8 +32,8 @@ from ._hashing import BUCKETS
 from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
-from .config import SETTINGS_KEYS, content_version, read_config_file
-from .errors import ConfigError
+from .config import SETTINGS_KEYS, check_document, content_version, read_config_file
+from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
 
@@ -42,6 +44,8 @@ _hash = mmh3.hash
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
+#: Distinct unknown experiment keys named in a warning each; beyond it they are only counted.
+UNKNOWN_KEYS_LOGGED = 256
 
 
 class _Compiled:
@@ -207,6 +211,12 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
         return value
 
     def construct(cls: Any, data: Mapping[str, Any], path: str, required: Sequence[str]) -> Any:
+        fields = _fields(cls)
+        unknown = [name for name in data if name not in fields]
+        if unknown:
+            shown = ", ".join(repr(name) for name in unknown)
+            raise ConfigError(path, f"unknown or misplaced field{'s' * (len(unknown) > 1)} {shown}",
+                              suggest_names(unknown, fields, f"{cls.__name__.lower()} fields"))
         for field in required:
             if field not in data:
                 raise ConfigError(f"{path}.{field}", "is missing", f"add {field} = ...")
@@ -224,11 +234,25 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
         raise ConfigError("lab", "expected a table/object", "write a [lab] table")
     unknown = set(settings) - SETTINGS_KEYS
     if unknown:
-        raise ConfigError("lab", f"unknown settings {sorted(unknown)}", f"use only {', '.join(sorted(SETTINGS_KEYS))}")
+        raise ConfigError("lab", f"unknown settings {sorted(unknown, key=str)}",
+                          suggest_names(sorted(unknown, key=str), SETTINGS_KEYS, "settings"))
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
     return _State(experiments, layers, holdouts, settings, faults, version, source)
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _fields(cls: type) -> frozenset[str]:
+    """The config fields ``cls`` takes: its constructor's keyword parameters, less the private ones."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        params = inspect.signature(cls).parameters.values()
+        fields = _FIELDS[cls] = frozenset(p.name for p in params if not p.name.startswith("_")
+                                          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return fields
 
 
 class _WatchTrap(dict):  # type: ignore[type-arg]
@@ -290,8 +314,11 @@ class Lab:
         self._fast: dict[str, tuple[str, list[Assignment | None], _Compiled]] = _WatchTrap(self) if self._watch_pending else state.fast
         self._lock = threading.Lock()
         self._logged: set[str] = set()
+        self._unknown_logged: set[str] = set()
+        self._unknown_overflow = False
         self.config_error: str | None = None
-        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0}
+        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
+                                      "unknown_experiments": 0}
         self._listeners: list[Any] = []
         _LABS.add(self)
 
@@ -300,7 +327,13 @@ class Lab:
     def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> "Lab":
         """A Lab from plain data shaped like a config file."""
         try:
-            state = _build_from_doc(doc, content_version(doc), source)
+            try:
+                version = content_version(doc)
+            except UnicodeEncodeError:  # a lone surrogate: name its field path rather than show a traceback
+                check_document(doc)
+                raise ConfigError("(document)", "a string holds a lone surrogate escape, which is not a Unicode "
+                                  "character", "write the character itself rather than an escape") from None
+            state = _build_from_doc(doc, version, source)
         except ConfigError as exc:
             raise exc.with_source(source) from None
         lab = cls.__new__(cls)
@@ -462,10 +495,38 @@ class Lab:
     def _failed(self, key: str, exc: BaseException) -> Assignment:
         self.stats["errors"] += 1
         if key not in self._state.compiled:
-            self._log_once(f"unknown:{key}", "fieldlab: unknown experiment %r; using the default path", key)
+            self._unknown_key(key)
         else:
             self._log_once(f"error:{key}", "fieldlab: assigning %r failed (%r); using the default path", key, exc)
         return Assignment(key, None, None, ERROR)
+
+    def _unknown_key(self, key: Any) -> None:
+        """Report code asking for an experiment the config does not have (a typo, or a removed experiment).
+
+        Counted in ``stats["unknown_experiments"]`` on every read, and logged at WARNING on the
+        ``fieldlab`` logger once per key, with the closest configured key. At most
+        ``UNKNOWN_KEYS_LOGGED`` distinct keys are remembered and named, so a flood of
+        random keys costs bounded memory; later ones are only counted. Never raises.
+        """
+        try:
+            self.stats["unknown_experiments"] += 1
+            logged = self._unknown_logged
+            key = key[:128] if isinstance(key, str) else repr(key)[:128]  # bounded memory per key too
+            if key in logged:
+                return
+            if len(logged) >= UNKNOWN_KEYS_LOGGED:
+                if not self._unknown_overflow:  # one last line, then silence
+                    self._unknown_overflow = True
+                    _log.warning("fieldlab: more than %d distinct unknown experiment keys; further ones are only "
+                                 "counted in lab.stats['unknown_experiments']", UNKNOWN_KEYS_LOGGED)
+                return
+            logged.add(key)
+            known = list(self._state.experiments)
+            close = difflib.get_close_matches(key, known, n=1) if known else []
+            hint = f"did you mean {close[0]!r}?" if close else f"the config has {len(known)} experiment(s)"
+            _log.warning("fieldlab: unknown experiment %r (%s); using the default path", key, hint)
+        except Exception:  # reporting a mistake must not become one
+            pass
 
     def _log_once(self, tag: str, msg: str, *args: Any) -> None:
         if tag not in self._logged and len(self._logged) < 1000:
