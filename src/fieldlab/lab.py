@@ -5,7 +5,10 @@ Evaluation order, each step with a reason (see :mod:`fieldlab._assignment`)::
     status -> signed override -> unit present -> holdout -> targeting -> layer -> traffic -> variant
 
 ``assign`` never raises: an internal failure returns "no variant, reason error",
-is counted in ``lab.stats`` and logged once. Configuration problems raise
+is counted in ``lab.stats`` and logged once. A unit id that is not valid
+Unicode text (a ``str`` holding a lone surrogate, which has no UTF-8 bytes to
+hash) is no unit: no variant, reason ``no_unit``, counted in
+``lab.stats["invalid_units"]``; it never reaches the C hash. Configuration problems raise
 :class:`~fieldlab.errors.ConfigError` at construction, clearly.
 
 A Lab built with :meth:`Lab.from_file` reloads its file: a watcher thread
@@ -30,6 +33,7 @@ from ._hashing import BUCKETS
 from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
+from ._units import is_unit_text
 from .config import SETTINGS_KEYS, content_version, read_config_file
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, Layer
@@ -54,7 +58,7 @@ class _Compiled:
 
     __slots__ = ("key", "exp", "unit", "prefix", "table", "simple", "running", "status", "predicate",
                  "layer_prefix", "layer_lo", "layer_hi", "holdouts", "ranges", "forced", "fixed",
-                 "no_unit", "not_targeted", "other_layer", "held", "layer_key")
+                 "no_unit", "bad_unit", "not_targeted", "other_layer", "held", "layer_key")
 
     def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
         key = exp.key
@@ -77,6 +81,8 @@ class _Compiled:
         else:
             self.fixed = Assignment(key, None, None, PAUSED)
         self.no_unit = Assignment(key, None, None, NO_UNIT)
+        #: the outcome of a unit id with no UTF-8 form: no_unit, as its own object so the Lab can count it
+        self.bad_unit = Assignment(key, None, None, NO_UNIT)
         self.not_targeted = Assignment(key, None, None, TARGETING)
         self.other_layer = Assignment(key, None, None, LAYER)
         self.held = {h[2]: Assignment(key, None, None, HOLDOUT, None, h[2]) for h in self.holdouts}
@@ -106,6 +112,8 @@ class _Compiled:
             return self.no_unit
         if unit.__class__ is not str:
             unit = str(unit)
+        if not unit.isascii() and not is_unit_text(unit):
+            return self.bad_unit  # a lone surrogate: no bytes to hash (and MurmurHash's C code would crash)
         for prefix, threshold, hkey in self.holdouts:
             if _hash(prefix + unit, 0, False) % BUCKETS < threshold:
                 return self.held[hkey]
@@ -291,7 +299,10 @@ class Lab:
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self.config_error: str | None = None
-        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0}
+        #: ``invalid_units`` counts evaluations (``assign``) and requests (``assign_all``) whose unit id was
+        #: not valid Unicode text; each such unit got no variant, reason ``no_unit``.
+        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
+                                      "invalid_units": 0}
         self._listeners: list[Any] = []
         _LABS.add(self)
 
@@ -398,24 +409,30 @@ class Lab:
         :meth:`verify_overrides`.
         """
         # Hot path, shaped for CPython's specialising interpreter: running
-        # experiments without holdout, layer or targeting, and a str unit (any
-        # other type raises TypeError at the concat and takes the general path).
-        # While a file watch is pending, self._fast is a _WatchTrap that starts
-        # the watcher on its first lookup.
+        # experiments without holdout, layer or targeting, and an ASCII str unit
+        # (any other type raises TypeError at the concat, and other text is
+        # checked for a UTF-8 form, on the general path). While a file watch is
+        # pending, self._fast is a _WatchTrap that starts the watcher on its
+        # first lookup.
         try:
             prefix, table, c = self._fast[key]
-            b = _hash(prefix + unit, 0, False) % 10000
+            text = prefix + unit
         except (KeyError, TypeError):
             pass
         else:
-            if unit and overrides is None:
+            if unit and overrides is None and text.isascii():
+                b = _hash(text, 0, False) % 10000
                 return table[b] or c.split(b)
         if self._watch_pending:
             self._start_watcher()
         try:
             if overrides is not None and not isinstance(overrides, VerifiedOverrides):
                 overrides = self.verify_overrides(overrides)
-            return self._state.compiled[key].evaluate(unit, attributes, overrides)
+            c = self._state.compiled[key]
+            a = c.evaluate(unit, attributes, overrides)
+            if a is c.bad_unit:
+                self._invalid_unit()
+            return a
         except Exception as exc:
             return self._failed(key, exc)
 
@@ -428,16 +445,22 @@ class Lab:
             overrides = self.verify_overrides(overrides)
         out: dict[str, Assignment] = {}
         get_unit = units.get
+        invalid = False
         for key, c in self._state.compiled.items():
             unit = get_unit(c.unit)
             try:
-                if c.simple and unit.__class__ is str and unit and not (overrides and key in overrides):
+                if (c.simple and unit.__class__ is str and unit and unit.isascii()
+                        and not (overrides and key in overrides)):
                     b = _hash(c.prefix + unit, 0, False) % 10000
                     out[key] = c.table[b] or c.split(b)
                 else:
-                    out[key] = c.evaluate(unit, attributes, overrides)
+                    out[key] = a = c.evaluate(unit, attributes, overrides)
+                    if a is c.bad_unit:
+                        invalid = True
             except Exception as exc:
                 out[key] = self._failed(key, exc)
+        if invalid:
+            self._invalid_unit()
         return out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
@@ -466,6 +489,12 @@ class Lab:
         else:
             self._log_once(f"error:{key}", "fieldlab: assigning %r failed (%r); using the default path", key, exc)
         return Assignment(key, None, None, ERROR)
+
+    def _invalid_unit(self) -> None:
+        self.stats["invalid_units"] += 1
+        self._log_once("invalid_unit", "fieldlab: a unit id is not valid Unicode text (a lone surrogate, e.g. "
+                       "bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
+                       "lab.stats['invalid_units']")
 
     def _log_once(self, tag: str, msg: str, *args: Any) -> None:
         if tag not in self._logged and len(self._logged) < 1000:
