@@ -14,6 +14,13 @@ fieldlab's own ``visitor`` cookie and ``request`` trace id. Only the kinds the
 lab's experiments use are resolved. A unit that cannot be resolved is None:
 not in the experiment, never a random fallback.
 
+Header and cookie values are the UTF-8 text the client sent (the contract
+hashes it): ASGI bytes are decoded as UTF-8, and a WSGI/Django ``environ``
+value (PEP 3333: the bytes decoded as latin-1) is re-encoded to its bytes and
+decoded as UTF-8. A unit id that is not valid text (bytes that are not UTF-8,
+or a resolver returning a ``str`` with a lone surrogate) is None too, counted
+in ``lab.stats["invalid_units"]`` (see :mod:`fieldlab._units`).
+
 Baggage. With ``propagate_baggage=True`` the request's assignments travel
 downstream as W3C baggage member ``fieldlab``, signed with the lab secret and
 valid for five minutes; inbound fieldlab baggage is only used when the adapter
@@ -40,6 +47,7 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
+from ._units import header_text, is_unit_text, wsgi_text
 from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
@@ -304,7 +312,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                         prepared = cfg.cache.get(raw_id)  # type: ignore[union-attr]
             if prepared is None:  # decode what the general path may read
                 wanted = cfg.wanted_header_bytes
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in wanted}
+                headers = {k.decode("latin-1"): header_text(v) for k, v in headers.items() if k in wanted}
         hget = headers.get
         cookie_key = "HTTP_COOKIE" if environ else "cookie"
         probe = cfg._override_cookie_probe
@@ -334,6 +342,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                 value = known[unit.kind]
             elif how == "header":
                 value = hget(unit.env if environ else unit.name)
+                if environ and value:
+                    value = wsgi_text(value)
             elif how == "call":
                 try:
                     value = unit.fn(request)  # type: ignore[misc]
@@ -342,7 +352,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                     value = None
             elif how == "cookie" or how == "visitor":
                 if cookies is None:
-                    cookies = parse_cookies(hget(cookie_key))
+                    cookie_header = hget(cookie_key)
+                    cookies = parse_cookies(wsgi_text(cookie_header) if environ and cookie_header else cookie_header)
                 value = cookies.get(unit.name)
                 if how == "visitor" and (value is None or not _HEX32.match(value)):
                     value = new_visitor_id()
@@ -355,13 +366,16 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                 value = _request_id(header_getter(headers, environ), extra)
             if value is not None and value.__class__ is not str:
                 value = str(value)
+            if value and not value.isascii() and not is_unit_text(value):
+                lab._invalid_unit()  # not text (a lone surrogate): no unit, and nothing downstream sees it
+                value = None
             units[unit.kind] = value or None
         attrs: dict[str, Any] = {"path": path, "method": method}
         if cfg.headers:
             for h in cfg.headers:
                 v = hget(env_key(h) if environ else h)
                 if v is not None:
-                    attrs[h] = v
+                    attrs[h] = wsgi_text(v) if environ else v
         if cfg.attributes is not None:
             try:
                 more = cfg.attributes(request)
@@ -372,7 +386,9 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
         overrides = _overrides(cfg, header_getter(headers, environ), cookies) if has_override else None
         cache = cfg.cache
         if cache is not None and overrides is None:
-            key = tuple(units.values()) if single is None else units[single[2]]
+            # one-header plan: keyed by the header value as read (the short path above looks it up so;
+            # under WSGI that is the latin-1 form, which maps bytes one to one, unlike the decoded unit)
+            key = tuple(units.values()) if single is None else (hget(single[1] if environ else single[0]) or None)
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)

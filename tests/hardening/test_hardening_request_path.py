@@ -111,3 +111,116 @@ def test_cli_segment_non_utf8_unit_is_one_line_exit_2_not_segfault(tmp_path: Pat
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     err = proc.stderr.decode("utf-8", "replace")
     assert err.count("\n") == 1 and "line 2" in err and "not valid UTF-8" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------- 2. header and cookie ids are UTF-8 text
+def _two_kind_lab() -> Lab:
+    return Lab([Experiment("exp-a", {"control": 1, "treatment": 1}),
+                Experiment("exp-s", {"a": 1, "b": 1, "c": 1}, unit="session")])
+
+
+def _app_payload() -> bytes:
+    ctx = fieldlab.context.current()
+    out = {"units": dict(ctx.units) if ctx else None,
+           "a": {k: a.to_dict() for k, a in ctx.assignments.items()} if ctx else None}
+    return json.dumps(out).encode()
+
+
+def _wsgi_get(app, headers: dict[str, bytes]) -> dict:
+    """One request through a WSGI app, headers given as the bytes on the wire (PEP 3333: latin-1 in environ)."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    setup_testing_defaults(environ)
+    for name, raw in headers.items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = raw.decode("latin-1")
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+    assert status[0].startswith("200")
+    return json.loads(body)
+
+
+def _asgi_get(app, headers: dict[str, bytes]) -> dict:
+    import asyncio
+
+    scope = {"type": "http", "method": "GET", "path": "/", "scheme": "http",
+             "headers": [(name.lower().encode("latin-1"), raw) for name, raw in headers.items()]}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    return json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def _wsgi_app(lab: Lab, units: dict):
+    from fieldlab.adapters.wsgi import FieldLabMiddleware
+
+    def inner(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [_app_payload()]
+    return FieldLabMiddleware(inner, lab=lab, units=units), _wsgi_get
+
+
+def _flask_app(lab: Lab, units: dict):
+    import flask
+    from fieldlab.adapters.flask import FieldLab
+
+    app = flask.Flask("hardening")
+    app.get("/")(lambda: flask.Response(_app_payload(), mimetype="application/json"))
+    FieldLab(app, lab=lab, units=units)
+    return app.wsgi_app, _wsgi_get
+
+
+def _asgi_app(lab: Lab, units: dict):
+    from fieldlab.adapters.asgi import FieldLabMiddleware
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": _app_payload()})
+    return FieldLabMiddleware(inner, lab=lab, units=units), _asgi_get
+
+
+@pytest.fixture(scope="module")
+def cli_bucket_of_u_umlaut(tmp_path_factory: pytest.TempPathFactory) -> int:
+    config = tmp_path_factory.mktemp("cli") / "lab.toml"
+    config.write_text(LAB_TOML)
+    proc = _cli(b"assign", str(config).encode(), "--unit", "ü", "--experiment", "exp-a", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return int(json.loads(proc.stdout)["bucket"])
+
+
+@pytest.mark.parametrize("make", [_wsgi_app, _flask_app, _asgi_app], ids=["wsgi", "flask", "asgi"])
+@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"},
+                                   {"user": "header:X-User-Id", "session": "cookie:sid"}], ids=["one-header", "header+cookie"])
+def test_header_unit_ids_are_decoded_as_utf8_not_latin1(make, units: dict, cli_bucket_of_u_umlaut: int):
+    lab = _two_kind_lab()
+    app, get = make(lab, units)
+    salt_a, salt_s = lab.experiments["exp-a"].salt, lab.experiments["exp-s"].salt
+    assert fieldlab.bucket(salt_a, "ü") == cli_bucket_of_u_umlaut
+    cookie = {"Cookie": b"sid=" + "é-42".encode()} if "session" in units else {}
+    for attempt in range(2):  # the first evaluates, the second comes from the adapter's prepared cache
+        got = get(app, {"X-User-Id": "ü".encode(), **cookie})
+        assert got["units"]["user"] == "ü", attempt
+        assert got["a"]["exp-a"]["bucket"] == fieldlab.bucket(salt_a, "ü") == cli_bucket_of_u_umlaut
+        if cookie:
+            assert got["units"]["session"] == "é-42"
+            assert got["a"]["exp-s"]["bucket"] == fieldlab.bucket(salt_s, "é-42")
+    assert lab.stats["invalid_units"] == 0
+    # bytes that are not UTF-8 are no unit, never their latin-1 reading (0xFC alone is latin-1 "ü",
+    # which must not share the prepared evaluation of the UTF-8 "ü" above)
+    for raw in (b"\xfc", b"\xff\xfe", b"ok\xed\xa0\x80"):
+        for attempt in range(2):
+            got = get(app, {"X-User-Id": raw})
+            assert got["units"]["user"] is None, (raw, attempt)
+            assert got["a"]["exp-a"]["reason"] == "no_unit"
+    assert lab.stats["invalid_units"] >= 3
+    if cookie:
+        got = get(app, {"X-User-Id": b"bob", "Cookie": b"other=\xff; sid=\xe9"})
+        assert got["units"] == {"user": "bob", "session": None}
+        assert got["a"]["exp-a"]["bucket"] == fieldlab.bucket(salt_a, "bob")
