@@ -181,7 +181,7 @@ class AdapterConfig:
         self._single_header: tuple[str, str, str, bytes] | None = None
         #: unit ids (a tuple in plan order; the id itself for a one-header plan, as str and, for
         #: ASGI, as the raw header bytes) -> the evaluation every request with those ids shares; see begin()
-        self.cache: dict[Any, PreparedRequest] | None = None
+        self.cache: _PreparedCache | None = None
         self.needs_request_object = attributes is not None
         self.may_abort = False
         #: no abort faults and no baggage in or out: a raw (ASGI) request found prepared needs no decoded header
@@ -192,7 +192,7 @@ class AdapterConfig:
         lab = self.lab
         state = lab._state
         if state is not self._state:
-            kinds = sorted({e.unit for e in lab.experiments.values()})
+            kinds = sorted({e.unit for e in state.experiments.values()})
             plan = []
             for kind in kinds:
                 unit = self.units.get(kind)
@@ -208,8 +208,8 @@ class AdapterConfig:
             self._plan = tuple(plan)
             # Without targeting and without per-request units, the assignments are a function of the
             # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
-            cacheable = "request" not in kinds and not any(e.targeting for e in lab.experiments.values())
-            self.cache = {} if cacheable else None
+            cacheable = "request" not in kinds and not any(e.targeting for e in state.experiments.values())
+            self.cache = _PreparedCache(state.version) if cacheable else None
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
             self.may_abort = HTTP_POINT in state.fault_plan.by_point
             only = plan[0] if len(plan) == 1 else None
@@ -393,7 +393,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)
                 if raw_id:  # (only a one-header plan reads a raw id)
-                    cache[raw_id] = prepared
+                    _remember(cache, raw_id, prepared)
             ctx = RequestContext.from_prepared(lab, attrs, prepared, cfg.recorder)
         else:
             ctx = RequestContext(lab, units, attrs, overrides, units.get("request"), copy=False)
@@ -460,10 +460,32 @@ def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
                                recorder.base_attributes(full), unit_values)
     cache = cfg.cache
     if cache is not None:
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = prepared
+        _remember(cache, key, prepared)
     return prepared
+
+
+class _PreparedCache(dict):  # type: ignore[type-arg]
+    """Unit ids -> :class:`PreparedRequest`, for one configuration (``version``); replaced when it changes."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+
+def _remember(cache: _PreparedCache, key: Any, prepared: PreparedRequest) -> None:
+    """Keep ``prepared`` under ``key``, unless another configuration made it.
+
+    A request that evaluated under the old configuration while a reload put a
+    new cache in place must not leave its assignments there: every later
+    request with those ids would get the old config.
+    """
+    if prepared.version != cache.version:
+        return
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = prepared
 
 
 def end(ctx: RequestContext, token: Any) -> None:

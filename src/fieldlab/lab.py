@@ -439,6 +439,19 @@ class Lab:
     def assign_all(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
                    overrides: VerifiedOverrides | Iterable[str] | None = None) -> dict[str, Assignment]:
         """Evaluate every experiment for a request's units (``{"user": "alice", ...}``); never raises."""
+        return self.assign_all_with_version(units, attributes, overrides=overrides)[1]
+
+    def assign_all_with_version(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
+                                overrides: VerifiedOverrides | Iterable[str] | None = None,
+                                unit_kind: str | None = None) -> tuple[str, dict[str, Assignment]]:
+        """:meth:`assign_all` and the version of the configuration that made those assignments.
+
+        Both come from one snapshot of the configuration, so a reload between
+        reading :attr:`version` and evaluating can never label assignments with
+        another config's version. With ``unit_kind``, only the experiments of
+        that unit kind are evaluated. Never raises.
+        """
+        state = self._state  # read once: a reload swaps it whole
         if self._watch_pending:
             self._start_watcher()
         if overrides is not None and not isinstance(overrides, VerifiedOverrides):
@@ -446,7 +459,9 @@ class Lab:
         out: dict[str, Assignment] = {}
         get_unit = units.get
         invalid = False
-        for key, c in self._state.compiled.items():
+        for key, c in state.compiled.items():
+            if unit_kind is not None and c.unit != unit_kind:
+                continue
             unit = get_unit(c.unit)
             try:
                 if (c.simple and unit.__class__ is str and unit and unit.isascii()
@@ -461,7 +476,7 @@ class Lab:
                 out[key] = self._failed(key, exc)
         if invalid:
             self._invalid_unit()
-        return out
+        return state.version, out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
         """Check override tokens against the secret; bad ones are counted and dropped."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,135 @@ def test_header_unit_ids_are_decoded_as_utf8_not_latin1(make, units: dict, cli_b
         got = get(app, {"X-User-Id": b"bob", "Cookie": b"other=\xff; sid=\xe9"})
         assert got["units"] == {"user": "bob", "session": None}
         assert got["a"]["exp-a"]["bucket"] == fieldlab.bucket(salt_a, "bob")
+
+
+# ----------------------------------------------------------- 3. a context's version names the config that assigned
+def _config(tag: str, variants: int) -> str:
+    names = ", ".join(f'"{tag}{i}"' for i in range(variants))
+    return "".join(f'[[experiments]]\nkey = "exp-{n}"\nvariants = [{names}]\n\n' for n in range(8))
+
+
+def _flip_configs(path: Path, lab: Lab, stop: "threading.Event", count: list[int]) -> None:
+    configs = [_config("a", 2), _config("b", 3)]  # different sizes: every write is a new file signature
+    i = 0
+    while not stop.is_set():
+        i += 1
+        path.write_text(configs[i % 2])
+        lab.reload()
+        count[0] += 1
+
+
+def _versions(tmp_path: Path) -> dict[str, str]:
+    out = {}
+    for tag, n in (("a", 2), ("b", 3)):
+        p = tmp_path / f"probe-{tag}.toml"
+        p.write_text(_config(tag, n))
+        out[Lab.from_file(p, reload_interval=0).version] = tag
+    return out
+
+
+def _check_snapshot(ctx: "fieldlab.context.RequestContext", versions: dict[str, str]) -> bool:
+    tag = versions[ctx.version]
+    return all(a.variant is None or a.variant.startswith(tag) for a in ctx.assignments.values())
+
+
+
+def test_config_version_and_assignments_come_from_one_snapshot_while_reloading(tmp_path: Path):
+    path = tmp_path / "lab.toml"
+    path.write_text(_config("a", 2))
+    lab = Lab.from_file(path, reload_interval=0)
+    versions = _versions(tmp_path)
+    stop, count = threading.Event(), [0]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows: the race window is a few bytecodes
+    flipper = threading.Thread(target=_flip_configs, args=(path, lab, stop, count), daemon=True)
+    flipper.start()
+    try:
+        mixed = checked = 0
+        deadline = time.monotonic() + 20
+        while (checked < 200_000 or count[0] < 200) and time.monotonic() < deadline:
+            ctx = fieldlab.context.start(lab, {"user": f"u{checked}"})
+            checked += 1
+            if not _check_snapshot(ctx, versions):
+                mixed += 1
+    finally:
+        stop.set()
+        flipper.join()
+        sys.setswitchinterval(old)
+    assert count[0] >= 50, "the config was hardly reloaded; the test proved nothing"
+    assert mixed == 0, f"{mixed} of {checked} contexts carry another config's version than their assignments"
+
+
+def test_adapter_prepared_cache_never_mixes_configs_while_reloading(tmp_path: Path):
+    from fieldlab.adapters.wsgi import FieldLabMiddleware
+
+    path = tmp_path / "lab.toml"
+    path.write_text(_config("a", 2))
+    lab = Lab.from_file(path, reload_interval=0)
+    versions = _versions(tmp_path)
+    seen: list[bool] = []
+
+    def inner(environ, start_response):
+        seen.append(_check_snapshot(fieldlab.context.current(), versions))
+        start_response("200 OK", [])
+        return [b""]
+
+    app = FieldLabMiddleware(inner, lab=lab, units={"user": "header:X-User-Id"})
+    stop, count = threading.Event(), [0]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    flipper = threading.Thread(target=_flip_configs, args=(path, lab, stop, count), daemon=True)
+    flipper.start()
+    try:
+        deadline = time.monotonic() + 20
+        n = 0
+        while (n < 40_000 or count[0] < 200) and time.monotonic() < deadline:
+            _wsgi_status(app, f"u{n % 50}")  # few ids: most requests come from the prepared cache
+            n += 1
+    finally:
+        stop.set()
+        flipper.join()
+        sys.setswitchinterval(old)
+    assert count[0] >= 50 and all(seen), f"{seen.count(False)} of {len(seen)} requests mixed configs"
+    # after the last reload, every id (cached or not) is served by the config in force
+    seen.clear()
+    for n in range(50):
+        _wsgi_status(app, f"u{n}")
+    final = versions[lab.version]
+    assert all(seen)
+    assert all(fieldlab.context.start(lab, {"user": f"u{n}"}).version == lab.version for n in range(3))
+    ctxs: list = []
+
+    def grab(environ, start_response):
+        ctxs.append(fieldlab.context.current())
+        start_response("200 OK", [])
+        return [b""]
+    app.app = grab
+    for n in range(50):
+        _wsgi_status(app, f"u{n}")
+    assert {versions[c.version] for c in ctxs} == {final}
+
+
+def _wsgi_status(app, user: str) -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_USER_ID": user}
+    setup_testing_defaults(environ)
+    b"".join(app(environ, lambda s, h, e=None: None))
+
+
+def test_rebinding_the_request_unit_after_a_reload_keeps_one_snapshot(tmp_path: Path):
+    def config(tag: str) -> str:
+        return (f'[[experiments]]\nkey = "per-user"\nvariants = ["{tag}0", "{tag}1"]\n\n'
+                f'[[experiments]]\nkey = "per-request"\nunit = "request"\nvariants = ["{tag}0", "{tag}1", "{tag}2"]\n')
+    path = tmp_path / "lab.toml"
+    path.write_text(config("a"))
+    lab = Lab.from_file(path, reload_interval=0)
+    ctx = fieldlab.context.start(lab, {"user": "alice", "request": None})
+    first = ctx.version
+    path.write_text(config("bb"))
+    assert lab.reload()
+    ctx.rebind_unit("request", "4bf92f3577b34da6a3ce929d0e0e4736")  # the server span appeared after the reload
+    assert ctx.version == lab.version != first
+    assert {a.variant[:2] for a in ctx.assignments.values()} == {"bb"}
+    assert ctx.assignments["per-request"].reason == "split"
