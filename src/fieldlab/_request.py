@@ -47,7 +47,7 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
-from ._units import header_text, is_unit_text, wsgi_text
+from ._units import MAX_CACHED_ID_LENGTH, header_text, is_unit_text, wsgi_text
 from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
@@ -475,13 +475,24 @@ class _PreparedCache(dict):  # type: ignore[type-arg]
 
 
 def _remember(cache: _PreparedCache, key: Any, prepared: PreparedRequest) -> None:
-    """Keep ``prepared`` under ``key``, unless another configuration made it.
+    """Keep ``prepared`` under ``key``, unless another configuration made it or an id is too long.
 
     A request that evaluated under the old configuration while a reload put a
     new cache in place must not leave its assignments there: every later
     request with those ids would get the old config.
+
+    The cache holds at most ``_CACHE_SIZE`` entries, and no id (str, or raw
+    header bytes) longer than :data:`~fieldlab._units.MAX_CACHED_ID_LENGTH`:
+    such ids are evaluated on every request instead, so its size in bytes is
+    bounded whatever clients send.
     """
     if prepared.version != cache.version:
+        return
+    if key.__class__ is tuple:
+        for part in key:
+            if part is not None and len(part) > MAX_CACHED_ID_LENGTH:
+                return
+    elif key is not None and len(key) > MAX_CACHED_ID_LENGTH:
         return
     if len(cache) >= _CACHE_SIZE:
         cache.clear()

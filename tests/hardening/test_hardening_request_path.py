@@ -358,3 +358,41 @@ def test_rebinding_the_request_unit_after_a_reload_keeps_one_snapshot(tmp_path: 
     assert ctx.version == lab.version != first
     assert {a.variant[:2] for a in ctx.assignments.values()} == {"bb"}
     assert ctx.assignments["per-request"].reason == "split"
+
+
+# ----------------------------------------------------------- 4. per-id caches are bounded in bytes, not only entries
+@pytest.mark.parametrize("make", [_wsgi_app, _asgi_app], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"},
+                                   {"user": "header:X-User-Id", "session": "cookie:sid"}], ids=["one-header", "header+cookie"])
+def test_huge_unit_ids_are_not_cached_so_memory_stays_bounded(make, units: dict):
+    import gc
+    import tracemalloc
+
+    from fieldlab._units import MAX_CACHED_ID_LENGTH
+
+    lab = _two_kind_lab()
+    app, get = make(lab, units)
+    salt = lab.experiments["exp-a"].salt
+    cfg = app.config
+    get(app, {"X-User-Id": b"warm-up", "Cookie": b"sid=s"})  # imports, plans and the first cache entries
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(150):
+            uid = f"{n:06d}-" + "x" * (64 * 1024)
+            got = get(app, {"X-User-Id": uid.encode(), "Cookie": b"sid=" + uid.encode()})
+            if n % 50 == 0:  # long ids still work: assigned like any other id, just not remembered
+                assert got["a"]["exp-a"]["bucket"] == fieldlab.bucket(salt, uid)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    keys = list(cfg.cache)
+    for key in keys:
+        parts = key if isinstance(key, tuple) else (key,)
+        assert all(p is None or len(p) <= MAX_CACHED_ID_LENGTH for p in parts), "a huge id was cached"
+    hashed = list(cfg.recorder._hasher._cache)
+    assert hashed and all(len(k) <= MAX_CACHED_ID_LENGTH for k in hashed), "a huge id was cached by the unit hasher"
+    # 150 ids of 64 KB are ~10 MB each time they are kept anywhere; nothing of them may stay
+    assert grown < 2 * 1024 * 1024, f"the request path kept {grown / 2**20:.1f} MB after 150 requests"
