@@ -312,7 +312,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                         prepared = cfg.cache.get(raw_id)  # type: ignore[union-attr]
             if prepared is None:  # decode what the general path may read
                 wanted = cfg.wanted_header_bytes
-                headers = {k.decode("latin-1"): header_text(v) for k, v in headers.items() if k in wanted}
+                headers = {k.decode("latin-1"): header_text(v)  # type: ignore[attr-defined, arg-type]
+                           for k, v in headers.items() if k in wanted}
         hget = headers.get
         cookie_key = "HTTP_COOKIE" if environ else "cookie"
         probe = cfg._override_cookie_probe
@@ -388,7 +389,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
         if cache is not None and overrides is None:
             # one-header plan: keyed by the header value as read (the short path above looks it up so;
             # under WSGI that is the latin-1 form, which maps bytes one to one, unlike the decoded unit)
-            key = tuple(units.values()) if single is None else (hget(single[1] if environ else single[0]) or None)
+            key = (tuple(units.values()) if single is None
+                   else hget(single[1] if environ else single[0]) or None)
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)

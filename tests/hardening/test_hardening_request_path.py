@@ -9,6 +9,7 @@ of the test run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import sys
@@ -198,8 +199,8 @@ def cli_bucket_of_u_umlaut(tmp_path_factory: pytest.TempPathFactory) -> int:
 
 
 @pytest.mark.parametrize("make", [_wsgi_app, _flask_app, _asgi_app], ids=["wsgi", "flask", "asgi"])
-@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"},
-                                   {"user": "header:X-User-Id", "session": "cookie:sid"}], ids=["one-header", "header+cookie"])
+@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
+                         ids=["one-header", "header+cookie"])
 def test_header_unit_ids_are_decoded_as_utf8_not_latin1(make, units: dict, cli_bucket_of_u_umlaut: int):
     lab = _two_kind_lab()
     app, get = make(lab, units)
@@ -335,6 +336,41 @@ def test_adapter_prepared_cache_never_mixes_configs_while_reloading(tmp_path: Pa
     assert {versions[c.version] for c in ctxs} == {final}
 
 
+def test_prepared_cache_refuses_an_evaluation_made_under_the_previous_config(tmp_path: Path):
+    """Deterministic form of the race above: a reload and another request land while a request prepares."""
+    from fieldlab.adapters.wsgi import FieldLabMiddleware
+
+    path = tmp_path / "lab.toml"
+    path.write_text(_config("a", 2))
+    lab = Lab.from_file(path, reload_interval=0)
+    versions = _versions(tmp_path)
+    ctxs: list = []
+
+    def inner(environ, start_response):
+        ctxs.append(fieldlab.context.current())
+        start_response("200 OK", [])
+        return [b""]
+
+    app = FieldLabMiddleware(inner, lab=lab, units={"user": "header:X-User-Id"})
+    cfg = app.config
+    real_unit_values = cfg.recorder.unit_values
+    racing = [True]
+
+    def unit_values_then_reload(units):  # runs inside the request's preparation, after it evaluated
+        if racing:
+            racing.clear()
+            path.write_text(_config("b", 3))
+            assert lab.reload()
+            cfg.plan()  # what the next request (in another thread) does first: a fresh cache for the new config
+        return real_unit_values(units)
+
+    cfg.recorder.unit_values = unit_values_then_reload
+    _wsgi_status(app, "alice")  # evaluated under config a, while config b took over
+    _wsgi_status(app, "alice")  # must be config b, not a cached config-a evaluation
+    assert [versions[c.version] for c in ctxs] == ["a", "b"]
+    assert all(_check_snapshot(c, versions) for c in ctxs)
+
+
 def _wsgi_status(app, user: str) -> None:
     from wsgiref.util import setup_testing_defaults
 
@@ -361,14 +397,16 @@ def test_rebinding_the_request_unit_after_a_reload_keeps_one_snapshot(tmp_path: 
 
 
 # ----------------------------------------------------------- 4. per-id caches are bounded in bytes, not only entries
+#: the documented limit (README, docs/integration.md; fieldlab._units.MAX_CACHED_ID_LENGTH)
+MAX_CACHED_ID_LENGTH = 256
+
+
 @pytest.mark.parametrize("make", [_wsgi_app, _asgi_app], ids=["wsgi", "asgi"])
-@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"},
-                                   {"user": "header:X-User-Id", "session": "cookie:sid"}], ids=["one-header", "header+cookie"])
+@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
+                         ids=["one-header", "header+cookie"])
 def test_huge_unit_ids_are_not_cached_so_memory_stays_bounded(make, units: dict):
     import gc
     import tracemalloc
-
-    from fieldlab._units import MAX_CACHED_ID_LENGTH
 
     lab = _two_kind_lab()
     app, get = make(lab, units)
@@ -396,3 +434,85 @@ def test_huge_unit_ids_are_not_cached_so_memory_stays_bounded(make, units: dict)
     assert hashed and all(len(k) <= MAX_CACHED_ID_LENGTH for k in hashed), "a huge id was cached by the unit hasher"
     # 150 ids of 64 KB are ~10 MB each time they are kept anywhere; nothing of them may stay
     assert grown < 2 * 1024 * 1024, f"the request path kept {grown / 2**20:.1f} MB after 150 requests"
+
+
+# ----------------------------------------------------------- real servers: a worker survives what clients send
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "adapters"))
+from serverkit import Server  # noqa: E402  (serverkit lives with the adapter tests)
+
+
+def _raw_request(server: Server, method: str, headers: list[tuple[bytes, bytes]],
+                 body: bytes = b"") -> tuple[int, dict]:
+    """One request with header values given as the exact bytes to put on the wire."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    try:
+        conn.putrequest(method, "/checkout")
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body:
+            conn.putheader(b"Content-Type", b"application/json")
+        conn.putheader(b"Content-Length", str(len(body)).encode())
+        conn.endheaders(body or None)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def request_path_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    kind = request.param
+    target = "request_path_app:app" if kind == "gunicorn" else "request_path_app:asgi_app"
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent / "adapters"), os.environ.get("PYTHONPATH", "")])}
+    server = Server(kind, target, tmp_path_factory.mktemp(f"hardening-{kind}"), env=env).start()
+    yield server
+    server.stop()
+
+
+def test_server_worker_survives_lone_surrogates_and_non_utf8_header_bytes(request_path_server: Server):
+    server = request_path_server
+    user_header = (b"X-User-Id", b"bob")
+    status, first = _raw_request(server, "POST", [user_header], b'{"user": "bob"}')
+    assert status == 200 and first["units"]["user"] == "bob"
+    pid = first["pid"]
+    attacks = [
+        # a JSON body with an escaped lone surrogate: json.loads gives "\ud800" (Flask's resolver reads it)
+        ([(b"X-User-Id", b"\xed\xa0\x80")], b'{"user": "\\ud800"}'),
+        ([(b"X-User-Id", b"\xff\xfe")], b'{"user": "x\\udcff"}'),
+        # header bytes that are not UTF-8
+        ([user_header, (b"X-Account-Id", b"\xff\xfe\xfd")], b'{"user": "bob"}'),
+        ([user_header, (b"X-Account-Id", b"\xfc")], b'{"user": "bob"}'),
+    ]
+    for headers, body in attacks:
+        for _ in range(3):  # the first evaluates, the next may come from the prepared cache
+            status, got = _raw_request(server, "POST", headers, body)
+            assert status == 200, (headers, body, server.log_tail())
+            assert got["pid"] == pid, f"the worker was replaced (crashed?):\n{server.log_tail()}"
+    # the requests took the default path for the bad unit, and were counted
+    status, got = _raw_request(server, "POST", [(b"X-User-Id", b"\xff\xfe")], b'{"user": "\\ud800"}')
+    assert status == 200 and got["pid"] == pid
+    assert got["units"]["user"] is None and got["layout"] == "classic"
+    assert got["assignments"]["by-user"]["reason"] == "no_unit"
+    status, got = _raw_request(server, "POST", [user_header, (b"X-Account-Id", b"\xff\xfe\xfd")], b'{"user": "bob"}')
+    assert got["units"] == {"user": "bob", "account": None}
+    assert got["assignments"]["by-account"]["reason"] == "no_unit"
+    assert got["assignments"]["by-user"]["bucket"] == fieldlab.bucket("by-user", "bob")
+    assert got["invalid_units"] >= 4
+
+
+def test_server_buckets_utf8_header_ids_like_the_cli(request_path_server: Server, tmp_path: Path):
+    config = tmp_path / "lab.toml"  # the server app's lab, as a file for the CLI
+    config.write_text('[[experiments]]\nkey = "by-user"\nvariants = ["control", "treatment"]\n\n'
+                      '[[experiments]]\nkey = "by-account"\nunit = "account"\nvariants = ["control", "treatment"]\n')
+    proc = _cli(b"assign", str(config).encode(), "--unit", "ü", "--json")
+    assert proc.returncode == 0, proc.stderr
+    cli = {d["experiment"]: d["bucket"] for d in map(json.loads, proc.stdout.splitlines())}
+    status, got = _raw_request(request_path_server, "GET", [(b"X-User-Id", "ü".encode()),
+                                                           (b"X-Account-Id", "ü".encode())])
+    assert status == 200 and got["units"]["account"] == "ü"
+    assert got["assignments"]["by-account"]["bucket"] == cli["by-account"] == fieldlab.bucket("by-account", "ü")
+    if request_path_server.server == "uvicorn":  # there the user comes from a header too
+        assert got["assignments"]["by-user"]["bucket"] == cli["by-user"]
