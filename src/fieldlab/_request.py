@@ -47,7 +47,7 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
-from ._units import MAX_CACHED_ID_LENGTH, header_text, is_unit_text, wsgi_text
+from ._units import MAX_CACHED_ID_LENGTH, is_unit_text, wsgi_text
 from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
@@ -312,7 +312,9 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                         prepared = cfg.cache.get(raw_id)  # type: ignore[union-attr]
             if prepared is None:  # decode what the general path may read
                 wanted = cfg.wanted_header_bytes
-                headers = {k.decode("latin-1"): header_text(v)  # type: ignore[attr-defined, arg-type]
+                # values as UTF-8 (header_text, inlined): the text the client sent; other bytes stay
+                # surrogate escapes, which the unit check below turns into "no unit"
+                headers = {k.decode("latin-1"): v.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
                            for k, v in headers.items() if k in wanted}
         hget = headers.get
         cookie_key = "HTTP_COOKIE" if environ else "cookie"

@@ -170,6 +170,11 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
     for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
         for i, item in enumerate(items):
             where = f"{kind}[{i}]"
+            if not is_unit_text(item.salt):  # it is hashed with every unit: it must have UTF-8 bytes
+                raise ConfigError(f"{where}.salt" if item.salt != item.key else f"{where}.key",
+                                  f"{item.salt!r} is not valid Unicode text (it holds a lone surrogate), so it "
+                                  "has no UTF-8 bytes to hash", "use plain text (for example ASCII letters, "
+                                  "digits and '-')")
             if item.salt in salts:
                 raise ConfigError(f"{where}.salt", f"salt {item.salt!r} is also used by {salts[item.salt]}; the two "
                                   "would draw identical populations, so their effects could not be separated",

@@ -58,6 +58,19 @@ def test_lone_surrogate_unit_id_does_not_segfault_and_gets_no_unit():
     assert result["simple"]["errors"] == 0 and result["full"]["errors"] == 0
 
 
+def test_lone_surrogate_in_a_salt_is_a_config_error_not_a_traceback_or_segfault():
+    proc = _child("""
+        from fieldlab import ConfigError, Experiment, Lab
+        try:
+            lab = Lab([Experiment("exp-a", {"control": 1, "treatment": 1}, salt="s\\udcff")])
+            print("built", lab.assign("exp-a", "alice").reason)
+        except ConfigError as exc:
+            print("ConfigError", exc.path)
+    """)
+    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip() == "ConfigError experiments[0].salt"
+
+
 def test_lone_surrogate_in_public_hash_raises_value_error_instead_of_segfault():
     proc = _child("""
         import fieldlab
