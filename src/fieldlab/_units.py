@@ -59,4 +59,4 @@ def wsgi_text(value: str) -> str:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
         return value
-    return raw.decode("utf-8", "surrogateescape")
+    return header_text(raw)
