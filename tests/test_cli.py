@@ -175,11 +175,11 @@ def test_units_file_not_utf8_is_one_line_exit_2(tmp_path):
     proc = cli("segment", EXAMPLE, "checkout-redesign", "--units", str(units), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
-    assert f"{units}: line 2: not UTF-8 text" in proc.stderr and "save the units file as UTF-8" in proc.stderr
+    assert f"{units}: line 2: not valid UTF-8 text" in proc.stderr and "save the units file as UTF-8" in proc.stderr
     assert proc.stdout.startswith("alice\t")  # the good lines before it were written
     proc = cli("segment", EXAMPLE, "checkout-redesign", "--units", "-", input=b"\xfe\xff\n", capture_output=True,
                timeout=60)
-    assert proc.returncode == 2 and b"<stdin>: line 1: not UTF-8 text" in proc.stderr and b"Traceback" not in proc.stderr
+    assert proc.returncode == 2 and b"<stdin>: line 1: not valid UTF-8 text" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 CONFIG_MISTAKES = [

@@ -5,6 +5,11 @@ and any SQL engine with MurmurHash3 recomputes the same bucket.
 
 * ``hash32(s)``  = MurmurHash3 x86 32-bit of the UTF-8 bytes of ``s``, seed 0, unsigned.
 * ``bucket(salt, unit) = hash32(salt + ":" + unit) % 10000``.
+
+Text with no UTF-8 form (a ``str`` holding a lone surrogate, e.g. ``"\\ud800"``
+from a JSON body) has no hash: these functions raise ValueError for it, and
+the Lab gives such a unit no variant (reason ``no_unit``). It never reaches
+MurmurHash's C code, which would crash the process.
 """
 
 from __future__ import annotations
@@ -19,14 +24,28 @@ BUCKETS = 10_000
 _mmh3_hash = mmh3.hash
 
 
+def _utf8(s: str) -> "str | bytes":
+    """``s`` as MurmurHash may take it: ASCII as is, other text as its UTF-8 bytes (ValueError without any)."""
+    if s.isascii():
+        return s
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{s!r} is not valid Unicode text (it holds a lone surrogate), so it has no "
+                         "UTF-8 bytes to hash; pass the text the client sent, decoded as UTF-8") from None
+
+
 def hash32(s: str) -> int:
-    """MurmurHash3 x86 32-bit of the UTF-8 bytes of ``s``, seed 0, as an unsigned int."""
-    return _mmh3_hash(s, 0, False)
+    """MurmurHash3 x86 32-bit of the UTF-8 bytes of ``s``, seed 0, as an unsigned int.
+
+    Raises ValueError when ``s`` has no UTF-8 form (a lone surrogate).
+    """
+    return _mmh3_hash(_utf8(s), 0, False)
 
 
 def bucket(salt: str, unit: str) -> int:
-    """The bucket, 0..9999, of ``unit`` under ``salt``."""
-    return _mmh3_hash(f"{salt}:{unit}", 0, False) % BUCKETS
+    """The bucket, 0..9999, of ``unit`` under ``salt``; ValueError when the text has no UTF-8 form."""
+    return _mmh3_hash(_utf8(f"{salt}:{unit}"), 0, False) % BUCKETS
 
 
 def traffic_basis_points(traffic: float) -> int:

@@ -14,6 +14,13 @@ fieldlab's own ``visitor`` cookie and ``request`` trace id. Only the kinds the
 lab's experiments use are resolved. A unit that cannot be resolved is None:
 not in the experiment, never a random fallback.
 
+Header and cookie values are the UTF-8 text the client sent (the contract
+hashes it): ASGI bytes are decoded as UTF-8, and a WSGI/Django ``environ``
+value (PEP 3333: the bytes decoded as latin-1) is re-encoded to its bytes and
+decoded as UTF-8. A unit id that is not valid text (bytes that are not UTF-8,
+or a resolver returning a ``str`` with a lone surrogate) is None too, counted
+in ``lab.stats["invalid_units"]`` (see :mod:`fieldlab._units`).
+
 Baggage. With ``propagate_baggage=True`` the request's assignments travel
 downstream as W3C baggage member ``fieldlab``, signed with the lab secret and
 valid for five minutes; inbound fieldlab baggage is only used when the adapter
@@ -40,6 +47,7 @@ from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
 from ._fault_kinds import HTTP_POINT
+from ._units import MAX_CACHED_ID_LENGTH, is_unit_text, wsgi_text
 from .context import PreparedRequest, RequestContext, reset
 from .errors import ConfigError
 from .lab import Lab
@@ -173,7 +181,7 @@ class AdapterConfig:
         self._single_header: tuple[str, str, str, bytes] | None = None
         #: unit ids (a tuple in plan order; the id itself for a one-header plan, as str and, for
         #: ASGI, as the raw header bytes) -> the evaluation every request with those ids shares; see begin()
-        self.cache: dict[Any, PreparedRequest] | None = None
+        self.cache: _PreparedCache | None = None
         self.needs_request_object = attributes is not None
         self.may_abort = False
         #: no abort faults and no baggage in or out: a raw (ASGI) request found prepared needs no decoded header
@@ -184,7 +192,7 @@ class AdapterConfig:
         lab = self.lab
         state = lab._state
         if state is not self._state:
-            kinds = sorted({e.unit for e in lab.experiments.values()})
+            kinds = sorted({e.unit for e in state.experiments.values()})
             plan = []
             for kind in kinds:
                 unit = self.units.get(kind)
@@ -200,8 +208,8 @@ class AdapterConfig:
             self._plan = tuple(plan)
             # Without targeting and without per-request units, the assignments are a function of the
             # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
-            cacheable = "request" not in kinds and not any(e.targeting for e in lab.experiments.values())
-            self.cache = {} if cacheable else None
+            cacheable = "request" not in kinds and not any(e.targeting for e in state.experiments.values())
+            self.cache = _PreparedCache(state.version) if cacheable else None
             self.needs_request_object = self.attributes is not None or any(u.how == "call" for u in plan)
             self.may_abort = HTTP_POINT in state.fault_plan.by_point
             only = plan[0] if len(plan) == 1 else None
@@ -304,7 +312,10 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                         prepared = cfg.cache.get(raw_id)  # type: ignore[union-attr]
             if prepared is None:  # decode what the general path may read
                 wanted = cfg.wanted_header_bytes
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in wanted}
+                # values as UTF-8 (header_text, inlined): the text the client sent; other bytes stay
+                # surrogate escapes, which the unit check below turns into "no unit"
+                headers = {k.decode("latin-1"): v.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
+                           for k, v in headers.items() if k in wanted}
         hget = headers.get
         cookie_key = "HTTP_COOKIE" if environ else "cookie"
         probe = cfg._override_cookie_probe
@@ -334,6 +345,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                 value = known[unit.kind]
             elif how == "header":
                 value = hget(unit.env if environ else unit.name)
+                if environ and value:
+                    value = wsgi_text(value)
             elif how == "call":
                 try:
                     value = unit.fn(request)  # type: ignore[misc]
@@ -342,7 +355,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                     value = None
             elif how == "cookie" or how == "visitor":
                 if cookies is None:
-                    cookies = parse_cookies(hget(cookie_key))
+                    cookie_header = hget(cookie_key)
+                    cookies = parse_cookies(wsgi_text(cookie_header) if environ and cookie_header else cookie_header)
                 value = cookies.get(unit.name)
                 if how == "visitor" and (value is None or not _HEX32.match(value)):
                     value = new_visitor_id()
@@ -355,13 +369,16 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
                 value = _request_id(header_getter(headers, environ), extra)
             if value is not None and value.__class__ is not str:
                 value = str(value)
+            if value and not value.isascii() and not is_unit_text(value):
+                lab._invalid_unit()  # not text (a lone surrogate): no unit, and nothing downstream sees it
+                value = None
             units[unit.kind] = value or None
         attrs: dict[str, Any] = {"path": path, "method": method}
         if cfg.headers:
             for h in cfg.headers:
                 v = hget(env_key(h) if environ else h)
                 if v is not None:
-                    attrs[h] = v
+                    attrs[h] = wsgi_text(v) if environ else v
         if cfg.attributes is not None:
             try:
                 more = cfg.attributes(request)
@@ -372,12 +389,15 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
         overrides = _overrides(cfg, header_getter(headers, environ), cookies) if has_override else None
         cache = cfg.cache
         if cache is not None and overrides is None:
-            key = tuple(units.values()) if single is None else units[single[2]]
+            # one-header plan: keyed by the header value as read (the short path above looks it up so;
+            # under WSGI that is the latin-1 form, which maps bytes one to one, unlike the decoded unit)
+            key = (tuple(units.values()) if single is None
+                   else hget(single[1] if environ else single[0]) or None)
             prepared = cache.get(key)
             if prepared is None:
                 prepared = _prepare(cfg, key, units, attrs)
                 if raw_id:  # (only a one-header plan reads a raw id)
-                    cache[raw_id] = prepared
+                    _remember(cache, raw_id, prepared)
             ctx = RequestContext.from_prepared(lab, attrs, prepared, cfg.recorder)
         else:
             ctx = RequestContext(lab, units, attrs, overrides, units.get("request"), copy=False)
@@ -444,10 +464,43 @@ def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
                                recorder.base_attributes(full), unit_values)
     cache = cfg.cache
     if cache is not None:
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = prepared
+        _remember(cache, key, prepared)
     return prepared
+
+
+class _PreparedCache(dict):  # type: ignore[type-arg]
+    """Unit ids -> :class:`PreparedRequest`, for one configuration (``version``); replaced when it changes."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+
+def _remember(cache: _PreparedCache, key: Any, prepared: PreparedRequest) -> None:
+    """Keep ``prepared`` under ``key``, unless another configuration made it or an id is too long.
+
+    A request that evaluated under the old configuration while a reload put a
+    new cache in place must not leave its assignments there: every later
+    request with those ids would get the old config.
+
+    The cache holds at most ``_CACHE_SIZE`` entries, and no id (str, or raw
+    header bytes) longer than :data:`~fieldlab._units.MAX_CACHED_ID_LENGTH`:
+    such ids are evaluated on every request instead, so its size in bytes is
+    bounded whatever clients send.
+    """
+    if prepared.version != cache.version:
+        return
+    if key.__class__ is tuple:
+        for part in key:
+            if part is not None and len(part) > MAX_CACHED_ID_LENGTH:
+                return
+    elif key is not None and len(key) > MAX_CACHED_ID_LENGTH:
+        return
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = prepared
 
 
 def end(ctx: RequestContext, token: Any) -> None:

@@ -15,6 +15,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from ._units import is_unit_text
 from .errors import FieldLabError
 
 __all__ = ["main", "build_parser"]
@@ -64,15 +65,25 @@ def _parse_attrs(pairs: Sequence[str]) -> dict[str, Any]:
     return attrs
 
 
+def _check_unit(uid: str, where: str) -> str:
+    """``uid`` if it is text with a UTF-8 form; else a CommandError (bytes that are not UTF-8 have no bucket)."""
+    if not is_unit_text(uid):
+        shown = uid.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise CommandError(f"{where}: unit id '{shown}' is not valid UTF-8, so it has no bucket; "
+                           "pass the id as UTF-8 text")
+    return uid
+
+
 def _cmd_assign(args: argparse.Namespace) -> int:
     lab = _load_lab(args.config)
     attrs = _parse_attrs(args.attr)
-    units = {kind: args.unit for kind in {e.unit for e in lab.experiments.values()}}
+    unit = _check_unit(args.unit, "--unit")
+    units = {kind: unit for kind in {e.unit for e in lab.experiments.values()}}
     for kind_unit in args.unit_kind or ():
         if "=" not in kind_unit:
             raise CommandError(f"--unit-kind {kind_unit!r}: expected kind=id, e.g. --unit-kind session=s-42")
         kind, uid = kind_unit.split("=", 1)
-        units[kind] = uid
+        units[kind] = _check_unit(uid, f"--unit-kind {kind}")
     tokens = args.override or ()
     results = lab.assign_all(units, attrs, overrides=tokens if tokens else None)
     keys = [args.experiment] if args.experiment else list(results)
@@ -123,10 +134,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             try:
                 uid = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise CommandError(f"{name}: line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                raise CommandError(f"{name}: line {number}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
                                    "save the units file as UTF-8") from None
             if not uid:
                 continue
+            _check_unit(uid, f"--units {args.units} line {number}")
             a = lab.assign(exp.key, uid)
             out.write(f"{uid}\t{a.variant if a.variant is not None else ''}\n")
     return 0

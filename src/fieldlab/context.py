@@ -87,7 +87,8 @@ class RequestContext:
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
-                 copy: bool = True, assignments: dict[str, Assignment] | None = None) -> None:
+                 copy: bool = True, assignments: dict[str, Assignment] | None = None,
+                 version: str | None = None) -> None:
         self.lab = lab
         # copy=False: the caller hands over fresh dicts it will not touch again (the adapters' hot path)
         self.units = dict(units) if copy or units.__class__ is not dict else units  # type: ignore[assignment]
@@ -96,10 +97,14 @@ class RequestContext:
             self.overrides = overrides
         if trace_id is not None:
             self.trace_id = trace_id
-        self.version = lab.version
-        # assignments: already evaluated for exactly these units (an adapter's cache); else evaluate now
-        self.assignments: dict[str, Assignment] = (assignments if assignments is not None else
-                                                   lab.assign_all(self.units, self.attributes, overrides=overrides))
+        # assignments: already evaluated for exactly these units (an adapter's cache); else evaluate now,
+        # taking the version from the same configuration snapshot as the assignments
+        if assignments is not None:
+            self.version = version if version is not None else lab.version
+            self.assignments: dict[str, Assignment] = assignments
+        else:
+            self.version, self.assignments = lab.assign_all_with_version(self.units, self.attributes,
+                                                                         overrides=overrides)
         if lab.holdouts:
             self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
         self.exposed: set[str] = set()
@@ -188,15 +193,24 @@ class RequestContext:
         """
         self.units = units = dict(self.units)
         units[kind] = unit_id
-        keys = [key for key, exp in self.lab.experiments.items() if exp.unit == kind]
-        if not keys:
+        lab = self.lab
+        # only this kind's experiments: the others keep their one evaluation, if the config is still the one
+        # that made it; after a reload everything is evaluated again, so version and assignments stay one snapshot
+        version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides, unit_kind=kind)
+        if version != self.version:
+            version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides)
+            self.version = version
+            self.assignments = {}
+            self.prepared = None
+            self.exposed = set()
+        elif not fresh:
             return
         assignments = self.own_assignments()
         self.exposed = set(self.exposed)
-        for key in keys:  # only this kind's experiments: the others keep their one evaluation
-            assignments[key] = self.lab.assign(key, unit_id, self.attributes, overrides=self.overrides)
+        for key, a in fresh.items():
+            assignments[key] = a
             self.exposed.discard(key)
-        if self.lab.holdouts:
+        if lab.holdouts:
             self.held_out = sorted({a.holdout for a in assignments.values() if a.holdout})
         self._expose_on_assign()
 
@@ -246,10 +260,11 @@ _on_assign_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
 
 def _on_assign_keys(lab: Lab) -> tuple[str, ...]:
     """Keys of experiments exposed on assignment, cached per lab and config version."""
-    version = lab.version
+    state = lab._state  # one snapshot: version and experiments of the same config
+    version = state.version
     hit = _on_assign_cache.get(id(lab))
     if hit is None or hit[0] != version:
-        keys = tuple(k for k, e in lab.experiments.items() if e.exposure == "on_assign")
+        keys = tuple(k for k, e in state.experiments.items() if e.exposure == "on_assign")
         if len(_on_assign_cache) > 256:
             _on_assign_cache.clear()
         _on_assign_cache[id(lab)] = hit = (version, keys)

@@ -5,7 +5,10 @@ Evaluation order, each step with a reason (see :mod:`fieldlab._assignment`)::
     status -> signed override -> unit present -> holdout -> targeting -> layer -> traffic -> variant
 
 ``assign`` never raises: an internal failure returns "no variant, reason error",
-is counted in ``lab.stats`` and logged once. Configuration problems raise
+is counted in ``lab.stats`` and logged once. A unit id that is not valid
+Unicode text (a ``str`` holding a lone surrogate, which has no UTF-8 bytes to
+hash) is no unit: no variant, reason ``no_unit``, counted in
+``lab.stats["invalid_units"]``; it never reaches the C hash. Configuration problems raise
 :class:`~fieldlab.errors.ConfigError` at construction, clearly.
 
 A Lab built with :meth:`Lab.from_file` reloads its file: a watcher thread
@@ -32,6 +35,7 @@ from ._hashing import BUCKETS
 from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
+from ._units import is_unit_text
 from .config import SETTINGS_KEYS, check_document, content_version, read_config_file
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
@@ -58,7 +62,7 @@ class _Compiled:
 
     __slots__ = ("key", "exp", "unit", "prefix", "table", "simple", "running", "status", "predicate",
                  "layer_prefix", "layer_lo", "layer_hi", "holdouts", "ranges", "forced", "fixed",
-                 "no_unit", "not_targeted", "other_layer", "held", "layer_key")
+                 "no_unit", "bad_unit", "not_targeted", "other_layer", "held", "layer_key")
 
     def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
         key = exp.key
@@ -81,6 +85,8 @@ class _Compiled:
         else:
             self.fixed = Assignment(key, None, None, PAUSED)
         self.no_unit = Assignment(key, None, None, NO_UNIT)
+        #: the outcome of a unit id with no UTF-8 form: no_unit, as its own object so the Lab can count it
+        self.bad_unit = Assignment(key, None, None, NO_UNIT)
         self.not_targeted = Assignment(key, None, None, TARGETING)
         self.other_layer = Assignment(key, None, None, LAYER)
         self.held = {h[2]: Assignment(key, None, None, HOLDOUT, None, h[2]) for h in self.holdouts}
@@ -110,6 +116,8 @@ class _Compiled:
             return self.no_unit
         if unit.__class__ is not str:
             unit = str(unit)
+        if not unit.isascii() and not is_unit_text(unit):
+            return self.bad_unit  # a lone surrogate: no bytes to hash (and MurmurHash's C code would crash)
         for prefix, threshold, hkey in self.holdouts:
             if _hash(prefix + unit, 0, False) % BUCKETS < threshold:
                 return self.held[hkey]
@@ -166,6 +174,11 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
     for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
         for i, item in enumerate(items):
             where = f"{kind}[{i}]"
+            if not is_unit_text(item.salt):  # it is hashed with every unit: it must have UTF-8 bytes
+                raise ConfigError(f"{where}.salt" if item.salt != item.key else f"{where}.key",
+                                  f"{item.salt!r} is not valid Unicode text (it holds a lone surrogate), so it "
+                                  "has no UTF-8 bytes to hash", "use plain text (for example ASCII letters, "
+                                  "digits and '-')")
             if item.salt in salts:
                 raise ConfigError(f"{where}.salt", f"salt {item.salt!r} is also used by {salts[item.salt]}; the two "
                                   "would draw identical populations, so their effects could not be separated",
@@ -317,8 +330,10 @@ class Lab:
         self._unknown_logged: set[str] = set()
         self._unknown_overflow = False
         self.config_error: str | None = None
+        #: ``invalid_units`` counts evaluations (``assign``) and requests (``assign_all``) whose unit id was
+        #: not valid Unicode text; each such unit got no variant, reason ``no_unit``.
         self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
-                                      "unknown_experiments": 0}
+                                      "invalid_units": 0, "unknown_experiments": 0}
         self._listeners: list[Any] = []
         _LABS.add(self)
 
@@ -431,47 +446,74 @@ class Lab:
         :meth:`verify_overrides`.
         """
         # Hot path, shaped for CPython's specialising interpreter: running
-        # experiments without holdout, layer or targeting, and a str unit (any
-        # other type raises TypeError at the concat and takes the general path).
-        # While a file watch is pending, self._fast is a _WatchTrap that starts
-        # the watcher on its first lookup.
+        # experiments without holdout, layer or targeting, and an ASCII str unit
+        # (any other type raises TypeError at the concat, and other text is
+        # checked for a UTF-8 form, on the general path). While a file watch is
+        # pending, self._fast is a _WatchTrap that starts the watcher on its
+        # first lookup.
         try:
             prefix, table, c = self._fast[key]
-            b = _hash(prefix + unit, 0, False) % 10000
+            text = prefix + unit
         except (KeyError, TypeError):
             pass
         else:
-            if unit and overrides is None:
+            if unit and overrides is None and text.isascii():
+                b = _hash(text, 0, False) % 10000
                 return table[b] or c.split(b)
         if self._watch_pending:
             self._start_watcher()
         try:
             if overrides is not None and not isinstance(overrides, VerifiedOverrides):
                 overrides = self.verify_overrides(overrides)
-            return self._state.compiled[key].evaluate(unit, attributes, overrides)
+            c = self._state.compiled[key]
+            a = c.evaluate(unit, attributes, overrides)
+            if a is c.bad_unit:
+                self._invalid_unit()
+            return a
         except Exception as exc:
             return self._failed(key, exc)
 
     def assign_all(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
                    overrides: VerifiedOverrides | Iterable[str] | None = None) -> dict[str, Assignment]:
         """Evaluate every experiment for a request's units (``{"user": "alice", ...}``); never raises."""
+        return self.assign_all_with_version(units, attributes, overrides=overrides)[1]
+
+    def assign_all_with_version(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
+                                overrides: VerifiedOverrides | Iterable[str] | None = None,
+                                unit_kind: str | None = None) -> tuple[str, dict[str, Assignment]]:
+        """:meth:`assign_all` and the version of the configuration that made those assignments.
+
+        Both come from one snapshot of the configuration, so a reload between
+        reading :attr:`version` and evaluating can never label assignments with
+        another config's version. With ``unit_kind``, only the experiments of
+        that unit kind are evaluated. Never raises.
+        """
+        state = self._state  # read once: a reload swaps it whole
         if self._watch_pending:
             self._start_watcher()
         if overrides is not None and not isinstance(overrides, VerifiedOverrides):
             overrides = self.verify_overrides(overrides)
         out: dict[str, Assignment] = {}
         get_unit = units.get
-        for key, c in self._state.compiled.items():
+        invalid = False
+        for key, c in state.compiled.items():
+            if unit_kind is not None and c.unit != unit_kind:
+                continue
             unit = get_unit(c.unit)
             try:
-                if c.simple and unit.__class__ is str and unit and not (overrides and key in overrides):
+                if (c.simple and unit.__class__ is str and unit and unit.isascii()
+                        and not (overrides and key in overrides)):
                     b = _hash(c.prefix + unit, 0, False) % 10000
                     out[key] = c.table[b] or c.split(b)
                 else:
-                    out[key] = c.evaluate(unit, attributes, overrides)
+                    out[key] = a = c.evaluate(unit, attributes, overrides)
+                    if a is c.bad_unit:
+                        invalid = True
             except Exception as exc:
                 out[key] = self._failed(key, exc)
-        return out
+        if invalid:
+            self._invalid_unit()
+        return state.version, out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
         """Check override tokens against the secret; bad ones are counted and dropped."""
@@ -527,6 +569,12 @@ class Lab:
             _log.warning("fieldlab: unknown experiment %r (%s); using the default path", key, hint)
         except Exception:  # reporting a mistake must not become one
             pass
+
+    def _invalid_unit(self) -> None:
+        self.stats["invalid_units"] += 1
+        self._log_once("invalid_unit", "fieldlab: a unit id is not valid Unicode text (a lone surrogate, e.g. "
+                       "bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
+                       "lab.stats['invalid_units']")
 
     def _log_once(self, tag: str, msg: str, *args: Any) -> None:
         if tag not in self._logged and len(self._logged) < 1000:

@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind
 
 from . import attributes as A
 from ._assignment import Assignment
+from ._units import MAX_CACHED_ID_LENGTH
 from .context import RequestContext, current
 from .errors import ConfigError
 from .lab import Lab
@@ -78,7 +79,9 @@ class UnitHasher:
     """``h1:`` + the first 16 hex digits of HMAC-SHA256(key, unit id).
 
     Recent results are cached (a user makes many requests); the cache is
-    bounded and simply emptied when full.
+    bounded and simply emptied when full, and ids longer than
+    :data:`~fieldlab._units.MAX_CACHED_ID_LENGTH` are never kept, so its size
+    in bytes is bounded too.
     """
 
     __slots__ = ("_base", "_cache")
@@ -95,9 +98,10 @@ class UnitHasher:
         h = self._base.copy()
         h.update(unit_id.encode("utf-8"))
         value = "h1:" + h.hexdigest()[:16]
-        if len(self._cache) >= self.CACHE_SIZE:
-            self._cache.clear()
-        self._cache[unit_id] = value
+        if len(unit_id) <= MAX_CACHED_ID_LENGTH:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[unit_id] = value
         return value
 
 
