@@ -30,7 +30,7 @@ from ._hashing import BUCKETS
 from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
-from .config import SETTINGS_KEYS, content_version, read_config_file
+from .config import SETTINGS_KEYS, check_reload_interval, content_version, read_config_file
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
@@ -318,6 +318,8 @@ class Lab:
         state, sig = cls._load(path)
         if reload_interval is None:
             reload_interval = float(state.settings.get("reload_interval", DEFAULT_RELOAD_INTERVAL))
+        else:  # the same range as the file's setting: NaN, infinity or 1e308 would stop the watcher
+            reload_interval = check_reload_interval(reload_interval, "reload_interval")
         lab = cls.__new__(cls)
         lab._init(state, secret, path=path, reload_interval=reload_interval)
         lab._file_sig = sig
