@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._hashing import traffic_basis_points, variant_boundaries
 from .errors import ConfigError

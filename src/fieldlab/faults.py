@@ -443,8 +443,8 @@ def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> 
         configured = ctx.lab._state.fault_plan.by_point.get(point, ())
         # Reaching the point exposes the request to every experiment with a fault here that the
         # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
-        hit = _expose_at(ctx, configured) | _expose_at(ctx, code)
-        if not hit:
+        in_fault_variant = _expose_at(ctx, configured) | _expose_at(ctx, code)
+        if not in_fault_variant:
             # The common case, kept cheap: the request is in none of the variants with a fault here.
             return _NOTHING
         hits = _decide(ctx, point, code, mode)

@@ -206,7 +206,7 @@ def _compile_linear(pattern: str, path: str) -> Any:
     options.log_errors = False  # the error goes into the ConfigError, not to stderr
     try:
         return _re2.compile(pattern, options)
-    except Exception as exc:  # re2.error: bad syntax, or a feature RE2 leaves out
+    except _re2.error as exc:  # bad syntax, or a feature RE2 leaves out
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
