@@ -441,6 +441,8 @@ def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> 
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     try:
         configured = ctx.lab._state.fault_plan.by_point.get(point, ())
+        if not configured and not code:
+            return _NOTHING
         # Reaching the point exposes the request to every experiment with a fault here that the
         # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
         in_fault_variant = _expose_at(ctx, configured) | _expose_at(ctx, code)
