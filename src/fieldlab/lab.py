@@ -399,7 +399,7 @@ class Lab:
 
     @property
     def reload_interval(self) -> float:
-        """Seconds between checks of the config file (0: not watched); the kill switch polls at this pace too."""
+        """Seconds between checks of the config file (0: not watched); the kill switch checks at least once a second."""
         return self._reload_interval
 
     @property
