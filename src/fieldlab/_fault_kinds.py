@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from .config import check_settings
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, Layer, _check_percent
 
 __all__ = [
-    "FaultSpec", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_share",
-    "KINDS", "HTTP_POINT", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_LATENCY_MS",
+    "FaultSpec", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_share", "variant_shares",
+    "KINDS", "HTTP_POINT", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_MAX_ACTIVE", "MAX_LATENCY_MS",
     "FAULT_SETTINGS_KEYS", "state_path",
 ]
 
@@ -39,6 +40,8 @@ KINDS = ("latency", "exception", "abort")
 HTTP_POINT = "http"
 DEFAULT_MAX_BLAST_RADIUS = 5.0
 DEFAULT_MAX_ACTIVE = 100
+#: Upper bound of ``[faults] max_active`` (faults in progress at once in one process).
+MAX_MAX_ACTIVE = 1_000_000
 #: Upper bound of any single injected delay (configured or drawn).
 MAX_LATENCY_MS = 60_000.0
 FAULT_SETTINGS_KEYS = frozenset({"enabled", "max_blast_radius", "max_active"})
@@ -220,16 +223,9 @@ def _parse_latency(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
     return out
 
 
-def variant_share(exp: Experiment, variant: str, layers: Mapping[str, Layer],
-                  holdouts: Sequence[Holdout]) -> float:
-    """Share of units (0-1) that can land in ``variant`` by the split.
-
-    traffic x weight share (the variant's bucket range) x layer range share x
-    (1 - holdout share) for every holdout covering the experiment. Targeting
-    is not counted, so this is an upper bound.
-    """
-    lo, hi = exp.ranges()[variant]
-    share = (hi - lo) / 10000
+def _experiment_factor(exp: Experiment, holdouts: Sequence[Holdout]) -> float:
+    """The share of units an experiment's split sees: layer range share x (1 - share of each covering holdout)."""
+    share = 1.0
     if exp.layer_range is not None:
         share *= (exp.layer_range[1] - exp.layer_range[0]) / 10000
     for h in holdouts:
@@ -238,17 +234,38 @@ def variant_share(exp: Experiment, variant: str, layers: Mapping[str, Layer],
     return share
 
 
+def variant_shares(exp: Experiment, holdouts: Sequence[Holdout]) -> dict[str, float]:
+    """:func:`variant_share` of every variant of ``exp`` at once (linear in the number of variants)."""
+    factor = _experiment_factor(exp, holdouts)
+    return {v.name: (hi - lo) / 10000 * factor for v, (lo, hi) in zip(exp.variants, exp._ranges)}
+
+
+def variant_share(exp: Experiment, variant: str, layers: Mapping[str, Layer],
+                  holdouts: Sequence[Holdout]) -> float:
+    """Share of units (0-1) that can land in ``variant`` by the split.
+
+    traffic x weight share (the variant's bucket range) x layer range share x
+    (1 - holdout share) for every holdout covering the experiment. Targeting
+    is not counted, so this is an upper bound.
+    """
+    for v, (lo, hi) in zip(exp.variants, exp._ranges):
+        if v.name == variant:
+            return (hi - lo) / 10000 * _experiment_factor(exp, holdouts)
+    raise KeyError(variant)
+
+
 def blast_radius(experiments: Sequence[Experiment], layers: Sequence[Layer] = (),
                  holdouts: Sequence[Holdout] = ()) -> dict[tuple[str, str], float]:
     """Share of units (0-1) each fault variant of a running experiment can reach."""
-    by_key = {layer.key: layer for layer in layers}
     out: dict[tuple[str, str], float] = {}
     for exp in experiments:
         if exp.status != "running":
             continue  # paused, draft and concluded experiments split nobody; overrides need a signed token
-        for v in exp.variants:
-            if v.faults:
-                out[(exp.key, v.name)] = variant_share(exp, v.name, by_key, holdouts)
+        if any(v.faults for v in exp.variants):
+            shares = variant_shares(exp, holdouts)
+            for v in exp.variants:
+                if v.faults:
+                    out[(exp.key, v.name)] = shares[v.name]
     return out
 
 
@@ -274,7 +291,7 @@ class FaultPlan:
     """
 
     __slots__ = ("enabled", "max_blast_radius", "max_active", "by_point", "radius", "total_radius",
-                 "shares", "state_file", "reload_interval")
+                 "shares", "state_file", "reload_interval", "code_admitted")
 
     def __init__(self, enabled: bool, max_blast_radius: float, max_active: int,
                  by_point: Mapping[str, tuple[tuple[str, str, FaultSpec, str], ...]],
@@ -289,6 +306,8 @@ class FaultPlan:
         self.shares = shares
         self.state_file = state_file
         self.reload_interval = reload_interval
+        #: (number of code-defined variants seen, those admitted under the cap); filled by fieldlab.faults.
+        self.code_admitted: tuple[int, frozenset[tuple[str, str]]] | None = None
 
 
 def _settings(faults: Mapping[str, Any]) -> tuple[bool, float, int]:
@@ -302,8 +321,8 @@ def _settings(faults: Mapping[str, Any]) -> tuple[bool, float, int]:
     cap = faults.get("max_blast_radius", DEFAULT_MAX_BLAST_RADIUS)
     cap = _check_percent(cap, "faults.max_blast_radius", "max_blast_radius")
     max_active = faults.get("max_active", DEFAULT_MAX_ACTIVE)
-    if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
-        raise ConfigError("faults.max_active", f"{max_active!r} is not a positive whole number",
+    if isinstance(max_active, bool) or not isinstance(max_active, int) or not 1 <= max_active <= MAX_MAX_ACTIVE:
+        raise ConfigError("faults.max_active", f"{max_active!r} is not a whole number from 1 to {MAX_MAX_ACTIVE:,}",
                           f"write max_active = {DEFAULT_MAX_ACTIVE} (faults in progress at once, per process)")
     return enabled, cap, max_active
 
@@ -315,6 +334,7 @@ def compile_plan(experiments: Sequence[Experiment], layers: Sequence[Layer], hol
     Raises :class:`ConfigError` naming the field path (or, for the blast
     radius, the experiments and variants) and the fix.
     """
+    check_settings(settings)
     enabled, cap, max_active = _settings(faults or {})
     by_point: dict[str, list[tuple[str, str, FaultSpec, str]]] = {}
     for exp in experiments:
@@ -336,9 +356,8 @@ def compile_plan(experiments: Sequence[Experiment], layers: Sequence[Layer], hol
                           f"fault variants could reach {total * 100:.4g}% of units, above the cap of {cap:g}% "
                           f"(experiments: {parts})",
                           "lower the traffic or weight of those fault variants, or raise [faults] max_blast_radius")
-    layer_map = {layer.key: layer for layer in layers}
-    shares = {(e.key, v.name): variant_share(e, v.name, layer_map, holdouts)
-              for e in experiments if e.status == "running" for v in e.variants}
+    shares = {(e.key, name): share for e in experiments if e.status == "running"
+              for name, share in variant_shares(e, holdouts).items()}
     interval = settings.get("reload_interval")
     return FaultPlan(enabled, cap, max_active, MappingProxyType({p: tuple(x) for p, x in by_point.items()}),
                      MappingProxyType(radius), MappingProxyType(shares), state_path(source, settings),

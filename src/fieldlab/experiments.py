@@ -7,17 +7,18 @@ serve the Python API and the config files.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._hashing import traffic_basis_points, variant_boundaries
 from .errors import ConfigError, suggest_names
 from .targeting import Predicate, compile_condition
 
 __all__ = [
-    "Variant", "Experiment", "Layer", "Holdout", "STATUSES", "UNIT_KINDS", "KEY_PATTERN",
+    "Variant", "Experiment", "Layer", "Holdout", "STATUSES", "UNIT_KINDS", "KEY_PATTERN", "MAX_VARIANTS", "MAX_WEIGHT",
 ]
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -25,6 +26,10 @@ STATUSES = ("draft", "running", "paused", "concluded")
 #: Built-in unit kinds; any other name matching KEY_PATTERN is a custom kind.
 UNIT_KINDS = ("user", "session", "visitor", "request")
 _EXPOSURE_MODES = ("on_read", "on_assign")
+#: Most variants one experiment may have (10,000 buckets: more arms than this could not all get units).
+MAX_VARIANTS = 1000
+#: Largest weight of one variant (weights are relative: 1 and 1 is 50/50).
+MAX_WEIGHT = 1_000_000
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -46,6 +51,8 @@ def _check_salt(value: Any, default: str, path: str) -> str:
 def _check_percent(value: Any, path: str, what: str = "traffic") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, f"{what} {value!r} is not a number", f"set {what} to a percentage from 0 to 100")
+    if not math.isfinite(value):
+        raise ConfigError(path, f"{what} {value!r} is not a finite number", f"set {what} to a percentage from 0 to 100")
     if not 0 <= value <= 100:
         raise ConfigError(path, f"{what} {value} is outside 0-100", f"set {what} to a percentage from 0 to 100")
     if abs(value * 100 - round(value * 100)) > 1e-6:
@@ -70,12 +77,15 @@ class Variant:
 def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | None, path: str) -> tuple[Variant, ...]:
     items: list[Variant] = []
     if isinstance(variants, Mapping):
-        raw: Iterable[Any] = list(variants.items())
+        raw: Sequence[Any] = list(variants.items())
     elif isinstance(variants, (list, tuple)):
         raw = variants
     else:
         raise ConfigError(path, f"expected an ordered mapping or a list, got {type(variants).__name__}",
                           'pass {"control": 1, "treatment": 1} or [("control", 1), ("treatment", 1)]')
+    if len(raw) > MAX_VARIANTS:
+        raise ConfigError(path, f"{len(raw):,} variants, above the limit of {MAX_VARIANTS:,} per experiment",
+                          "use fewer variants (each needs enough units to measure), or split the experiment")
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"
         if isinstance(item, Variant):
@@ -106,6 +116,9 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
                                   "use whole-number weights, e.g. 1 and 1 for 50/50, or 9 and 1 for 90/10")
         if weight < 0:
             raise ConfigError(f"{where}.weight", f"weight {weight} is negative", "use a weight of 0 or more")
+        if weight > MAX_WEIGHT:
+            raise ConfigError(f"{where}.weight", f"weight {weight:,} is above the limit of {MAX_WEIGHT:,}",
+                              "weights are relative: use small whole numbers, e.g. 9 and 1 for 90/10")
         if not isinstance(vparams, Mapping):
             raise ConfigError(f"{where}.params", "params must be a table/object", "write params = {page_size = 20}")
         items.append(Variant(name, weight, vparams, vfaults))

@@ -20,7 +20,8 @@ At a point, for the current request, a fault applies only when all hold:
    ``salt = "<experiment>:<variant>:fault"``, so every service on the trace's
    path decides alike and a replay of the trace decides alike;
 3. the rails: ``[faults] enabled = true``, env ``FIELDLAB_FAULTS`` is not
-   ``off``, the kill switch does not name the experiment (or ``--all``), and
+   ``off``, the kill switch does not name the experiment (or ``--all``; checked
+   at least once a second, whatever the reload interval), and
    fewer than ``max_active`` faults are in progress in this process.
 
 Latency draws (uniform, lognormal, jitter) come from the same trace id and
@@ -31,7 +32,9 @@ than block the loop. Aborts are answered by the web adapters through
 :func:`abort_for` before the app runs (point ``"http"``).
 
 Every injected fault is recorded through ``ctx.event`` as the span event
-``fieldlab.fault`` and sets ``ctx.fault_injected``. Nothing here raises into
+``fieldlab.fault`` and sets ``ctx.fault_injected``. Reaching a point exposes
+the request to each experiment with a fault there that its unit is in, in any
+variant (control included), so trigger analysis sees the experiment. Nothing here raises into
 a request except the injected exception itself: an internal failure means no
 fault, counted in :func:`stats` and logged once.
 """
@@ -190,11 +193,52 @@ def _release(n: int) -> None:
             _active -= n
 
 
+#: Fault variants defined in code (``inject``), in registration order: the cap covers them with the config's.
+_CODE_VARIANTS: dict[tuple[str, str], None] = {}
+
+
+def _code_admitted(plan: FaultPlan) -> frozenset[tuple[str, str]]:
+    """The code-defined fault variants that fit under the cap together with the config's fault variants.
+
+    Taken in registration (import) order, each variant is admitted when the
+    config's fault variants plus those admitted before it plus itself stay
+    within ``max_blast_radius``; a variant that is already a configured fault
+    variant is counted there. Computed once per plan and registration count.
+    """
+    n = len(_CODE_VARIANTS)
+    cached = plan.code_admitted
+    if cached is not None and cached[0] == n:
+        return cached[1]
+    total = plan.total_radius
+    admitted: set[tuple[str, str]] = set()
+    for key in list(_CODE_VARIANTS):
+        if key in plan.radius:
+            admitted.add(key)
+            continue
+        share = plan.shares.get(key, 0.0)
+        if (total + share) * 100 <= plan.max_blast_radius + 1e-9:
+            total += share
+            admitted.add(key)
+    result = frozenset(admitted)
+    plan.code_admitted = (n, result)
+    return result
+
+
 def blast_radius(lab: Any) -> dict[str, Any]:
-    """The share of units (percent) each fault variant can reach, their total and the cap, for ``lab``."""
+    """The share of units (percent) each fault variant can reach, their total and the cap, for ``lab``.
+
+    ``variants`` are the config's fault variants; ``code`` the ``inject()``
+    variants admitted under the cap on top of them; ``refused`` the
+    ``inject()`` variants that would exceed it (never injected). ``total``
+    covers both config and admitted code variants.
+    """
     plan: FaultPlan = lab._state.fault_plan
-    return {"variants": {f"{e}/{v}": share * 100 for (e, v), share in plan.radius.items()},
-            "total": plan.total_radius * 100, "cap": plan.max_blast_radius}
+    admitted = _code_admitted(plan)
+    code = {f"{e}/{v}": plan.shares.get((e, v), 0.0) * 100 for (e, v) in _CODE_VARIANTS
+            if (e, v) in admitted and (e, v) not in plan.radius}
+    refused = [f"{e}/{v}" for (e, v) in _CODE_VARIANTS if (e, v) not in admitted]
+    return {"variants": {f"{e}/{v}": share * 100 for (e, v), share in plan.radius.items()}, "code": code,
+            "refused": refused, "total": plan.total_radius * 100 + sum(code.values()), "cap": plan.max_blast_radius}
 
 
 # ------------------------------------------------------------------ decisions
@@ -314,18 +358,17 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
             _count("skipped_env")
             continue
         if plan.state_file is not None:
-            interval = lab.reload_interval or plan.reload_interval or killswitch.DEFAULT_INTERVAL
+            # Clamped to 0.01-1 s by the kill switch itself, whatever the reload interval.
+            interval = lab.reload_interval or plan.reload_interval or killswitch.MAX_CHECK_INTERVAL
             if killswitch.is_killed(plan.state_file, exp_key, interval):
                 _count("skipped_killed")
                 continue
-        if from_code and (exp_key, variant) not in plan.radius:
-            share = plan.shares.get((exp_key, variant), 0.0)
-            if (plan.total_radius + share) * 100 > plan.max_blast_radius + 1e-9:
-                _count("skipped_over_cap")
-                _log_once(f"cap:{exp_key}/{variant}", "fieldlab: inject() fault for %s/%s would take the blast "
-                          "radius to %.4g%%, above the cap of %g%%; skipped", exp_key, variant,
-                          (plan.total_radius + share) * 100, plan.max_blast_radius)
-                continue
+        if from_code and (exp_key, variant) not in _code_admitted(plan):
+            _count("skipped_over_cap")
+            _log_once(f"cap:{exp_key}/{variant}", "fieldlab: inject() fault for %s/%s would take the blast "
+                      "radius of the config's and the code's fault variants together above the cap of %g%%; "
+                      "skipped (see fieldlab.faults.blast_radius(lab))", exp_key, variant, plan.max_blast_radius)
+            continue
         delay = 0.0
         if kind == "latency":
             if mode == "sync":
@@ -397,19 +440,15 @@ _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     try:
-        if not code:
-            # The common cases, kept cheap: nothing configured at this point, or
-            # the request is in none of the variants that have a fault here.
-            configured = ctx.lab._state.fault_plan.by_point.get(point)
-            if configured is None:
-                return _NOTHING
-            assignments = ctx.assignments
-            for cand in configured:
-                a = assignments.get(cand[0])
-                if a is not None and a.variant == cand[1]:
-                    break
-            else:
-                return _NOTHING
+        configured = ctx.lab._state.fault_plan.by_point.get(point, ())
+        if not configured and not code:
+            return _NOTHING
+        # Reaching the point exposes the request to every experiment with a fault here that the
+        # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
+        in_fault_variant = _expose_at(ctx, configured) | _expose_at(ctx, code)
+        if not in_fault_variant:
+            # The common case, kept cheap: the request is in none of the variants with a fault here.
+            return _NOTHING
         hits = _decide(ctx, point, code, mode)
     except Exception:
         _internal_error("decide")
@@ -429,6 +468,21 @@ def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> 
         _release(len(hits))
         return 0.0, None, 0
     return min(delay, MAX_LATENCY_MS), exc, len(hits)
+
+
+def _expose_at(ctx: RequestContext, faults: tuple[tuple[str, str, FaultSpec, str], ...]) -> bool:
+    """Mark exposed each experiment of ``faults`` the request's unit is in; True if it is in a faulted variant."""
+    hit = False
+    assignments = ctx.assignments
+    for cand in faults:
+        a = assignments.get(cand[0])
+        if a is None or not a.in_experiment:
+            continue
+        if cand[0] not in ctx.exposed:
+            ctx.read(cand[0])
+        if a.variant == cand[1]:
+            hit = True
+    return hit
 
 
 def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
@@ -467,7 +521,10 @@ def abort_for(ctx: RequestContext | None) -> tuple[int, bytes] | None:
         return None
     try:
         plan: FaultPlan = ctx.lab._state.fault_plan
-        if HTTP_POINT not in plan.by_point:
+        configured = plan.by_point.get(HTTP_POINT)
+        if configured is None:
+            return None
+        if not _expose_at(ctx, configured):  # every request reaches the HTTP point
             return None
         hits = _decide(ctx, HTTP_POINT, (), "abort")
         if not hits:
@@ -566,8 +623,11 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
     The fault applies when the current request is in ``variant`` of
     ``experiment`` by split or signed override, and is still subject to every
     rail: enabled, ``FIELDLAB_FAULTS``, the kill switch, ``max_active`` and
-    the blast-radius cap (a variant that is not already a configured fault
-    variant counts on top of the configured ones). ``fault`` takes the keys of
+    the blast-radius cap. The cap holds for the union of the config's and the
+    code's fault variants: code-defined variants are admitted in registration
+    order while the total stays within ``max_blast_radius``; one that would
+    exceed it is never injected (counted as ``skipped_over_cap`` and logged
+    once). :func:`blast_radius` lists admitted and refused variants. ``fault`` takes the keys of
     a config entry (``latency_ms``, ``exception``, ``rate``, ...); aborts
     belong in the config.
     """
@@ -581,6 +641,7 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
     entry["point"] = point or "inject"
     spec = parse_fault(entry, label)
     salt = spec.salt or f"{experiment}:{variant}:fault"
+    _CODE_VARIANTS.setdefault((experiment, variant), None)  # counted under the cap from now on
 
     def build(name: str) -> FaultPoint:
         return FaultPoint(name, ((experiment, variant, dataclasses.replace(spec, point=name), salt),))

@@ -2,7 +2,9 @@
 
 In an incident, ``fieldlab kill slow-db --config shop.toml`` (or ``--all``)
 stops fault injection in every process that reads the same config, within one
-reload interval, without a deploy and without touching the config itself.
+check interval (the config's reload interval, but never more than
+``MAX_CHECK_INTERVAL`` = 1 s, whatever the config says), without a deploy and
+without touching the config itself.
 
 The state file is ``<config>.state.json`` (or the ``[lab] state_file``
 setting, relative to the config). It is JSON, written atomically (a temporary
@@ -14,7 +16,10 @@ the new state, never half of one::
      "experiments": {"slow-db": {"at": "2026-11-29T01:02:03Z", "by": "alice", "reason": "INC-42"}}}
 
 Processes poll it lazily from the fault decision path: one ``os.stat`` per
-reload interval (not per decision), a re-read only when it changed. Between
+check interval (not per decision), a re-read only when it changed. The check
+interval is bounded on its own (:func:`check_interval`): no value of
+``reload_interval``, valid or not, can slow the kill switch beyond 1 s or turn
+it off. Between
 polls the check is a set lookup, so it runs on every fault decision. A state
 file that exists but cannot be read or parsed kills ALL faults (fail closed)
 until it is fixed. The kill switch stops faults only; assignment goes on (to
@@ -28,6 +33,7 @@ import datetime as _dt
 import getpass
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -41,12 +47,31 @@ from .errors import FieldLabError
 
 __all__ = [
     "KillState", "read_state", "write_state", "kill", "unkill", "state_file_for", "is_killed", "watch",
-    "add_parsers", "DEFAULT_INTERVAL",
+    "add_parsers", "DEFAULT_INTERVAL", "MAX_CHECK_INTERVAL", "MIN_CHECK_INTERVAL", "check_interval",
 ]
 
 _log = logging.getLogger("fieldlab.faults")
 DEFAULT_INTERVAL = 5.0
+#: The kill switch checks its state file at least this often (seconds), whatever the reload interval.
+MAX_CHECK_INTERVAL = 1.0
+#: ... and at most this often, so a tiny interval cannot turn every decision into an ``os.stat``.
+MIN_CHECK_INTERVAL = 0.01
 _FORMAT_VERSION = 1
+
+
+def check_interval(reload_interval: Any) -> float:
+    """Seconds between two checks of the kill-state file: the reload interval, clamped to 0.01-1 s.
+
+    Anything that is not a positive finite number (0 = reloading off, NaN,
+    infinity, a negative number, a wrong type) gives the 1 s maximum, so the
+    brake never depends on a setting that could switch it off.
+    """
+    if isinstance(reload_interval, bool) or not isinstance(reload_interval, (int, float)):
+        return MAX_CHECK_INTERVAL
+    value = float(reload_interval)
+    if not math.isfinite(value) or value <= 0:
+        return MAX_CHECK_INTERVAL
+    return min(max(value, MIN_CHECK_INTERVAL), MAX_CHECK_INTERVAL)
 
 
 @dataclass
@@ -127,7 +152,7 @@ class _Locked:
 
 
 def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None, float]:
-    """State path, experiment keys (None when the config cannot be parsed) and reload interval of a config file.
+    """State path, experiment keys (None when the config cannot be parsed) and kill check interval of a config file.
 
     A config that does not exist is an error (a mistyped path would kill
     nothing); one that exists but does not parse still gets its default state
@@ -141,13 +166,11 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
     except FieldLabError as exc:
         if warn:
             print(f"warning: {exc}; using the default state file beside it", file=sys.stderr)
-        return state_path(config, {}) or config + ".state.json", None, DEFAULT_INTERVAL
+        return state_path(config, {}) or config + ".state.json", None, MAX_CHECK_INTERVAL
     settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
-    interval = settings.get("reload_interval", DEFAULT_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-        interval = DEFAULT_INTERVAL
-    return state_path(config, settings) or config + ".state.json", keys, float(interval)
+    interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
+    return state_path(config, settings) or config + ".state.json", keys, interval
 
 
 def state_file_for(config: str) -> str:
@@ -228,7 +251,7 @@ class _Watch:
     def is_killed(self, experiment: str, interval: float) -> bool:
         now = time.monotonic()
         if now >= self.next_check:
-            self.poll(now, interval)
+            self.poll(now, check_interval(interval))
         return self.all or experiment in self.killed
 
     def poll(self, now: float, interval: float) -> None:
@@ -293,7 +316,10 @@ def watch(path: str) -> _Watch:
 
 
 def is_killed(path: str | None, experiment: str, interval: float = DEFAULT_INTERVAL) -> bool:
-    """True when the state file at ``path`` kills ``experiment`` (polled at most once per ``interval``)."""
+    """True when the state file at ``path`` kills ``experiment``.
+
+    The file is polled once per :func:`check_interval` of ``interval`` (0.01-1 s).
+    """
     if path is None:
         return False
     return watch(path).is_killed(experiment, interval)
@@ -331,7 +357,7 @@ def _cmd_kill(args: argparse.Namespace) -> int:
     for line in _iter_lines(state):
         print(line)
     if not args.status:
-        print(f"every process reading {args.config} stops these faults within {interval:g} s (its reload interval)")
+        print(f"every process reading {args.config} stops these faults within {interval:g} s (its kill check interval)")
     return 0
 
 

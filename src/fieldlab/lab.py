@@ -15,11 +15,21 @@ A Lab built with :meth:`Lab.from_file` reloads its file: a watcher thread
 starts lazily, in the process that first evaluates (so gunicorn ``--preload``
 and other forking servers work), and again in a forked child. A bad new file
 keeps the last good configuration and is reported in ``lab.config_error``.
+
+The watcher applies a changed file only once it is stable: the same size,
+mtime and content hash at every poll for at least ``RELOAD_SETTLE_SECONDS``
+(and at least one poll interval), so a file being rewritten in
+place (``open(path, "w")`` then writes, as editors and ``cat >`` do) is never
+read half-written. A document without experiments never replaces a config
+that has some (an empty or truncated file): that is a ``config_error``.
+Replace config files atomically all the same (write a temporary file in the
+same directory, then rename it over the config).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
 import logging
 import os
@@ -36,7 +46,8 @@ from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, P
                          Assignment)
 from ._fault_kinds import FaultPlan, compile_plan
 from ._units import is_unit_text
-from .config import SETTINGS_KEYS, check_document, content_version, read_config_file
+from .config import (MAX_RELOAD_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version,
+                     parse_bytes, parse_format, read_config_bytes, read_config_file)
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
@@ -50,6 +61,8 @@ DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
 #: Distinct unknown experiment keys named in a warning each; beyond it they are only counted.
 UNKNOWN_KEYS_LOGGED = 256
+#: A changed config file takes effect once it has stayed the same (size, mtime, content hash) this long.
+RELOAD_SETTLE_SECONDS = 1.0
 
 
 class _Compiled:
@@ -322,6 +335,8 @@ class Lab:
         self._path = path
         self._reload_interval = reload_interval
         self._file_sig: tuple[int, int] | None = None
+        # (signature, content hash, monotonic time first seen) of a changed file not yet applied
+        self._candidate: tuple[tuple[int, int], bytes, float] | None = None
         self._watcher: threading.Thread | None = None
         self._watch_pending = path is not None and reload_interval > 0
         self._fast: dict[str, tuple[str, list[Assignment | None], _Compiled]] = _WatchTrap(self) if self._watch_pending else state.fast
@@ -366,10 +381,25 @@ class Lab:
         state, sig = cls._load(path)
         if reload_interval is None:
             reload_interval = float(state.settings.get("reload_interval", DEFAULT_RELOAD_INTERVAL))
+        else:  # the same range as the file's setting: NaN, infinity or 1e308 would stop the watcher
+            reload_interval = check_reload_interval(reload_interval, "reload_interval")
         lab = cls.__new__(cls)
         lab._init(state, secret, path=path, reload_interval=reload_interval)
         lab._file_sig = sig
         return lab
+
+    def _state_from(self, path: str, data: bytes) -> _State:
+        """The state a reload would put in force from ``data``; ConfigError when it must not replace this one."""
+        doc = parse_bytes(data, parse_format(path), path)
+        if doc.get("experiments") is None and self._state.experiments:
+            raise ConfigError("experiments", f"the new file declares no experiments, while the config in force has "
+                              f"{len(self._state.experiments)}; an empty or partly written file is never applied",
+                              "to remove every experiment write experiments = [] explicitly; replace config files "
+                              "atomically (write a temporary file, then rename it over the config)", source=path)
+        try:
+            return _build_from_doc(doc, content_version(doc), path)
+        except ConfigError as exc:
+            raise exc.with_source(path) from None
 
     @staticmethod
     def _load(path: str) -> tuple[_State, tuple[int, int]]:
@@ -417,7 +447,7 @@ class Lab:
 
     @property
     def reload_interval(self) -> float:
-        """Seconds between checks of the config file (0: not watched); the kill switch polls at this pace too."""
+        """Seconds between checks of the config file (0: not watched); the kill switch checks at least once a second."""
         return self._reload_interval
 
     @property
@@ -590,19 +620,44 @@ class Lab:
         """Re-read the file now if it changed. True when a new config took effect.
 
         A file that fails to load keeps the last good config; the error is in
-        ``config_error`` (and logged) until a good file replaces it.
+        ``config_error`` (and logged) until a good file replaces it. Unlike the
+        watcher, this reads the file at once: call it after replacing the file
+        atomically (e.g. from a deploy hook).
         """
+        return self._reload(stable=False)
+
+    def _poll(self) -> bool:
+        """One watcher poll: apply a changed file only when it is unchanged since the previous poll."""
+        return self._reload(stable=True)
+
+    def _reload(self, stable: bool) -> bool:
         if self._path is None:
             return False
         with self._lock:
+            sig: tuple[int, int] | None = None
             try:
                 st = os.stat(self._path)
                 sig = (st.st_mtime_ns, st.st_size)
                 if sig == self._file_sig and self.config_error is None:
+                    self._candidate = None
                     return False
-                state, sig = self._load(self._path)
+                data = read_config_bytes(self._path)
+                if stable:
+                    # Stable means the same signature and the same bytes at every poll since first seen, for
+                    # at least RELOAD_SETTLE_SECONDS: a writer still filling the file in place changes one or
+                    # the other between polls.
+                    digest = hashlib.sha256(data).digest()
+                    now = time.monotonic()
+                    cand = self._candidate
+                    if cand is None or cand[0] != sig or cand[1] != digest:
+                        self._candidate = (sig, digest, now)
+                        return False
+                    if now - cand[2] < RELOAD_SETTLE_SECONDS:
+                        return False
+                self._candidate = None
+                state = self._state_from(self._path, data)
             except ConfigError as exc:
-                return self._reload_failed(str(exc), sig if "sig" in locals() else None)
+                return self._reload_failed(str(exc), sig)
             except OSError as exc:
                 return self._reload_failed(f"{self._path}: cannot read: {exc.strerror}", None)
             except Exception as exc:  # never let the watcher die
@@ -658,10 +713,14 @@ class Lab:
 
 def _watch(ref: "weakref.ref[Lab]", interval: float) -> None:
     me = threading.current_thread()
+    interval = min(interval, MAX_RELOAD_INTERVAL)  # validated already; never an OverflowError in sleep
     while True:
         time.sleep(interval)
         lab = ref()
         if lab is None or lab._watcher is not me:
             return
-        lab.reload()
+        try:
+            lab._poll()
+        except Exception:  # _poll reports its own failures; nothing may end the watcher
+            _log.exception("fieldlab: config watcher poll failed; watching on")
         del lab

@@ -10,6 +10,13 @@ and groups combine them: ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": {...}
 
 A missing attribute never matches a comparison (only ``not_exists``), so an
 unknown visitor is left out rather than let in by accident.
+
+The ``regex`` operator runs on the client's input (paths, headers) on the
+request path, so it uses RE2 (package ``google-re2``), whose matching time is
+linear in the input: a pattern like ``^/(a+)+$`` cannot backtrack
+catastrophically. RE2 has no backreferences or lookaround; such a pattern is
+refused at load with a ConfigError. Without RE2 installed, a config using
+``regex`` is refused rather than matched with a backtracking engine.
 """
 
 from __future__ import annotations
@@ -19,13 +26,20 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["compile_condition", "OPERATORS", "MAX_REGEX_LENGTH", "Predicate"]
+try:
+    import re2 as _re2  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - google-re2 is a core dependency; a platform without a wheel
+    _re2 = None
+
+__all__ = ["compile_condition", "OPERATORS", "MAX_REGEX_LENGTH", "MAX_REGEX_SUBJECT", "Predicate"]
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
-#: Longest pattern the ``regex`` operator accepts, and longest value it searches.
+#: Longest pattern the ``regex`` operator accepts.
 MAX_REGEX_LENGTH = 256
-_MAX_SUBJECT_LENGTH = 1024
+#: Longest value the ``regex`` operator searches; a longer one does not match (it is never cut short,
+#: which could make it match a pattern the whole value does not).
+MAX_REGEX_SUBJECT = 65536
 _MISSING = object()
 
 _SEMVER = re.compile(
@@ -90,7 +104,7 @@ _COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
     "semver_gte": _cmp_semver(lambda a, e: a >= e),
     "semver_lt": _cmp_semver(lambda a, e: a < e),
     "semver_lte": _cmp_semver(lambda a, e: a <= e),
-    "regex": lambda a, e: isinstance(a, str) and e.search(a[:_MAX_SUBJECT_LENGTH]) is not None,
+    "regex": lambda a, e: isinstance(a, str) and len(a) <= MAX_REGEX_SUBJECT and e.search(a) is not None,
 }
 
 #: Every operator a leaf condition may use.
@@ -177,10 +191,25 @@ def _prepare(op: str, value: Any, path: str) -> Any:
         if len(value) > MAX_REGEX_LENGTH:
             raise ConfigError(path, f"regex is {len(value)} characters, over the limit of {MAX_REGEX_LENGTH}",
                               "shorten the pattern or use 'in'/'eq'")
-        try:
-            return re.compile(value)
-        except re.error as exc:
-            raise ConfigError(path, f"regex does not compile: {exc}", "fix the pattern") from None
+        return _compile_linear(value, path)
     if op in ("eq", "ne") and not isinstance(value, (str, int, float, bool)):
         raise ConfigError(path, f"operator {op!r} compares one scalar, got {type(value).__name__}", "use 'in' for lists")
     return value
+
+
+def _compile_linear(pattern: str, path: str) -> Any:
+    """Compile ``pattern`` with RE2 (linear-time matching); a ConfigError when it is not valid RE2 syntax."""
+    if _re2 is None:
+        raise ConfigError(path, "the regex operator needs RE2 (package google-re2), which is not installed",
+                          "pip install google-re2, or use 'eq', 'in' or 'contains'")
+    options = _re2.Options()
+    options.log_errors = False  # the error goes into the ConfigError, not to stderr
+    try:
+        return _re2.compile(pattern, options)
+    except _re2.error as exc:  # bad syntax, or a feature RE2 leaves out
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ConfigError(path, f"regex does not compile as RE2: {reason}",
+                          "fix the pattern; RE2 has no backreferences (\\1) or lookaround ((?=...), (?<=...)), "
+                          "which keeps matching linear in the input") from None
