@@ -7,8 +7,14 @@ import math
 import pytest
 
 from fieldlab.control.settings import (
-    DEFAULT_WINDOWS, LatencySLO, WindowPair, format_duration, parse_duration, parse_experiment_guardrails,
-    parse_guardrails_config, parse_lab_guardrails,
+    DEFAULT_WINDOWS,
+    LatencySLO,
+    WindowPair,
+    format_duration,
+    parse_duration,
+    parse_experiment_guardrails,
+    parse_guardrails_config,
+    parse_lab_guardrails,
 )
 from fieldlab.errors import ConfigError
 
