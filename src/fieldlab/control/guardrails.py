@@ -12,7 +12,9 @@ Pure functions from counts (:mod:`fieldlab.control.budget`) and settings
    rate is at or above the pair's threshold in both the long and the short
    window, **and** its bad-request rate is worse than control's with the
    always-valid confidence sequence (the lower end of the interval of variant
-   minus control, over per-unit data since the start, is above zero).
+   minus control, over per-unit data since the start, is above zero). The
+   ``alpha`` of the lab is split evenly over the SLIs and metrics that can pause
+   a variant (:func:`per_test_alpha`), so together they stay within it.
    Harmful -> ``pause`` (or ``alert`` with ``action = "alert"``).
 3. **Environment**: when control itself fires a window pair, the service is
    burning whatever the variant does: a variant that fires but is not shown
@@ -42,7 +44,7 @@ from .settings import ExperimentGuardrails, LabGuardrails
 from .state import Decision, LabState
 
 __all__ = [
-    "ExperimentData", "Verdict", "ExperimentVerdict", "Round", "evaluate_experiment", "decide_round",
+    "ExperimentData", "Verdict", "ExperimentVerdict", "Round", "evaluate_experiment", "decide_round", "per_test_alpha",
     "OUTCOMES", "BUDGET_PAUSE_COVER", "BUDGET_RECOVER_BELOW",
 ]
 
@@ -118,14 +120,22 @@ def _sli_evidence(sli: str, slo: float, pairs: Sequence[PairBurn], cpairs: Seque
     windows = []
     for p, c in zip(pairs, cpairs):
         w = p.to_json()
-        w["control"] = {"long_burn_rate": c.to_json()["long"]["burn_rate"],
-                        "short_burn_rate": c.to_json()["short"]["burn_rate"], "firing": c.firing}
+        cj = c.to_json()
+        w["control"] = {"long_burn_rate": cj["long"]["burn_rate"], "short_burn_rate": cj["short"]["burn_rate"],
+                        "firing": c.firing}
         windows.append(w)
     out: dict[str, Any] = {"slo": slo, "budget": round(100.0 - slo, 6), "windows": windows,
                            "interval": interval.to_json(), "worse_than_control": worse}
     if sli == "latency" and guard.latency_slo is not None:
         out["threshold_ms"] = guard.latency_slo.ms
     return out
+
+
+def per_test_alpha(guard: ExperimentGuardrails, lab: LabGuardrails) -> float:
+    """The error level of each always-valid test of a variant: ``lab.alpha`` split evenly (Bonferroni) over
+    the SLIs and metrics that can pause it, so all of them together pause an A/A variant at most
+    ``alpha / 2`` of the time (each test is one-sided at half its two-sided level)."""
+    return lab.alpha / (len(_sli_list(guard)) + len(guard.metrics))
 
 
 def evaluate_experiment(data: ExperimentData, guard: ExperimentGuardrails, lab: LabGuardrails) -> ExperimentVerdict:
@@ -153,15 +163,16 @@ def evaluate_experiment(data: ExperimentData, guard: ExperimentGuardrails, lab: 
 def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: ArmData,
                       control_pairs: Mapping[str, Sequence[PairBurn]], guard: ExperimentGuardrails,
                       lab: LabGuardrails) -> Verdict:
+    alpha = per_test_alpha(guard, lab)
     evidence: dict[str, Any] = {"units": {"control": control.units, "variant": arm.units},
-                                "min_units": guard.min_units, "alpha": lab.alpha, "slis": {}, "metrics": {}}
+                                "min_units": guard.min_units, "alpha": alpha, "slis": {}, "metrics": {}}
     harmful: list[str] = []
     burning_unproven: list[str] = []
     control_fires = False
     for sli, slo in _sli_list(guard):
         pairs = [pair_burn(arm, w, sli, slo) for w in lab.windows]
         cpairs = control_pairs[sli]
-        interval = difference_interval(control.rate(sli), arm.rate(sli), lab.alpha)
+        interval = difference_interval(control.rate(sli), arm.rate(sli), alpha)
         worse = interval.valid and interval.low > 0
         evidence["slis"][sli] = _sli_evidence(sli, slo, pairs, cpairs, interval, worse, guard)
         fired = [p for p in pairs if p.firing]
@@ -169,7 +180,7 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         if fired and worse:
             harmful.append(f"its {_SLI_WORDS[sli]} ({_pct(interval.variant)}) burns the {slo:g} % SLO "
                            f"{_firing_words(fired[0])} and is worse than control's ({_pct(interval.control)}; "
-                           f"difference {_pct(interval.low)} to {_pct(interval.high)} at {1 - lab.alpha:.0%})")
+                           f"difference {_pct(interval.low)} to {_pct(interval.high)} at {1 - alpha:.2%})")
         elif fired:
             burning_unproven.append(f"its {_SLI_WORDS[sli]} burns the {slo:g} % SLO {_firing_words(fired[0])}")
     inferior: list[str] = []
@@ -178,7 +189,7 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         if c_m is None or v_m is None:
             evidence["metrics"][m.name] = {"margin": m.margin, "missing": True}
             continue
-        rel = relative_interval(c_m, v_m, lab.alpha)
+        rel = relative_interval(c_m, v_m, alpha)
         bound = m.margin / 100.0
         bad = rel.valid and (rel.high < bound if m.higher_is_better else rel.low > bound)
         evidence["metrics"][m.name] = {"kind": m.kind, "margin": m.margin, "higher_is_better": m.higher_is_better,

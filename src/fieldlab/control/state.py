@@ -464,7 +464,7 @@ class RedisStore(StateStore):
 
     def _fail(self, exc: Exception) -> StateStoreError:
         return StateStoreError(f"{self.description}: {type(exc).__name__}: {exc}; check that Redis is up "
-                               "and reachable (the last known state stays in force)")
+                               "and reachable")
 
     def read(self) -> LabState:
         try:
