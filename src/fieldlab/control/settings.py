@@ -16,7 +16,7 @@ Lab-wide::
       { long = "6h", short = "30m", burn_rate = 6 },
     ]
     min_units = 100             # units per arm before any decision about a variant
-    alpha = 0.01                # error level of the always-valid comparisons
+    alpha = 0.005               # error level of the always-valid comparisons (split over SLIs and metrics)
 
 Per experiment (``[experiments.guardrails]``)::
 
@@ -37,6 +37,7 @@ metric is the mean of the attribute over the requests that carry it.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ METRIC_KINDS = ("conversion", "numeric")
 #: Units per arm before the guardrails decide anything about a variant.
 DEFAULT_MIN_UNITS = 100
 #: Error level of the always-valid comparisons (one-sided false pause at most alpha / 2 over a whole life).
-DEFAULT_ALPHA = 0.01
+DEFAULT_ALPHA = 0.005
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -80,6 +81,7 @@ def parse_duration(value: Any, path: str) -> float:
     return total
 
 
+@functools.lru_cache(maxsize=256)
 def format_duration(seconds: float) -> str:
     """The shortest ``parse_duration`` text for ``seconds`` (``3600`` -> ``"1h"``, ``5400`` -> ``"1h30m"``)."""
     out, rest = [], float(seconds)
@@ -278,9 +280,9 @@ def parse_lab_guardrails(doc: Any, path: str = "guardrails") -> LabGuardrails:
     min_units = _min_units(doc["min_units"], f"{path}.min_units") if "min_units" in doc else d.min_units
     alpha = d.alpha
     if "alpha" in doc:
-        alpha = _number(doc["alpha"], f"{path}.alpha", "give an error level such as 0.01")
+        alpha = _number(doc["alpha"], f"{path}.alpha", "give an error level such as 0.005")
         if not 0 < alpha < 0.5:
-            raise ConfigError(f"{path}.alpha", f"{alpha:g} is outside (0, 0.5)", "give an error level such as 0.01")
+            raise ConfigError(f"{path}.alpha", f"{alpha:g} is outside (0, 0.5)", "give an error level such as 0.005")
     _check_reachable(windows, slo, f"{path}.service_slo")
     return LabGuardrails(slo, period, share, windows, min_units, alpha)
 
