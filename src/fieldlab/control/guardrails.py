@@ -180,7 +180,7 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         if fired and worse:
             harmful.append(f"its {_SLI_WORDS[sli]} ({_pct(interval.variant)}) burns the {slo:g} % SLO "
                            f"{_firing_words(fired[0])} and is worse than control's ({_pct(interval.control)}; "
-                           f"difference {_pct(interval.low)} to {_pct(interval.high)} at {1 - alpha:.2%})")
+                           f"difference {100 * interval.low:+.3g} to {100 * interval.high:+.3g} points at {1 - alpha:.2%})")
         elif fired:
             burning_unproven.append(f"its {_SLI_WORDS[sli]} burns the {slo:g} % SLO {_firing_words(fired[0])}")
     inferior: list[str] = []
