@@ -26,7 +26,6 @@ floor as well.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import socket
@@ -81,7 +80,8 @@ def _row(name: str, reads: list[int], floor: list[int]) -> str:
         return xs[min(len(xs) - 1, int(len(xs) * p))]
 
     return (f"{name:8s} poller read p50 {q(reads, .5):6d}  p99 {q(reads, .99):6d}  max {reads[-1]:9d}   "
-            f"floor p50 {q(floor, .5):5d}  p99 {q(floor, .99):5d}  max {floor[-1]:9d}   added p99 {q(reads, .99) - q(floor, .99):6d} ns")
+            f"floor p50 {q(floor, .5):5d}  p99 {q(floor, .99):5d}  max {floor[-1]:9d}   "
+            f"added p99 {q(reads, .99) - q(floor, .99):6d} ns")
 
 
 def main() -> None:

@@ -106,7 +106,8 @@ def simulate(reps: int = 1000, days: float = 28, error_rate: float = 0.03, slo: 
         v = _arm_bins(rng, n, bins, units_per_bin, error_rate if variant_error_rate is None else variant_error_rate)
         live = np.ones(n, dtype=bool)
         hours = int(days * 24)
-        sample = set(zip(rng.integers(0, n, check_per_chunk).tolist(), rng.integers(1, hours + 1, check_per_chunk).tolist()))
+        sample = set(zip(rng.integers(0, n, check_per_chunk).tolist(),
+                         rng.integers(1, hours + 1, check_per_chunk).tolist(), strict=True))
         for hour in range(1, hours + 1):
             t = hour * per_hour
             fires = np.zeros(n, dtype=bool)

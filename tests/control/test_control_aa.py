@@ -10,7 +10,6 @@ variant, so the A/A figure cannot come from rules that never pause.
 from __future__ import annotations
 
 import pytest
-
 from aa_simulation import SCENARIOS, simulate
 
 

@@ -6,14 +6,18 @@ import os
 import sys
 
 import pytest
+from span_kit import Request, traffic, write_spans
 
 from fieldlab import attributes as A
 from fieldlab.analysis.sources import ClickHouseSource, FileSource
-from fieldlab.control.controller import Controller, ExperimentSpec, experiment_specs, measure
+from fieldlab.control.controller import (
+    Controller,
+    ExperimentSpec,
+    experiment_specs,
+    measure,
+)
 from fieldlab.control.settings import parse_guardrails_config
 from fieldlab.control.state import JsonFileStore
-
-from span_kit import Request, traffic, write_spans
 
 NOW = 1_796_000_000.0  # 2026-11-30T00:53:20Z
 DOC = {
@@ -48,7 +52,8 @@ def _controller(source, tmp_path, engine="auto") -> Controller:
 
 
 def test_experiment_specs_from_a_config_document() -> None:
-    specs = experiment_specs({"experiments": [{"key": "a", "variants": [{"name": "c"}, {"name": "t"}], "unit": "session"},
+    specs = experiment_specs({"experiments": [{"key": "a", "variants": [{"name": "c"}, {"name": "t"}],
+                                               "unit": "session"},
                                               {"key": "b", "variants": {"x": 1, "y": 1}, "control": "y"}]})
     assert specs == {"a": ExperimentSpec("a", "c", "session"), "b": ExperimentSpec("b", "y", "user")}
 

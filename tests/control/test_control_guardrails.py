@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from guard_kit import arm
 
 from fieldlab.analysis import stats
 from fieldlab.control.budget import (
-    ArmData, Counts, Moments, budget_status, burn_rate, difference_interval, excess_bad, relative_interval,
+    ArmData,
+    Counts,
+    Moments,
+    budget_status,
+    burn_rate,
+    difference_interval,
+    excess_bad,
+    relative_interval,
 )
-from fieldlab.control.guardrails import ExperimentData, decide_round, evaluate_experiment
+from fieldlab.control.guardrails import (
+    ExperimentData,
+    decide_round,
+    evaluate_experiment,
+)
 from fieldlab.control.settings import LabGuardrails, parse_experiment_guardrails
 from fieldlab.control.state import Decision, JsonFileStore, LabState, apply_decision
-
-from guard_kit import arm
 
 LAB = LabGuardrails()
 GUARD = parse_experiment_guardrails({"error_slo": 99.5}, "experiments[0].guardrails", LAB)
@@ -141,19 +151,23 @@ def test_non_inferiority_metric_pauses_only_wholly_beyond_the_margin() -> None:
     assert v.outcome == "ok" and not v.evidence["metrics"]["app.checkout.completed"]["inferior"]
     # lower is better: +5 % allowed, the variant is +50 %
     lower = parse_experiment_guardrails({"metrics": [{"name": "q", "kind": "numeric", "margin": 5}]}, "g", LAB)
-    c = ArmData(errors=Moments.of_units([0] * 3000, [1] * 3000), metrics={"q": Moments.of_units(rng.normal(100, 10, 3000))})
-    t = ArmData(errors=Moments.of_units([0] * 3000, [1] * 3000), metrics={"q": Moments.of_units(rng.normal(150, 10, 3000))})
+    none = Moments.of_units([0] * 3000, [1] * 3000)
+    c = ArmData(errors=none, metrics={"q": Moments.of_units(rng.normal(100, 10, 3000))})
+    t = ArmData(errors=none, metrics={"q": Moments.of_units(rng.normal(150, 10, 3000))})
     _, v = one(t, c, lower)
     assert (v.outcome, v.cause) == ("pause", "metric")
     iv = relative_interval(c.metrics["q"], t.metrics["q"], 0.01)
     assert iv.low > 0.4
 
 
-def _budget_case(variant_errors: int, *, state: LabState = LabState()):
+def _budget_case(variant_errors: int):
     lab = LabGuardrails(service_slo=99.9, experiment_share=25)
-    period = {"checkout": {"control": Counts(1000, 100_000, 100, 0), "a": Counts(1000, 100_000, 100 + variant_errors, 0),
-                           "b": Counts(1000, 100_000, 90, 0)},
-              "search": {"control": Counts(1000, 100_000, 100, 0), "x": Counts(1000, 100_000, 100 + variant_errors // 4, 0)}}
+
+    def c(errors: int) -> Counts:
+        return Counts(1000, 100_000, errors, 0)
+
+    period = {"checkout": {"control": c(100), "a": c(100 + variant_errors), "b": c(90)},
+              "search": {"control": c(100), "x": c(100 + variant_errors // 4)}}
     # one full period observed with 1M service requests: the budget is 1000 errors, experiments may cause 250
     b = budget_status(lab, Counts(0, 1_000_000, 0, 0), lab.budget_period, period,
                       {"checkout": "control", "search": "control"})

@@ -141,7 +141,8 @@ def test_other_field_errors() -> None:
     assert _err(parse_lab_guardrails, {"alpha": 0.7}).path == "guardrails.alpha"
     p = "experiments[0].guardrails"
     assert _err(parse_experiment_guardrails, {"action": "stop"}, p).path == p + ".action"
-    assert _err(parse_experiment_guardrails, {"latency_slo": {"ms": -1, "percent": 99}}, p).path == p + ".latency_slo.ms"
+    e = _err(parse_experiment_guardrails, {"latency_slo": {"ms": -1, "percent": 99}}, p)
+    assert e.path == p + ".latency_slo.ms"
     assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "kind": "conversoin", "margin": -1}]},
                 p).fix.startswith("did you mean 'conversion'")
     assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": 0}]}, p).path == \

@@ -80,7 +80,7 @@ class Moments:
         if len(xs) != len(ys):
             raise ValueError("y and x must have one value per unit")
         return cls(len(ys), sum(ys), sum(xs), sum(v * v for v in ys), sum(v * v for v in xs),
-                   sum(a * b for a, b in zip(ys, xs)))
+                   sum(a * b for a, b in zip(ys, xs, strict=True)))
 
     def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.n + other.n, self.sy + other.sy, self.sx + other.sx, self.syy + other.syy,

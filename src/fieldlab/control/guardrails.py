@@ -118,7 +118,7 @@ def _firing_words(p: PairBurn) -> str:
 def _sli_evidence(sli: str, slo: float, pairs: Sequence[PairBurn], cpairs: Sequence[PairBurn],
                   interval: Interval, worse: bool, guard: ExperimentGuardrails) -> dict[str, Any]:
     windows = []
-    for p, c in zip(pairs, cpairs):
+    for p, c in zip(pairs, cpairs, strict=True):
         w = p.to_json()
         cj = c.to_json()
         w["control"] = {"long_burn_rate": cj["long"]["burn_rate"], "short_burn_rate": cj["short"]["burn_rate"],
@@ -180,7 +180,8 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         if fired and worse:
             harmful.append(f"its {_SLI_WORDS[sli]} ({_pct(interval.variant)}) burns the {slo:g} % SLO "
                            f"{_firing_words(fired[0])} and is worse than control's ({_pct(interval.control)}; "
-                           f"difference {100 * interval.low:+.3g} to {100 * interval.high:+.3g} points at {1 - alpha:.2%})")
+                           f"difference {100 * interval.low:+.3g} to {100 * interval.high:+.3g} points "
+                           f"at {1 - alpha:.2%})")
         elif fired:
             burning_unproven.append(f"its {_SLI_WORDS[sli]} burns the {slo:g} % SLO {_firing_words(fired[0])}")
     inferior: list[str] = []

@@ -265,7 +265,9 @@ def parse_lab_guardrails(doc: Any, path: str = "guardrails") -> LabGuardrails:
     _check_keys(doc, _LAB_KEYS, path)
     d = LabGuardrails()
     slo = _slo(doc["service_slo"], f"{path}.service_slo") if "service_slo" in doc else d.service_slo
-    period = parse_duration(doc["budget_period"], f"{path}.budget_period") if "budget_period" in doc else d.budget_period
+    period = d.budget_period
+    if "budget_period" in doc:
+        period = parse_duration(doc["budget_period"], f"{path}.budget_period")
     share = d.experiment_share
     if "experiment_share" in doc:
         share = _number(doc["experiment_share"], f"{path}.experiment_share", "give a percentage from 0 to 100")
@@ -367,13 +369,14 @@ def parse_experiment_guardrails(doc: Any, path: str = "experiments[0].guardrails
     if "metrics" in doc:
         raw = doc["metrics"]
         if not isinstance(raw, (list, tuple)):
-            raise ConfigError(f"{path}.metrics", f"expected a list, got {type(raw).__name__}",
-                              'write metrics = [{ name = "app.checkout.completed", kind = "conversion", margin = -2.0 }]')
+            raise ConfigError(f"{path}.metrics", f"expected a list, got {type(raw).__name__}", 'write metrics = '
+                              '[{ name = "app.checkout.completed", kind = "conversion", margin = -2.0 }]')
         seen: set[str] = set()
         for i, m in enumerate(raw):
             metric = _parse_metric(m, f"{path}.metrics[{i}]")
             if metric.name in seen:
-                raise ConfigError(f"{path}.metrics[{i}].name", f"{metric.name!r} is listed twice", "list each metric once")
+                raise ConfigError(f"{path}.metrics[{i}].name", f"{metric.name!r} is listed twice",
+                                  "list each metric once")
             seen.add(metric.name)
             metrics.append(metric)
     action = doc.get("action", "pause")

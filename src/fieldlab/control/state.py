@@ -181,6 +181,10 @@ def _nested(doc: Any, what: str) -> dict[str, dict[str, Mark]]:
     return {str(k): _marks(v, f"{what}.{k}") for k, v in doc.items()}
 
 
+def _nested_json(table: Mapping[str, Mapping[str, Mark]]) -> dict[str, dict[str, Any]]:
+    return {e: {v: m.to_json() for v, m in sorted(vs.items())} for e, vs in sorted(table.items()) if vs}
+
+
 @dataclass(frozen=True)
 class LabState:
     """The whole state document (see the module docstring); immutable, replaced on every write."""
@@ -205,8 +209,8 @@ class LabState:
             "version": FORMAT_VERSION, "seq": self.seq, "updated_at": self.updated_at,
             "all": self.all.to_json() if self.all else None,
             "experiments": {k: m.to_json() for k, m in sorted(self.killed.items())},
-            "paused": {e: {v: m.to_json() for v, m in sorted(vs.items())} for e, vs in sorted(self.paused.items()) if vs},
-            "alerts": {e: {v: m.to_json() for v, m in sorted(vs.items())} for e, vs in sorted(self.alerts.items()) if vs},
+            "paused": _nested_json(self.paused),
+            "alerts": _nested_json(self.alerts),
             "history": [d.to_json() for d in self.history],
             "report": dict(self.report),
         }
@@ -333,7 +337,7 @@ class StateStore(abc.ABC):
     def update(self, change: Callable[[LabState], LabState | None]) -> LabState:
         """Atomically replace the state by ``change(current)`` (None: leave it). Returns the state in force."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for a backend without connections
         """Release connections (the store may be used again afterwards)."""
 
     def record(self, decisions: Iterable[Decision], *, report: Mapping[str, Any] | None = None,
@@ -385,11 +389,13 @@ class JsonFileStore(StateStore):
         except FileNotFoundError:
             return LabState()
         except OSError as exc:
-            raise StateStoreError(f"{self.path}: cannot read the state ({exc.strerror}); check the permissions") from None
+            raise StateStoreError(f"{self.path}: cannot read the state ({exc.strerror}); "
+                                  "check the permissions") from None
         try:
             return LabState.from_bytes(data)
         except StateFormatError as exc:
-            raise StateFormatError(f"{self.path}: {exc}; fix or remove the file (faults stay halted meanwhile)") from None
+            raise StateFormatError(f"{self.path}: {exc}; fix or remove the file "
+                                   "(faults stay halted meanwhile)") from None
 
     def token(self) -> Hashable:
         try:
@@ -448,7 +454,8 @@ class RedisStore(StateStore):
             from redis.backoff import NoBackoff
             from redis.retry import Retry
         except ImportError:
-            raise StateStoreError("a redis:// state store needs the redis package; pip install 'fieldlab[redis]'") from None
+            raise StateStoreError("a redis:// state store needs the redis package; "
+                                  "pip install 'fieldlab[redis]'") from None
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query)
         self.key = key or query.pop("key", ["fieldlab:state"])[0]
@@ -580,6 +587,10 @@ class Snapshot:
         return cls(state, status, error, read_at, checked_at, paused, frozenset(state.killed), state.all is not None)
 
 
+def _seq(snapshot: Snapshot) -> int | None:
+    return snapshot.state.seq if snapshot.state is not None else None
+
+
 _POLLERS: "weakref.WeakSet[StatePoller]" = weakref.WeakSet()
 
 
@@ -677,7 +688,7 @@ class StatePoller:
             status = "stale" if old.state is not None else "error"
             new = Snapshot.of(old.state, status, str(exc), old.read_at, now)
         self._snapshot = new
-        if (new.status, new.state is not None and new.state.seq) != (old.status, old.state is not None and old.state.seq):
+        if (new.status, _seq(new)) != (old.status, _seq(old)):
             self._report(old, new)
         return new
 
