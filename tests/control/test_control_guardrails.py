@@ -212,6 +212,19 @@ def test_spent_budget_halts_faults_and_pauses_the_costliest_until_it_recovers() 
     assert acts == [("resume_faults", None, None, "budget"), ("resume", "checkout", "a", "budget")]
 
 
+def test_a_halt_handed_from_environment_to_budget_never_gaps() -> None:
+    lab, spent = _budget_case(400)
+    rng = np.random.default_rng(13)
+    exps = [ExperimentData("checkout", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "a", "b")})]
+    state = LabState(all=Decision("halt_faults", None, None, "environment", by=BY).mark(1), seq=1)
+    rnd = decide_round(exps, {}, lab, spent, state, at=AT, by=BY)
+    assert [(d.action, d.cause) for d in rnd.decisions][:2] == [("resume_faults", "environment"),
+                                                                ("halt_faults", "budget")]
+    for d in rnd.decisions:  # one write applies them all: readers never see faults unhalted in between
+        state, _ = apply_decision(state, d, 2)
+    assert state.all is not None and state.all.cause == "budget"
+
+
 def test_a_round_recorded_twice_changes_the_state_once(tmp_path) -> None:
     rng = np.random.default_rng(12)
     data = [ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001), "one-page": arm(rng, 2000, 0.1),

@@ -53,6 +53,16 @@ def test_apply_decision_pause_is_idempotent_and_first_reason_stays() -> None:
     assert not changed and s2.paused["checkout"]["one-page"].reason == "first"
 
 
+def test_a_budget_pause_is_taken_over_by_a_guardrail_pause() -> None:
+    s, _ = apply_decision(LabState(), pause(cause="budget"), 1)
+    s, changed = apply_decision(s, pause(cause="guardrail"), 2)
+    assert changed and s.paused["checkout"]["one-page"].cause == "guardrail"
+    s, changed = apply_decision(s, Decision("resume", "checkout", None, "budget", by="ctl"), 3)
+    assert not changed and s.is_paused("checkout", "one-page")  # budget recovery cannot lift it now
+    s, changed = apply_decision(s, pause(cause="budget"), 4)
+    assert not changed and s.paused["checkout"]["one-page"].cause == "guardrail"
+
+
 def test_machine_resumes_lift_only_their_own_cause() -> None:
     s, _ = apply_decision(LabState(), pause(variant="a", cause="guardrail"), 1)
     s, _ = apply_decision(s, pause(variant="b", cause="budget"), 2)

@@ -275,14 +275,16 @@ def _lift(table: Mapping[str, Mapping[str, Mark]], experiment: str, variant: str
 def apply_decision(state: LabState, decision: Decision, seq: int) -> tuple[LabState, bool]:
     """The state after ``decision`` (its marks numbered ``seq``) and whether anything changed.
 
-    A halt or pause already in force is kept as it is (the first reason stays on record).
+    A halt or pause already in force is kept as it is (the first reason stays on record), except
+    that a pause or alert the budget set is taken over by a guardrail, metric or operator one.
     """
     e, v, a = decision.experiment, decision.variant, decision.action
     if a in ("pause", "alert"):
         assert e is not None and v is not None
         table = state.paused if a == "pause" else state.alerts
-        if v in table.get(e, {}):
-            return state, False
+        held = table.get(e, {}).get(v)
+        if held is not None and not (held.cause == "budget" and decision.cause != "budget"):
+            return state, False  # a budget pause becomes a guardrail's (or a person's), so recovery cannot lift it
         new = {**{k: dict(x) for k, x in table.items()}}
         new.setdefault(e, {})[v] = decision.mark(seq)
         return (replace(state, paused=new) if a == "pause" else replace(state, alerts=new)), True
