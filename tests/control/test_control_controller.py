@@ -141,3 +141,31 @@ def test_control_failing_alike_is_the_environment(tmp_path) -> None:
     assert ("halt_faults", None, "environment") in acts and not any(a == "pause" for a, _, _ in acts)
     state = ctl.store.read()
     assert state.all is not None and state.all.cause == "environment" and not state.paused
+
+
+def test_slow_requests_and_a_since_cut_are_counted_alike_by_both_engines(tmp_path) -> None:
+    reqs = traffic("checkout", NOW, units={"control": 250, "one-page": 250, "aa": 250},
+                   error_rate={"control": 0.001, "one-page": 0.001, "aa": 0.001},
+                   slow_ms={"control": 100.0, "one-page": 2000.0, "aa": 100.0}, seed=9)
+    path = write_spans(str(tmp_path / "slow.jsonl"), reqs)
+    ctl = _controller(path, tmp_path)
+    q = ctl.query(NOW)
+    ch = measure(FileSource(path, engine="chdb"), q, ctl.config)
+    py = measure(FileSource(path, engine="python"), q, ctl.config)
+    assert _summary(ch) == _summary(py)
+    arms = {v: a for e in ch.experiments for v, a in e.arms.items()}
+    assert arms["one-page"].slow.sy == arms["one-page"].errors.sx  # 1000-3000 ms: every request is over 800 ms
+    assert arms["control"].slow.sy == 0
+    rnd = ctl.run_round(NOW, record=False)
+    (v,) = [v for e in rnd.experiments for v in e.verdicts if v.variant == "one-page"]
+    assert v.outcome == "pause" and "slow-request rate" in v.reason
+    # only the last half hour
+    from dataclasses import replace
+
+    half = replace(q, since=NOW - 1800)
+    ch2 = measure(FileSource(path, engine="chdb"), half, ctl.config)
+    py2 = measure(FileSource(path, engine="python"), half, ctl.config)
+    assert _summary(ch2) == _summary(py2)
+    late = {v: a for e in ch2.experiments for v, a in e.arms.items()}
+    assert 0 < late["one-page"].errors.sx < arms["one-page"].errors.sx
+    assert late["one-page"].errors.sx == arms["one-page"].window(1800.0).requests
