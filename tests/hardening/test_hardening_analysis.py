@@ -190,3 +190,19 @@ def test_max_line_bytes_must_be_a_size(tmp_path):
     path.write_text("\n".join(_good_lines()) + "\n")
     p = _run("analyze", str(path), "--max-line-bytes", "lots")
     assert p.returncode == 2 and "16M" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_nesting_near_the_parser_limit_is_judged_alike_by_both_engines(tmp_path):
+    """Python's parser stops near 1000 levels (less on a deep stack), ClickHouse's at 1024: the same lines
+    must be read or refused by both engines, spans included."""
+    lines = []
+    for i, depth in enumerate((900, 1010, 1022, 1023, 1030)):
+        doc = json.loads(_line([_span(7000 + i)]))
+        text = json.dumps(doc)
+        lines.append(text[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}")
+    path = tmp_path / "deep.jsonl"
+    path.write_text("\n".join(_good_lines() + lines) + "\n")
+    res = {e: _analyze(str(path), e) for e in ENGINES}
+    assert _counts(res["chdb"]) == _counts(res["python"])
+    # levels = depth + 1 (the line's object): up to 1024 is read
+    assert res["python"]["spans"] == N_GOOD + 4 and res["python"]["malformed_lines"] == 1

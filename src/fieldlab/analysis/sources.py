@@ -609,6 +609,36 @@ def _has_lone_surrogate(doc: Any) -> bool:
     return False
 
 
+#: ClickHouse's JSON parser accepts at most this many nested levels; so does the Python reader.
+_MAX_JSON_DEPTH = 1024
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (strings ignored)."""
+    depth = deepest = 0
+    for b in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if b in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _parse_deep(text: str) -> Any:
+    """A line Python's parser gave up on (about 1000 levels, less on a deep stack): parsed when ClickHouse
+    would parse it (at most :data:`_MAX_JSON_DEPTH` levels), else None, so both engines agree."""
+    if _json_depth(text) > _MAX_JSON_DEPTH:
+        return None
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 2 * _MAX_JSON_DEPTH)
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _parse_line(line: bytes) -> Any:
     """A JSON-lines line as a dict, or None when the line is not a usable JSON object.
 
@@ -616,9 +646,14 @@ def _parse_line(line: bytes) -> Any:
     ``NaN``, nesting deeper than the parser allows, lone surrogate escapes, anything but an object.
     """
     try:
-        doc = json.loads(line.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
+        text = line.decode("utf-8")
+        doc = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except ValueError:
         return None
+    except RecursionError:
+        doc = _parse_deep(text)
+        if doc is None:
+            return None
     if not isinstance(doc, dict):
         return None
     if _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(doc):
