@@ -272,7 +272,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     units: the populations of the mean latency with and without
     ``--all-assigned``), and the span/line totals and per-experiment counts.
     Spans without an experiment collapse into one row (experiment ``''``) that
-    carries their totals.
+    carries their totals. A unit keeps its requests' histogram bins as a plain
+    array (measured cheaper than a per-unit ``sumMap``), summed per variant.
     """
     vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
     metric_cols, unit_aggs, outer_aggs = [], [], []
@@ -320,7 +321,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
         "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND has_span AND IsServer) AS n_server, "
-        "countIf(NOT line_ok) AS n_bad, sumMapIf([bin], [toUInt64(1)], nf) AS uhist"
+        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins"
         f"{uaggs} FROM ({x}) GROUP BY is_h, exp, unit"
     )
     return (
@@ -328,8 +329,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(errors, ok_unit) AS a_errors, "
         "groupArrayIf(lat_ms, ok_unit) AS a_lat_ms, groupArrayIf(toUInt8(uexposed), ok_unit) AS a_exposed, "
         "groupArrayIf(first_ts, ok_unit) AS a_first_ts, "
-        "sumMapIf(uhist.1, uhist.2, ok_unit) AS a_hist_all, "
-        "sumMapIf(uhist.1, uhist.2, ok_unit AND uexposed) AS a_hist_exposed, "
+        "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit) AS a_hist_all, "
+        "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit AND uexposed) AS a_hist_exposed, "
         "sum(n_forced) AS a_forced, groupUniqArrayIf(ukind_u, requests > 0) AS a_ukinds, "
         "sum(n_spans) AS a_spans, sum(n_server) AS a_server_spans, sum(n_bad) AS a_bad_lines"
         f"{oaggs} FROM (SELECT *, NOT multi AND requests > 0 AND exp != '' AS ok_unit FROM ({inner})) "
