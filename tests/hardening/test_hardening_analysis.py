@@ -206,3 +206,18 @@ def test_nesting_near_the_parser_limit_is_judged_alike_by_both_engines(tmp_path)
     assert _counts(res["chdb"]) == _counts(res["python"])
     # levels = depth + 1 (the line's object): up to 1024 is read
     assert res["python"]["spans"] == N_GOOD + 4 and res["python"]["malformed_lines"] == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_balance_reports_a_damaged_file_and_long_lines_it_skipped(tmp_path, engine):
+    whole = gzip.compress(("\n".join(_good_lines()) + "\n").encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    huge = '{"resourceSpans": [], "pad": "' + "a" * 2_000_000 + '"}'
+    (tmp_path / "more.jsonl").write_text("\n".join(_good_lines(1000) + [huge]) + "\n")
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text('[[experiments]]\nkey = "exp"\nunit = "user"\nvariants = { control = 1, treatment = 1 }\n')
+    p = _run("balance", str(cfg), "exp", str(tmp_path), "--engine", engine, "--json", "--max-line-bytes", "1M")
+    assert p.returncode in (0, 1) and "Traceback" not in p.stderr, p.stderr[-2000:]
+    res = json.loads(p.stdout)
+    assert res["long_lines"] == 1 and len(res["damaged_files"]) == 1 and "cut.jsonl.gz" in res["damaged_files"][0]
+    assert any("damaged file" in n for n in res["notes"])

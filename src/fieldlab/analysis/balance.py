@@ -164,6 +164,12 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
     if skipped:
         result["notes"].append(f"{skipped} unit id(s) that are not valid UTF-8 text skipped (no variant can be "
                                "computed for them)")
+    read = getattr(src, "last_read", None) or {}
+    result["long_lines"], result["damaged_files"] = read.get("long", 0), list(read.get("damaged", ()))
+    if result["long_lines"]:
+        result["notes"].append(f"{result['long_lines']} over-long line(s) skipped (raise --max-line-bytes)")
+    for d in result["damaged_files"]:
+        result["notes"].append(f"damaged file read up to the damage: {d}")
     if not check["balanced"]:
         for i in range(1, max(tries, 0) + 1):
             cand = f"{base_salt}-{i}"

@@ -1042,18 +1042,21 @@ class FileSource(Source):
             done += size
 
     def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
+        """See :meth:`Source.unit_totals`; over-long lines and damaged files read are left in
+        :attr:`last_read` (``{"long": n, "damaged": [...]}``) for the caller to report."""
         pairs = self._kinds()
+        self.last_read: dict[str, Any] = {"long": 0, "damaged": []}
         if self.engine == "chdb" and not self._chdb_obstacle(pairs):
             spec = QuerySpec(metrics=tuple(metrics))
             try:
                 rows = _chdb_rows(unit_totals_sql(file_spans_sql(pairs, spec), kind, metrics))
             except Exception as exc:
                 if self.requested_engine == "auto":
-                    return _python_unit_totals(self._iter_spans(), kind, metrics)
+                    return _python_unit_totals(self._iter_spans(None, self.last_read), kind, metrics)
                 raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
                                   "try --engine python") from None
             return _unit_totals_from_row(rows[0], metrics)
-        return _python_unit_totals(self._iter_spans(), kind, metrics)
+        return _python_unit_totals(self._iter_spans(None, self.last_read), kind, metrics)
 
 
 def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
