@@ -169,7 +169,8 @@ def test_holdouts_multi_variant_units_and_request_units(tmp_path):
     from opentelemetry.trace import SpanKind
 
     reqs = [
-        # held-out unit: its own group, never in the experiment even if a variant leaks onto the span
+        # held-out unit: its own group, never in an experiment its holdout covers even if a variant leaks onto
+        # the span (the coverage comes from the config: QuerySpec.holdout_experiments)
         dict(attrs={A.holdout_attr("q3"): True, A.unit_attr("user"): "h1:aaaa", A.variant_attr("exp"): "control"}, dur_ms=5),
         dict(attrs={A.holdout_attr("q3"): True, A.unit_attr("user"): "h1:aaaa"}, dur_ms=7),
         # a unit seen in two variants is excluded and counted
@@ -188,7 +189,7 @@ def test_holdouts_multi_variant_units_and_request_units(tmp_path):
     ]
     path = write_otlp(str(tmp_path / "t.jsonl"), reqs, child_spans=False)
     for engine in ("chdb", "python"):
-        agg = FileSource(path, engine=engine).aggregate(QuerySpec())
+        agg = FileSource(path, engine=engine).aggregate(QuerySpec(holdout_experiments={"q3": ("exp",)}))
         assert sorted(agg.holdouts) == ["q3"]
         assert agg.holdouts["q3"].units == 1 and agg.holdouts["q3"].requests.sum() == 2
         e = agg.experiments["exp"]

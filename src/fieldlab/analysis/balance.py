@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import attributes as A
 from ..errors import FieldLabError
-from .sources import Metric, SourceError, open_source, parse_metric
+from .sources import MAX_LINE_BYTES, Metric, SourceError, open_source, parse_metric
 
 __all__ = ["balance", "render_balance", "HashedUnitsError"]
 
@@ -27,9 +27,38 @@ class HashedUnitsError(FieldLabError):
     """The spans carry hashed unit ids, which cannot be re-assigned under a new salt."""
 
 
+def _utf8(unit: str) -> bool:
+    try:
+        unit.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _hashable(ids: list[str], mat: Any) -> tuple[list[str], Any, int]:
+    """The units whose id is valid UTF-8 text, and how many were left out.
+
+    The assignment contract hashes the UTF-8 bytes of a unit id; an id holding a lone surrogate (a store's
+    non-UTF-8 bytes, or a ``\\udXXX`` escape) has no such bytes, and MurmurHash3's C code must never be
+    handed one (it crashed the process). Such a unit would never get a variant in production either, so
+    it is skipped and counted, not re-bucketed.
+    """
+    keep = [i for i, u in enumerate(ids) if _utf8(u)]
+    if len(keep) == len(ids):
+        return ids, mat, 0
+    return [ids[i] for i in keep], mat[keep], len(ids) - len(keep)
+
+
 def _collect(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any]:
     """Per-unit pre-period totals (aggregated in the store); refuses hashed unit ids."""
+    ids, mat, _ = _collect_counted(source, kind, metrics)
+    return ids, mat
+
+
+def _collect_counted(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, int]:
+    """:func:`_collect`, plus the count of ids that are not UTF-8 text (skipped)."""
     ids, mat, hashed = source.unit_totals(kind, metrics)
+    ids, mat, skipped = _hashable(ids, mat)
     if hashed:
         raise HashedUnitsError(
             f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {hashed[:12]}...), which cannot be re-bucketed "
@@ -38,7 +67,7 @@ def _collect(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple[list[st
     if not ids:
         raise SourceError(f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source; the experiment's unit "
                           f"kind is {kind!r}: record that unit on the pre-period spans")
-    return ids, mat
+    return ids, mat, skipped
 
 
 def _planned_lab(lab: Any, key: str, salt: str) -> Any:
@@ -87,7 +116,8 @@ def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Seq
             ce = ratio_estimate(ctrl[:, num], None if den is None else ctrl[:, den])
             te = ratio_estimate(trt[:, num], None if den is None else trt[:, den])
             c = compare(ce, te, alpha=alpha, sequential=False)
-            out["comparisons"][v][name] = {k: (None if x is None else float(x)) for k, x in c.items()}
+            out["comparisons"][v][name] = {k: (x if x is None or isinstance(x, str) else float(x))
+                                            for k, x in c.items()}
             tests.append((v, name, out["comparisons"][v][name]))
     adj = holm([t[2]["p_value"] for t in tests])
     worst = []
@@ -102,7 +132,8 @@ def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Seq
 
 
 def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str | Metric] = (), salt: str | None = None,
-            alpha: float = 0.05, tries: int = 50, engine: str = "auto") -> dict[str, Any]:
+            alpha: float = 0.05, tries: int = 50, engine: str = "auto",
+            max_line_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:
     """Check the planned split of ``experiment`` on pre-period spans; suggest a salt when it fails.
 
     Returns ``{"experiment", "unit", "salt", "balanced", "check": {...}, "suggested_salt", "tried": [...]}``.
@@ -116,8 +147,8 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
         raise SourceError(f"experiment {experiment!r} is not in the config; known: {sorted(lab.experiments)}")
     exp = lab.experiments[experiment]
     mlist = tuple(m if isinstance(m, Metric) else parse_metric(m) for m in metrics)
-    src = open_source(sources, engine=engine)
-    ids, mat = _collect(src, exp.unit, mlist)
+    src = open_source(sources, engine=engine, max_line_bytes=max_line_bytes)
+    ids, mat, skipped = _collect_counted(src, exp.unit, mlist)
     base_salt = salt or exp.salt
     check = _check(lab, experiment, base_salt, ids, mat, mlist, alpha)
     thin = {v: s["units"] for v, s in check["variants"].items() if s["units"] < 2}
@@ -127,8 +158,18 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
     result: dict[str, Any] = {"experiment": experiment, "unit": exp.unit, "units": len(ids), "salt": base_salt,
                               "alpha": alpha, "balanced": check["balanced"], "check": check,
                               "suggested_salt": None, "tried": [],
+                              "skipped_units": skipped,
                               "notes": ["targeting rules are not applied: every pre-period unit is considered"]
                               if exp.targeting else []}
+    if skipped:
+        result["notes"].append(f"{skipped} unit id(s) that are not valid UTF-8 text skipped (no variant can be "
+                               "computed for them)")
+    read = getattr(src, "last_read", None) or {}
+    result["long_lines"], result["damaged_files"] = read.get("long", 0), list(read.get("damaged", ()))
+    if result["long_lines"]:
+        result["notes"].append(f"{result['long_lines']} over-long line(s) skipped (raise --max-line-bytes)")
+    for d in result["damaged_files"]:
+        result["notes"].append(f"damaged file read up to the damage: {d}")
     if not check["balanced"]:
         for i in range(1, max(tries, 0) + 1):
             cand = f"{base_salt}-{i}"

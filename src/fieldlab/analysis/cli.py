@@ -38,7 +38,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
                          sequential=not args.fixed_horizon, alpha=args.alpha, tuning=args.tuning, engine=args.engine,
-                         experiments=args.experiment, progress=show)
+                         experiments=args.experiment, progress=show, max_line_bytes=args.max_line_bytes,
+                         min_units=args.min_units)
     except (FieldLabError, ValueError) as exc:
         if show:
             sys.stderr.write("\n")
@@ -71,7 +72,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
         return _fail("balance", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
     try:
         result = balance(args.config, args.experiment, args.sources, metrics=args.metric or (), salt=args.salt,
-                         alpha=args.alpha, tries=args.tries, engine=args.engine)
+                         alpha=args.alpha, tries=args.tries, engine=args.engine,
+                         max_line_bytes=args.max_line_bytes)
     except (FieldLabError, ValueError) as exc:
         return _fail("balance", str(exc))
     except OSError as exc:
@@ -81,6 +83,27 @@ def cmd_balance(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_balance(result))
     return 0 if result["balanced"] else 1
+
+
+def _byte_size(text: str) -> int:
+    """``--max-line-bytes``: a whole number of bytes, or with a K/M/G suffix (binary: 16M = 16 MiB)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 16M or 1048576") from None
+    if n < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1K")
+    return n
+
+
+def _max_line_arg(p: argparse.ArgumentParser) -> None:
+    from .sources import MAX_LINE_BYTES
+
+    p.add_argument("--max-line-bytes", type=_byte_size, default=MAX_LINE_BYTES, metavar="SIZE",
+                   help="skip (and count) file lines longer than this, so memory never grows with one huge line "
+                        f"(default {MAX_LINE_BYTES >> 20}M; K/M/G suffixes)")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -106,6 +129,12 @@ def add_parsers(subparsers: Any) -> None:
                    help="confidence-sequence tuning parameter: the sample size where it is tightest (default 5000)")
     p.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto",
                    help="file reader: embedded ClickHouse (chdb, default when installed) or pure Python")
+    from .core import MIN_UNITS_PER_ARM
+
+    p.add_argument("--min-units", type=int, default=MIN_UNITS_PER_ARM, metavar="N",
+                   help="analysed units needed in every arm before any interval or verdict "
+                        f"(default {MIN_UNITS_PER_ARM}, at least 2)")
+    _max_line_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
@@ -124,5 +153,6 @@ def add_parsers(subparsers: Any) -> None:
     b.add_argument("--alpha", type=float, default=0.05, help="flag imbalance at this Holm-adjusted level (default 0.05)")
     b.add_argument("--tries", type=int, default=50, help="salts to try when suggesting a replacement (default 50)")
     b.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto", help=argparse.SUPPRESS)
+    _max_line_arg(b)
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_balance)

@@ -11,15 +11,27 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from .sources import (Aggregates, GroupData, Metric, QuerySpec, Source, SourceError, hist_value_ms, open_source,
-                      parse_metric)
+from .sources import (MAX_LINE_BYTES, Aggregates, GroupData, Metric, QuerySpec, Source, SourceError, hist_value_ms,
+                      open_source, parse_metric)
 
-__all__ = ["analyze", "load_config", "GUARDRAILS", "RESULT_VERSION"]
+__all__ = ["analyze", "load_config", "GUARDRAILS", "RESULT_VERSION", "MIN_UNITS_PER_ARM"]
 
 RESULT_VERSION = 1
 #: Built-in metrics; both are guardrails (lower is better).
 GUARDRAILS = ("error_rate", "latency_ms")
 _QS = (0.5, 0.9, 0.99)
+#: The requests the latency mean and percentiles describe (named in the JSON and the table).
+LATENCY_TRIGGER = "all requests of exposed units"
+LATENCY_ITT = "all requests of assigned units"
+LATENCY_HOLDOUT = "all requests of held-out units"
+#: Fewer analysed units than this in the control or a treatment: no interval, no p-value, no verdict
+#: ("insufficient data"). The intervals are asymptotic (normal approximation over units); below a few
+#: dozen units per arm their coverage is not to be trusted, whatever the data look like. docs/statistics.md.
+MIN_UNITS_PER_ARM = 30
+
+
+def _size(n: int) -> str:
+    return f"{n / 1048576:g} MiB" if n % 1048576 == 0 else f"{n:,} bytes"
 
 
 def load_config(config: Any) -> Any:
@@ -48,16 +60,19 @@ def _metric_estimate(g: GroupData, metric: str | Metric) -> Any:
     from .stats import ratio_estimate
 
     if metric == "error_rate":
-        return ratio_estimate(g.errors, g.requests)
+        return ratio_estimate(g.errors, g.requests, proportion=True)
     if metric == "latency_ms":
         return ratio_estimate(g.latency_sum_ms, g.requests)
     assert isinstance(metric, Metric)
     if metric.kind == "conversion":
-        return ratio_estimate(g.conversions[metric.name])
+        return ratio_estimate(g.conversions[metric.name], proportion=True)
     return ratio_estimate(g.metric_sums[metric.name], g.metric_counts[metric.name])
 
 
-def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric], exposed_hist: bool) -> dict[str, Any]:
+def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric], exposed_hist: bool,
+                     population: str) -> dict[str, Any]:
+    """Counts, error rate, latency and metrics of ``g``; mean and percentiles describe the same requests:
+    all requests of the units in ``g`` (``hist_exposed`` holds exactly the exposed units' requests)."""
     from .stats import hist_quantiles
 
     requests = float(g.requests.sum())
@@ -67,7 +82,8 @@ def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric
     out: dict[str, Any] = {
         "units": g.units, "assigned_units": assigned.units, "requests": int(requests), "errors": int(errors),
         "error_rate": _f(errors / requests) if requests else None,
-        "latency_ms": {"mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
+        "latency_ms": {"population": population,
+                       "mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
                        "p50": _f(p50), "p90": _f(p90), "p99": _f(p99)},
         "metrics": {},
     }
@@ -100,7 +116,8 @@ def _judge(comps: Mapping[str, Any], metrics: Sequence[Metric], alpha: float) ->
 def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric] = (), all_assigned: bool = False,
             sequential: bool = True, alpha: float = 0.05, tuning: float = 5000.0, engine: str = "auto",
             experiments: Sequence[str] | None = None, progress: Callable[[str], None] | bool | None = None,
-            looks: int = 20) -> dict[str, Any]:
+            looks: int = 20, max_line_bytes: int = MAX_LINE_BYTES,
+            min_units: int = MIN_UNITS_PER_ARM) -> dict[str, Any]:
     """Analyse every experiment found in ``sources``; returns the ``--json`` structure.
 
     ``sources``: file paths, directories, globs, a ``clickhouse://`` URL, or a
@@ -109,7 +126,9 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
     holdouts); without it weights are assumed equal and unit kinds inferred,
     and the result says so. ``sequential=False`` gives labelled fixed-horizon
     intervals. ``all_assigned=True`` is intent-to-treat instead of the
-    default trigger analysis (exposed units only).
+    default trigger analysis (exposed units only). ``max_line_bytes``: longer
+    lines of a file are skipped and counted. ``min_units``: fewer analysed
+    units in an arm give no interval and no verdict (``insufficient data``).
     """
     import numpy as np
 
@@ -117,6 +136,8 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
 
     if not 0 < alpha < 1:
         raise SourceError(f"alpha {alpha} is outside (0, 1); use e.g. 0.05")
+    if not isinstance(min_units, int) or min_units < 2:
+        raise SourceError(f"min_units {min_units!r}: give a whole number of at least 2 (default {MIN_UNITS_PER_ARM})")
     lab = load_config(config)
     mlist = tuple(m if isinstance(m, Metric) else parse_metric(m) for m in metrics)
     names = [m.name for m in mlist]
@@ -124,9 +145,11 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
         raise SourceError(f"--metric: duplicate or reserved metric names in {names}; give each metric once "
                           f"and do not reuse {', '.join(GUARDRAILS)}")
     unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
-    src = open_source(sources, engine=engine) if not isinstance(sources, Source) else sources
+    coverage = {h.key: tuple(h.experiments) for h in lab.holdouts.values()} if lab is not None else {}
+    src = open_source(sources, engine=engine, max_line_bytes=max_line_bytes) \
+        if not isinstance(sources, Source) else sources
     show = progress if callable(progress) else None
-    agg: Aggregates = src.aggregate(QuerySpec(unit_kinds=unit_kinds, metrics=mlist), show)
+    agg: Aggregates = src.aggregate(QuerySpec(unit_kinds=unit_kinds, metrics=mlist, holdout_experiments=coverage), show)
 
     method = ("always-valid confidence sequence (asymptotic, tuning parameter "
               f"{tuning:g}); safe to look at any time") if sequential else \
@@ -135,15 +158,23 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
         "fieldlab_analysis": RESULT_VERSION,
         "source": agg.source, "engine": agg.engine, "seconds": round(agg.seconds, 3),
         "spans": agg.spans, "server_spans": agg.server_spans, "malformed_lines": agg.malformed_lines,
+        "long_lines": agg.long_lines, "damaged_files": list(agg.damaged_files),
         "method": {"sequential": sequential, "description": method, "alpha": alpha, "srm_alpha": SRM_ALPHA,
                    "tuning": tuning if sequential else None,
                    "population": "all assigned units (intent-to-treat)" if all_assigned else
                    "exposed units (trigger analysis: units whose code read the variant)",
+                   "latency_population": LATENCY_ITT if all_assigned else LATENCY_TRIGGER,
+                   "min_units_per_arm": min_units,
                    "metrics": ["error_rate", "latency_ms"] + names},
         "notes": [], "experiments": {}, "holdouts": {},
     }
     if agg.malformed_lines:
         result["notes"].append(f"{agg.malformed_lines} malformed line(s) skipped")
+    if agg.long_lines:
+        result["notes"].append(f"{agg.long_lines} line(s) longer than the {_size(max_line_bytes)} line cap skipped "
+                               "(raise it with --max-line-bytes)")
+    for d in agg.damaged_files:
+        result["notes"].append(f"damaged file read up to the damage: {d}")
     if lab is None:
         result["notes"].append("no --config: weights assumed equal for the SRM check; unit kind inferred per span "
                                "(user if present, else visitor, else session, else the trace id = request)")
@@ -225,20 +256,29 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                              "compare with --all-assigned")
         for v in order:
             if v in groups:
-                exp_out["variants"][v] = _variant_summary(groups[v], assigned[v], mlist, not all_assigned)
+                exp_out["variants"][v] = _variant_summary(groups[v], assigned[v], mlist, not all_assigned,
+                                                          LATENCY_ITT if all_assigned else LATENCY_TRIGGER)
                 exp_out["variants"][v]["expected_share"] = _f(weights[v] / wsum)
                 exp_out["histograms"][v] = _hist_for_report(groups[v], not all_assigned)
         treatments = [v for v in order if v != control and v in groups]
         if srm["mismatch"]:
             notes.append(f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_ALPHA}): assignment or logging "
                          "is broken; effects are not trustworthy (the terminal and HTML reports do not show them)")
-        if control not in groups or groups[control].units < 2:
-            notes.append(f"control {control!r} has fewer than 2 analysed units; nothing to compare yet")
-            state = "invalid (SRM)" if srm["mismatch"] else "keep running"
+        ctrl_units = groups[control].units if control in groups else 0
+        if ctrl_units < min_units:
+            why = f"{ctrl_units} unit(s) in control {control!r}; at least {min_units} per arm needed"
+            notes.append(f"insufficient data: {why}; no interval or verdict yet")
+            state = "invalid (SRM)" if srm["mismatch"] else "insufficient data"
             exp_out["verdicts"] = {v: state for v in treatments}
             exp_out["verdict"] = state
+            exp_out["why"] = why
             exp_out["effects_valid"] = not srm["mismatch"]
             continue
+        thin = {v: groups[v].units for v in treatments if groups[v].units < min_units}
+        whys = [f"{n} unit(s) in {v!r}; at least {min_units} per arm needed" for v, n in thin.items()]
+        if whys:
+            notes.append("insufficient data: " + "; ".join(whys) + "; no interval or verdict for "
+                         + ", ".join(repr(v) for v in thin))
         # 2. comparisons against control
         k = max(len(treatments), 1)
         ci_alpha = alpha / k  # Bonferroni intervals to go with Holm p-values
@@ -252,7 +292,10 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             for v in treatments:
                 c = compare(ce, _metric_estimate(groups[v], m), alpha=ci_alpha, sequential=sequential,
                             tuning=tuning or DEFAULT_TUNING)
-                comps[v][name] = {kk: _f(vv) for kk, vv in c.items()}
+                if v in thin:  # a point estimate only
+                    c.update(ci_low=None, ci_high=None, p_value=None,
+                             why=f"{thin[v]} unit(s) in {v!r}; at least {min_units} per arm needed")
+                comps[v][name] = {kk: (vv if isinstance(vv, str) else _f(vv)) for kk, vv in c.items()}
             adj = holm([comps[v][name]["p_value"] for v in treatments]) if k > 1 else \
                 [comps[v][name]["p_value"] for v in treatments]
             for v, p in zip(treatments, adj):
@@ -266,9 +309,11 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             cq, tq = exp_out["variants"][control]["latency_ms"], exp_out["variants"][v]["latency_ms"]
             comps[v]["latency_ms"]["quantile_differences"] = {
                 q: _f(tq[q] - cq[q]) if tq[q] is not None and cq[q] is not None else None for q in ("p50", "p90", "p99")}
-            exp_out["verdicts"][v] = _judge(comps[v], mlist, alpha)
+            exp_out["verdicts"][v] = "insufficient data" if v in thin else _judge(comps[v], mlist, alpha)
         exp_out["comparisons"] = comps
         exp_out["effects_valid"] = not srm["mismatch"]
+        if whys:
+            exp_out["why"] = "; ".join(whys)
         vs = exp_out["verdicts"]
         if srm["mismatch"]:
             exp_out["verdicts"] = {v: "invalid (SRM)" for v in treatments}
@@ -293,7 +338,7 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
                 series = []
                 for t in cuts:
                     cg, tg = ctrl.select(ctrl.first_seen <= t), groups[v].select(groups[v].first_seen <= t)
-                    if cg.units < 2 or tg.units < 2:
+                    if cg.units < min_units or tg.units < min_units:
                         continue
                     c = compare(_metric_estimate(cg, primary), _metric_estimate(tg, primary), alpha=ci_alpha,
                                 sequential=sequential, tuning=tuning or DEFAULT_TUNING)
@@ -307,7 +352,7 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             for e in h.experiments:
                 covered.setdefault(e, []).append(h.key)
     for hkey, g in sorted(agg.holdouts.items()):
-        summary = _variant_summary(g, g, mlist, False)
+        summary = _variant_summary(g, g, mlist, False, LATENCY_HOLDOUT)
         summary["experiments"] = sorted(e for e, hs in covered.items() if hkey in hs)
         result["holdouts"][hkey] = summary
     for e, hs in covered.items():

@@ -42,12 +42,23 @@ def _fmt_metric(name: str, x: Any) -> str:
     return _pct(x) if name == "error_rate" or "=" in name else _num(x)
 
 
+def _skipped_extra(result: Mapping[str, Any]) -> str:
+    """``, N over-long lines skipped, M damaged file(s) read in part`` when there were any."""
+    out = ""
+    if result.get("long_lines"):
+        out += f", {result['long_lines']} over-long lines skipped"
+    if result.get("damaged_files"):
+        out += f", {len(result['damaged_files'])} damaged file(s) read in part"
+    return out
+
+
 def render_text(result: Mapping[str, Any]) -> str:
     """A plain-text report: one block per experiment, invalid experiments say so before any effect."""
     lines: list[str] = []
     m = result["method"]
+    skipped = f"{result['malformed_lines']} malformed lines skipped{_skipped_extra(result)}"
     lines.append(f"fieldlab analyze: {result['source']} ({result['engine']}, {result['spans']:,} spans, "
-                 f"{result['server_spans']:,} server spans, {result['malformed_lines']} malformed lines skipped)")
+                 f"{result['server_spans']:,} server spans, {skipped})")
     lines.append(f"method: {m['description']}; alpha {m['alpha']}; population: {m['population']}")
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
@@ -57,6 +68,8 @@ def render_text(result: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append(f"== {key}  (unit: {e['unit']}, {e['unit_source']}; control: {e['control']})")
         lines.append(f"   verdict: {e['verdict'].upper() if e['verdict'].startswith('invalid') else e['verdict']}")
+        if e.get("why"):
+            lines.append(f"   why: {e['why']}")
         srm = e.get("srm") or {}
         if srm.get("p_value") is not None:
             obs = " / ".join(f"{v} {n:,}" for v, n in srm["observed"].items())
@@ -81,6 +94,9 @@ def render_text(result: Mapping[str, Any]) -> str:
             lines.append("   " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
             if i == 0:
                 lines.append("   " + "  ".join("-" * w for w in widths))
+        pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
+        if pop:
+            lines.append(f"   requests, errors, latency mean and percentiles: {pop}")
         if e["verdict"].startswith("invalid"):
             lines.append("   effects are not shown: fix the sample ratio mismatch first")
             continue
@@ -99,6 +115,8 @@ def render_text(result: Mapping[str, Any]) -> str:
                 sign = "+" if est is not None and est > 0 else ""
                 lines.append(f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
                              f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}")
+                if c.get("why"):
+                    lines[-1] += f"  ({c['why']})"
         hg = e.get("holdout_groups") or {}
         for h, s in hg.items():
             if s:
@@ -292,13 +310,16 @@ def render_html(result: Mapping[str, Any]) -> str:
              "</style></head><body>"]
     m = result["method"]
     parts.append(f"<h1>fieldlab analysis</h1><p>Source: {_e(result['source'])} ({_e(result['engine'])}), "
-                 f"{result['spans']:,} spans, {result['malformed_lines']} malformed lines skipped.<br>"
+                 f"{result['spans']:,} spans, {result['malformed_lines']} malformed lines skipped"
+                 f"{_skipped_extra(result)}.<br>"
                  f"Method: {_e(m['description'])}; alpha {m['alpha']}; population: {_e(m['population'])}.</p>")
     for n in result.get("notes", []):
         parts.append(f"<p><em>Note: {_e(n)}</em></p>")
     for key, e in result["experiments"].items():
         invalid = e["verdict"].startswith("invalid") or e["verdict"].startswith("guardrail")
         parts.append(f"<h2>{_e(key)}</h2><p class='verdict {'bad' if invalid else 'ok'}'>Verdict: {_e(e['verdict'])}</p>")
+        if e.get("why"):
+            parts.append(f"<p>Why: {_e(e['why'])}</p>")
         parts.append(f"<p>Unit: {_e(e['unit'])} ({_e(e['unit_source'])}); control: {_e(e['control'])}; "
                      f"weights: {_e(e['weights_source'])}.</p>")
         srm = e.get("srm") or {}
@@ -319,6 +340,9 @@ def render_html(result: Mapping[str, Any]) -> str:
                              f"<td>{_num(lat['p90'], 2)}</td><td>{_num(lat['p99'], 2)}</td>"
                              + "".join(f"<td>{_e(_fmt_metric(n, s['metrics'].get(n)))}</td>" for n in mnames) + "</tr>")
             parts.append("</table>")
+            pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
+            if pop:
+                parts.append(f"<p>Requests, errors, latency mean and percentiles: {_e(pop)}.</p>")
         parts.append(_units_svg(e))
         if not e["verdict"].startswith("invalid") and e.get("comparisons"):
             parts.append("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>interval</th>"

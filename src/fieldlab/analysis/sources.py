@@ -25,13 +25,14 @@ spans. Memory is bounded by the per-unit aggregates, never by the span count.
 from __future__ import annotations
 
 import glob as _glob
-import gzip
 import json
 import math
 import os
+import re
 import sys
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -41,7 +42,7 @@ from ..errors import FieldLabError
 __all__ = [
     "Metric", "parse_metric", "QuerySpec", "GroupData", "ExperimentData", "Aggregates",
     "Source", "FileSource", "ClickHouseSource", "open_source", "aggregate_sql", "file_spans_sql",
-    "otel_traces_spans_sql", "unit_totals_sql", "SourceError", "HIST_PER_DECADE", "hist_value_ms", "UNIT_FALLBACK_ORDER",
+    "otel_traces_spans_sql", "unit_totals_sql", "SourceError", "HIST_PER_DECADE", "MAX_LINE_BYTES", "hist_value_ms", "UNIT_FALLBACK_ORDER",
 ]
 
 #: Latency histogram resolution: bins per factor of ten (200 -> bins 1.16 % wide).
@@ -105,6 +106,9 @@ class QuerySpec:
 
     unit_kinds: Mapping[str, str] = field(default_factory=dict)
     metrics: tuple[Metric, ...] = ()
+    #: holdout key -> the experiments it covers (from a config). A unit held out by a holdout leaves only the
+    #: experiments that holdout covers; without a config a variant attribute on the span is taken as an assignment.
+    holdout_experiments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the aggregates
@@ -159,6 +163,10 @@ class Aggregates:
     spans: int = 0
     server_spans: int = 0
     malformed_lines: int = 0
+    #: lines longer than the reader's cap (``max_line_bytes``), skipped unread
+    long_lines: int = 0
+    #: ``"path: why"`` for each file that could be read only in part (e.g. a truncated gzip)
+    damaged_files: list[str] = field(default_factory=list)
     engine: str = ""
     source: str = ""
     seconds: float = 0.0
@@ -183,7 +191,8 @@ def otel_traces_spans_sql(table: str = "otel_traces", where: str = "", spec: Que
     w = f" WHERE {where}" if where else ""
     keep = _keep_attrs(spec or QuerySpec())
     return (
-        "SELECT toUInt8(1) AS line_ok, toUInt8(1) AS has_span, toString(TraceId) AS TraceId, "
+        "SELECT toUInt8(1) AS line_ok, toString(TraceId) != '' AS has_span, toString(TraceId) AS TraceId, "
+        "toString(SpanId) AS SpanId, "
         "toInt64(toUnixTimestamp64Nano(Timestamp)) AS Ts, toFloat64(Duration) AS Dur, "
         "toString(SpanKind) IN ('Server', 'SPAN_KIND_SERVER', '2') AS IsServer, "
         "toString(StatusCode) IN ('Error', 'STATUS_CODE_ERROR', '2') AS StatusError, "
@@ -194,7 +203,11 @@ def otel_traces_spans_sql(table: str = "otel_traces", where: str = "", spec: Que
 # An AnyValue read as a map ({"stringValue": "x"} -> {'stringValue': 'x'}; numbers and booleans as their JSON
 # text): measured ~15 % faster to extract than a four-field tuple.
 _VALUE_T = "Map(String, String)"
-_LINE_T = ("Tuple(resourceSpans Array(Tuple(scopeSpans Array(Tuple(spans Array(Tuple(traceId String, kind String, "
+# The first of these an AnyValue holds is its value, as in the Python reader (_value_str); other kinds are ''.
+_ANY_VALUE = ("multiIf(mapContains(a.2, 'stringValue'), a.2['stringValue'], mapContains(a.2, 'boolValue'), "
+              "a.2['boolValue'], mapContains(a.2, 'intValue'), a.2['intValue'], mapContains(a.2, 'doubleValue'), "
+              "a.2['doubleValue'], '')")
+_LINE_T = ("Tuple(resourceSpans Array(Tuple(scopeSpans Array(Tuple(spans Array(Tuple(traceId String, spanId String, kind String, "
            "startTimeUnixNano String, endTimeUnixNano String, attributes Array(Tuple(key String, value "
            + _VALUE_T + ")), status Tuple(code String))))))))")
 
@@ -212,12 +225,12 @@ def file_spans_sql(paths: Sequence[tuple[str, str]], spec: QuerySpec | None = No
         f"SELECT line FROM file({_lit(p)}, 'LineAsString', 'line String', {_lit(c)})" for p, c in paths)
     keep = _keep_attrs(spec or QuerySpec(), "a.1")
     return (
-        "SELECT line_ok, sp.traceId != '' AS has_span, sp.traceId AS TraceId, "
+        "SELECT line_ok, sp.traceId != '' AS has_span, sp.traceId AS TraceId, sp.spanId AS SpanId, "
         "toInt64OrZero(sp.startTimeUnixNano) AS Ts, "
         "toFloat64(toInt64OrZero(sp.endTimeUnixNano) - toInt64OrZero(sp.startTimeUnixNano)) AS Dur, "
         "sp.kind IN ('2', 'SPAN_KIND_SERVER') AS IsServer, sp.status.code IN ('2', 'STATUS_CODE_ERROR') AS StatusError, "
         f"arrayFilter(a -> {keep}, sp.attributes) AS kept, "
-        "mapFromArrays(arrayMap(a -> a.1, kept), arrayMap(a -> arrayStringConcat(mapValues(a.2)), kept)) AS Attrs "
+        f"mapFromArrays(arrayMap(a -> a.1, kept), arrayMap(a -> {_ANY_VALUE}, kept)) AS Attrs "
         f"FROM (SELECT JSONExtract(line, '{_LINE_T}') AS d, "
         # short-circuit OR: only lines that gave no spans are validated; blank lines are not malformed
         "notEmpty(d.resourceSpans) OR (isValidJSON(line) AND JSONType(line) = 'Object') OR trimBoth(line) = '' "
@@ -236,14 +249,31 @@ def _unit_kind_sql(spec: QuerySpec) -> str:
     return f"multiIf(is_h, {inferred}, {parts}, {inferred})"
 
 
-def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
-    """The one aggregation, over normalised spans, in a single pass (two ``GROUPING SETS``).
+def _dedup_sql(spans_sql: str) -> str:
+    """The spans with each (trace id, span id) kept once: an exporter's retry or a file read twice repeats
+    spans, and a repeated span is one request. Spans without a span id and rows of unreadable lines are kept."""
+    return (f"SELECT * FROM ({spans_sql}) LIMIT 1 BY cityHash64(TraceId, SpanId), "
+            "if(has_span AND SpanId != '', toUInt64(0), rowNumberInAllBlocks() + 1)")
 
-    Result rows, told apart by ``gset``: 1 = per-unit arrays per (group,
-    experiment, variant), plus the span/line totals and per-experiment counts;
-    2 = the latency histogram per (group, experiment, variant). Spans without
-    an experiment collapse into one row (experiment ``''``) that carries their
-    totals.
+
+def _coverage_sql(spec: QuerySpec) -> str:
+    """Holdout attribute -> covered experiments, as a ClickHouse map literal."""
+    items = ", ".join(
+        f"{_lit(A.holdout_attr(h))}, CAST([{', '.join(_lit(e) for e in sorted(es))}], 'Array(String)')"
+        for h, es in sorted(spec.holdout_experiments.items()))
+    return f"CAST(map({items}), 'Map(String, Array(String))')"
+
+
+def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
+    """The one aggregation, over normalised (deduplicated) spans: per unit, then per variant.
+
+    One row per (group, experiment, variant): the per-unit arrays, the latency
+    histograms (requests of all analysable units, and requests of exposed
+    units: the populations of the mean latency with and without
+    ``--all-assigned``), and the span/line totals and per-experiment counts.
+    Spans without an experiment collapse into one row (experiment ``''``) that
+    carries their totals. A unit keeps its requests' histogram bins as a plain
+    array (measured cheaper than a per-unit ``sumMap``), summed per variant.
     """
     vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
     metric_cols, unit_aggs, outer_aggs = [], [], []
@@ -261,10 +291,13 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     uaggs = "".join(", " + c for c in unit_aggs)
     oaggs = "".join(", " + c for c in outer_aggs)
     status_new, status_old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
+    # a held-out unit's span: its holdout groups, plus the variants of experiments those holdouts do not cover
     keyed = (
-        "SELECT *, arrayFilter(k -> startsWith(k, " + _lit(hp) + ") AND Attrs[k] = 'true', mapKeys(Attrs)) AS hk, "
-        "if(IsServer, if(notEmpty(hk), hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + "), mapKeys(Attrs))), "
-        "CAST([], 'Array(String)')) AS keys FROM (" + spans_sql + ")"
+        "SELECT *, arrayDistinct(mapKeys(Attrs)) AS ak, "
+        "arrayFilter(k -> startsWith(k, " + _lit(hp) + ") AND Attrs[k] = 'true', ak) AS hk, "
+        "if(IsServer AND has_span, arrayConcat(hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + ") AND NOT "
+        f"arrayExists(h -> has({_coverage_sql(spec)}[h], substring(k, {len(vp) + 1})), hk), ak)), "
+        "CAST([], 'Array(String)')) AS keys FROM (" + _dedup_sql(spans_sql) + ")"
     )
     x = (
         "SELECT line_ok, has_span, IsServer, vk_i, vk != '' AS has_vk, "
@@ -283,30 +316,25 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         f"FROM ({keyed}) LEFT ARRAY JOIN keys AS vk, arrayEnumerate(keys) AS vk_i"
     )
     inner = (
-        "SELECT if(grouping(unit) = 0, 1, 2) AS gset, is_h, exp, unit, variant, bin, "
-        "anyIf(variant, nf) AS uvariant, minIf(variant, nf) != maxIf(variant, nf) AS multi, countIf(nf) AS requests, "
-        "countIf(nf AND IsError) AS errors, sumIf(Dur, nf) / 1e6 AS lat_ms, maxIf(exposed, nf) AS uexposed, "
-        "minIf(Ts, nf) / 1e9 AS first_ts, countIf(nf AND exposed) AS n_exposed, "
+        "SELECT is_h, exp, unit, anyIf(variant, nf) AS uvariant, minIf(variant, nf) != maxIf(variant, nf) AS multi, "
+        "countIf(nf) AS requests, countIf(nf AND IsError) AS errors, sumIf(Dur, nf) / 1e6 AS lat_ms, "
+        "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
-        "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND IsServer) AS n_server, "
-        "countIf(NOT line_ok) AS n_bad"
-        f"{uaggs} FROM ({x}) "
-        "GROUP BY GROUPING SETS ((is_h, exp, unit), (is_h, exp, variant, bin))"
+        "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND has_span AND IsServer) AS n_server, "
+        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins"
+        f"{uaggs} FROM ({x}) GROUP BY is_h, exp, unit"
     )
     return (
-        "SELECT gset, is_h, exp, if(gset = 1, uvariant, variant) AS v, "
-        "countIf(gset = 1 AND multi AND requests > 0) AS a_multi, "
+        "SELECT is_h, exp, uvariant AS v, countIf(multi AND requests > 0) AS a_multi, "
         "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(errors, ok_unit) AS a_errors, "
         "groupArrayIf(lat_ms, ok_unit) AS a_lat_ms, groupArrayIf(toUInt8(uexposed), ok_unit) AS a_exposed, "
         "groupArrayIf(first_ts, ok_unit) AS a_first_ts, "
-        "groupArrayIf(bin, gset = 2 AND requests > 0) AS a_bins, "
-        "groupArrayIf(requests, gset = 2 AND requests > 0) AS a_hist_all, "
-        "groupArrayIf(n_exposed, gset = 2 AND requests > 0) AS a_hist_exposed, "
-        "sumIf(n_forced, gset = 1) AS a_forced, groupUniqArrayIf(ukind_u, gset = 1 AND requests > 0) AS a_ukinds, "
-        "sumIf(n_spans, gset = 1) AS a_spans, sumIf(n_server, gset = 1) AS a_server_spans, "
-        "sumIf(n_bad, gset = 1) AS a_bad_lines"
-        f"{oaggs} FROM (SELECT *, gset = 1 AND NOT multi AND requests > 0 AND exp != '' AS ok_unit FROM ({inner})) "
-        "GROUP BY gset, is_h, exp, v ORDER BY gset, is_h, exp, v"
+        "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit) AS a_hist_all, "
+        "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit AND uexposed) AS a_hist_exposed, "
+        "sum(n_forced) AS a_forced, groupUniqArrayIf(ukind_u, requests > 0) AS a_ukinds, "
+        "sum(n_spans) AS a_spans, sum(n_server) AS a_server_spans, sum(n_bad) AS a_bad_lines"
+        f"{oaggs} FROM (SELECT *, NOT multi AND requests > 0 AND exp != '' AS ok_unit FROM ({inner})) "
+        "GROUP BY is_h, exp, v ORDER BY is_h, exp, v"
     )
 
 
@@ -336,8 +364,8 @@ def unit_totals_sql(spans_sql: str, kind: str, metrics: Sequence[Metric] = ()) -
         f"anyIf(unit, startsWith(unit, 'h1:')) AS a_hashed_example{oaggs} FROM ("
         f"SELECT unit, count() AS requests, countIf(IsError) AS errors, sum(Dur) / 1e6 AS lat_ms{iaggs} FROM ("
         f"SELECT {unit} AS unit, Attrs, Dur, StatusError OR toInt64OrZero(if(Attrs[{status_new}] != '', "
-        f"Attrs[{status_new}], Attrs[{status_old}])) >= 500 AS IsError FROM ({spans_sql}) "
-        "WHERE line_ok AND has_span AND IsServer) WHERE unit != '' GROUP BY unit)"
+        f"Attrs[{status_new}], Attrs[{status_old}])) >= 500 AS IsError "
+        f"FROM ({_dedup_sql(spans_sql)}) WHERE line_ok AND has_span AND IsServer) WHERE unit != '' GROUP BY unit)"
     )
 
 
@@ -352,43 +380,47 @@ def _unit_totals_from_row(r: Mapping[str, Any], metrics: Sequence[Metric]) -> tu
     return ids, mat, (str(r["a_hashed_example"]) if int(r["a_hashed"]) else None)
 
 
+def _hist_pair(x: Any) -> tuple[Any, Any]:
+    """A ``sumMap`` result (``[keys, values]`` or a dict) as two int64 numpy arrays sorted by key."""
+    import numpy as np
+
+    if isinstance(x, Mapping):
+        keys, vals = list(x.get("1", ())), list(x.get("2", ()))
+    else:
+        keys, vals = (list(x[0]), list(x[1])) if x else ([], [])
+    bins = np.asarray(keys, dtype=np.int64)
+    counts = np.asarray(vals, dtype=np.int64)
+    order = np.argsort(bins, kind="stable")
+    return bins[order], counts[order]
+
+
 def _rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Aggregates:
     """Turn :func:`aggregate_sql` rows into numpy-backed :class:`Aggregates`."""
     import numpy as np
 
     exps: dict[str, ExperimentData] = {}
     holds: dict[str, GroupData] = {}
-    hists: dict[tuple[bool, str, str], tuple[Any, Any, Any]] = {}
     out = Aggregates(exps, holds)
-    units: list[tuple[bool, str, str, Mapping[str, Any]]] = []
     kinds: dict[str, set] = {}
     for r in rows:
-        g, is_h, exp, v = int(r["gset"]), bool(r["is_h"]), str(r["exp"]), str(r["v"])
-        if g == 1:
-            out.spans += int(r["a_spans"])
-            out.server_spans += int(r["a_server_spans"])
-            out.malformed_lines += int(r["a_bad_lines"])
-            if not exp:
-                continue
-            if not is_h:
-                e = exps.setdefault(exp, ExperimentData(exp, {}, []))
-                e.forced_requests += int(r["a_forced"])
-                e.multi_variant_units += int(r["a_multi"])
-                kinds.setdefault(exp, set()).update(str(k) for k in r["a_ukinds"] if k)
-            if v:
-                units.append((is_h, exp, v, r))
-        elif g == 2 and exp:
-            bins = np.asarray(r["a_bins"], dtype=np.int64)
-            order = np.argsort(bins)
-            hists[(is_h, exp, v)] = (bins[order], np.asarray(r["a_hist_all"], dtype=np.int64)[order],
-                                     np.asarray(r["a_hist_exposed"], dtype=np.int64)[order])
-    for exp, ks in kinds.items():
-        exps[exp].unit_kinds = sorted(ks)
-    empty_i = np.zeros(0, dtype=np.int64)
-    for is_h, exp, v, r in units:
-        if not len(r["a_requests"]):
+        is_h, exp, v = bool(r["is_h"]), str(r["exp"]), str(r["v"])
+        out.spans += int(r["a_spans"])
+        out.server_spans += int(r["a_server_spans"])
+        out.malformed_lines += int(r["a_bad_lines"])
+        if not exp:
             continue
-        h = hists.get((is_h, exp, v), (empty_i, empty_i, empty_i))
+        if not is_h:
+            e = exps.setdefault(exp, ExperimentData(exp, {}, []))
+            e.forced_requests += int(r["a_forced"])
+            e.multi_variant_units += int(r["a_multi"])
+            kinds.setdefault(exp, set()).update(str(k) for k in r["a_ukinds"] if k)
+        if not v or not len(r["a_requests"]):
+            continue
+        bins, hist_all = _hist_pair(r["a_hist_all"])
+        ebins, ecounts = _hist_pair(r["a_hist_exposed"])
+        hist_exposed = np.zeros(len(bins), dtype=np.int64)
+        if len(ebins):  # the exposed units' bins are a subset of all units' bins
+            hist_exposed[np.searchsorted(bins, ebins)] = ecounts
         ms, mc, cv = {}, {}, {}
         for i, m in enumerate(spec.metrics):
             if m.kind == "conversion":
@@ -398,14 +430,394 @@ def _rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> A
                 mc[m.name] = np.asarray(r[f"a_m{i}_n"], dtype=np.float64)
         gd = GroupData(np.asarray(r["a_requests"], dtype=np.float64), np.asarray(r["a_errors"], dtype=np.float64),
                        np.asarray(r["a_lat_ms"], dtype=np.float64), np.asarray(r["a_exposed"], dtype=bool),
-                       np.asarray(r["a_first_ts"], dtype=np.float64), ms, mc, cv, h[0], h[1], h[2])
+                       np.asarray(r["a_first_ts"], dtype=np.float64), ms, mc, cv, bins, hist_all, hist_exposed)
         if is_h:
             holds[exp] = gd
         else:
             exps.setdefault(exp, ExperimentData(exp, {}, [])).variants[v] = gd
+    for exp, ks in kinds.items():
+        exps[exp].unit_kinds = sorted(ks)
     for key in [k for k, e in exps.items() if not e.variants]:
         del exps[key]
     return out
+
+
+# --------------------------------------------------------------------------- reading files safely
+
+#: Default cap on one line of a JSON-lines file (16 MiB). A longer line is skipped unread and counted, so the
+#: reader's memory never grows with the longest line; the OTLP file exporter writes one export batch per line,
+#: well below this. ``FileSource(max_line_bytes=...)`` and ``fieldlab analyze --max-line-bytes`` change it.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_CHUNK = 1 << 20
+_LONG = object()  # a line over the cap, skipped
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_INT64 = re.compile(r"[+-]?[0-9]+\Z")
+
+
+class _Damaged(Exception):
+    """A file that can be read only up to some point (truncated or corrupt compressed data)."""
+
+
+def _chunks(path: str, kind: str) -> Iterator[bytes]:
+    """The file's (decompressed) bytes in pieces of at most ``_CHUNK``; raises :class:`_Damaged` where the
+    compressed stream is truncated or corrupt. Output per step is bounded too (a highly compressible
+    member never expands all at once)."""
+    with open(path, "rb") as f:
+        if kind != "gzip":
+            while True:
+                raw = f.read(_CHUNK)
+                if not raw:
+                    return
+                yield raw
+        d = zlib.decompressobj(wbits=31)
+        started = False
+        while True:
+            raw = f.read(_CHUNK)
+            if not raw:
+                if started and not d.eof:
+                    raise _Damaged("truncated gzip (the file ends inside compressed data)")
+                return
+            buf = raw
+            while True:
+                if not started:
+                    buf = buf.lstrip(b"\0")  # zero padding after the last member, as gzip(1) accepts
+                    if not buf:
+                        break
+                    started = True
+                try:
+                    out = d.decompress(buf, _CHUNK)
+                except zlib.error as exc:
+                    raise _Damaged(f"corrupt gzip data ({exc})") from None
+                if out:
+                    yield out
+                if d.eof:  # a member ended; another may follow (concatenated gzip)
+                    buf = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    started = False
+                    continue
+                buf = d.unconsumed_tail
+                if not buf and len(out) < _CHUNK:
+                    break
+
+
+def _lines(chunks: Iterable[bytes], max_line: int) -> Iterator[Any]:
+    """Lines (without the newline) from byte chunks; a line longer than ``max_line`` yields ``_LONG`` once
+    and its bytes are dropped as they arrive, never joined."""
+    parts: list[bytes] = []
+    size = 0
+    skipping = False
+    for chunk in chunks:
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            end = len(chunk) if nl < 0 else nl
+            if not skipping:
+                size += end - start
+                if size > max_line:
+                    parts, skipping = [], True
+                    yield _LONG
+                elif nl >= 0:
+                    yield b"".join(parts) + chunk[start:nl] if parts else chunk[start:nl]
+                    parts = []
+                elif end > start:
+                    parts.append(chunk[start:end])
+            if nl < 0:
+                break
+            skipping, size, start = False, 0, nl + 1
+    if parts and not skipping:
+        yield b"".join(parts)
+
+
+def _scan_file(path: str, kind: str, max_line: int) -> str | None:
+    """Why embedded ClickHouse cannot read ``path`` line by line (an over-long line, damaged data), or None.
+
+    ClickHouse fails the whole query on a truncated gzip and holds a whole line in memory, so such files are
+    read by the Python reader instead, which skips and counts what it cannot use. Reads in bounded chunks.
+    """
+    if kind == "zstd":
+        return None  # only chdb reads zstd; it reports damage itself
+    run = 0  # bytes since the last newline
+    try:
+        for chunk in _chunks(path, kind):
+            first = chunk.find(b"\n")
+            if first < 0:
+                run += len(chunk)
+            else:
+                if run + first > max_line:
+                    return f"a line longer than {max_line} bytes"
+                run = len(chunk) - 1 - chunk.rfind(b"\n")
+            if run > max_line:
+                return f"a line longer than {max_line} bytes"
+    except _Damaged as exc:
+        return str(exc)
+    return None
+
+
+def _ch_str(x: Any) -> str:
+    """A JSON value as ClickHouse's ``JSONExtract(..., 'String')`` gives it, so both engines read alike:
+    strings as they are, numbers and booleans as their text, objects and arrays as compact JSON, null as ''."""
+    if isinstance(x, str):
+        return x
+    if x is None:
+        return ""
+    if x is True or x is False:
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x.is_integer() and abs(x) < 1e21:
+            return str(int(x))
+        r = repr(x)
+        return r.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return json.dumps(x, separators=(",", ":"), ensure_ascii=False)
+
+
+def _int64_or_zero(x: Any) -> int:
+    """ClickHouse's ``toInt64OrZero`` of the value's text: an integer in the int64 range, else 0."""
+    s = _ch_str(x)
+    if not _INT64.match(s):
+        return 0
+    v = int(s)
+    return v if -(1 << 63) <= v < (1 << 63) else 0
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"number out of range: {text}")
+    return v
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_lone_surrogate(doc: Any) -> bool:
+    """Whether any string (key or value) holds a lone UTF-16 surrogate (``"\\ud800"``): not valid UTF-8 text."""
+    stack = [doc]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
+#: ClickHouse's JSON parser accepts at most this many nested levels; so does the Python reader.
+_MAX_JSON_DEPTH = 1024
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (strings ignored)."""
+    depth = deepest = 0
+    for b in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if b in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _parse_deep(text: str) -> Any:
+    """A line Python's parser gave up on (about 1000 levels, less on a deep stack): parsed when ClickHouse
+    would parse it (at most :data:`_MAX_JSON_DEPTH` levels), else None, so both engines agree."""
+    if _json_depth(text) > _MAX_JSON_DEPTH:
+        return None
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 2 * _MAX_JSON_DEPTH)
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _parse_line(line: bytes) -> Any:
+    """A JSON-lines line as a dict, or None when the line is not a usable JSON object.
+
+    The same lines ClickHouse rejects are rejected: not UTF-8, not JSON, numbers out of range (``1e999``),
+    ``NaN``, nesting deeper than the parser allows, lone surrogate escapes, anything but an object.
+    """
+    try:
+        text = line.decode("utf-8")
+        doc = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except ValueError:
+        return None
+    except RecursionError:
+        doc = _parse_deep(text)
+        if doc is None:
+            return None
+    if not isinstance(doc, dict):
+        return None
+    if _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(doc):
+        return None
+    return doc
+
+
+def _dict(x: Any) -> Mapping[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x: Any) -> Any:
+    """A JSON array, or nothing (a wrong shape is treated as empty, as ClickHouse's JSONExtract does)."""
+    return x if isinstance(x, list) else ()
+
+
+def _value_str(v: Any) -> str:
+    """An OTLP AnyValue as the ClickHouse exporter stores it: a string (the first of string, bool, int,
+    double it holds; arrays, maps and bytes are '')."""
+    if not isinstance(v, dict):
+        return ""
+    for k in ("stringValue", "boolValue", "intValue", "doubleValue"):
+        if k in v:
+            return _ch_str(v[k])
+    return ""
+
+
+def _walk_spans(doc: Mapping[str, Any]) -> Iterator[tuple]:
+    """``(True, trace_id, span_id, ts, dur, is_server, status_error, attrs)`` per span; a wrong-typed field
+    reads as ClickHouse reads it (see :func:`_ch_str`), a wrong-shaped element is skipped, never the line."""
+    for rs in _list(doc.get("resourceSpans")):
+        for ss in _list(_dict(rs).get("scopeSpans")):
+            for sp in _list(_dict(ss).get("spans")):
+                if not isinstance(sp, dict):
+                    continue
+                start = _int64_or_zero(sp.get("startTimeUnixNano"))
+                end = _int64_or_zero(sp.get("endTimeUnixNano"))
+                attrs: dict[str, str] = {}
+                for a in _list(sp.get("attributes")):
+                    if isinstance(a, dict):
+                        key = _ch_str(a.get("key"))
+                        if key not in attrs:  # the first of repeated keys, as ClickHouse's map lookup
+                            attrs[key] = _value_str(a.get("value"))
+                yield (True, _ch_str(sp.get("traceId")), _ch_str(sp.get("spanId")), start, float(end - start),
+                       _ch_str(sp.get("kind")) in ("2", "SPAN_KIND_SERVER"),
+                       _ch_str(_dict(sp.get("status")).get("code")) in ("2", "STATUS_CODE_ERROR"), attrs)
+
+
+def _span_key(tid: str, sid: str, seen: set) -> bool:
+    """True the first time a (trace id, span id) is seen; spans without both ids are always new.
+
+    ``seen`` holds 64-bit hashes, not the ids: the one part of the Python reader's memory that grows with
+    the number of spans (about 60 bytes per span).
+    """
+    if not (tid and sid):
+        return True
+    h = hash((tid, sid))
+    if h in seen:
+        return False
+    seen.add(h)
+    return True
+
+
+def _python_aggregate(spans: Iterable[tuple], spec: QuerySpec) -> Aggregates:
+    """The pure-Python twin of :func:`aggregate_sql` (same definitions, same results)."""
+    import numpy as np
+
+    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
+    cover = {A.holdout_attr(h): set(es) for h, es in spec.holdout_experiments.items()}
+    units: dict[tuple[bool, str, str], list] = {}
+    forced: dict[str, int] = {}
+    kinds: dict[str, set] = {}
+    seen: set = set()
+    n_spans = n_server = n_bad = 0
+    nm = len(spec.metrics)
+    for ok, tid, sid, ts, dur, server, status_err, attrs in spans:
+        if not ok:
+            n_bad += 1
+            continue
+        if not tid or not _span_key(tid, sid, seen):
+            continue
+        n_spans += 1
+        if not server:
+            continue
+        n_server += 1
+        hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
+        covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
+        keys = hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
+        if not keys:
+            continue
+        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
+        is_err = status_err or _int64_or_zero(code) >= 500
+        b = int(math.floor(math.log10(dur) * HIST_PER_DECADE)) if dur > 0 else -1
+        for vk in keys:
+            is_h = vk.startswith(hp)
+            exp = vk[len(hp):] if is_h else vk[len(vp):]
+            variant = "holdout" if is_h else attrs[vk]
+            exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
+            if not is_h and attrs.get(A.forced_attr(exp)) == "true":
+                forced[exp] = forced.get(exp, 0) + 1
+                continue
+            kind = spec.unit_kinds.get(exp) if not is_h else None
+            if kind is None:
+                kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
+            uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
+            if not uid:
+                continue
+            if not is_h:
+                kinds.setdefault(exp, set()).add(kind)
+            key = (is_h, exp, uid)
+            u = units.get(key)
+            if u is None:
+                # variants seen, requests, errors, latency ms, exposed, first ts, histogram, metric slots...
+                u = units[key] = [{variant}, 0, 0, 0.0, False, ts, {}, *([0.0] * (2 * nm))]
+            else:
+                u[0].add(variant)
+            u[1] += 1
+            u[2] += is_err
+            u[3] += dur
+            u[4] = u[4] or exposed
+            u[5] = min(u[5], ts)
+            u[6][b] = u[6].get(b, 0) + 1
+            _add_metrics(u, 7, spec.metrics, attrs)
+    grouped: dict[tuple[bool, str, str], list] = {}
+    multi: dict[str, int] = {}
+    for (is_h, exp, uid), u in units.items():
+        if len(u[0]) > 1:
+            multi[exp] = multi.get(exp, 0) + 1
+            continue
+        v = next(iter(u[0]))
+        if v:  # an empty variant value names no arm
+            grouped.setdefault((is_h, exp, v), []).append(u)
+    exps: dict[str, ExperimentData] = {}
+    holds: dict[str, GroupData] = {}
+    for (is_h, exp, v), us in sorted(grouped.items()):
+        arr = np.asarray([u[1:6] + u[7:] for u in us], dtype=np.float64)
+        h_all: dict[int, int] = {}
+        h_exp: dict[int, int] = {}
+        for u in us:  # the histograms hold the requests of these units: the mean latency's populations
+            for b, c in u[6].items():
+                h_all[b] = h_all.get(b, 0) + c
+                if u[4]:
+                    h_exp[b] = h_exp.get(b, 0) + c
+        bins = np.asarray(sorted(h_all), dtype=np.int64)
+        ms, mc, cv = {}, {}, {}
+        for i, m in enumerate(spec.metrics):
+            if m.kind == "conversion":
+                cv[m.name] = arr[:, 5 + 2 * i]
+            else:
+                ms[m.name] = arr[:, 5 + 2 * i]
+                mc[m.name] = arr[:, 6 + 2 * i]
+        gd = GroupData(arr[:, 0], arr[:, 1], arr[:, 2] / 1e6, arr[:, 3].astype(bool), arr[:, 4] / 1e9, ms, mc, cv,
+                       bins, np.asarray([h_all[b] for b in bins], dtype=np.int64),
+                       np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64))
+        if is_h:
+            holds[exp] = gd
+        else:
+            e = exps.setdefault(exp, ExperimentData(exp, {}, sorted(kinds.get(exp, ()))))
+            e.variants[v] = gd
+    for exp, ed in exps.items():
+        ed.forced_requests = forced.get(exp, 0)
+        ed.multi_variant_units = multi.get(exp, 0)
+    return Aggregates(exps, holds, n_spans, n_server, n_bad)
 
 
 # --------------------------------------------------------------------------- sources
@@ -484,7 +896,8 @@ def _chdb_rows(sql: str) -> list[dict[str, Any]]:
     # as the process's memory (peak RSS grew with the file size in the benchmark).
     res = chdb.query(sql + " SETTINGS output_format_json_quote_64bit_integers = 0, "
                      "output_format_json_quote_denormals = 0, storage_file_read_method = 'read'", "JSONEachRow")
-    text = res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)
+    # surrogateescape: ClickHouse passes a stored id's bytes through even when they are not UTF-8
+    text = res.bytes().decode("utf-8", "surrogateescape") if hasattr(res, "bytes") else str(res)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -493,9 +906,17 @@ class FileSource(Source):
 
     ``engine``: ``"chdb"`` (embedded ClickHouse, default when installed),
     ``"python"`` (streaming ``json`` reader, no dependency) or ``"auto"``.
+    ``max_line_bytes``: longer lines are skipped unread and counted (:data:`MAX_LINE_BYTES`).
+
+    Bad input never stops a read: unusable lines are counted (``malformed_lines``), over-long lines too
+    (``long_lines``), and a file that ends early or holds corrupt compressed data is read up to the
+    damage and named in ``damaged_files``. A file that cannot be opened at all raises :class:`SourceError`.
+    Embedded ClickHouse would fail the whole query on a damaged file and hold an over-long line in memory,
+    so when a quick bounded pre-scan finds either, the Python reader reads the files instead (the result's
+    ``engine`` says so); both readers count every line the same way.
     """
 
-    def __init__(self, paths: Sequence[str] | str, engine: str = "auto") -> None:
+    def __init__(self, paths: Sequence[str] | str, engine: str = "auto", max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [os.fspath(paths)]
         self.paths = _expand_paths([os.fspath(p) for p in paths])
@@ -503,6 +924,10 @@ class FileSource(Source):
             raise SourceError(f"engine {engine!r} is unknown; use auto, chdb or python")
         if engine == "chdb" and not _chdb_available():
             raise SourceError("engine chdb: the chdb package is not installed; pip install chdb, or use --engine python")
+        if not isinstance(max_line_bytes, int) or max_line_bytes < 1024:
+            raise SourceError(f"max_line_bytes {max_line_bytes!r}: give a whole number of bytes of at least 1024 "
+                              f"(default {MAX_LINE_BYTES})")
+        self.max_line_bytes = max_line_bytes
         self.requested_engine = engine
         self.engine = "chdb" if engine == "auto" and _chdb_available() else ("python" if engine == "auto" else engine)
         if self.engine == "chdb" and any(ch in p for p in self.paths for ch in "*?{}[]"):
@@ -513,13 +938,42 @@ class FileSource(Source):
             self.engine = "python"
         self.description = ", ".join(self.paths) if len(self.paths) <= 3 else f"{len(self.paths)} files"
 
+    def _kinds(self) -> list[tuple[str, str]]:
+        """``(absolute path, compression)`` per file; a file that cannot be opened is a SourceError."""
+        out = []
+        for p in self.paths:
+            try:
+                out.append((os.path.abspath(p), _compression(p)))
+            except OSError as exc:
+                raise SourceError(f"{p}: cannot read the file ({exc.strerror or exc}); check its permissions") from None
+        return out
+
+    def _chdb_obstacle(self, pairs: Sequence[tuple[str, str]]) -> str | None:
+        """Why embedded ClickHouse cannot read these files safely (see :func:`_scan_file`), or None."""
+        for path, kind in pairs:
+            try:
+                why = _scan_file(path, kind, self.max_line_bytes)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+            if why:
+                return f"{path}: {why}"
+        return None
+
     def aggregate(self, spec: QuerySpec, progress: Callable[[str], None] | None = None) -> Aggregates:
         t0 = time.perf_counter()
-        if self.engine == "chdb":
+        pairs = self._kinds()
+        engine = self.engine
+        if engine == "chdb":
+            obstacle = self._chdb_obstacle(pairs)
+            if obstacle:
+                if any(c == "zstd" for _, c in pairs):
+                    raise SourceError(f"{obstacle}; the Python reader cannot read the zstd files next to it: "
+                                      "decompress them or analyse the damaged file separately")
+                engine = f"python (embedded ClickHouse cannot skip {obstacle})"
+        if engine == "chdb":
             if progress:
                 total = sum(os.path.getsize(p) for p in self.paths)
                 progress(f"reading {len(self.paths)} file(s), {total / 1e6:.1f} MB, with embedded ClickHouse ...")
-            pairs = [(os.path.abspath(p), _compression(p)) for p in self.paths]
             ticker = _Ticker(progress, f"reading {self.description} with embedded ClickHouse") if progress else None
             try:
                 rows = _chdb_rows(aggregate_sql(file_spans_sql(pairs, spec), spec))
@@ -529,7 +983,7 @@ class FileSource(Source):
                     raise SourceError(f"{self.description}: embedded ClickHouse failed: {why}; "
                                       "try --engine python") from None
                 # e.g. the process already holds a chdb session on another path: read with Python instead
-                agg = _python_aggregate(self._iter_spans(progress), spec)
+                agg = self._python(spec, progress)
                 agg.engine, agg.source, agg.seconds = f"python (chdb unavailable: {why})", self.description, \
                     time.perf_counter() - t0
                 return agg
@@ -538,58 +992,71 @@ class FileSource(Source):
                     ticker.stop()
             agg = _rows_to_aggregates(rows, spec)
         else:
-            agg = _python_aggregate(self._iter_spans(progress), spec)
-        agg.engine, agg.source, agg.seconds = self.engine, self.description, time.perf_counter() - t0
+            agg = self._python(spec, progress)
+        agg.engine, agg.source, agg.seconds = engine, self.description, time.perf_counter() - t0
+        return agg
+
+    def _python(self, spec: QuerySpec, progress: Callable[[str], None] | None) -> Aggregates:
+        counts: dict[str, Any] = {"long": 0, "damaged": []}
+        agg = _python_aggregate(self._iter_spans(progress, counts), spec)
+        agg.long_lines, agg.damaged_files = counts["long"], counts["damaged"]
         return agg
 
     # -- the streaming pure-Python reader (fallback engine and reference implementation)
 
-    def _open(self, path: str):
-        kind = _compression(path)
-        if kind == "zstd":
-            raise SourceError(f"{path}: zstd-compressed; the Python reader cannot read zstd: install chdb "
-                              "(the default engine reads it) or decompress the file")
-        return gzip.open(path, "rb") if kind == "gzip" else open(path, "rb")
-
-    def _iter_spans(self, progress: Callable[[str], None] | None = None) -> Iterator[tuple]:
-        """Yield ``(line_ok, trace_id, ts, dur, is_server, status_error, attrs)``; bad lines yield line_ok False."""
+    def _iter_spans(self, progress: Callable[[str], None] | None = None,
+                    counts: dict[str, Any] | None = None) -> Iterator[tuple]:
+        """Yield ``(line_ok, trace_id, span_id, ts, dur, is_server, status_error, attrs)``; a bad line yields
+        line_ok False. Over-long lines and damaged files go into ``counts`` (``long``, ``damaged``)."""
+        counts = counts if counts is not None else {"long": 0, "damaged": []}
         total = sum(os.path.getsize(p) for p in self.paths) or 1
         done = 0
         last = time.monotonic()
-        for path in self.paths:
+        bad: tuple = (False, "", "", 0, 0.0, False, False, {})
+        for path, kind in self._kinds():
+            if kind == "zstd":
+                raise SourceError(f"{path}: zstd-compressed; the Python reader cannot read zstd: install chdb "
+                                  "(the default engine reads it) or decompress the file")
             size = os.path.getsize(path)
-            with self._open(path) as f:
-                for n, line in enumerate(f):
-                    if progress and n % 2000 == 0 and time.monotonic() - last > 0.5:
+            read = 0
+            try:
+                for line in _lines(_chunks(path, kind), self.max_line_bytes):
+                    if line is _LONG:
+                        counts["long"] += 1
+                        continue
+                    read += len(line) + 1
+                    if progress and time.monotonic() - last > 0.5:
                         last = time.monotonic()
-                        raw = f.fileobj.tell() if hasattr(f, "fileobj") and f.fileobj else f.tell()
-                        progress(f"read {100 * (done + min(raw, size)) / total:5.1f}% of {self.description}")
-                    if not line.strip():
+                        progress(f"read {100 * (done + min(read, size)) / total:5.1f}% of {self.description}")
+                    if not line.strip(b" "):
                         continue
-                    try:
-                        doc = json.loads(line)
-                        if not isinstance(doc, dict):
-                            raise ValueError("not an object")
-                        spans = list(_walk_spans(doc))
-                    except (ValueError, TypeError, AttributeError, KeyError):
-                        yield (False, "", 0, 0.0, False, False, {})
+                    doc = _parse_line(line)
+                    if doc is None:
+                        yield bad
                         continue
-                    yield from spans
+                    yield from _walk_spans(doc)
+            except _Damaged as exc:
+                counts["damaged"].append(f"{path}: {exc}")
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
             done += size
 
     def unit_totals(self, kind: str, metrics: Sequence[Metric] = ()) -> tuple[list[str], Any, str | None]:
-        if self.engine == "chdb":
+        """See :meth:`Source.unit_totals`; over-long lines and damaged files read are left in
+        :attr:`last_read` (``{"long": n, "damaged": [...]}``) for the caller to report."""
+        pairs = self._kinds()
+        self.last_read: dict[str, Any] = {"long": 0, "damaged": []}
+        if self.engine == "chdb" and not self._chdb_obstacle(pairs):
             spec = QuerySpec(metrics=tuple(metrics))
-            pairs = [(os.path.abspath(p), _compression(p)) for p in self.paths]
             try:
                 rows = _chdb_rows(unit_totals_sql(file_spans_sql(pairs, spec), kind, metrics))
             except Exception as exc:
                 if self.requested_engine == "auto":
-                    return _python_unit_totals(self._iter_spans(), kind, metrics)
+                    return _python_unit_totals(self._iter_spans(None, self.last_read), kind, metrics)
                 raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
                                   "try --engine python") from None
             return _unit_totals_from_row(rows[0], metrics)
-        return _python_unit_totals(self._iter_spans(), kind, metrics)
+        return _python_unit_totals(self._iter_spans(None, self.last_read), kind, metrics)
 
 
 def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
@@ -598,8 +1065,9 @@ def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Met
 
     per: dict[str, list[float]] = {}
     hashed = None
-    for ok, tid, ts, dur, server, status_err, attrs in spans:
-        if not (ok and server):
+    seen: set = set()
+    for ok, tid, sid, ts, dur, server, status_err, attrs in spans:
+        if not (ok and tid and server) or not _span_key(tid, sid, seen):
             continue
         uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
         if not uid:
@@ -610,12 +1078,8 @@ def _python_unit_totals(spans: Iterable[tuple], kind: str, metrics: Sequence[Met
         if u is None:
             u = per[uid] = [0.0] * (3 + 2 * len(metrics))
         code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
-        try:
-            http_err = int(code) >= 500
-        except ValueError:
-            http_err = False
         u[0] += 1
-        u[1] += status_err or http_err
+        u[1] += status_err or _int64_or_zero(code) >= 500
         u[2] += dur / 1e6
         _add_metrics(u, 3, metrics, attrs)
     ids = list(per)
@@ -642,136 +1106,6 @@ def _add_metrics(u: list, offset: int, metrics: Sequence[Metric], attrs: Mapping
         if not math.isnan(val):
             u[col] += val
             u[col + 1] += 1
-
-
-def _value_str(v: Any) -> str:
-    """An OTLP AnyValue as the ClickHouse exporter stores it: a string."""
-    if not isinstance(v, dict):
-        return ""
-    if "stringValue" in v:
-        return str(v["stringValue"])
-    if "boolValue" in v:
-        return "true" if v["boolValue"] in (True, "true") else "false"
-    if "intValue" in v:
-        return str(v["intValue"])
-    if "doubleValue" in v:
-        d = v["doubleValue"]
-        return repr(float(d)) if not isinstance(d, str) else d
-    return ""
-
-
-def _list(x: Any) -> Any:
-    """A JSON array, or nothing (a wrong shape is treated as empty, as ClickHouse's JSONExtract does)."""
-    return x if isinstance(x, list) else ()
-
-
-def _walk_spans(doc: Mapping[str, Any]) -> Iterator[tuple]:
-    for rs in _list(doc.get("resourceSpans")):
-        for ss in _list(rs.get("scopeSpans")):
-            for sp in _list(ss.get("spans")):
-                kind = sp.get("kind")
-                code = (sp.get("status") or {}).get("code")
-                start = int(sp.get("startTimeUnixNano") or 0)
-                end = int(sp.get("endTimeUnixNano") or 0)
-                attrs = {a["key"]: _value_str(a.get("value")) for a in sp.get("attributes") or ()}
-                yield (True, str(sp.get("traceId") or ""), start, float(end - start),
-                       kind in (2, "2", "SPAN_KIND_SERVER"), code in (2, "2", "STATUS_CODE_ERROR"), attrs)
-
-
-def _python_aggregate(spans: Iterable[tuple], spec: QuerySpec) -> Aggregates:
-    """The pure-Python twin of :func:`aggregate_sql` (same definitions, same results)."""
-    import numpy as np
-
-    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
-    units: dict[tuple[bool, str, str], list] = {}
-    hist: dict[tuple[bool, str, str], dict[int, list[int]]] = {}
-    forced: dict[str, int] = {}
-    kinds: dict[str, set] = {}
-    n_spans = n_server = n_bad = 0
-    nm = len(spec.metrics)
-    for ok, tid, ts, dur, server, status_err, attrs in spans:
-        if not ok:
-            n_bad += 1
-            continue
-        n_spans += 1
-        if not server:
-            continue
-        n_server += 1
-        hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
-        keys = hk if hk else [k for k in attrs if k.startswith(vp)]
-        if not keys:
-            continue
-        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
-        try:
-            http_err = int(code) >= 500
-        except ValueError:
-            http_err = False
-        is_err = status_err or http_err
-        b = int(math.floor(math.log10(dur) * HIST_PER_DECADE)) if dur > 0 else -1
-        for vk in keys:
-            is_h = vk.startswith(hp)
-            exp = vk[len(hp):] if is_h else vk[len(vp):]
-            variant = "holdout" if is_h else attrs[vk]
-            exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
-            if not is_h and attrs.get(A.forced_attr(exp)) == "true":
-                forced[exp] = forced.get(exp, 0) + 1
-                continue
-            kind = spec.unit_kinds.get(exp) if not is_h else None
-            if kind is None:
-                kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
-            uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
-            if not uid:
-                continue
-            if not is_h:
-                kinds.setdefault(exp, set()).add(kind)
-            key = (is_h, exp, uid)
-            u = units.get(key)
-            if u is None:
-                # variants seen, requests, errors, latency ms, exposed, first ts, metric slots...
-                u = units[key] = [{variant}, 0, 0, 0.0, False, ts, *([0.0] * (2 * nm))]
-            else:
-                u[0].add(variant)
-            u[1] += 1
-            u[2] += is_err
-            u[3] += dur
-            u[4] = u[4] or exposed
-            u[5] = min(u[5], ts)
-            _add_metrics(u, 6, spec.metrics, attrs)
-            hb = hist.setdefault((is_h, exp, variant), {}).setdefault(b, [0, 0])
-            hb[0] += 1
-            hb[1] += exposed
-    grouped: dict[tuple[bool, str, str], list] = {}
-    multi: dict[str, int] = {}
-    for (is_h, exp, uid), u in units.items():
-        if len(u[0]) > 1:
-            multi[exp] = multi.get(exp, 0) + 1
-            continue
-        grouped.setdefault((is_h, exp, next(iter(u[0]))), []).append(u)
-    exps: dict[str, ExperimentData] = {}
-    holds: dict[str, GroupData] = {}
-    for (is_h, exp, v), us in sorted(grouped.items()):
-        arr = np.asarray([u[1:] for u in us], dtype=np.float64)
-        h = hist.get((is_h, exp, v), {})
-        bins = np.asarray(sorted(h), dtype=np.int64)
-        ms, mc, cv = {}, {}, {}
-        for i, m in enumerate(spec.metrics):
-            if m.kind == "conversion":
-                cv[m.name] = arr[:, 5 + 2 * i]
-            else:
-                ms[m.name] = arr[:, 5 + 2 * i]
-                mc[m.name] = arr[:, 6 + 2 * i]
-        gd = GroupData(arr[:, 0], arr[:, 1], arr[:, 2] / 1e6, arr[:, 3].astype(bool), arr[:, 4] / 1e9, ms, mc, cv,
-                       bins, np.asarray([h[b][0] for b in bins], dtype=np.int64),
-                       np.asarray([h[b][1] for b in bins], dtype=np.int64))
-        if is_h:
-            holds[exp] = gd
-        else:
-            e = exps.setdefault(exp, ExperimentData(exp, {}, sorted(kinds.get(exp, ()))))
-            e.variants[v] = gd
-    for exp, e in exps.items():
-        e.forced_requests = forced.get(exp, 0)
-        e.multi_variant_units = multi.get(exp, 0)
-    return Aggregates(exps, holds, n_spans, n_server, n_bad)
 
 
 class ClickHouseSource(Source):
@@ -826,7 +1160,7 @@ class ClickHouseSource(Source):
 
         def run(sql: str) -> list[dict[str, Any]]:
             res = session.query(sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONEachRow")
-            text = res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)
+            text = res.bytes().decode("utf-8", "surrogateescape") if hasattr(res, "bytes") else str(res)
             return [json.loads(line) for line in text.splitlines() if line.strip()]
 
         return cls(table=table, runner=run, where=where)
@@ -857,7 +1191,8 @@ class ClickHouseSource(Source):
         return _unit_totals_from_row(rows[0], metrics)
 
 
-def open_source(spec: str | Sequence[str] | Source, engine: str = "auto") -> Source:
+def open_source(spec: str | Sequence[str] | Source, engine: str = "auto",
+                max_line_bytes: int = MAX_LINE_BYTES) -> Source:
     """A source from what a user typed: a ``clickhouse://`` URL, or files/directories/globs."""
     if isinstance(spec, Source):
         return spec
@@ -871,7 +1206,7 @@ def open_source(spec: str | Sequence[str] | Source, engine: str = "auto") -> Sou
         return ClickHouseSource(urls[0])
     if not spec:
         raise SourceError("no source given; pass OTLP JSON-lines files, a directory, a glob or a clickhouse:// URL")
-    return FileSource(spec, engine=engine)
+    return FileSource(spec, engine=engine, max_line_bytes=max_line_bytes)
 
 
 class _Ticker:

@@ -45,12 +45,30 @@ class RatioEstimate:
         self.value, self.variance, self.n = value, variance, n
 
 
-def ratio_estimate(num: Any, den: Any | None = None) -> RatioEstimate:
+def ratio_estimate(num: Any, den: Any | None = None, *, proportion: bool = False) -> RatioEstimate:
     """The per-unit ratio estimate of ``sum(num)/sum(den)`` (``den=None``: a plain mean of ``num``).
 
     Delta method: ``Var(r) = (s_yy - 2 r s_xy + r^2 s_xx) / (n xbar^2)`` with sample
     (co)variances (ddof 1), which equals ``s_yy / n`` -- Welch's -- for ``den == 1``.
+
+    ``proportion``: the ratio is a share of 0/1 outcomes (an error rate, a conversion). Its variance is
+    then never below ``p~(1 - p~) / trials`` with ``p~ = (successes + 1/2) / (trials + 1)``: the binomial
+    variance as if every trial were independent (clustering within units only adds to it), with the
+    half-success continuity shift, so an arm where nothing (or everything) failed still has an uncertain
+    rate: 0 errors in 300 requests is not "exactly 0".
     """
+    est = _ratio_estimate(num, den)
+    if proportion and est.n >= 2 and np.isfinite(est.value):
+        y = float(np.asarray(num, dtype=np.float64).sum())
+        t = float(np.asarray(den, dtype=np.float64).sum()) if den is not None else float(est.n)
+        pt = (y + 0.5) / (t + 1.0)
+        floor = pt * (1.0 - pt) / max(t, 1.0)
+        if not (est.variance >= floor):
+            est.variance = floor
+    return est
+
+
+def _ratio_estimate(num: Any, den: Any | None = None) -> RatioEstimate:
     y = np.asarray(num, dtype=np.float64)
     n = int(y.size)
     if n == 0:
@@ -128,7 +146,9 @@ def compare(control: RatioEstimate, treatment: RatioEstimate, *, alpha: float = 
     if not (np.isfinite(est) and np.isfinite(var)) or control.n < 2 or treatment.n < 2:
         return out
     if var == 0:
-        out.update(ci_low=est, ci_high=est, p_value=1.0 if est == 0 else 0.0)
+        # every unit of both arms has the same value: the data hold no measure of their own noise, and a
+        # zero-width interval with p = 0 would claim certainty a handful of units cannot give
+        out["why"] = "no variation within either arm: no interval"
         return out
     if sequential:
         n = control.n + treatment.n
