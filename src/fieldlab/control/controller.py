@@ -178,7 +178,7 @@ def service_totals_sql(spans_sql: str, now: float, period: float) -> str:
 
 
 def _python_rows(spans: Iterable[tuple], q: WindowQuery, period: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """What the two SQL queries return, computed from ``(ok, trace_id, ts, dur, server, error, attrs)`` spans."""
+    """What the two SQL queries return, computed from ``(ok, trace_id, span_id, ts, dur, server, error, attrs)`` spans."""
     vp, now = A.VARIANT_PREFIX, _ns(q.now)
     cuts = [now - _ns(w) for w in q.windows]
     since = _ns(q.since) if q.since is not None else None
@@ -187,7 +187,7 @@ def _python_rows(spans: Iterable[tuple], q: WindowQuery, period: float) -> tuple
     units: dict[tuple[str, str], list[Any]] = {}
     service = {"requests": 0, "errors": 0, "first_ts": 0}
     period_cut = now - _ns(period)
-    for ok, tid, ts, dur, server, status_err, attrs in spans:
+    for ok, tid, _span_id, ts, dur, server, status_err, attrs in spans:
         if not (ok and server) or ts > now:
             continue
         code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
