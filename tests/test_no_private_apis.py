@@ -51,7 +51,7 @@ ALLOWED_SDK_IMPORTS = {
     "telemetry.py": {"from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase"},
 }
 SDK_IMPORT = re.compile(r"^\s*(from\s+opentelemetry\.sdk\b.*|import\s+opentelemetry\.sdk\b.*)$"
-                        r"|import_module\(\s*['\"]opentelemetry\.sdk", re.M)
+                        r"|import_module\(\s*['\"]opentelemetry\.sdk", re.MULTILINE)
 
 
 def _sources() -> list[Path]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace
