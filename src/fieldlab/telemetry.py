@@ -265,8 +265,11 @@ class Recorder:
         limit = self.attribute_limit
         if limit is None:
             return None
-        held = getattr(span, "attributes", None)
-        return limit - self.attribute_headroom - (len(held) if isinstance(held, Mapping) else 0)
+        try:
+            held = len(getattr(span, "attributes", None))  # type: ignore[arg-type]
+        except TypeError:  # a span that does not show its attributes (None, or not sized)
+            held = 0
+        return limit - self.attribute_headroom - held
 
     @staticmethod
     def _left_out(count: int, new_span: bool) -> None:
