@@ -14,6 +14,9 @@ On the request's SERVER span:
 ``fieldlab.unit.<kind>``            the unit id: keyed hash by default, raw, or absent
 ``fieldlab.config.version``         content hash of the configuration that assigned
 ``fieldlab.fault.injected``         true when any fault was injected into the request
+``fieldlab.assignments``            every variant of the request packed in one value
+                                    (:func:`pack_assignments`), written only when the
+                                    span's attribute limit left some of the above out
 ==================================  ======================================================
 
 ``fieldlab.variant.*`` is written for split and signed-override assignments
@@ -32,16 +35,18 @@ unit attribute value), set id (the layer) and version (config version); and
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 __all__ = [
     "PREFIX", "VARIANT_PREFIX", "EXPOSED_PREFIX", "FORCED_PREFIX", "HOLDOUT_PREFIX", "UNIT_PREFIX",
-    "CONFIG_VERSION", "FAULT_INJECTED",
+    "CONFIG_VERSION", "FAULT_INJECTED", "ASSIGNMENTS",
     "variant_attr", "exposed_attr", "forced_attr", "holdout_attr", "unit_attr",
     "FLAG_EVENT", "FLAG_KEY", "FLAG_VARIANT", "FLAG_REASON", "FLAG_PROVIDER", "FLAG_CONTEXT_ID",
     "FLAG_SET_ID", "FLAG_VERSION", "PROVIDER_NAME", "OTEL_REASONS",
     "FAULT_EVENT", "FAULT_POINT", "FAULT_KIND", "FAULT_EXPERIMENT", "FAULT_VARIANT", "FAULT_DELAY_MS",
     "FAULT_STATUS", "FAULT_EXCEPTION",
     "HTTP_STATUS_CODE", "HTTP_STATUS_CODE_OLD", "HTTP_ROUTE", "HTTP_METHOD",
-    "BAGGAGE_KEY",
+    "BAGGAGE_KEY", "pack_assignments", "unpack_assignments",
 ]
 
 PREFIX = "fieldlab."
@@ -52,6 +57,7 @@ HOLDOUT_PREFIX = "fieldlab.holdout."
 UNIT_PREFIX = "fieldlab.unit."
 CONFIG_VERSION = "fieldlab.config.version"
 FAULT_INJECTED = "fieldlab.fault.injected"
+ASSIGNMENTS = "fieldlab.assignments"
 
 
 def variant_attr(experiment: str) -> str:
@@ -72,6 +78,35 @@ def holdout_attr(holdout: str) -> str:
 
 def unit_attr(kind: str) -> str:
     return UNIT_PREFIX + kind
+
+
+def pack_assignments(variants: dict[str, str]) -> str:
+    """The ``fieldlab.assignments`` value: ``key=variant`` pairs joined by ``;``, in the order given.
+
+    Experiment keys never contain ``=``, ``;`` or ``%`` (see
+    ``fieldlab.experiments.KEY_PATTERN``); in variant names these three are
+    percent-escaped (``%3D``, ``%3B``, ``%25``), so any variant name survives
+    :func:`unpack_assignments` and SQL's ``decodeURLComponent``.
+    """
+    return ";".join(f"{key}={_escape(variant)}" for key, variant in variants.items())
+
+
+def unpack_assignments(value: str) -> dict[str, str]:
+    """The ``{experiment: variant}`` a ``fieldlab.assignments`` value holds; malformed pairs are skipped."""
+    out: dict[str, str] = {}
+    for pair in value.split(";"):
+        key, sep, variant = pair.partition("=")
+        if sep and key:
+            out[key] = _unescape(variant)
+    return out
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace(";", "%3B").replace("=", "%3D")
+
+
+def _unescape(text: str) -> str:
+    return unquote(text) if "%" in text else text
 
 
 # OpenTelemetry semantic conventions, feature flags (v1.44 release candidate).

@@ -28,7 +28,8 @@ except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
 TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults"})
-SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage", "state_file"})
+SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage", "state_file",
+                           "span_attribute_limit", "span_attribute_headroom"})
 
 #: Limits of one configuration. A file beyond them is refused with a ConfigError naming the limit (on a
 #: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. Each

@@ -70,7 +70,7 @@ class RequestContext:
     """
 
     __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
-                 "prepared", "span_attrs", "__dict__")
+                 "prepared", "span_left_out", "__dict__")
 
     # rarely set: class-level defaults, set per instance only when needed
     #: What adapters and telemetry keep about the request besides its assignments (a new visitor
@@ -113,8 +113,8 @@ class RequestContext:
         #: The telemetry recorder that writes this request onto its span, if any.
         self.recorder: Any = None
         self.prepared: PreparedRequest | None = None
-        #: The SDK attribute store of the server span when fieldlab may write into it directly (telemetry).
-        self.span_attrs: Any = None
+        #: Experiments whose variant telemetry left off the server span for lack of room (None: none).
+        self.span_left_out: set[str] | None = None
         self._expose_on_assign()
 
     @classmethod
@@ -133,7 +133,7 @@ class RequestContext:
         self.server_span = None
         self.recorder = recorder
         self.prepared = prepared
-        self.span_attrs = None
+        self.span_left_out = None
         return self
 
     def _expose_on_assign(self) -> None:

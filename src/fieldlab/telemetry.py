@@ -5,6 +5,10 @@ Schema (the names live in :mod:`fieldlab.attributes`; see docs/integration.md):
 ``fieldlab.holdout.<holdout>``, ``fieldlab.unit.<kind>``, ``fieldlab.config.version``,
 ``fieldlab.fault.injected``, and one ``feature_flag.evaluation`` event per exposure.
 
+Only the public OpenTelemetry API writes: ``span.set_attributes``,
+``span.set_attribute`` and ``span.add_event``, after ``span.is_recording()``.
+Any tracer provider works, the SDK's or another implementation of the API.
+
 Order-proof wiring. Frameworks' OTel instrumentations start the server span at
 different points, so fieldlab finds it two ways and needs no wiring:
 
@@ -18,6 +22,19 @@ different points, so fieldlab finds it two ways and needs no wiring:
 Exposures and faults that happen later go to the span remembered in the
 context. Unit ids are written as a keyed hash by default (``h1:<16 hex>``,
 HMAC-SHA256); without a configured key the hash is pseudonymous only.
+
+The attribute limit. An SDK span holds at most ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``
+attributes (128 by default) and makes room for a new one by dropping its
+oldest, which would be the instrumentation's ``http.*`` attributes. fieldlab
+never adds an attribute beyond ``limit - headroom`` (the headroom is kept for
+attributes others write after fieldlab: the response status, the app's own).
+When a request's assignments do not all fit, fieldlab writes them by priority
+(config version, units, the packed ``fieldlab.assignments``, the fault flag,
+the experiments exposed so far, forced and held-out ones, then the other
+variants, which stop :data:`EXPOSURE_RESERVE` slots early so that later reads
+still fit), counts what it left out in :data:`stats` and logs once.
+``fieldlab.assignments`` then holds every variant of the request, so analysis
+loses nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +44,8 @@ import hmac
 import logging
 import os
 import threading
-import time
-from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -41,20 +57,30 @@ from .context import RequestContext, current
 from .errors import ConfigError
 from .lab import Lab
 
-__all__ = ["Recorder", "UnitHasher", "FieldLabSpanProcessor", "ensure_processor", "processor_installed",
-           "unit_hash_key", "set_attributes", "add_event", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "stats"]
+__all__ = ["Recorder", "UnitHasher", "FieldLabSpanProcessor", "ensure_processor", "unit_hash_key",
+           "span_attribute_limit", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "DEFAULT_SPAN_ATTRIBUTE_LIMIT",
+           "DEFAULT_SPAN_ATTRIBUTE_HEADROOM", "EXPOSURE_RESERVE", "stats"]
 
 _log = logging.getLogger("fieldlab")
-_SERVER = SpanKind.SERVER
 
 #: How unit ids are written: ``hash`` (default), ``raw``, or ``none`` (left out).
 UNIT_ID_MODES = ("hash", "raw", "none")
 #: The key used when neither ``lab.unit_hash_key_env`` nor a lab secret is set.
 #: It is public, so hashes made with it are pseudonymous, not anonymous.
 DEFAULT_UNIT_HASH_KEY = b"fieldlab-unit-hash-v1-public-default-key"
+#: The OpenTelemetry default of ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` / ``OTEL_ATTRIBUTE_COUNT_LIMIT``.
+DEFAULT_SPAN_ATTRIBUTE_LIMIT = 128
+#: Attribute slots fieldlab leaves free on a span for attributes written after it (``lab.span_attribute_headroom``).
+DEFAULT_SPAN_ATTRIBUTE_HEADROOM = 16
+#: When a request's assignments do not all fit, the variants of experiments not read yet stop this many
+#: slots early, so that reads later in the request can still write their variant and exposed flag.
+EXPOSURE_RESERVE = 16
 
-#: Failures inside recording, by kind; requests go on unrecorded.
-stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0}
+#: What recording could not do, by kind; requests go on regardless. ``attributes_left_out`` counts
+#: fieldlab attributes that did not make it onto their span for lack of room, ``spans_over_limit``
+#: the spans whose assignments did not all fit at the start of the request.
+stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0, "attributes_left_out": 0,
+                         "spans_over_limit": 0}
 _logged: set[str] = set()
 
 
@@ -73,6 +99,35 @@ def unit_hash_key(lab: Lab) -> bytes:
         if value:
             return value.encode("utf-8")
     return lab.secret or DEFAULT_UNIT_HASH_KEY
+
+
+def span_attribute_limit(lab: Lab) -> int | None:
+    """How many attributes a span holds: ``lab.span_attribute_limit``, else the OpenTelemetry environment
+    variables the SDK reads (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``, then ``OTEL_ATTRIBUTE_COUNT_LIMIT``), else 128.
+
+    None means no limit (the variable set to ``unset``). Set ``lab.span_attribute_limit`` when the
+    tracer provider is built with explicit ``SpanLimits``, which fieldlab cannot see.
+    """
+    setting = lab.settings.get("span_attribute_limit")
+    if setting is not None:
+        return _count(setting, "lab.span_attribute_limit", "set it to the tracer provider's span attribute limit")
+    for name in ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"):
+        text = os.environ.get(name, "").strip().lower()
+        if text == "unset":
+            return None
+        if text:
+            try:
+                value = int(text)
+            except ValueError:
+                value = -1
+            return _count(value, name, "set it to a whole number of attributes, e.g. 256")
+    return DEFAULT_SPAN_ATTRIBUTE_LIMIT
+
+
+def _count(value: Any, field: str, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(field, f"{value!r} is not a whole number of attributes (0 or more)", fix)
+    return value
 
 
 class UnitHasher:
@@ -105,137 +160,10 @@ class UnitHasher:
         return value
 
 
-try:
-    from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
-except ImportError:  # pragma: no cover
-    _BoundedAttributes = None  # type: ignore[assignment,misc]
-try:  # the SDK is optional: without it every write takes the public API
-    from opentelemetry.sdk.trace import Event as _Event
-    from opentelemetry.sdk.trace import _Span as _SdkSpan
-    from opentelemetry.sdk.util import BoundedList as _BoundedList
-except ImportError:  # pragma: no cover
-    _Event = _SdkSpan = _BoundedList = None  # type: ignore[assignment,misc]
-
-
-def _direct_events() -> bool:
-    """True when SDK events and span event lists have the layout :meth:`Recorder.on_expose` writes directly.
-
-    An exposure event is then made without the SDK's two ``__init__`` frames
-    and appended to the span's bounded deque without its lock (a request's
-    span is written by that request alone). Any other layout takes the public path.
-    """
-    if _Event is None or _BoundedList is None or _BoundedAttributes is None:
-        return False
-    try:
-        probe = _Event("probe", None, 1)
-        return (vars(probe) == {"_name": "probe", "_timestamp": 1, "_attributes": None}
-                and _BoundedList(1)._dq.__class__ is deque)
-    except Exception:  # pragma: no cover
-        return False
-
-
-_DIRECT_EVENTS = _direct_events()
-_new = object.__new__
-_time_ns = time.time_ns
-
-
-def _context_var() -> tuple[Any, Any]:
-    """(the ContextVar holding the current OTel context, the span's key in it), when the default runtime
-    context is in use; else (None, None)."""
-    try:
-        from opentelemetry import context as otel_context
-        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-        from opentelemetry.trace.propagation import _SPAN_KEY
-        runtime = otel_context._RUNTIME_CONTEXT
-        if runtime.__class__ is ContextVarsRuntimeContext:
-            var = runtime._current_context
-            var.get()
-            return var, _SPAN_KEY
-    except Exception:
-        pass
-    return None, None
-
-
-_OTEL_CONTEXT, _SPAN_KEY = _context_var()
-_INVALID = trace.INVALID_SPAN
-
-
-def set_attributes(span: Any, attrs: dict[str, Any]) -> None:
-    """``span.set_attributes(attrs)``, without re-validating values fieldlab built itself.
-
-    fieldlab writes only ``str`` and ``bool`` values under valid keys, yet the
-    SDK's public path re-cleans every value. When the span is the SDK's own
-    (see :func:`_sdk_attributes`) and has room, the values go straight into its
-    attribute dict (:func:`_put`); otherwise the public API is used.
-    """
-    target = _sdk_attributes(span)
-    if target is None or not _put(span, target, attrs):
-        span.set_attributes(attrs)
-
-
-def _sdk_attributes(span: Any) -> Any:
-    """The SDK span's own attribute store when fieldlab may write into it directly, else None.
-
-    That is: plain BoundedAttributes with no value-length limit, still mutable.
-    Writers then check the span's end and the count limit (:func:`_put`);
-    anything else goes through the public API.
-    """
-    target = getattr(span, "_attributes", None)
-    if (target is not None and target.__class__ is _BoundedAttributes and target.max_value_len is None
-            and not target._immutable and hasattr(span, "_end_time")):
-        return target
-    return None
-
-
-def _put(span: Any, target: Any, attrs: dict[str, Any]) -> bool:
-    """Write ``attrs`` into ``target`` (from :func:`_sdk_attributes`); False when only the public API may.
-
-    No lock is taken: a request's span is written by that request alone, and
-    each ``dict.update`` of str keys is atomic in CPython, so the SDK's locks
-    would only guard the count check below against a concurrent writer of the
-    same span, where the worst case is a few attributes over the limit.
-    """
-    if span._end_time is not None:
-        return True  # ended: the SDK would drop the write too
-    d = target._dict
-    if target.maxlen is not None and len(d) + len(attrs) > target.maxlen:
-        return False
-    d.update(attrs)
-    return True
-
-
-def _frozen_event_attributes(span: Any, attrs: dict[str, Any]) -> Any:
-    """Immutable SDK event attributes built without re-validation, or None when the SDK's limits need the public path."""
-    limits = getattr(span, "_limits", None)
-    if (_Event is None or _BoundedAttributes is None or limits is None
-            or getattr(limits, "max_attribute_length", 0) is not None
-            or (limits.max_event_attributes is not None and len(attrs) > limits.max_event_attributes)):
-        return None
-    try:
-        bounded = _BoundedAttributes(limits.max_event_attributes, None, immutable=False)
-        bounded._dict.update(attrs)
-        bounded._immutable = True
-    except AttributeError:
-        return None
-    return bounded
-
-
-def add_event(span: Any, name: str, attrs: Any) -> None:
-    """``span.add_event(name, attrs)``, skipping the re-validation of values fieldlab built (see :func:`set_attributes`).
-
-    ``attrs`` may be a dict or attributes made by :func:`_frozen_event_attributes` (immutable, so one
-    object can serve the events of many spans).
-    """
-    add = getattr(span, "_add_event", None)
-    if add is not None and _Event is not None:
-        bounded = attrs if attrs.__class__ is _BoundedAttributes else _frozen_event_attributes(span, attrs)
-        if bounded is not None:
-            try:
-                add(_Event(name=name, attributes=bounded))
-                return
-            except AttributeError:
-                pass
-    span.add_event(name, dict(attrs))
+def _is_server_span(span: Any) -> bool:
+    """A recording span of kind SERVER. A span of another API implementation that does not say its
+    kind is taken as the request's (the current span when a request starts is the server span)."""
+    return span.is_recording() and getattr(span, "kind", SpanKind.SERVER) is SpanKind.SERVER
 
 
 class Recorder:
@@ -243,6 +171,8 @@ class Recorder:
 
     ``unit_ids`` is ``hash``, ``raw`` or ``none``; None takes ``lab.unit_ids``,
     else ``hash``. The ``request`` unit (a trace id) is always written as is.
+    The span attribute limit and headroom (see the module docstring) are read
+    once, here: :func:`span_attribute_limit` and ``lab.span_attribute_headroom``.
     """
 
     def __init__(self, lab: Lab, unit_ids: str | None = None) -> None:
@@ -253,7 +183,11 @@ class Recorder:
         self.lab = lab
         self.mode = mode
         self._hasher = UnitHasher(unit_hash_key(lab))
-        self._names: dict[str, tuple[str, str, str]] = {}
+        #: the span attribute count limit (None: none) and the slots fieldlab leaves free below it
+        self.attribute_limit = span_attribute_limit(lab)
+        self.attribute_headroom = _count(lab.settings.get("span_attribute_headroom", DEFAULT_SPAN_ATTRIBUTE_HEADROOM),
+                                         "lab.span_attribute_headroom",
+                                         "set it to the attribute slots to keep free for others, e.g. 16")
 
     # ------------------------------------------------------------------ values
     def unit_value(self, kind: str, unit_id: str | None) -> str | None:
@@ -285,13 +219,6 @@ class Recorder:
                 values[kind] = v
         return values
 
-    def _attr_names(self, key: str) -> tuple[str, str, str]:
-        names = self._names.get(key)
-        if names is None:
-            names = (A.variant_attr(key), A.exposed_attr(key), A.forced_attr(key))
-            self._names[key] = names
-        return names
-
     def flag_event(self, ctx: RequestContext, a: Assignment) -> dict[str, Any]:
         """The ``feature_flag.evaluation`` event attributes of one exposure."""
         attrs: dict[str, Any] = {
@@ -310,25 +237,58 @@ class Recorder:
                 attrs[A.FLAG_SET_ID] = exp.layer
         return attrs
 
-    def _event_attributes(self, ctx: RequestContext, span: Any, a: Assignment) -> Any:
-        """The exposure event's attributes; built once per prepared set of units (see ``_request``) and frozen."""
+    def _event_attributes(self, ctx: RequestContext, a: Assignment) -> dict[str, Any]:
+        """The exposure event's attributes, built once per prepared set of units (see ``_request``).
+
+        The dict is shared by the events of every request with those units, so
+        it is never changed after it is built (the SDK copies it into the event).
+        """
         prepared = ctx.prepared
-        cache = prepared.events if prepared is not None else None
-        attrs = cache.get(a.experiment) if cache is not None else None
+        if prepared is None:
+            return self.flag_event(ctx, a)
+        attrs = prepared.events.get(a.experiment)
         if attrs is None:
-            attrs = self.flag_event(ctx, a)
-            if cache is not None:
-                frozen = _frozen_event_attributes(span, attrs)
-                if frozen is not None:
-                    cache[a.experiment] = attrs = frozen
+            attrs = prepared.events[a.experiment] = self.flag_event(ctx, a)
         return attrs
 
-    def _add_flag_event(self, ctx: RequestContext, span: Any, a: Assignment) -> None:
-        attrs = self._event_attributes(ctx, span, a)
-        if ctx.span_attrs is not None and attrs.__class__ is _BoundedAttributes:
-            span._add_event(_Event(A.FLAG_EVENT, attrs))  # an SDK span (see attach) and frozen attributes
-        else:
-            add_event(span, A.FLAG_EVENT, attrs)
+    @staticmethod
+    def _variant_attributes(a: Assignment) -> dict[str, Any]:
+        """``fieldlab.variant.<key>`` (and ``fieldlab.forced.<key>`` for an override) of an assignment in its experiment."""
+        attrs: dict[str, Any] = {A.variant_attr(a.experiment): a.variant}
+        if a.reason == "override":
+            attrs[A.forced_attr(a.experiment)] = True
+        return attrs
+
+    # ------------------------------------------------------------------- room
+    def _room(self, span: Any) -> int | None:
+        """How many attributes fieldlab may still add to ``span`` (None: no limit).
+
+        The span's current count comes from ``span.attributes`` (the SDK's
+        spans have it); a span that does not show its attributes counts as empty.
+        """
+        limit = self.attribute_limit
+        if limit is None:
+            return None
+        try:
+            held = len(getattr(span, "attributes", None))  # type: ignore[arg-type]
+        except TypeError:  # a span that does not show its attributes (None, or not sized)
+            held = 0
+        return limit - self.attribute_headroom - held
+
+    @staticmethod
+    def _left_out(count: int, new_span: bool) -> None:
+        """Count attributes not written for lack of room; the first time, say why and what to do."""
+        stats["attributes_left_out"] += count
+        if new_span:
+            stats["spans_over_limit"] += 1
+        if "attribute_limit" not in _logged:
+            _logged.add("attribute_limit")
+            _log.warning(
+                "fieldlab: a span's attribute limit left no room for %d fieldlab attribute(s); they were left out, "
+                "so no attribute of another instrumentation was dropped, and %s holds every variant of the "
+                "request. Raise OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT (and lab.span_attribute_limit when the tracer "
+                "provider sets SpanLimits in code) to keep them all; counted in fieldlab.telemetry.stats",
+                count, A.ASSIGNMENTS)
 
     # ----------------------------------------------------------------- writing
     def hook(self, ctx: RequestContext) -> None:
@@ -344,108 +304,139 @@ class Recorder:
         attrs: dict[str, Any] = {A.CONFIG_VERSION: ctx.version}
         for kind, v in self._unit_values(ctx).items():
             attrs[A.unit_attr(kind)] = v
-        all_names = self._names
-        for key, a in ctx.assignments.items():
-            reason = a.reason
-            if reason == "split" or reason == "override":
-                names = all_names.get(key) or self._attr_names(key)
-                attrs[names[0]] = a.variant
-                if reason == "override":
-                    attrs[names[2]] = True
+        for a in ctx.assignments.values():
+            if a.in_experiment:
+                attrs.update(self._variant_attributes(a))
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs
 
     def _late_attributes(self, ctx: RequestContext) -> dict[str, Any]:
-        """What the request did after it started: ``fieldlab.exposed.<key>`` per exposure, and a fault flag."""
-        all_names = self._names
-        more: dict[str, Any] = {(all_names.get(key) or self._attr_names(key))[1]: True for key in ctx.exposed}
-        if ctx._fault_injected:
+        """What the request did before its span was found: ``fieldlab.exposed.<key>`` per exposure, and a fault flag."""
+        more: dict[str, Any] = {A.exposed_attr(key): True for key in ctx.exposed}
+        if ctx.fault_injected:
             more[A.FAULT_INJECTED] = True
         return more
+
+    def _by_priority(self, ctx: RequestContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        """The start-of-request attributes in groups written whole or not at all, highest priority first.
+
+        Returns (groups that may fill the room, groups of the other variants,
+        which leave :data:`EXPOSURE_RESERVE` free, the experiment key of each of
+        those other groups).
+        """
+        first: list[dict[str, Any]] = [{A.CONFIG_VERSION: ctx.version}]
+        first += [{A.unit_attr(kind): v} for kind, v in self._unit_values(ctx).items()]
+        packed = A.pack_assignments({key: a.variant for key, a in ctx.assignments.items()  # type: ignore[misc]
+                                     if a.in_experiment})
+        first.append({A.ASSIGNMENTS: packed})
+        if ctx.fault_injected:
+            first.append({A.FAULT_INJECTED: True})
+        exposed: list[dict[str, Any]] = []
+        flagged: list[dict[str, Any]] = []
+        others: list[dict[str, Any]] = []
+        other_keys: list[str] = []
+        for key, a in ctx.assignments.items():
+            if key in ctx.exposed:
+                attrs = self._variant_attributes(a) if a.in_experiment else {}
+                attrs[A.exposed_attr(key)] = True
+                exposed.append(attrs)
+            elif a.reason == "override":
+                flagged.append(self._variant_attributes(a))
+            elif a.in_experiment:
+                others.append(self._variant_attributes(a))
+                other_keys.append(key)
+            elif a.holdout is not None:
+                flagged.append({A.holdout_attr(a.holdout): True})
+        return [*first, *exposed, *flagged], others, other_keys
+
+    def _write_within(self, ctx: RequestContext, span: Any, room: int) -> None:
+        """Write as much of the request as ``room`` allows, by priority (see the module docstring)."""
+        groups, others, other_keys = self._by_priority(ctx)
+        chosen: dict[str, Any] = {}
+        left_out = 0
+        for group in groups:
+            if len(chosen) + len(group) <= room:
+                chosen.update(group)
+            else:
+                left_out += len(group)
+        skipped: set[str] = set()
+        for key, group in zip(other_keys, others):
+            if len(chosen) + len(group) <= room - EXPOSURE_RESERVE:
+                chosen.update(group)
+            else:
+                left_out += len(group)
+                skipped.add(key)
+        if chosen:
+            span.set_attributes(chosen)
+        ctx.span_left_out = skipped
+        if left_out:
+            self._left_out(left_out, new_span=True)
 
     def attach(self, ctx: RequestContext, span: Any) -> None:
         """Make ``span`` the request's server span and write everything known so far."""
         ctx.server_span = span
-        extra = ctx.extra
-        if extra and extra.get("request_generated"):
+        if ctx.extra.get("request_generated"):
             tid = format(span.get_span_context().trace_id, "032x")
-            extra["request_generated"] = False
+            ctx.own_extra()["request_generated"] = False
             ctx.trace_id = tid
             ctx.rebind_unit("request", tid)
         prepared = ctx.prepared
         base = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
-        target = _sdk_attributes(span)
-        if target is None or not _put(span, target, base):
-            target = None
-            span.set_attributes(base)
-        ctx.span_attrs = target
-        exposed = ctx.exposed
-        if exposed or ctx._fault_injected:
-            more = self._late_attributes(ctx)
-            if target is None or not _put(span, target, more):
-                span.set_attributes(more)
-            for key in exposed:
-                self._add_flag_event(ctx, span, ctx.assignments[key])
-        pending = extra.pop("pending_events", None) if extra else None
+        late = self._late_attributes(ctx) if ctx.exposed or ctx.fault_injected else None
+        room = self._room(span)
+        if room is None or len(base) + (len(late) if late else 0) <= room:
+            span.set_attributes({**base, **late} if late else base)
+        else:
+            self._write_within(ctx, span, room)
+        for key in ctx.exposed:
+            span.add_event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.assignments[key]))
+        pending = ctx.own_extra().pop("pending_events", None) if ctx.extra else None
         if pending:
             for name, event_attrs in pending:
-                span.add_event(name, event_attrs)  # other parts' events: validated by the SDK
+                span.add_event(name, event_attrs)
 
     def attach_current(self, ctx: RequestContext) -> None:
         """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation) and write it."""
-        # trace.get_current_span() without its four Python frames when the default runtime context is in use
-        span = _OTEL_CONTEXT.get().get(_SPAN_KEY, _INVALID) if _OTEL_CONTEXT is not None else trace.get_current_span()
-        if span.__class__ is _SdkSpan:  # the SDK's own span: its fields, read directly
-            if span._kind is not _SERVER or span._end_time is not None:
-                return
-        elif getattr(span, "kind", None) is not _SERVER or not span.is_recording():
-            return
-        self.attach(ctx, span)
+        span = trace.get_current_span()
+        if _is_server_span(span):
+            self.attach(ctx, span)
 
     def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
         """Write one exposure as it happens: ``fieldlab.exposed.<key>`` and its ``feature_flag.evaluation`` event.
 
-        This runs on the first read of each experiment in every request, so the
-        common case (an SDK span fieldlab may write directly, see :meth:`attach`,
-        and event attributes prepared for these units) is a dict store, one
-        object and a deque append.
+        The event is stamped with the time of the read. An exposure before the
+        span is found is written when it is (``ctx.exposed`` holds it); one
+        after the span ended is not written.
         """
         span = ctx.server_span
         if span is None:
-            return  # written when the span is found (ctx.exposed holds it)
+            return
         try:
-            key = a.experiment
-            name = (self._names.get(key) or self._attr_names(key))[1]
-            target = ctx.span_attrs
-            if target is not None:
-                if span._end_time is not None:
-                    return  # ended: the SDK would drop the write too
-                prepared = ctx.prepared
-                attrs = prepared.events.get(key) if prepared is not None else None
-                events = span._events
-                if (attrs is not None and _DIRECT_EVENTS and events.__class__ is _BoundedList
-                        and (target.maxlen is None or len(target._dict) < target.maxlen)):
-                    target._dict[name] = True
-                    event = _new(_Event)
-                    event._name = A.FLAG_EVENT
-                    event._timestamp = _time_ns()
-                    event._attributes = attrs
-                    dq = events._dq
-                    if dq.maxlen is None or len(dq) < dq.maxlen:
-                        dq.append(event)
-                    else:
-                        events.append(event)  # full: the SDK's own path counts the dropped one
-                    return
-                if not _put(span, target, {name: True}):
-                    span.set_attribute(name, True)
-            elif span.is_recording():
-                span.set_attribute(name, True)
-            else:
+            if not span.is_recording():
                 return
-            self._add_flag_event(ctx, span, a)
+            key = a.experiment
+            room = self._room(span)
+            if room is not None and room < 1:
+                self._left_out(1, new_span=False)
+            elif ctx.span_left_out and key in ctx.span_left_out:
+                self._write_late_variant(ctx, span, a, room)
+            else:
+                span.set_attribute(A.exposed_attr(key), True)
+            span.add_event(A.FLAG_EVENT, self._event_attributes(ctx, a))
         except Exception:
             _failed("recorder_errors")
+
+    def _write_late_variant(self, ctx: RequestContext, span: Any, a: Assignment, room: int | None) -> None:
+        """The exposure of an experiment whose variant did not fit at the start: its exposed flag
+        (analysis then takes the variant from ``fieldlab.assignments``), and the variant when there is room."""
+        attrs: dict[str, Any] = {A.exposed_attr(a.experiment): True}
+        variant = self._variant_attributes(a)
+        if room is None or room >= 1 + len(variant):
+            attrs.update(variant)
+            ctx.span_left_out.discard(a.experiment)  # type: ignore[union-attr]
+            stats["attributes_left_out"] -= len(variant)  # counted at the start, written after all
+        span.set_attributes(attrs)
 
     def on_event(self, ctx: RequestContext, name: str, attrs: dict[str, Any]) -> None:
         span = ctx.server_span
@@ -461,12 +452,17 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is not None and span.is_recording():
-                span.set_attribute(A.FAULT_INJECTED, True)
+                room = self._room(span)
+                if room is None or room >= 1:
+                    span.set_attribute(A.FAULT_INJECTED, True)
+                else:
+                    self._left_out(1, new_span=False)
         except Exception:
             _failed("recorder_errors")
 
 
 try:  # the SDK is optional: without it there is no provider to add a processor to
+    # SpanProcessor is the SDK's public extension point for span start and end
     from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase
 except ImportError:  # pragma: no cover
     _SpanProcessorBase = object  # type: ignore[assignment,misc]
@@ -476,7 +472,7 @@ class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type
     """Writes the current request's assignments onto the first SERVER span it starts."""
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
-        if span.kind is not _SERVER:
+        if span.kind is not SpanKind.SERVER:
             return
         ctx = current()
         if ctx is None or ctx.server_span is not None or ctx.recorder is None:
@@ -498,19 +494,6 @@ class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type
 
 _install_lock = threading.Lock()
 _installed_on: list[Any] = []
-_MISSING = object()
-
-
-def _sdk_provider() -> Any:
-    """The global tracer provider if one was set, else None, without the API's per-call environment lookups."""
-    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
-    if provider is None and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
-        return None  # nothing set yet (the common case before set_tracer_provider)
-    return trace.get_tracer_provider()
-
-
-def processor_installed() -> bool:
-    return bool(_installed_on)
 
 
 def ensure_processor() -> bool:
@@ -518,18 +501,17 @@ def ensure_processor() -> bool:
 
     Adapters call it for a request that starts with no server span current
     (fieldlab outside the instrumentation), so an app whose instrumentation
-    wraps fieldlab never pays for a processor. Until an SDK provider is set
-    (``trace.set_tracer_provider``) there is nothing to add to, and such
-    requests try again.
+    wraps fieldlab never pays for a processor. Until a provider that takes
+    span processors is set (the SDK's, via ``trace.set_tracer_provider``)
+    there is nothing to add to, and such requests try again.
     """
     if _installed_on:
         return True
-    provider = _sdk_provider()
-    add = getattr(provider, "add_span_processor", None)
+    add = getattr(trace.get_tracer_provider(), "add_span_processor", None)
     if add is None:
         return False
     with _install_lock:
         if not _installed_on:
             add(FieldLabSpanProcessor())
-            _installed_on.append(provider)
+            _installed_on.append(add)
     return True

@@ -40,16 +40,6 @@ def _default_session(request: Any) -> Any:
         return None
 
 
-try:  # the request context's ContextVar: ~20x cheaper than going through the flask.request proxy
-    from flask.globals import _cv_request
-
-    def _environ() -> Any:
-        return _cv_request.get().request.environ
-except ImportError:  # pragma: no cover - other Flask versions
-    def _environ() -> Any:
-        return flask.request.environ
-
-
 class FieldLab:
     """Assigns every request's variants before the view runs and records them on the server span.
 
@@ -81,7 +71,7 @@ class FieldLab:
 
     def _before(self) -> Any:
         cfg = self.config
-        environ = _environ()
+        environ = flask.request.environ
         get = environ.get
         ctx = _request.begin(cfg, flask.request, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),  # type: ignore[arg-type]
                              environ=True)
@@ -105,7 +95,7 @@ class FieldLab:
         return response
 
     def _teardown(self, exc: BaseException | None) -> None:
-        environ = _environ()
+        environ = flask.request.environ
         ctx = environ.pop(_CTX, None)
         token = environ.pop(_TOKEN, None)
         if ctx is not None:

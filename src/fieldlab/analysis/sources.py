@@ -186,6 +186,30 @@ def _keep_attrs(spec: QuerySpec, key: str = "k") -> str:
     return f"startsWith({key}, {_lit(A.PREFIX)}) OR {key} IN (" + ", ".join(_lit(k) for k in exact) + ")"
 
 
+def _with_packed_variants_sql(attrs: str) -> str:
+    """``attrs`` (a ClickHouse Map of span attributes) plus the variants held only in ``fieldlab.assignments``.
+
+    When a span's attribute limit left some ``fieldlab.variant.<key>`` out,
+    telemetry packs every variant into ``fieldlab.assignments``
+    (``key=variant;...``, variant names percent-escaped): this adds each as
+    ``fieldlab.variant.<key>``; an individual attribute wins. The SQL twin of
+    :func:`_with_packed_variants`.
+    """
+    pairs = f"arrayFilter(p -> position(p, '=') > 1, splitByChar(';', {attrs}[{_lit(A.ASSIGNMENTS)}]))"
+    return (f"if({attrs}[{_lit(A.ASSIGNMENTS)}] = '', {attrs}, mapUpdate(mapFromArrays("
+            f"arrayMap(p -> concat({_lit(A.VARIANT_PREFIX)}, substring(p, 1, position(p, '=') - 1)), {pairs}), "
+            f"arrayMap(p -> decodeURLComponent(substring(p, position(p, '=') + 1)), {pairs})), {attrs}))")
+
+
+def _with_packed_variants(attrs: dict[str, str]) -> dict[str, str]:
+    """``attrs`` plus the variants held only in ``fieldlab.assignments`` (see :func:`_with_packed_variants_sql`)."""
+    packed = attrs.get(A.ASSIGNMENTS)
+    if packed:
+        for key, variant in A.unpack_assignments(packed).items():
+            attrs.setdefault(A.variant_attr(key), variant)
+    return attrs
+
+
 def otel_traces_spans_sql(table: str = "otel_traces", where: str = "", spec: QuerySpec | None = None) -> str:
     """Normalised spans from the Collector ClickHouse exporter's table (both enum spellings)."""
     w = f" WHERE {where}" if where else ""
@@ -297,7 +321,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "arrayFilter(k -> startsWith(k, " + _lit(hp) + ") AND Attrs[k] = 'true', ak) AS hk, "
         "if(IsServer AND has_span, arrayConcat(hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + ") AND NOT "
         f"arrayExists(h -> has({_coverage_sql(spec)}[h], substring(k, {len(vp) + 1})), hk), ak)), "
-        "CAST([], 'Array(String)')) AS keys FROM (" + _dedup_sql(spans_sql) + ")"
+        "CAST([], 'Array(String)')) AS keys "
+        f"FROM (SELECT * REPLACE ({_with_packed_variants_sql('Attrs')} AS Attrs) FROM (" + _dedup_sql(spans_sql) + "))"
     )
     x = (
         "SELECT line_ok, has_span, IsServer, vk_i, vk != '' AS has_vk, "
@@ -700,7 +725,8 @@ def _walk_spans(doc: Mapping[str, Any]) -> Iterator[tuple]:
                             attrs[key] = _value_str(a.get("value"))
                 yield (True, _ch_str(sp.get("traceId")), _ch_str(sp.get("spanId")), start, float(end - start),
                        _ch_str(sp.get("kind")) in ("2", "SPAN_KIND_SERVER"),
-                       _ch_str(_dict(sp.get("status")).get("code")) in ("2", "STATUS_CODE_ERROR"), attrs)
+                       _ch_str(_dict(sp.get("status")).get("code")) in ("2", "STATUS_CODE_ERROR"),
+                       _with_packed_variants(attrs))
 
 
 def _span_key(tid: str, sid: str, seen: set) -> bool:
