@@ -123,12 +123,15 @@ class CanarySpec:
     steady: SteadyState = field(default_factory=SteadyState)
     #: Relative precision of the breaking point: the search stops when every point of the bracket is within it.
     accuracy: float = 0.10
-    #: Level of the always-valid tests (each dose's decision).
-    alpha: float = 0.05
-    #: Tuning ``n*`` of the confidence sequences: the request count where they are tightest.
-    tuning: float = 2000.0
+    #: Level of the always-valid test that calls a dose safe (an error here escalates into harm).
+    alpha: float = 0.1
+    #: Level of the test that calls a dose broken (an error here only stops lower: safe, at some accuracy).
+    alpha_break: float = 0.3
+    #: Tuning ``n*`` of the confidence sequence comparing a dose with control: the request count where it is
+    #: tightest. Small, because a breaking dose should be blamed after a few dozen requests.
+    tuning: float = 200.0
     #: Share of the canary's traffic that stays fault-free, as the comparison for every dose.
-    control_share: float = 0.2
+    control_share: float = 0.1
     #: Minimum share of the canary's traffic per active dose.
     floor: float = 0.05
     #: How many doses may run at once.
@@ -136,13 +139,13 @@ class CanarySpec:
     #: Requests a dose needs before it can be confirmed safe or let the next dose open.
     min_units: int = 200
     #: Requests a dose needs before it can be declared broken (the tests are asymptotic).
-    min_break_units: int = 10
+    min_break_units: int = 5
     #: Posterior probability of breaking below which a dose lets the next one open.
     escalate_below: float = 0.2
     #: Requests after which an undecided dose is classified by its point estimate.
-    max_units_per_dose: int = 12000
+    max_units_per_dose: int = 3000
     #: Requests after which an undecided dose inside the bracket gets neighbours at +-``accuracy``.
-    stall_units: int = 2000
+    stall_units: int = 1000
     #: Smallest dose the search may try when the first ladder dose already breaks.
     min_dose_ms: float = 1.0
 
@@ -250,6 +253,8 @@ class CanaryState:
     breaking_point: float | None = None
     outcome: str | None = None
     history: list[Decision] = field(default_factory=list)
+    #: Requests the canary's traffic share brings per round (measured; sets how fast a dose's share may grow).
+    per_round: float | None = None
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -296,7 +301,7 @@ class CanaryState:
             "bracket": list(self.bracket), "breaking_point": self.breaking_point, "outcome": self.outcome,
             "requests_spent": self.requests_spent, "bad_spent": self.bad_spent,
             "excess_bad": self.excess_bad,
-            "history": [d.to_dict() for d in self.history],
+            "history": [d.to_dict() for d in self.history], "per_round": self.per_round,
         }
 
     @classmethod
@@ -319,6 +324,7 @@ class CanaryState:
             history=[Decision(round=int(d["round"]), action=str(d["action"]), reason=str(d["reason"]),
                               dose=_opt_float(d.get("dose")), evidence=dict(d.get("evidence", {})))
                      for d in data.get("history", [])],
+            per_round=_opt_float(data.get("per_round")),
         )
 
 
@@ -477,12 +483,14 @@ def _log_beta(a: float, b: float) -> float:
 def slo_evidence(n: int, k: int, allowance: float) -> tuple[float, float]:
     """Always-valid evidence that a rate is above / below ``allowance``: two mixture likelihood ratios (log).
 
-    ``k`` bad among ``n`` requests. Against the boundary rate ``a``, the mixture
-    of Bernoulli likelihood ratios over ``p`` uniform on ``[a, 1]`` (above) or on
-    ``[0, a]`` (below) is a nonnegative (super)martingale under every rate on
-    the other side, so by Ville's inequality it ever reaches ``1/alpha`` with
-    probability at most ``alpha``, however often it is read. It is exact for
-    the rare events an SLO counts (the asymptotic sequence of
+    ``k`` bad among ``n`` requests, against the boundary rate ``a``. "Below"
+    mixes the Bernoulli likelihood ratio over ``p`` uniform on ``[0, a]``;
+    "above" over ``p`` on ``[a, 1]`` with density proportional to ``1/p^2``, which
+    puts its mass near the allowance, where a breaking dose is hardest to tell
+    apart. Each mixture is a nonnegative (super)martingale under every rate on
+    the other side of ``a``, so by Ville's inequality it ever reaches
+    ``1/alpha`` with probability at most ``alpha``, however often it is read.
+    It is exact for the rare events an SLO counts (the asymptotic sequence of
     :mod:`fieldlab.analysis.stats` needs about twice the requests to clear a
     0.5 % allowance with no failure); the comparison with control still uses
     :func:`fieldlab.analysis.stats.compare`.
@@ -490,19 +498,23 @@ def slo_evidence(n: int, k: int, allowance: float) -> tuple[float, float]:
     if n <= 0:
         return -math.inf, -math.inf
     a = allowance
-    base = _log_beta(k + 1, n - k + 1) - k * math.log(a) - (n - k) * math.log1p(-a)
+    log_l0 = k * math.log(a) + (n - k) * math.log1p(-a)
     below_mass = 1.0 - beta_tail(k + 1, n - k + 1, a)  # P(p < a) under Beta(k+1, n-k+1)
-    above_mass = 1.0 - below_mass
-    log_above = base + math.log(above_mass) - math.log1p(-a) if above_mass > 0 else -math.inf
-    log_below = base + math.log(below_mass) - math.log(a) if below_mass > 0 else -math.inf
+    log_below = (_log_beta(k + 1, n - k + 1) + math.log(below_mass) - math.log(a) - log_l0
+                 if below_mass > 0 else -math.inf)
+    log_above = -math.inf
+    if k >= 2:
+        above_mass = beta_tail(k - 1, n - k + 1, a)  # P(p > a) under Beta(k-1, n-k+1)
+        if above_mass > 0:
+            norm = math.log(1.0 / a - 1.0)  # the prior's normaliser: integral of p^-2 over [a, 1]
+            log_above = _log_beta(k - 1, n - k + 1) + math.log(above_mass) - norm - log_l0
     return log_above, log_below
 
 
 def _slo_test(spec: CanarySpec, n: int, k: int, allowance: float) -> tuple[bool, bool, float]:
-    """(above, below, log-evidence): is the rate ``k/n`` above / below ``allowance`` at level ``alpha``?"""
+    """(above, below, log-evidence): is the rate ``k/n`` above (level ``alpha_break``) / below (``alpha``) ``allowance``?"""
     up, down = slo_evidence(n, k, allowance)
-    bar = -math.log(spec.alpha)
-    return up >= bar, down >= bar, max(up, down)
+    return up >= -math.log(spec.alpha_break), down >= -math.log(spec.alpha), max(up, down)
 
 
 def _worse_than_control(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> tuple[bool, dict[str, Any]]:
@@ -514,7 +526,7 @@ def _worse_than_control(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> t
         return RatioEstimate(p, p * (1 - p) / n if n else float("nan"), n)
 
     res = compare(est(control.requests, control.bad_requests), est(arm.requests, arm.bad),
-                  alpha=spec.alpha, sequential=True, tuning=spec.tuning)
+                  alpha=spec.alpha_break, sequential=True, tuning=spec.tuning)
     low = res.get("ci_low")
     worse = low is not None and low > 0
     if control.requests < 2:
@@ -593,12 +605,17 @@ def advance(spec: CanarySpec, state: CanaryState, counts: Mapping[str, ArmCounts
         return new
     new.round += 1
     r = new.round
+    before = new.requests_spent
     if CONTROL in counts:
         new.control = counts[CONTROL]
     for a in new.arms:
         c = counts.get(a.label)
         if c is not None:
             a.requests, a.errors, a.slow, a.bad = c.requests, c.errors, c.slow, c.bad_requests
+
+    share = sum(state.weights.values())
+    if share > 0 and new.requests_spent > before:
+        new.per_round = (new.requests_spent - before) / share
 
     # 1. The environment: the canary's control itself breaks the SLO -> stop at once.
     ctl = new.control
@@ -662,7 +679,9 @@ def _bracket(state: CanaryState) -> tuple[float, float | None]:
 
 def _open(spec: CanarySpec, state: CanaryState, dose: float, reason: str) -> None:
     d = _round_dose(dose)
-    existing = state.arm(d)
+    near = [a for a in state.arms if abs(math.log(a.dose / d)) < 0.01]  # within 1 %: the same dose, in effect
+    existing = near[0] if near else None
+    d = existing.dose if existing else d
     if existing is not None:
         existing.status, existing.reason = ACTIVE, reason
     else:
@@ -701,9 +720,13 @@ def _escalate(spec: CanarySpec, state: CanaryState, r: int) -> None:
         return
     p_break = probability_breaks(spec, top.requests, top.errors, top.slow)
     ready = top.status == SAFE or (top.requests >= spec.min_units and p_break < spec.escalate_below)
-    if ready and _make_room(spec, state, r, top.dose):
+    if ready:
         why = ("the dose below is confirmed safe" if top.status == SAFE else
                f"{top.label} survived {top.requests} requests, P(breaks) = {p_break:.2f} < {spec.escalate_below:g}")
+        if top.status == ACTIVE:  # probably safe: confirmed later only if the bracket needs it
+            top.status, top.reason = RETIRED, "probably safe, superseded by the next dose (reopened if the bracket needs it)"
+            state.history.append(Decision(r, "retire", f"{top.label}: {top.reason}", top.dose))
+        _make_room(spec, state, r, top.dose)
         _open(spec, state, nxt[0], f"escalate: {why}")
 
 
@@ -728,9 +751,15 @@ def _refine(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float) 
     if inside:
         _flank(spec, state, r, lo, hi, inside)
         return
-    if lo > 0:
-        m = math.sqrt(lo * hi)
-        why = f"bisect the bracket [{dose_label(lo)}, {dose_label(hi)}] in log-dose"
+    # The largest dose that looked safe when the ladder moved past it: a provisional lower end.
+    plo = max((a.dose for a in state.arms if a.status == RETIRED and lo < a.dose < hi), default=lo)
+    if plo > lo and hi / plo <= spec.target_ratio * (1 + 1e-9):
+        _make_room(spec, state, r, plo)
+        _open(spec, state, plo, f"confirm the lower end of the bracket [{dose_label(plo)}, {dose_label(hi)}]")
+        return
+    if plo > 0:
+        m = math.sqrt(plo * hi)
+        why = f"bisect the bracket [{dose_label(plo)}, {dose_label(hi)}] in log-dose"
     else:
         below = [d for d in spec.doses if d < hi]
         factor = (spec.doses[1] / spec.doses[0]) if len(spec.doses) > 1 else 2.0
@@ -793,15 +822,18 @@ def _drift(spec: CanarySpec, a: DoseArm) -> float:
 def _reweigh(spec: CanarySpec, state: CanaryState) -> None:
     """Traffic where it tells most about the threshold, at the least cost in bad requests.
 
-    Each undecided dose scores ``P(1 - P) * relevance / cost``: ``P`` the
-    posterior probability that it breaks (the decision is most uncertain at
-    0.5), ``relevance`` the probability that the next larger active dose
-    breaks (confirming a dose is wasted if a larger one is confirmed safe; 1
-    for the largest), ``cost`` its expected bad rate plus the allowance. The
-    doses share what the control and the floors leave in proportion to their
+    Each undecided dose scores ``relevance * drift / cost``: ``drift`` the
+    expected log-evidence a request adds toward its decision (the Kullback-
+    Leibler divergence of its estimated rate from the allowance: large for a
+    dose that will decide soon, small for one that sits on the threshold),
+    ``relevance`` the probability that the next larger active dose breaks
+    (confirming a dose is wasted if a larger one is confirmed safe; 1 for the
+    largest), ``cost`` its expected bad rate plus the allowance. The doses
+    share what the control and the floors leave in proportion to their
     scores. A dose on probation (fewer than ``min_break_units`` requests) gets
-    only its floor, and the share it leaves stays outside the canary, so a
-    new, possibly broken dose is first tried on a few requests.
+    only its floor, and a dose's requests at most double from one round to
+    the next (slow start); what they leave stays outside the canary, so a new,
+    possibly broken dose is tried on a few requests before many.
     """
     active = sorted((a for a in state.arms if a.status == ACTIVE), key=lambda a: a.dose)
     if not active:
@@ -815,12 +847,15 @@ def _reweigh(spec: CanarySpec, state: CanaryState) -> None:
             continue
         relevance = probs[i + 1] if i + 1 < len(active) else 1.0
         cost = (a.bad + 0.5) / (a.requests + 1.0) + spec.steady.error_allowance
-        scores.append(max(probs[i] * (1.0 - probs[i]) * relevance, 1e-6) / cost)
+        scores.append(max(_drift(spec, a) * relevance, 1e-9) / cost)
     room = 1.0 - spec.control_share - spec.floor * len(active)
     total = sum(x for x in scores if x is not None)
     weights = {CONTROL: spec.control_share}
     for a, sc in zip(active, scores):
-        weights[a.label] = spec.floor + (room * sc / total if sc is not None else 0.0)
+        w = spec.floor + (room * sc / total if sc is not None else 0.0)
+        if state.per_round:  # slow start: a dose's requests at most double per round
+            w = min(w, max(spec.floor, a.requests / state.per_round))
+        weights[a.label] = w
     _publish(state, weights)
 
 
