@@ -133,19 +133,21 @@ class CanarySpec:
     #: Share of the canary's traffic that stays fault-free, as the comparison for every dose.
     control_share: float = 0.1
     #: Minimum share of the canary's traffic per active dose.
-    floor: float = 0.05
+    floor: float = 0.03
     #: How many doses may run at once.
     max_active: int = 3
     #: Requests a dose needs before it can be confirmed safe or let the next dose open.
     min_units: int = 200
     #: Requests a dose needs before it can be declared broken (the tests are asymptotic).
-    min_break_units: int = 5
+    min_break_units: int = 3
     #: Posterior probability of breaking below which a dose lets the next one open.
     escalate_below: float = 0.2
     #: Requests after which an undecided dose is classified by its point estimate.
     max_units_per_dose: int = 3000
     #: Requests after which an undecided dose inside the bracket gets neighbours at +-``accuracy``.
     stall_units: int = 1000
+    #: Where the refinement probes the bracket ``[lo, hi]``, in log-dose: 0.5 bisects; lower probes spend less budget.
+    bisect_at: float = 0.5
     #: Smallest dose the search may try when the first ladder dose already breaks.
     min_dose_ms: float = 1.0
 
@@ -758,7 +760,7 @@ def _refine(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float) 
         _open(spec, state, plo, f"confirm the lower end of the bracket [{dose_label(plo)}, {dose_label(hi)}]")
         return
     if plo > 0:
-        m = math.sqrt(plo * hi)
+        m = plo * (hi / plo) ** spec.bisect_at
         why = f"bisect the bracket [{dose_label(plo)}, {dose_label(hi)}] in log-dose"
     else:
         below = [d for d in spec.doses if d < hi]
