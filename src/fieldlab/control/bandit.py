@@ -162,7 +162,7 @@ def thompson_weights(arms: Sequence[ArmStats], *, kind: str = "conversion", high
     for a in arms:
         if kind == "numeric":
             m, v = a.mean(kind), a.variance_of_mean(kind)
-            sd = math.sqrt(v) if v == v and v > 0 else 0.0
+            sd = math.sqrt(v) if math.isfinite(v) and v > 0 else 0.0
             samplers.append((m, sd))
         else:
             samplers.append((a.successes + 1.0, a.units - a.successes + 1.0))
@@ -187,7 +187,7 @@ def to_basis_points(weights: Sequence[float], floor: float = 0.0) -> tuple[int, 
     if total <= 0 or any(w < 0 for w in weights):
         raise ConfigError("weights", f"{list(weights)} are not nonnegative with a positive sum", "give shares >= 0")
     raw = [w / total * BUCKETS for w in weights]
-    floor_bp = int(math.ceil(floor * BUCKETS - 1e-9))
+    floor_bp = math.ceil(floor * BUCKETS - 1e-9)
     bp = [max(int(x), floor_bp) for x in raw]
     diff = BUCKETS - sum(bp)
     order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=diff > 0)

@@ -57,7 +57,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from .._hashing import BUCKETS, bucket, traffic_basis_points, variant_boundaries
 from ..errors import ConfigError
@@ -408,7 +408,7 @@ def parse_steady_state(value: Any, path: str = "steady_state") -> SteadyState:
         raise ConfigError(path, f"{value!r} is not a table", "use { error_slo = 99.5, latency_slo = { ms = 1000, percent = 99 } }")
     unknown = set(value) - {"error_slo", "latency_slo", "metrics"}
     if unknown:
-        raise ConfigError(f"{path}.{sorted(unknown)[0]}", "is not a steady-state key", "use error_slo, latency_slo or metrics")
+        raise ConfigError(f"{path}.{min(unknown)}", "is not a steady-state key", "use error_slo, latency_slo or metrics")
     error_slo = _percent(value.get("error_slo", 99.5), f"{path}.error_slo")
     lat = value.get("latency_slo")
     if lat is None:
@@ -792,7 +792,8 @@ def _flank(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float, i
     m = stalled[0].dose
     step = math.sqrt(spec.target_ratio)
     for d in (_round_dose(m / step), _round_dose(m * step)):
-        if not lo < d < hi or state.arm(d) is not None and state.arm(d).status == ACTIVE:  # type: ignore[union-attr]
+        existing = state.arm(d)
+        if not lo < d < hi or (existing is not None and existing.status == ACTIVE):
             continue
         if sum(1 for a in state.arms if a.status == ACTIVE) >= spec.max_active:
             return
