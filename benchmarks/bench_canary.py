@@ -27,7 +27,8 @@ accuracy, budget <= the ramp's.
 
 Usage::
 
-    python benchmarks/bench_canary.py [--runs 300] [--seed 1] [--round 100] [--step 25] [--holds 500,1000,2000,4000,8000]
+    python benchmarks/bench_canary.py [--runs 300] [--seed 1] [--round 100] [--step 25] [--holds 250,500,750,1000,2000,4000]
+        [--truth 100,1200] [--scaled 8] [--set alpha=0.1,...]
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--round", type=int, default=100, help="canary requests per controller round")
     ap.add_argument("--step", type=float, default=25.0, help="ramp step in ms")
-    ap.add_argument("--holds", default="500,1000,2000,4000,8000", help="ramp hold sizes to sweep")
+    ap.add_argument("--holds", default="250,500,750,1000,2000,4000", help="ramp hold sizes to sweep")
     ap.add_argument("--set", default="", help="override canary tuning, e.g. alpha=0.1,control_share=0.1")
     ap.add_argument("--truth", default="100,1200", help="range of the true breaking points, ms")
     ap.add_argument("--scaled", type=int, default=8,
