@@ -10,33 +10,46 @@ with which weights, what has been learnt, and why.
 The search, in the order a phase-I dose-finding trial runs it:
 
 1. **Escalation.** The smallest ladder dose opens first. A dose is *probably
-   safe* once it has ``min_units`` requests and the Beta posterior of its bad
-   rate puts less than ``escalate_below`` probability above the SLO
-   allowance; then the next ladder dose opens, while the lower one keeps a
-   floor of traffic until it is confirmed or superseded.
-2. **Decisions, always valid.** A dose is *broken* when an always-valid
-   confidence sequence (:func:`fieldlab.analysis.stats.cs_halfwidth`, score
-   form: the variance of the SLO boundary) puts its error rate or its slow
-   rate above the allowance **and** it is worse than the canary's control
-   (:func:`fieldlab.analysis.stats.compare`, sequential). It is *safe* when
-   the sequence puts every rate below the allowance. Both may be read at every
-   round without inflating the error. Monotonicity does the rest: a safe dose
-   makes every smaller dose safe, a broken dose makes every larger dose broken
-   (and no traffic ever goes above a known failure).
-3. **Refinement.** Between the largest safe dose ``lo`` and the smallest
-   broken dose ``hi`` the canary bisects in log-dose (``sqrt(lo * hi)``) until
-   ``hi / lo <= (1 + accuracy) / (1 - accuracy)``; the breaking point is then
-   ``2 lo hi / (lo + hi)``, which lies within ``accuracy`` of every point of
-   the bracket. A dose whose rate sits so close to the allowance that the
-   sequence cannot decide within ``max_units_per_dose`` requests is classified
-   by its point estimate, with that reason in the history: it is, by
-   definition, a dose near the breaking point.
+   safe* once it has ``min_units`` requests, no breach, and a Beta posterior
+   (Jeffreys) that puts less than ``escalate_below`` probability above the SLO
+   allowance; then the next ladder dose opens and the probably-safe one is
+   retired unconfirmed: it is confirmed later only if the bracket needs it
+   (a larger safe dose implies it).
+2. **Decisions, always valid.** Against each allowance (errors: ``1 -
+   error_slo``; slow requests: ``1 - latency_slo.percent``) a dose carries two
+   mixture likelihood ratios (:func:`slo_evidence`): exact, valid at any
+   number of requests and under continuous monitoring (Ville's inequality). A
+   dose is *broken* when the "above" evidence reaches ``1/alpha_break`` for a
+   rate **and** it is worse than the canary's control by the always-valid
+   confidence sequence of :func:`fieldlab.analysis.stats.compare` (a dose is
+   never blamed for what the environment does). It is *safe* when the "below"
+   evidence reaches ``1/alpha`` for every rate. The levels are asymmetric on
+   purpose: a false "safe" escalates into harm (``alpha`` 0.1), a false
+   "broken" only stops the search lower (``alpha_break`` 0.3). Monotonicity
+   does the rest: a safe dose makes every smaller dose safe, a broken dose
+   makes every larger dose broken, and no traffic ever goes above a known
+   failure.
+3. **Refinement.** Between the largest safe dose ``lo`` (or the largest
+   probably-safe one, provisionally) and the smallest broken dose ``hi`` the
+   canary bisects in log-dose (``sqrt(lo * hi)``) until ``hi / lo <= (1 +
+   accuracy) / (1 - accuracy)``; the breaking point is then ``2 lo hi / (lo +
+   hi)``, which lies within ``accuracy`` of every point of the bracket. A dose
+   still undecided after ``stall_units`` requests sits near the breaking point
+   by definition: the canary flanks it with doses ``sqrt(target)`` below and
+   above, whose rates are further from the allowance and decide sooner (if
+   they do, the bracket is closed without the stalled dose). A dose undecided
+   after ``max_units_per_dose`` is classified by its point estimate, with that
+   reason in the history.
 
 Allocation is a bandit whose reward is *information about the threshold*, not
-health: each undecided dose gets weight ``P(1 - P)`` with ``P`` the posterior
-probability that it breaks steady state (largest when the outcome is most
-uncertain), then a floor per active dose, and the control a fixed share.
-Decided doses get nothing.
+health (:func:`_reweigh`): each undecided dose scores the expected evidence a
+request adds toward its decision (the Kullback-Leibler divergence of its
+estimated rate from the allowance), times the probability that the decision
+matters (a lower dose only matters if the next larger one breaks), divided
+by its expected bad rate (information per unit of budget). Every active dose
+keeps a floor, the control a fixed share, a new dose starts at its floor and
+its requests at most double per round (slow start), and what is not
+allocated stays outside the canary. Decided doses get nothing.
 
 A breach of the SLO by the canary's control (the environment, not the dose)
 stops the canary at once; so does :func:`halt` (kill switch, ``FIELDLAB_FAULTS=off``,
