@@ -229,3 +229,15 @@ def test_dose_ladders_parse_and_bad_ones_name_the_field() -> None:
         C.parse_steady_state({"latency_slo": {"percent": 99}})
     st = C.parse_steady_state(STEADY)
     assert st.error_allowance == pytest.approx(0.005) and st.slow_allowance == pytest.approx(0.01)
+
+
+def test_the_request_side_of_the_canary_and_the_bandit_needs_no_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fieldlab.control import canary, bandit\n"
+            "canary.choose_arm('k', 'ab' * 16, {'control': 0.5, '25ms': 0.5})\n"
+            "bandit.assign_with_weights(17, (5000, 5000))\n"
+            "print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
