@@ -241,3 +241,15 @@ def test_the_request_side_of_the_canary_and_the_bandit_needs_no_numpy() -> None:
             "print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_dose_response_table_shows_each_dose_against_control() -> None:
+    spec = make_spec()
+    state = drive(spec, timeout_service(400), seed=21)
+    rows = C.dose_response(spec, state)
+    assert rows[0]["arm"] == C.CONTROL and [r["dose_ms"] for r in rows[1:]] == sorted(a.dose for a in state.arms)
+    hi = state.bracket[1]
+    top = next(r for r in rows if r["dose_ms"] == hi)
+    assert top["status"] == C.BROKEN and top["vs_control"]["ci_low"] > 0 and top["p_breaks"] > 0.5
+    assert not any(r["status"] == C.ACTIVE for r in rows), "a finished canary has no active dose"
+    json.dumps(rows)

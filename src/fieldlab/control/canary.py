@@ -78,7 +78,7 @@ from ..errors import ConfigError
 __all__ = [
     "CONTROL", "SteadyState", "CanarySpec", "ArmCounts", "DoseArm", "Decision", "CanaryState",
     "parse_doses", "parse_steady_state", "dose_label", "start", "advance", "halt",
-    "weight_table", "choose_arm", "beta_tail", "probability_breaks", "slo_evidence",
+    "weight_table", "choose_arm", "beta_tail", "probability_breaks", "slo_evidence", "dose_response",
 ]
 
 #: Label of the canary's own control arm (no fault).
@@ -876,10 +876,50 @@ def _reweigh(spec: CanarySpec, state: CanaryState) -> None:
 
 
 def _publish(state: CanaryState, weights: dict[str, float]) -> None:
+    if not weights:  # finished: nothing runs any more, and the arms say so
+        for a in state.arms:
+            if a.status == ACTIVE:
+                a.status, a.reason = RETIRED, f"undecided when the canary ended ({state.outcome})"
     rounded = {k: round(v, 4) for k, v in weights.items()}
     if rounded != state.weights:
         state.weights = rounded
         state.weights_version += 1
+
+
+def dose_response(spec: CanarySpec, state: CanaryState) -> list[dict[str, Any]]:
+    """The dose-response table ``fieldlab status``/``analyze`` show: one row per dose, control first.
+
+    Each row: dose, status and why, requests, error and slow rates, the bad
+    rate's difference from control with its always-valid interval
+    (:func:`fieldlab.analysis.stats.compare`, at ``alpha_break``, the level
+    that blames a dose), and the
+    posterior probability that the dose breaks steady state.
+    """
+    from ..analysis.stats import RatioEstimate, compare
+
+    def est(n: int, k: int) -> RatioEstimate:
+        p = k / n if n else float("nan")
+        return RatioEstimate(p, p * (1 - p) / n if n else float("nan"), n)
+
+    c = state.control
+    rows: list[dict[str, Any]] = [{
+        "arm": CONTROL, "dose_ms": 0.0, "status": "control", "reason": "", "requests": c.requests,
+        "error_rate": c.errors / c.requests if c.requests else None,
+        "slow_rate": c.slow / c.requests if c.requests else None,
+        "bad_rate": c.bad_requests / c.requests if c.requests else None,
+        "vs_control": None, "p_breaks": None}]
+    for a in sorted(state.arms, key=lambda a: a.dose):
+        n = a.requests
+        cmp = compare(est(c.requests, c.bad_requests), est(n, a.bad), alpha=spec.alpha_break, sequential=True,
+                      tuning=spec.tuning) if n >= 2 and c.requests >= 2 else None
+        rows.append({
+            "arm": a.label, "dose_ms": a.dose, "status": a.status, "reason": a.reason, "requests": n,
+            "error_rate": a.errors / n if n else None, "slow_rate": a.slow / n if n else None,
+            "bad_rate": a.bad / n if n else None,
+            "vs_control": None if cmp is None else dict({k: cmp[k] for k in ("estimate", "ci_low", "ci_high")},
+                                                         alpha=spec.alpha_break),
+            "p_breaks": probability_breaks(spec, n, a.errors, a.slow)})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
