@@ -340,8 +340,12 @@ def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, cont
 
     ``method="stratified"`` weighs each period's difference by its share of
     units (the effect averaged over the experiment's own time mix);
-    ``"inverse_variance"`` by ``1 / variance`` (the most precise, if the effect
-    is the same in every period). Periods where either arm has fewer than two
+    ``"inverse_variance"`` by ``1 / (1/n_t + 1/n_c)``, the inverse variance of
+    the period's difference up to the per-unit variance, which is assumed equal
+    across periods (Mantel-Haenszel's weights: the most precise if the effect is
+    the same in every period; the weights use no outcome, because weights from
+    estimated variances correlate with the estimates and bias the result when an
+    arm holds few units, as a bandit's floor arms do). Periods where either arm has fewer than two
     units are skipped and listed. The interval is a normal (fixed-horizon) one.
     """
     _check_kind(kind)
@@ -356,7 +360,8 @@ def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, cont
             continue
         d = t.mean(kind) - c.mean(kind)
         v = t.variance_of_mean(kind) + c.variance_of_mean(kind)
-        rows.append({"period": k, "difference": d, "variance": v, "units": sum(a.units for a in p.arms)})
+        rows.append({"period": k, "difference": d, "variance": v, "units": sum(a.units for a in p.arms),
+                     "precision": 1.0 / (1.0 / t.units + 1.0 / c.units)})
     if not rows:
         return {"estimate": None, "variance": None, "ci_low": None, "ci_high": None, "periods": rows,
                 "skipped": skipped, "method": method}
@@ -364,9 +369,9 @@ def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, cont
         total = float(sum(r["units"] for r in rows))
         ws = [r["units"] / total for r in rows]
     else:
-        inv = [1.0 / r["variance"] if r["variance"] > 0 else 0.0 for r in rows]
+        inv = [r["precision"] for r in rows]
         s = sum(inv)
-        ws = [x / s for x in inv] if s > 0 else [1.0 / len(rows)] * len(rows)
+        ws = [x / s for x in inv]
     est = sum(w * r["difference"] for w, r in zip(ws, rows))
     var = sum(w * w * r["variance"] for w, r in zip(ws, rows))
     z = _Z.inv_cdf(1 - alpha / 2)
