@@ -118,8 +118,8 @@ def simpson_part(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     n2 = 8
     bases = [0.30 - (0.30 - 0.08) * i / (n2 - 1) for i in range(n2)]
-    sched = [(b, b + args.lift) for b in bases]
-    est = {"stratified": [], "inverse_variance": [], "pooled": []}  # type: dict[str, list[float]]
+    sched: list[tuple[float, ...]] = [(b, b + args.lift) for b in bases]
+    est: dict[str, list[float]] = {"stratified": [], "inverse_variance": [], "pooled": []}
     cover = {"stratified": 0, "inverse_variance": 0}
     flips = 0
     srm_alarms = srm_checks = 0

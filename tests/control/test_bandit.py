@@ -121,7 +121,7 @@ def test_thompson_sampling_has_less_regret_than_an_equal_split() -> None:
     rng = random.Random(2)
     counts = [[0, 0] for _ in rates]
     regret = 0.0
-    weights = (1 / 3,) * 3
+    weights: tuple[float, ...] = (1 / 3,) * 3
     min_weight = 1.0
     for period in range(20):
         bp = B.to_basis_points(weights, floor=0.01)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -15,7 +15,7 @@ from fieldlab.errors import ConfigError
 STEADY = {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}}
 
 
-def make_spec(**tuning: object) -> C.CanarySpec:
+def make_spec(**tuning: Any) -> C.CanarySpec:
     return C.CanarySpec.from_table({"key": "inv", "doses": {"start": 25, "factor": 2, "max": 1600},
                                     "steady_state": STEADY}, **tuning)
 
