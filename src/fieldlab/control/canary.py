@@ -140,6 +140,8 @@ class CanarySpec:
     alpha: float = 0.1
     #: Level of the test that calls a dose broken (an error here only stops lower: safe, at some accuracy).
     alpha_break: float = 0.3
+    #: Level of the test that stops the whole canary because its control breaks the SLO (a false stop wastes the run).
+    alpha_environment: float = 0.01
     #: Tuning ``n*`` of the confidence sequence comparing a dose with control: the request count where it is
     #: tightest. Small, because a breaking dose should be blamed after a few dozen requests.
     tuning: float = 200.0
@@ -634,15 +636,17 @@ def advance(spec: CanarySpec, state: CanaryState, counts: Mapping[str, ArmCounts
 
     # 1. The environment: the canary's control itself breaks the SLO -> stop at once.
     ctl = new.control
+    bar = -math.log(spec.alpha_environment)
     if ctl.requests >= spec.min_break_units:
-        c_above = _slo_test(spec, ctl.requests, ctl.errors, spec.steady.error_allowance)[0]
+        c_above = slo_evidence(ctl.requests, ctl.errors, spec.steady.error_allowance)[0] >= bar
         s_above = False
         if spec.steady.slow_allowance is not None:
-            s_above = _slo_test(spec, ctl.requests, ctl.slow, spec.steady.slow_allowance)[0]
+            s_above = slo_evidence(ctl.requests, ctl.slow, spec.steady.slow_allowance)[0] >= bar
         if c_above or s_above:
             new.phase, new.outcome = STOPPED, "environment"
             new.history.append(Decision(r, "stop", "the canary's control breaks the service's SLO: the environment "
-                                        "changed, not the dose; fault injection stops",
+                                        f"changed, not the dose (always-valid, alpha {spec.alpha_environment:g}); "
+                                        "fault injection stops",
                                         evidence={"control_requests": ctl.requests, "control_errors": ctl.errors,
                                                   "control_slow": ctl.slow}))
             _publish(new, {})
