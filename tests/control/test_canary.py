@@ -253,3 +253,17 @@ def test_the_dose_response_table_shows_each_dose_against_control() -> None:
     assert top["status"] == C.BROKEN and top["vs_control"]["ci_low"] > 0 and top["p_breaks"] > 0.5
     assert not any(r["status"] == C.ACTIVE for r in rows), "a finished canary has no active dose"
     json.dumps(rows)
+
+
+def test_two_background_errors_in_the_first_control_requests_do_not_stop_the_canary() -> None:
+    """Defect: the control was judged at alpha_break (0.3), so 2 errors in 36 requests halted the whole canary."""
+    spec = make_spec()
+    state = C.start(spec)
+    for counts in ({"control": C.ArmCounts(9, 1, 0), "25ms": C.ArmCounts(5)},
+                   {"control": C.ArmCounts(21, 1, 0), "25ms": C.ArmCounts(11)},
+                   {"control": C.ArmCounts(36, 2, 0), "25ms": C.ArmCounts(22)}):
+        state = C.advance(spec, state, counts)
+    assert not state.finished, state.history[-1].reason
+    # a control that really breaks the SLO (6 % errors) still stops it
+    state = C.advance(spec, state, {"control": C.ArmCounts(200, 12, 0), "25ms": C.ArmCounts(120)})
+    assert state.outcome == "environment"
