@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.runs} synthetic services, true breaking points {min(truths):.0f}-{max(truths):.0f} ms "
           f"(median {float(np.median(truths)):.0f}); canary rounds of {args.round} requests; seed {args.seed}")
-    print(f"canary outcomes: {outcomes}; {t_canary:.1f} s of simulation")
+    print(f"canary outcomes: {outcomes}; mean {np.mean([r['rounds'] for r in canary_rows]):.0f} controller rounds "
+          f"(a round offers {args.round} requests; a ramp needs requests/{args.round}); {t_canary:.1f} s of simulation")
     print()
     print(f"{'method':<28} {'within +-10%':>12} {'requests':>10} {'p90 req':>9} {'bad (budget)':>13}")
     print(f"{'sick canary':<28} {c['accuracy']:>11.1%} {c['requests']:>10.0f} {c['requests_p90']:>9.0f} {c['bad']:>13.1f}")
