@@ -133,6 +133,7 @@ def test_the_dose_of_a_request_is_a_pure_function_of_its_trace_id_and_the_weight
     partial = [C.choose_arm("inv", t, {"control": 0.1, "25ms": 0.05}) for t in ids]
     assert abs(partial.count(None) / len(ids) - 0.85) < 0.015
     assert C.choose_arm("inv", ids[0], {}) is None
+    assert [C.dose_of(x) for x in (None, "control", "25ms", "141.4ms")] == [None, None, 25.0, 141.4]
 
 
 def test_the_state_round_trips_through_json_and_resumes_identically() -> None:

@@ -78,7 +78,7 @@ from ..errors import ConfigError
 __all__ = [
     "CONTROL", "SteadyState", "CanarySpec", "ArmCounts", "DoseArm", "Decision", "CanaryState",
     "parse_doses", "parse_steady_state", "dose_label", "start", "advance", "halt",
-    "weight_table", "choose_arm", "beta_tail", "probability_breaks", "slo_evidence", "dose_response",
+    "weight_table", "choose_arm", "dose_of", "beta_tail", "probability_breaks", "slo_evidence", "dose_response",
 ]
 
 #: Label of the canary's own control arm (no fault).
@@ -954,6 +954,13 @@ def weight_table(weights: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[i
     for i in sorted(range(len(raw)), key=lambda i: raw[i] - bp[i], reverse=True)[:BUCKETS - sum(bp)]:
         bp[i] += 1
     return tuple(labels), tuple(bp)
+
+
+def dose_of(label: str | None) -> float | None:
+    """The latency in ms an arm label injects: None for the control or outside the canary."""
+    if not label or label == CONTROL:
+        return None
+    return float(label[:-2])
 
 
 def choose_arm(key: str, trace_id: str, weights: Mapping[str, float] | tuple[tuple[str, ...], tuple[int, ...]],
