@@ -1,4 +1,4 @@
-"""Guardrails: the closed loop that pauses a harmful variant by itself, inside the error budget.
+"""Control loops that act on production by themselves: guardrails, the sick canary, bandits.
 
 * :mod:`fieldlab.control.settings` -- the ``[guardrails]`` and ``[experiments.guardrails]``
   tables, parsed and validated into frozen dataclasses;
@@ -7,10 +7,17 @@
 * :mod:`fieldlab.control.guardrails` -- one experiment's decisions from its window counts;
 * :mod:`fieldlab.control.state` -- the state store every process polls (a JSON file or
   Redis) and the request-side :class:`~fieldlab.control.state.StatePoller`;
-* :mod:`fieldlab.control.controller` -- one controller round: query, decide, write.
+* :mod:`fieldlab.control.controller` -- one controller round: query, decide, write;
+* :mod:`fieldlab.control.canary` -- the sick canary: a latency-dose search for the
+  breaking point (escalation, always-valid decisions, log-dose bisection, an
+  information-seeking allocation) and the per-trace dose choice;
+* :mod:`fieldlab.control.bandit` -- Thompson sampling for ``kind = "bandit"``
+  experiments, sticky enrolment slices for ``user`` units, and per-period analysis.
 
 Nothing here is imported by ``import fieldlab``; the request path only ever needs
-:mod:`fieldlab.control.state` (no numpy, no framework). See ``docs/guardrails.md``.
+:mod:`fieldlab.control.state` (no numpy, no framework), and numpy/scipy are imported
+lazily by the functions that compute statistics. See ``docs/guardrails.md`` and
+``docs/canary.md``.
 """
 
 from __future__ import annotations
