@@ -50,6 +50,7 @@ from typing import Any
 
 import pytest
 
+from . import attributes as A
 from ._assignment import OVERRIDE, Assignment
 from .context import RequestContext, bind, reset, start
 from .errors import ConfigError
@@ -109,7 +110,8 @@ def _assign_all_with_version(self: Lab, units: Mapping[str, Any], attributes: Ma
 def _refresh_labs() -> None:
     """Give every live Lab an identical new configuration snapshot: adapters then re-evaluate."""
     for lab in list(_LABS):
-        lab._state = copy.copy(lab._state)
+        with lab._lock:  # the lock reload() swaps the state under: a concurrent reload is never undone
+            lab._state = copy.copy(lab._state)
 
 
 class ForcedVariants:
@@ -223,13 +225,15 @@ class CapturedSpans:
 
     def variants(self) -> list[dict[str, str]]:
         """Per fieldlab span, in finishing order: experiment key -> variant."""
-        return [{k[len("fieldlab.variant."):]: v for k, v in (s.attributes or {}).items()
-                 if k.startswith("fieldlab.variant.")} for s in self.spans]
+        n = len(A.VARIANT_PREFIX)
+        return [{k[n:]: v for k, v in (s.attributes or {}).items() if k.startswith(A.VARIANT_PREFIX)}
+                for s in self.spans]
 
     def exposed(self) -> list[set[str]]:
         """Per fieldlab span, in finishing order: the experiments the code read."""
-        return [{k[len("fieldlab.exposed."):] for k, v in (s.attributes or {}).items()
-                 if k.startswith("fieldlab.exposed.") and v} for s in self.spans]
+        n = len(A.EXPOSED_PREFIX)
+        return [{k[n:] for k, v in (s.attributes or {}).items() if k.startswith(A.EXPOSED_PREFIX) and v}
+                for s in self.spans]
 
     def clear(self) -> None:
         with self._lock:
@@ -243,10 +247,10 @@ class CapturedSpans:
 
 
 def _written_by_fieldlab(span: Any) -> bool:
-    if any(k.startswith("fieldlab.") for k in (span.attributes or {})):
+    if any(k.startswith(A.PREFIX) for k in (span.attributes or {})):
         return True
-    return any(e.name == "feature_flag.evaluation" and (e.attributes or {}).get("feature_flag.provider.name")
-               == "fieldlab" for e in span.events)
+    return any(e.name == A.FLAG_EVENT and (e.attributes or {}).get(A.FLAG_PROVIDER) == A.PROVIDER_NAME
+               for e in span.events)
 
 
 _captures: list[CapturedSpans] = []
