@@ -56,6 +56,7 @@ from typing import Any, Callable, TypeVar
 
 from opentelemetry import trace as _otel_trace
 
+from . import _internal
 from . import attributes as A
 from . import killswitch
 from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
@@ -135,10 +136,10 @@ def unregister_exception(name: str) -> None:
 _STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_max_active",
                "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
                "errors")
-_stats: dict[str, int] = dict.fromkeys(_STATS_KEYS, 0)
+#: Process-wide counters, also in ``fieldlab.stats()`` as ``faults.<name>``.
+_stats: dict[str, int] = _internal.counters("faults", _STATS_KEYS)
 _lock = threading.Lock()
 _active = 0
-_logged: set[str] = set()
 
 
 def _after_fork_in_child() -> None:
@@ -154,15 +155,12 @@ if hasattr(os, "register_at_fork"):
 
 def stats() -> dict[str, int]:
     """Process-wide counters: faults injected, skipped by each rail, and internal errors."""
-    with _lock:
-        return dict(_stats)
+    return dict(_stats)
 
 
 def reset_stats() -> None:
     """Zero the counters (tests, benchmarks)."""
-    with _lock:
-        for k in _stats:
-            _stats[k] = 0
+    _internal.reset("faults")
 
 
 def active() -> int:
@@ -170,20 +168,17 @@ def active() -> int:
     return _active
 
 
-def _count(key: str, n: int = 1) -> None:
-    with _lock:
-        _stats[key] += n
+def _count(key: str) -> None:
+    _internal.count("faults", key)
 
 
-def _log_once(tag: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-    if tag not in _logged and len(_logged) < 1000:
-        _logged.add(tag)
-        _log.warning(msg, *args, exc_info=exc_info)
+def _log_once(tag: str, msg: str, *args: Any) -> None:
+    _internal.log_once(f"faults:{tag}", msg, *args, logger=_log)
 
 
 def _internal_error(where: str) -> None:
-    _count("errors")
-    _log_once(f"error:{where}", "fieldlab: fault engine failed in %s; no fault injected", where, exc_info=True)
+    _internal.failed("faults", "errors", where, "fieldlab: fault engine failed in %s; no fault injected", where,
+                     logger=_log)
 
 
 def _release(n: int) -> None:
@@ -391,11 +386,13 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
                       "registered (fieldlab.faults.register_exception); skipped", spec.exception)
             continue
         with _lock:
-            if _active >= plan.max_active:
-                _stats["skipped_max_active"] += 1
-                continue
-            _active += 1
-            _stats["injected"] += 1
+            full = _active >= plan.max_active
+            if not full:
+                _active += 1
+        if full:
+            _count("skipped_max_active")
+            continue
+        _count("injected")
         attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: kind, A.FAULT_EXPERIMENT: exp_key,
                                  A.FAULT_VARIANT: variant}
         if kind == "latency":
