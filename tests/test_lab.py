@@ -205,3 +205,21 @@ def test_memory_per_running_experiment_is_bounded_whatever_the_units_seen():
         tracemalloc.stop()
     assert lab.experiments  # the lab is alive while measured
     assert held / len(experiments) <= 64 * 1024, f"{held / len(experiments) / 1024:.0f} KB per experiment"
+
+
+def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
+    from fieldlab import Assignment
+    lab = Lab([Experiment("e", {"a": 1, "b": 1}, traffic=50)])
+    seen = set()
+    for i in range(200):
+        got = lab.assign("e", f"u{i}")
+        assert type(got) is Assignment
+        b = bucket("e", f"u{i}")
+        assert got.bucket == b
+        expected = Assignment("e", got.variant, b, "split" if got.variant else "traffic",
+                              lab.experiments["e"].variant(got.variant).params if got.variant else None)
+        assert got == expected and got.in_experiment == (got.variant is not None) and got.params == expected.params
+        with pytest.raises(AttributeError):
+            got.variant = "b"
+        seen.add(got.reason)
+    assert seen == {"split", "traffic"}

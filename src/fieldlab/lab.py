@@ -38,8 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ._hashing import BUCKETS, bucket
 from . import _internal
-from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
-                         Assignment)
+from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, TARGETING, Assignment,
+                          bucket_outcome)
 from ._fault_kinds import FaultPlan, compile_plan
 from ._units import is_unit_text
 from ._watcher import ConfigWatcher
@@ -101,8 +101,8 @@ class _Compiled:
         """The outcome of bucket ``b``: the variant whose range holds it, else outside the traffic share."""
         for lo, hi, name, params in self.ranges:
             if lo <= b < hi:
-                return Assignment(self.key, name, b, SPLIT, params)
-        return Assignment(self.key, None, b, TRAFFIC)
+                return bucket_outcome(self.key, name, b, params)
+        return bucket_outcome(self.key, None, b, _EMPTY)
 
     def evaluate(self, unit: Any, attributes: Mapping[str, Any] | None, overrides: Mapping[str, str] | None) -> Assignment:
         """The evaluation order of :mod:`fieldlab._assignment`, step by step."""
