@@ -223,3 +223,14 @@ def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
             got.variant = "b"
         seen.add(got.reason)
     assert seen == {"split", "traffic"}
+
+
+def test_make_token_errors_name_the_parameter_not_a_cli_flag():
+    import fieldlab
+    lab = Lab([Experiment("e", {"a": 1, "b": 1})], secret=SECRET)
+    with pytest.raises(fieldlab.ConfigError) as info:
+        lab.make_token("nope", "a", 60)
+    assert info.value.path == "experiment" and "--" not in str(info.value)
+    with pytest.raises(fieldlab.ConfigError) as info:
+        lab.make_token("e", "c", 60)
+    assert info.value.path == "variant" and "use one of ['a', 'b']" in str(info.value)

@@ -48,7 +48,6 @@ import inspect
 import logging
 import math
 import os
-import re
 import statistics
 import threading
 import time
@@ -59,7 +58,8 @@ from opentelemetry import trace as _otel_trace
 from . import _internal
 from . import attributes as A
 from . import killswitch
-from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
+from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultPlan, FaultSpec,
+                           parse_fault)
 from ._hashing import BUCKETS, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
@@ -96,7 +96,6 @@ class InjectedFault(Exception):
 
 
 # ------------------------------------------------------------ exception registry
-_EXC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _REGISTRY: dict[str, Callable[[str], BaseException]] = {
     "InjectedFault": InjectedFault,
     "fieldlab.InjectedFault": InjectedFault,
@@ -113,7 +112,7 @@ def register_exception(name: str, exc: type[Exception] | Callable[[str], Excepti
     an arbitrary class. ``BaseException`` subclasses that are not
     ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) are refused.
     """
-    if not isinstance(name, str) or not _EXC_NAME.match(name) or name in _BUILTIN_NAMES:
+    if not isinstance(name, str) or not EXCEPTION_NAME_RE.match(name) or name in _BUILTIN_NAMES:
         raise ConfigError("register_exception(name)", f"{name!r} is not a usable exception name",
                           "use letters, digits, '_', '.', '-' (and not InjectedFault, which is built in)")
     if isinstance(exc, type):
@@ -593,7 +592,6 @@ class FaultPoint:
 
 
 _POINTS: dict[str, FaultPoint] = {}
-_POINT_NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
 
 
 def fault_point(name: str) -> FaultPoint:
@@ -604,7 +602,7 @@ def fault_point(name: str) -> FaultPoint:
     """
     p = _POINTS.get(name)
     if p is None:
-        if not isinstance(name, str) or not _POINT_NAME.match(name) or name == HTTP_POINT:
+        if not isinstance(name, str) or not POINT_NAME_RE.match(name) or name == HTTP_POINT:
             raise ConfigError(f"fault_point({name!r})", "not a valid point name",
                               f"use 1-128 letters, digits, '.', '_', '-', ':' or '/' ({HTTP_POINT!r} is for aborts)")
         p = _POINTS.setdefault(name, FaultPoint(name))

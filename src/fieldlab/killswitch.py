@@ -47,7 +47,7 @@ from ._fault_kinds import state_path
 from .errors import FieldLabError
 
 __all__ = [
-    "KillState", "read_state", "write_state", "kill", "unkill", "state_file_for", "is_killed", "watch",
+    "KillState", "read_state", "write_state", "kill", "unkill", "is_killed", "watch",
     "add_parsers", "DEFAULT_INTERVAL", "MAX_CHECK_INTERVAL", "MIN_CHECK_INTERVAL", "check_interval",
 ]
 
@@ -173,11 +173,6 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
     interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
     return state_path(config, settings) or config + ".state.json", keys, interval
-
-
-def state_file_for(config: str) -> str:
-    """The kill-state file of the config file ``config``."""
-    return _config_info(config)[0]
 
 
 def _stamp(reason: str | None) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class _State:
                  source: str | None) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
-        self.fault_plan: FaultPlan = compile_plan(experiments, layers, holdouts, settings, faults, source)
+        self.fault_plan: FaultPlan = compile_plan(experiments, holdouts, settings, faults, source)
         self.experiments = MappingProxyType({e.key: e for e in experiments})
         self.layers = MappingProxyType({layer.key: layer for layer in layers})
         self.holdouts = MappingProxyType({h.key: h for h in holdouts})
@@ -482,12 +482,12 @@ class Lab:
         return result
 
     def make_token(self, experiment: str, variant: str, ttl_seconds: float) -> str:
-        """A signed override token (see :mod:`fieldlab.overrides`)."""
+        """A signed override token (see :mod:`fieldlab.overrides`); ConfigError naming the argument when unknown."""
         exp = self.experiments.get(experiment)
         if exp is None:
-            raise ConfigError("--experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
+            raise ConfigError("experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
         if variant not in exp.variant_names:
-            raise ConfigError("--variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
+            raise ConfigError("variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
         return make_token(self.secret or b"", experiment, variant, ttl_seconds)
 
     def _failed(self, key: str, exc: BaseException) -> Assignment:
