@@ -23,14 +23,14 @@ import os
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from .config import check_settings
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, _check_percent
 
 __all__ = [
-    "FaultSpec", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_shares",
+    "FaultSpec", "FaultEntry", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_shares",
     "KINDS", "HTTP_POINT", "POINT_NAME_RE", "EXCEPTION_NAME_RE", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_MAX_ACTIVE", "MAX_LATENCY_MS",
     "FAULT_SETTINGS_KEYS", "state_path",
 ]
@@ -272,11 +272,20 @@ def state_path(source: str | None, settings: Mapping[str, Any]) -> str | None:
     return None
 
 
+class FaultEntry(NamedTuple):
+    """One fault variant's fault at a point: where the decision path looks it up (``FaultPlan.by_point``)."""
+
+    experiment: str
+    variant: str
+    spec: FaultSpec
+    #: salt of the fault's own draws (rate, delay), independent of the variant split
+    salt: str
+
+
 class FaultPlan:
     """The faults of one configuration state, indexed for the decision path.
 
-    ``by_point`` maps a point name to ``(experiment, variant, spec, salt)``
-    tuples, in config order. Immutable once built; swapped whole on reload with
+    ``by_point`` maps a point name to its :class:`FaultEntry` tuple, in config order. Immutable once built; swapped whole on reload with
     the rest of the state.
     """
 
@@ -284,7 +293,7 @@ class FaultPlan:
                  "shares", "state_file", "reload_interval", "code_admitted")
 
     def __init__(self, enabled: bool, max_blast_radius: float, max_active: int,
-                 by_point: Mapping[str, tuple[tuple[str, str, FaultSpec, str], ...]],
+                 by_point: Mapping[str, tuple[FaultEntry, ...]],
                  radius: Mapping[tuple[str, str], float], shares: Mapping[tuple[str, str], float],
                  state_file: str | None, reload_interval: float | None) -> None:
         self.enabled = enabled
@@ -326,7 +335,7 @@ def compile_plan(experiments: Sequence[Experiment], holdouts: Sequence[Holdout],
     """
     check_settings(settings)
     enabled, cap, max_active = _settings(faults or {})
-    by_point: dict[str, list[tuple[str, str, FaultSpec, str]]] = {}
+    by_point: dict[str, list[FaultEntry]] = {}
     for exp in experiments:
         base = getattr(exp, "_path", None) or f"experiment {exp.key!r}"
         for vi, v in enumerate(exp.variants):
@@ -337,7 +346,7 @@ def compile_plan(experiments: Sequence[Experiment], holdouts: Sequence[Holdout],
                 except ConfigError as exc:
                     raise ConfigError(exc.path, f"(variant {v.name!r}) {exc.problem}", exc.fix) from None
                 salt = spec.salt or f"{exp.key}:{v.name}:fault"
-                by_point.setdefault(spec.point, []).append((exp.key, v.name, spec, salt))
+                by_point.setdefault(spec.point, []).append(FaultEntry(exp.key, v.name, spec, salt))
     radius = blast_radius(experiments, holdouts)
     total = sum(radius.values())
     if total * 100 > cap + 1e-9:

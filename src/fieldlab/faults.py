@@ -58,8 +58,8 @@ from opentelemetry import trace as _otel_trace
 from . import _internal
 from . import attributes as A
 from . import killswitch
-from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultPlan, FaultSpec,
-                           parse_fault)
+from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultEntry, FaultPlan,
+                           FaultSpec, parse_fault)
 from ._hashing import BUCKETS, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
@@ -297,21 +297,21 @@ def _draw_delay(spec: FaultSpec, salt: str, key: str, point: str, seq: int) -> f
     return min(max(delay, 0.0), MAX_LATENCY_MS)
 
 
-def _candidates(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...]
-                ) -> list[tuple[tuple[str, str, FaultSpec, str], bool]]:
+def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]
+                ) -> list[tuple[FaultEntry, bool]]:
     """Faults at ``point`` whose variant the request is in by split or signed override; flag: defined in code."""
     plan: FaultPlan = ctx.lab._state.fault_plan
     found = []
     assignments = ctx.assignments
     for group, from_code in ((plan.by_point.get(point, ()), False), (code, True)):
-        for cand in group:
-            a = assignments.get(cand[0])
-            if a is not None and a.variant == cand[1] and (a.reason == SPLIT or a.reason == OVERRIDE):
-                found.append((cand, from_code))
+        for entry in group:
+            a = assignments.get(entry.experiment)
+            if a is not None and a.variant == entry.variant and (a.reason == SPLIT or a.reason == OVERRIDE):
+                found.append((entry, from_code))
     return found
 
 
-def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...],
+def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
             mode: str) -> list[_Hit]:
     """The faults to inject now at ``point`` (``mode``: sync, async or abort), each with a slot taken and recorded."""
     global _active
@@ -433,7 +433,8 @@ def _make_exception(hit: _Hit, point: str) -> BaseException | None:
 _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 
 
-def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> tuple[float, BaseException | None, int]:
+def _prepare(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
+             ) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     try:
         configured = ctx.lab._state.fault_plan.by_point.get(point, ())
@@ -466,23 +467,23 @@ def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> 
     return min(delay, MAX_LATENCY_MS), exc, len(hits)
 
 
-def _expose_at(ctx: RequestContext, faults: tuple[tuple[str, str, FaultSpec, str], ...]) -> bool:
+def _expose_at(ctx: RequestContext, faults: tuple[FaultEntry, ...]) -> bool:
     """Mark exposed each experiment of ``faults`` the request's unit is in; True if it is in a faulted variant."""
     hit = False
     assignments = ctx.assignments
-    for cand in faults:
-        a = assignments.get(cand[0])
+    for entry in faults:
+        a = assignments.get(entry.experiment)
         if a is None or not a.in_experiment:
             continue
-        if cand[0] not in ctx.exposed:
-            ctx.read(cand[0])
-        if a.variant == cand[1]:
+        if entry.experiment not in ctx.exposed:
+            ctx.read(entry.experiment)
+        if a.variant == entry.variant:
             hit = True
     return hit
 
 
-def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
-    delay, exc, slots = _plan(ctx, point, code, "sync")
+def _enter_sync(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -> None:
+    delay, exc, slots = _prepare(ctx, point, code, "sync")
     if not slots:
         return
     try:
@@ -494,8 +495,8 @@ def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
         raise exc
 
 
-async def _enter_async(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
-    delay, exc, slots = _plan(ctx, point, code, "async")
+async def _enter_async(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -> None:
+    delay, exc, slots = _prepare(ctx, point, code, "async")
     if not slots:
         return
     try:
@@ -546,7 +547,7 @@ class FaultPoint:
 
     __slots__ = ("name", "code", "__weakref__")
 
-    def __init__(self, name: str, code: tuple[tuple[str, str, FaultSpec, str], ...] = ()) -> None:
+    def __init__(self, name: str, code: tuple[FaultEntry, ...] = ()) -> None:
         self.name = name
         self.code = code
 
@@ -639,7 +640,7 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
     _CODE_VARIANTS.setdefault((experiment, variant), None)  # counted under the cap from now on
 
     def build(name: str) -> FaultPoint:
-        return FaultPoint(name, ((experiment, variant, dataclasses.replace(spec, point=name), salt),))
+        return FaultPoint(name, (FaultEntry(experiment, variant, dataclasses.replace(spec, point=name), salt),))
 
     return _Inject(build, point)  # type: ignore[return-value]
 
