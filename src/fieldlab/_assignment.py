@@ -90,7 +90,7 @@ class _Unsealed(Assignment):
     """An Assignment while :func:`bucket_outcome` fills it in: same fields, plain attribute writes."""
 
     __slots__ = ()
-    __setattr__ = object.__setattr__
+    __setattr__ = object.__setattr__  # type: ignore[assignment]  # plain slot writes while filling in
 
 
 def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Mapping[str, Any]) -> Assignment:
@@ -101,7 +101,7 @@ def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Ma
     one ``object.__setattr__`` call per field to stay immutable, while this writes the fields of an
     ``_Unsealed`` instance directly and then makes it a plain, immutable Assignment.
     """
-    a = object.__new__(_Unsealed)
+    a: Assignment = object.__new__(_Unsealed)
     a.experiment = experiment
     a.variant = variant
     a.bucket = bucket

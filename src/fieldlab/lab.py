@@ -87,7 +87,8 @@ class _Compiled:
         self.ranges = tuple((lo, hi, v.name, v.params) for v, (lo, hi) in zip(exp.variants, exp._ranges))
         self.forced = {v.name: Assignment(key, v.name, None, OVERRIDE, v.params) for v in exp.variants}
         if exp.status == "concluded":
-            win = exp.variant(exp.winner)  # validated
+            assert exp.winner is not None  # a concluded experiment names its winner (validated)
+            win = exp.variant(exp.winner)
             self.fixed = Assignment(key, win.name, None, CONCLUDED, win.params)
         else:
             self.fixed = Assignment(key, None, None, PAUSED)
@@ -159,7 +160,9 @@ class _State:
 
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
     """Rules that involve more than one object."""
-    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+    groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...] = (
+        ("experiments", experiments), ("layers", layers), ("holdouts", holdouts))
+    for kind, items in groups:
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.key in seen:
@@ -167,7 +170,7 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   "give each one its own key")
             seen[item.key] = i
     salts: dict[str, str] = {}
-    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+    for kind, items in groups:
         for i, item in enumerate(items):
             where = f"{kind}[{i}]"
             if not is_unit_text(item.salt):  # it is hashed with every unit: it must have UTF-8 bytes
