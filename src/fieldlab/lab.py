@@ -116,7 +116,7 @@ class _Compiled:
             return self.no_unit
         if not isinstance(unit, str):
             unit = str(unit)
-        if not is_unit_text(unit):
+        if not unit.isascii() and not is_unit_text(unit):  # ASCII ids (most) skip the UTF-8 check
             return self.bad_unit  # a lone surrogate: no bytes to hash
         for salt, threshold, held in self.holdouts:
             if bucket(salt, unit) < threshold:
