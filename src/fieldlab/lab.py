@@ -162,6 +162,13 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
     """Rules that involve more than one object."""
     groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...] = (
         ("experiments", experiments), ("layers", layers), ("holdouts", holdouts))
+    _check_keys_and_salts(groups)
+    _check_layers(experiments, layers)
+    _check_holdouts(experiments, holdouts)
+
+
+def _check_keys_and_salts(groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...]) -> None:
+    """Keys unique per kind; salts hashable and unique across every kind (else two populations coincide)."""
     for kind, items in groups:
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
@@ -183,6 +190,10 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   "would draw identical populations, so their effects could not be separated",
                                   "give each experiment, layer and holdout its own salt")
             salts[item.salt] = f"{where} ({item.key!r})"
+
+
+def _check_layers(experiments: Sequence[Experiment], layers: Sequence[Layer]) -> None:
+    """Each experiment's layer is declared, and the experiments of one layer have disjoint ranges."""
     layer_keys = {layer.key for layer in layers}
     by_layer: dict[str, list[tuple[int, Experiment]]] = {}
     for i, e in enumerate(experiments):
@@ -199,6 +210,10 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   f"{b.key!r} [{b.layer_range[0] / 100:g}, {b.layer_range[1] / 100:g}) overlaps "  # type: ignore[index]
                                   f"{a.key!r} [{a.layer_range[0] / 100:g}, {a.layer_range[1] / 100:g}) in layer {layer_key!r}",  # type: ignore[index]
                                   "give experiments in one layer disjoint ranges")
+
+
+def _check_holdouts(experiments: Sequence[Experiment], holdouts: Sequence[Holdout]) -> None:
+    """A holdout covers declared experiments, all of one unit kind."""
     exp_by_key = {e.key: e for e in experiments}
     for i, h in enumerate(holdouts):
         kinds = set()
