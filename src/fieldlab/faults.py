@@ -60,7 +60,7 @@ from . import attributes as A
 from . import killswitch
 from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultEntry, FaultPlan,
                            FaultSpec, parse_fault)
-from ._hashing import BUCKETS, hash32
+from ._hashing import BUCKETS, bucket, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
 from .errors import ConfigError
@@ -342,7 +342,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
                 _log_once("no_trace", "fieldlab: fault at %r has a rate but the request has no trace id; "
                           "skipped (start a span before fieldlab, or use rate = 100)", point)
                 continue
-            if hash32(f"{salt}:{key}") % BUCKETS >= spec.rate_bp:
+            if bucket(salt, key) >= spec.rate_bp:
                 continue
         # Rails, cheapest first; each skip is counted.
         if not plan.enabled:
