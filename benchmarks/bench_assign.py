@@ -56,7 +56,7 @@ def main() -> None:
         for u in units:
             assign("search-ranking", u)
 
-    simple()  # warm the per-bucket outcome cache, as a running service would be
+    simple()  # a warm-up round (there is no per-unit or per-bucket cache to fill)
     layered_run()
     cases = [("raw mmh3.hash(salt:unit)", raw), ("raw concat + mmh3.hash", raw_concat),
              ("lab.assign (split)", simple), ("lab.assign (holdout+layer)", layered_run)]

@@ -69,7 +69,7 @@ def test_token_errors(capsys, monkeypatch):
     assert code == 2 and "set the environment variable FIELDLAB_SECRET" in err
     monkeypatch.setenv("FIELDLAB_SECRET", "k")
     code, _, err = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "nope")
-    assert code == 2 and "unknown variant 'nope'" in err
+    assert code == 2 and "unknown variant 'nope'" in err and "--variant:" in err
     code, _, err = run(capsys, "token", EXAMPLE, "--experiment", "checkout-redesign", "--variant", "control", "--ttl", "soon")
     assert code == 2 and "cannot read duration 'soon'" in err
 

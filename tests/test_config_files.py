@@ -274,7 +274,7 @@ def test_watcher_restarts_in_a_forked_child(tmp_path):
     if pid == 0:  # child
         os.close(read_fd)
         try:
-            ok = lab._watch_pending  # threads do not survive fork: a new watch is pending
+            ok = not lab._watcher.started  # threads do not survive fork: the watcher starts again on first use
             lab.assign("checkout-redesign", "alice")
             ok = ok and len(_watchers()) == 1
             _rewrite(path, BASE.replace("weight = 1 }, { name", "weight = 0 }, { name"))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from fieldlab import Experiment, Holdout, Lab, Layer, bucket, make_token, verify_token
+from fieldlab import BUCKETS, Experiment, Holdout, Lab, Layer, bucket, make_token, verify_token
 from fieldlab.overrides import VerifiedOverrides
 
 SECRET = "s3cret-for-tests"
@@ -139,7 +139,6 @@ def test_internal_error_is_reason_error_and_never_raises(caplog):
         a = lab.assign("e", "alice", Exploding(x=1))
         assert (a.variant, a.reason) == (None, "error")
         lab._state.compiled["f"].ranges = None  # corrupt the compiled form to force a failure
-        lab._state.fast.pop("f")
         b = lab.assign("f", "alice")
         assert (b.variant, b.reason) == (None, "error")
         assert lab.assign("unknown-key", "alice").reason == "error"
@@ -172,3 +171,66 @@ def test_assign_all_matches_assign_for_every_path():
             assert a == lab.assign(key, units[kind], attrs, overrides=tokens), (key, units)
             reasons.add(a.reason)
     assert reasons >= {"split", "holdout", "layer", "traffic", "override", "concluded"}
+
+
+def test_memory_per_running_experiment_is_bounded_whatever_the_units_seen():
+    """A 10,000-slot outcome table per experiment held 1.19 MB once warm; the bound is 64 KB per experiment."""
+    import gc
+    import tracemalloc
+
+    import mmh3
+
+    experiments = [Experiment(f"exp-{i}", {"control": 1, "a": 1, "b": 1}, traffic=80) for i in range(10)]
+    units_by_key: dict[str, list[str]] = {}
+    for e in experiments:  # one unit in each of the 10,000 buckets of each experiment
+        found: dict[int, str] = {}
+        i = 0
+        while len(found) < BUCKETS:
+            unit = f"u{i}"
+            found.setdefault(mmh3.hash(f"{e.salt}:{unit}", 0, False) % BUCKETS, unit)
+            i += 1
+        units_by_key[e.key] = list(found.values())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        lab = Lab(experiments)
+        for key, units in units_by_key.items():
+            for unit in units:
+                lab.assign(key, unit)
+        for unit in units_by_key["exp-0"]:
+            lab.assign_all({"user": unit})
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lab.experiments  # the lab is alive while measured
+    assert held / len(experiments) <= 64 * 1024, f"{held / len(experiments) / 1024:.0f} KB per experiment"
+
+
+def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
+    from fieldlab import Assignment
+    lab = Lab([Experiment("e", {"a": 1, "b": 1}, traffic=50)])
+    seen = set()
+    for i in range(200):
+        got = lab.assign("e", f"u{i}")
+        assert type(got) is Assignment
+        b = bucket("e", f"u{i}")
+        assert got.bucket == b
+        expected = Assignment("e", got.variant, b, "split" if got.variant else "traffic",
+                              lab.experiments["e"].variant(got.variant).params if got.variant else None)
+        assert got == expected and got.in_experiment == (got.variant is not None) and got.params == expected.params
+        with pytest.raises(AttributeError):
+            got.variant = "b"
+        seen.add(got.reason)
+    assert seen == {"split", "traffic"}
+
+
+def test_make_token_errors_name_the_parameter_not_a_cli_flag():
+    import fieldlab
+    lab = Lab([Experiment("e", {"a": 1, "b": 1})], secret=SECRET)
+    with pytest.raises(fieldlab.ConfigError) as info:
+        lab.make_token("nope", "a", 60)
+    assert info.value.path == "experiment" and "--" not in str(info.value)
+    with pytest.raises(fieldlab.ConfigError) as info:
+        lab.make_token("e", "c", 60)
+    assert info.value.path == "variant" and "use one of ['a', 'b']" in str(info.value)

@@ -91,6 +91,21 @@ def test_registering_a_variant_twice_is_a_clear_error() -> None:
         fieldlab.switch("")(lambda: None)
 
 
+def test_switch_argument_mistakes_are_config_errors_naming_the_argument_like_fault_points() -> None:
+    from fieldlab import ConfigError, faults
+    with pytest.raises(ConfigError) as info:
+        fieldlab.switch("")(lambda: None)
+    assert info.value.path == "switch(key)" and info.value.fix
+    with pytest.raises(ConfigError) as info:
+        render.variant("")
+    assert info.value.path == "switch('checkout-redesign').variant(name)"
+    with pytest.raises(ConfigError) as info:
+        fieldlab.switch("k")(42)  # type: ignore[arg-type]
+    assert "not callable" in info.value.problem
+    with pytest.raises(ConfigError):  # the fault points' argument errors are the same kind
+        faults.fault_point("bad name!")
+
+
 # ------------------------------------------- unknown experiment keys are reported, not swallowed
 def _fresh_lab() -> Lab:
     return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1})])

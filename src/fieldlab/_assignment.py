@@ -84,3 +84,30 @@ class Assignment:
     def __repr__(self) -> str:
         return (f"Assignment(experiment={self.experiment!r}, variant={self.variant!r}, "
                 f"bucket={self.bucket!r}, reason={self.reason!r})")
+
+
+class _Unsealed(Assignment):
+    """An Assignment while :func:`bucket_outcome` fills it in: same fields, plain attribute writes."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__  # type: ignore[assignment]  # plain slot writes while filling in
+
+
+def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Mapping[str, Any]) -> Assignment:
+    """The outcome of one bucket: ``variant`` (reason split), or no variant (reason traffic); for the Lab.
+
+    Equal to ``Assignment(experiment, variant, bucket, SPLIT or TRAFFIC, params)``, made for every
+    evaluation (the bucket is the unit's own) at a third of the cost: ``Assignment.__init__`` pays
+    one ``object.__setattr__`` call per field to stay immutable, while this writes the fields of an
+    ``_Unsealed`` instance directly and then makes it a plain, immutable Assignment.
+    """
+    a: Assignment = object.__new__(_Unsealed)
+    a.experiment = experiment
+    a.variant = variant
+    a.bucket = bucket
+    a.reason = SPLIT if variant is not None else TRAFFIC
+    a.params = params if variant is not None else _EMPTY
+    a.holdout = None
+    a.in_experiment = variant is not None
+    a.__class__ = Assignment
+    return a

@@ -23,15 +23,15 @@ import os
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from .config import check_settings
 from .errors import ConfigError
-from .experiments import Experiment, Holdout, Layer, _check_percent
+from .experiments import Experiment, Holdout, _check_percent
 
 __all__ = [
-    "FaultSpec", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_share", "variant_shares",
-    "KINDS", "HTTP_POINT", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_MAX_ACTIVE", "MAX_LATENCY_MS",
+    "FaultSpec", "FaultEntry", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_shares",
+    "KINDS", "HTTP_POINT", "POINT_NAME_RE", "EXCEPTION_NAME_RE", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_MAX_ACTIVE", "MAX_LATENCY_MS",
     "FAULT_SETTINGS_KEYS", "state_path",
 ]
 
@@ -54,8 +54,8 @@ _KEYS = {
     "abort": _COMMON | {"status", "body"},
 }
 _DISTRIBUTIONS = ("fixed", "uniform", "lognormal")
-_POINT_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
-_EXC_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+POINT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
+EXCEPTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _MAX_BODY = 65536
 
 
@@ -128,7 +128,7 @@ def parse_fault(entry: Any, path: str) -> FaultSpec:
     point = entry.get("point", HTTP_POINT if kind == "abort" else None)
     if point is None:
         raise ConfigError(f"{path}.point", "is missing", 'name the fault point from the code, e.g. point = "db.query"')
-    if not isinstance(point, str) or not _POINT_PATTERN.match(point):
+    if not isinstance(point, str) or not POINT_NAME_RE.match(point):
         raise ConfigError(f"{path}.point", f"{point!r} is not a valid point name",
                           "use 1-128 letters, digits, '.', '_', '-', ':' or '/'")
     if kind == "abort" and point != HTTP_POINT:
@@ -152,7 +152,7 @@ def parse_fault(entry: Any, path: str) -> FaultSpec:
         return FaultSpec(**common, **_parse_latency(entry, path))
     if kind == "exception":
         name = entry.get("exception", "InjectedFault")
-        if not isinstance(name, str) or not _EXC_PATTERN.match(name):
+        if not isinstance(name, str) or not EXCEPTION_NAME_RE.match(name):
             raise ConfigError(f"{path}.exception", f"{name!r} is not a valid exception name",
                               "use the name the app registered with fieldlab.faults.register_exception, "
                               "or InjectedFault")
@@ -235,27 +235,17 @@ def _experiment_factor(exp: Experiment, holdouts: Sequence[Holdout]) -> float:
 
 
 def variant_shares(exp: Experiment, holdouts: Sequence[Holdout]) -> dict[str, float]:
-    """:func:`variant_share` of every variant of ``exp`` at once (linear in the number of variants)."""
+    """Share of units (0-1) that can land in each variant of ``exp`` by the split.
+
+    traffic x weight share (the variant's bucket range) x layer range share x
+    (1 - holdout share) for every holdout covering the experiment. Targeting
+    is not counted, so this is an upper bound. Linear in the number of variants.
+    """
     factor = _experiment_factor(exp, holdouts)
     return {v.name: (hi - lo) / 10000 * factor for v, (lo, hi) in zip(exp.variants, exp._ranges)}
 
 
-def variant_share(exp: Experiment, variant: str, layers: Mapping[str, Layer],
-                  holdouts: Sequence[Holdout]) -> float:
-    """Share of units (0-1) that can land in ``variant`` by the split.
-
-    traffic x weight share (the variant's bucket range) x layer range share x
-    (1 - holdout share) for every holdout covering the experiment. Targeting
-    is not counted, so this is an upper bound.
-    """
-    for v, (lo, hi) in zip(exp.variants, exp._ranges):
-        if v.name == variant:
-            return (hi - lo) / 10000 * _experiment_factor(exp, holdouts)
-    raise KeyError(variant)
-
-
-def blast_radius(experiments: Sequence[Experiment], layers: Sequence[Layer] = (),
-                 holdouts: Sequence[Holdout] = ()) -> dict[tuple[str, str], float]:
+def blast_radius(experiments: Sequence[Experiment], holdouts: Sequence[Holdout] = ()) -> dict[tuple[str, str], float]:
     """Share of units (0-1) each fault variant of a running experiment can reach."""
     out: dict[tuple[str, str], float] = {}
     for exp in experiments:
@@ -282,11 +272,20 @@ def state_path(source: str | None, settings: Mapping[str, Any]) -> str | None:
     return None
 
 
+class FaultEntry(NamedTuple):
+    """One fault variant's fault at a point: where the decision path looks it up (``FaultPlan.by_point``)."""
+
+    experiment: str
+    variant: str
+    spec: FaultSpec
+    #: salt of the fault's own draws (rate, delay), independent of the variant split
+    salt: str
+
+
 class FaultPlan:
     """The faults of one configuration state, indexed for the decision path.
 
-    ``by_point`` maps a point name to ``(experiment, variant, spec, salt)``
-    tuples, in config order. Immutable once built; swapped whole on reload with
+    ``by_point`` maps a point name to its :class:`FaultEntry` tuple, in config order. Immutable once built; swapped whole on reload with
     the rest of the state.
     """
 
@@ -294,7 +293,7 @@ class FaultPlan:
                  "shares", "state_file", "reload_interval", "code_admitted")
 
     def __init__(self, enabled: bool, max_blast_radius: float, max_active: int,
-                 by_point: Mapping[str, tuple[tuple[str, str, FaultSpec, str], ...]],
+                 by_point: Mapping[str, tuple[FaultEntry, ...]],
                  radius: Mapping[tuple[str, str], float], shares: Mapping[tuple[str, str], float],
                  state_file: str | None, reload_interval: float | None) -> None:
         self.enabled = enabled
@@ -327,8 +326,8 @@ def _settings(faults: Mapping[str, Any]) -> tuple[bool, float, int]:
     return enabled, cap, max_active
 
 
-def compile_plan(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
-                 settings: Mapping[str, Any], faults: Mapping[str, Any] | None, source: str | None) -> FaultPlan:
+def compile_plan(experiments: Sequence[Experiment], holdouts: Sequence[Holdout], settings: Mapping[str, Any],
+                 faults: Mapping[str, Any] | None, source: str | None) -> FaultPlan:
     """Validate every fault entry and the blast radius, and index the faults by point.
 
     Raises :class:`ConfigError` naming the field path (or, for the blast
@@ -336,7 +335,7 @@ def compile_plan(experiments: Sequence[Experiment], layers: Sequence[Layer], hol
     """
     check_settings(settings)
     enabled, cap, max_active = _settings(faults or {})
-    by_point: dict[str, list[tuple[str, str, FaultSpec, str]]] = {}
+    by_point: dict[str, list[FaultEntry]] = {}
     for exp in experiments:
         base = getattr(exp, "_path", None) or f"experiment {exp.key!r}"
         for vi, v in enumerate(exp.variants):
@@ -347,8 +346,8 @@ def compile_plan(experiments: Sequence[Experiment], layers: Sequence[Layer], hol
                 except ConfigError as exc:
                     raise ConfigError(exc.path, f"(variant {v.name!r}) {exc.problem}", exc.fix) from None
                 salt = spec.salt or f"{exp.key}:{v.name}:fault"
-                by_point.setdefault(spec.point, []).append((exp.key, v.name, spec, salt))
-    radius = blast_radius(experiments, layers, holdouts)
+                by_point.setdefault(spec.point, []).append(FaultEntry(exp.key, v.name, spec, salt))
+    radius = blast_radius(experiments, holdouts)
     total = sum(radius.values())
     if total * 100 > cap + 1e-9:
         parts = ", ".join(f"{e}/{v} {share * 100:.4g}%" for (e, v), share in sorted(radius.items(), key=lambda x: -x[1]))

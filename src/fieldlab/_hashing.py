@@ -45,7 +45,8 @@ def hash32(s: str) -> int:
 
 def bucket(salt: str, unit: str) -> int:
     """The bucket, 0..9999, of ``unit`` under ``salt``; ValueError when the text has no UTF-8 form."""
-    return _mmh3_hash(_utf8(f"{salt}:{unit}"), 0, False) % BUCKETS
+    key = f"{salt}:{unit}"
+    return _mmh3_hash(key if key.isascii() else _utf8(key), 0, False) % BUCKETS  # ASCII (most ids) hashes as is
 
 
 def traffic_basis_points(traffic: float) -> int:

@@ -43,6 +43,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from . import _internal
 from . import attributes as A
 from . import telemetry
 from ._assignment import SPLIT, Assignment
@@ -69,19 +70,15 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 _BAGGAGE_CONTEXT = "fieldlab-baggage-v1."
 _CACHE_SIZE = 10_000
 
-#: Failures on the request path, by kind; each one is logged once.
-stats: dict[str, int] = {"resolver_errors": 0, "attribute_errors": 0, "start_errors": 0, "fault_errors": 0,
-                         "baggage_rejected": 0}
-_logged: set[str] = set()
+#: Failures on the request path, by kind (also in ``fieldlab.stats()`` as ``request.<kind>``).
+stats: dict[str, int] = _internal.counters("request", ("resolver_errors", "attribute_errors", "start_errors",
+                                                       "fault_errors", "baggage_rejected"))
 
 
 def _failed(kind: str, detail: str = "") -> None:
-    stats[kind] = stats.get(kind, 0) + 1
-    tag = f"{kind}:{detail}"
-    if tag not in _logged and len(_logged) < 1000:
-        _logged.add(tag)
-        _log.warning("fieldlab: %s %s failed; the request takes the default path", kind.replace("_", " "), detail,
-                     exc_info=True)
+    """A failure on the request path: counted, logged once per kind and detail; the request takes the default path."""
+    _internal.failed("request", kind, f"{kind}:{detail}", "fieldlab: %s %s failed; the request takes the default path",
+                     kind.replace("_", " "), detail)
 
 
 Resolver = Callable[[Any], Any]
@@ -608,7 +605,7 @@ def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) 
         return False
     variants = verify_baggage(cfg.lab.secret, raw)
     if variants is None:
-        stats["baggage_rejected"] += 1
+        _internal.count("request", "baggage_rejected")
         return False
     changed = False
     experiments = cfg.lab.experiments

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from ._units import is_unit_text
-from .errors import FieldLabError
+from .errors import ConfigError, FieldLabError
 
 __all__ = ["main", "build_parser"]
 
@@ -106,7 +106,11 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if lab.secret is None:
         env = lab.settings.get("secret_env", "FIELDLAB_SECRET")
         raise CommandError(f"no secret: set the environment variable {env} (lab.secret_env) to sign override tokens")
-    print(lab.make_token(args.experiment, args.variant, parse_duration(args.ttl)))
+    try:
+        token = lab.make_token(args.experiment, args.variant, parse_duration(args.ttl))
+    except ConfigError as exc:  # the library names its arguments; the command names its flags
+        raise ConfigError(f"--{exc.path}", exc.problem, exc.fix) from None
+    print(token)
     return 0
 
 

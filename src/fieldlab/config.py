@@ -32,8 +32,8 @@ SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_ha
                            "span_attribute_limit", "span_attribute_headroom"})
 
 #: Limits of one configuration. A file beyond them is refused with a ConfigError naming the limit (on a
-#: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. Each
-#: experiment costs about 80 KB at run time (its bucket table), so 1,000 experiments take about 80 MB.
+#: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. An
+#: experiment costs about 2 KB at run time whatever the number of units seen (no per-bucket table).
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 MAX_EXPERIMENTS = 1000
 MAX_LAYERS = 1000

@@ -14,17 +14,17 @@ on fault events; a failing hook is swallowed, counted and logged once.
 from __future__ import annotations
 
 import contextvars
-import logging
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from . import _internal
 from ._assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 
 __all__ = ["RequestContext", "PreparedRequest", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
 
-_log = logging.getLogger("fieldlab")
+_internal.counters("context", ("hook_errors",))
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 _current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
 
@@ -254,7 +254,6 @@ class RequestContext:
 
 _new = object.__new__
 
-_failed_hooks: set[str] = set()
 _on_assign_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
 
 
@@ -272,9 +271,9 @@ def _on_assign_keys(lab: Lab) -> tuple[str, ...]:
 
 
 def _hook_failed(kind: str) -> None:
-    if kind not in _failed_hooks:
-        _failed_hooks.add(kind)
-        _log.warning("fieldlab: a telemetry %s hook failed; requests go on unrecorded", kind, exc_info=True)
+    """A telemetry hook failed: counted as ``context.hook_errors``, logged once per kind; the request goes on."""
+    _internal.failed("context", "hook_errors", kind, "fieldlab: a telemetry %s hook failed; requests go on unrecorded",
+                     kind)
 
 
 def start(lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,

@@ -48,7 +48,6 @@ import inspect
 import logging
 import math
 import os
-import re
 import statistics
 import threading
 import time
@@ -56,10 +55,12 @@ from typing import Any, Callable, TypeVar
 
 from opentelemetry import trace as _otel_trace
 
+from . import _internal
 from . import attributes as A
 from . import killswitch
-from ._fault_kinds import HTTP_POINT, MAX_LATENCY_MS, FaultPlan, FaultSpec, parse_fault
-from ._hashing import BUCKETS, hash32
+from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultEntry, FaultPlan,
+                           FaultSpec, parse_fault)
+from ._hashing import BUCKETS, bucket, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
 from .errors import ConfigError
@@ -95,7 +96,6 @@ class InjectedFault(Exception):
 
 
 # ------------------------------------------------------------ exception registry
-_EXC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 _REGISTRY: dict[str, Callable[[str], BaseException]] = {
     "InjectedFault": InjectedFault,
     "fieldlab.InjectedFault": InjectedFault,
@@ -112,7 +112,7 @@ def register_exception(name: str, exc: type[Exception] | Callable[[str], Excepti
     an arbitrary class. ``BaseException`` subclasses that are not
     ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) are refused.
     """
-    if not isinstance(name, str) or not _EXC_NAME.match(name) or name in _BUILTIN_NAMES:
+    if not isinstance(name, str) or not EXCEPTION_NAME_RE.match(name) or name in _BUILTIN_NAMES:
         raise ConfigError("register_exception(name)", f"{name!r} is not a usable exception name",
                           "use letters, digits, '_', '.', '-' (and not InjectedFault, which is built in)")
     if isinstance(exc, type):
@@ -135,10 +135,10 @@ def unregister_exception(name: str) -> None:
 _STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_max_active",
                "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
                "errors")
-_stats: dict[str, int] = dict.fromkeys(_STATS_KEYS, 0)
+#: Process-wide counters, also in ``fieldlab.stats()`` as ``faults.<name>``.
+_stats: dict[str, int] = _internal.counters("faults", _STATS_KEYS)
 _lock = threading.Lock()
 _active = 0
-_logged: set[str] = set()
 
 
 def _after_fork_in_child() -> None:
@@ -154,15 +154,12 @@ if hasattr(os, "register_at_fork"):
 
 def stats() -> dict[str, int]:
     """Process-wide counters: faults injected, skipped by each rail, and internal errors."""
-    with _lock:
-        return dict(_stats)
+    return dict(_stats)
 
 
 def reset_stats() -> None:
     """Zero the counters (tests, benchmarks)."""
-    with _lock:
-        for k in _stats:
-            _stats[k] = 0
+    _internal.reset("faults")
 
 
 def active() -> int:
@@ -170,20 +167,17 @@ def active() -> int:
     return _active
 
 
-def _count(key: str, n: int = 1) -> None:
-    with _lock:
-        _stats[key] += n
+def _count(key: str) -> None:
+    _internal.count("faults", key)
 
 
-def _log_once(tag: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-    if tag not in _logged and len(_logged) < 1000:
-        _logged.add(tag)
-        _log.warning(msg, *args, exc_info=exc_info)
+def _log_once(tag: str, msg: str, *args: Any) -> None:
+    _internal.log_once(f"faults:{tag}", msg, *args, logger=_log)
 
 
 def _internal_error(where: str) -> None:
-    _count("errors")
-    _log_once(f"error:{where}", "fieldlab: fault engine failed in %s; no fault injected", where, exc_info=True)
+    _internal.failed("faults", "errors", where, "fieldlab: fault engine failed in %s; no fault injected", where,
+                     logger=_log)
 
 
 def _release(n: int) -> None:
@@ -303,21 +297,21 @@ def _draw_delay(spec: FaultSpec, salt: str, key: str, point: str, seq: int) -> f
     return min(max(delay, 0.0), MAX_LATENCY_MS)
 
 
-def _candidates(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...]
-                ) -> list[tuple[tuple[str, str, FaultSpec, str], bool]]:
+def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]
+                ) -> list[tuple[FaultEntry, bool]]:
     """Faults at ``point`` whose variant the request is in by split or signed override; flag: defined in code."""
     plan: FaultPlan = ctx.lab._state.fault_plan
     found = []
     assignments = ctx.assignments
     for group, from_code in ((plan.by_point.get(point, ()), False), (code, True)):
-        for cand in group:
-            a = assignments.get(cand[0])
-            if a is not None and a.variant == cand[1] and (a.reason == SPLIT or a.reason == OVERRIDE):
-                found.append((cand, from_code))
+        for entry in group:
+            a = assignments.get(entry.experiment)
+            if a is not None and a.variant == entry.variant and (a.reason == SPLIT or a.reason == OVERRIDE):
+                found.append((entry, from_code))
     return found
 
 
-def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSpec, str], ...],
+def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
             mode: str) -> list[_Hit]:
     """The faults to inject now at ``point`` (``mode``: sync, async or abort), each with a slot taken and recorded."""
     global _active
@@ -348,7 +342,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
                 _log_once("no_trace", "fieldlab: fault at %r has a rate but the request has no trace id; "
                           "skipped (start a span before fieldlab, or use rate = 100)", point)
                 continue
-            if hash32(f"{salt}:{key}") % BUCKETS >= spec.rate_bp:
+            if bucket(salt, key) >= spec.rate_bp:
                 continue
         # Rails, cheapest first; each skip is counted.
         if not plan.enabled:
@@ -391,11 +385,13 @@ def _decide(ctx: RequestContext, point: str, code: tuple[tuple[str, str, FaultSp
                       "registered (fieldlab.faults.register_exception); skipped", spec.exception)
             continue
         with _lock:
-            if _active >= plan.max_active:
-                _stats["skipped_max_active"] += 1
-                continue
-            _active += 1
-            _stats["injected"] += 1
+            full = _active >= plan.max_active
+            if not full:
+                _active += 1
+        if full:
+            _count("skipped_max_active")
+            continue
+        _count("injected")
         attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: kind, A.FAULT_EXPERIMENT: exp_key,
                                  A.FAULT_VARIANT: variant}
         if kind == "latency":
@@ -437,7 +433,8 @@ def _make_exception(hit: _Hit, point: str) -> BaseException | None:
 _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 
 
-def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> tuple[float, BaseException | None, int]:
+def _prepare(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
+             ) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     try:
         configured = ctx.lab._state.fault_plan.by_point.get(point, ())
@@ -470,23 +467,23 @@ def _plan(ctx: RequestContext, point: str, code: tuple[Any, ...], mode: str) -> 
     return min(delay, MAX_LATENCY_MS), exc, len(hits)
 
 
-def _expose_at(ctx: RequestContext, faults: tuple[tuple[str, str, FaultSpec, str], ...]) -> bool:
+def _expose_at(ctx: RequestContext, faults: tuple[FaultEntry, ...]) -> bool:
     """Mark exposed each experiment of ``faults`` the request's unit is in; True if it is in a faulted variant."""
     hit = False
     assignments = ctx.assignments
-    for cand in faults:
-        a = assignments.get(cand[0])
+    for entry in faults:
+        a = assignments.get(entry.experiment)
         if a is None or not a.in_experiment:
             continue
-        if cand[0] not in ctx.exposed:
-            ctx.read(cand[0])
-        if a.variant == cand[1]:
+        if entry.experiment not in ctx.exposed:
+            ctx.read(entry.experiment)
+        if a.variant == entry.variant:
             hit = True
     return hit
 
 
-def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
-    delay, exc, slots = _plan(ctx, point, code, "sync")
+def _enter_sync(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -> None:
+    delay, exc, slots = _prepare(ctx, point, code, "sync")
     if not slots:
         return
     try:
@@ -498,8 +495,8 @@ def _enter_sync(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
         raise exc
 
 
-async def _enter_async(ctx: RequestContext, point: str, code: tuple[Any, ...]) -> None:
-    delay, exc, slots = _plan(ctx, point, code, "async")
+async def _enter_async(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -> None:
+    delay, exc, slots = _prepare(ctx, point, code, "async")
     if not slots:
         return
     try:
@@ -550,7 +547,7 @@ class FaultPoint:
 
     __slots__ = ("name", "code", "__weakref__")
 
-    def __init__(self, name: str, code: tuple[tuple[str, str, FaultSpec, str], ...] = ()) -> None:
+    def __init__(self, name: str, code: tuple[FaultEntry, ...] = ()) -> None:
         self.name = name
         self.code = code
 
@@ -596,7 +593,6 @@ class FaultPoint:
 
 
 _POINTS: dict[str, FaultPoint] = {}
-_POINT_NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
 
 
 def fault_point(name: str) -> FaultPoint:
@@ -607,7 +603,7 @@ def fault_point(name: str) -> FaultPoint:
     """
     p = _POINTS.get(name)
     if p is None:
-        if not isinstance(name, str) or not _POINT_NAME.match(name) or name == HTTP_POINT:
+        if not isinstance(name, str) or not POINT_NAME_RE.match(name) or name == HTTP_POINT:
             raise ConfigError(f"fault_point({name!r})", "not a valid point name",
                               f"use 1-128 letters, digits, '.', '_', '-', ':' or '/' ({HTTP_POINT!r} is for aborts)")
         p = _POINTS.setdefault(name, FaultPoint(name))
@@ -644,7 +640,7 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
     _CODE_VARIANTS.setdefault((experiment, variant), None)  # counted under the cap from now on
 
     def build(name: str) -> FaultPoint:
-        return FaultPoint(name, ((experiment, variant, dataclasses.replace(spec, point=name), salt),))
+        return FaultPoint(name, (FaultEntry(experiment, variant, dataclasses.replace(spec, point=name), salt),))
 
     return _Inject(build, point)  # type: ignore[return-value]
 

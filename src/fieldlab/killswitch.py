@@ -42,15 +42,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
+from . import _internal
 from ._fault_kinds import state_path
 from .errors import FieldLabError
 
 __all__ = [
-    "KillState", "read_state", "write_state", "kill", "unkill", "state_file_for", "is_killed", "watch",
+    "KillState", "read_state", "write_state", "kill", "unkill", "is_killed", "watch",
     "add_parsers", "DEFAULT_INTERVAL", "MAX_CHECK_INTERVAL", "MIN_CHECK_INTERVAL", "check_interval",
 ]
 
 _log = logging.getLogger("fieldlab.faults")
+_internal.counters("killswitch", ("unreadable_states", "poll_errors"))
 DEFAULT_INTERVAL = 5.0
 #: The kill switch checks its state file at least this often (seconds), whatever the reload interval.
 MAX_CHECK_INTERVAL = 1.0
@@ -173,11 +175,6 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
     return state_path(config, settings) or config + ".state.json", keys, interval
 
 
-def state_file_for(config: str) -> str:
-    """The kill-state file of the config file ``config``."""
-    return _config_info(config)[0]
-
-
 def _stamp(reason: str | None) -> dict[str, Any]:
     try:
         who = getpass.getuser()
@@ -270,6 +267,7 @@ class _Watch:
             try:
                 state = read_state(self.path)
             except (OSError, ValueError) as exc:
+                _internal.count("killswitch", "unreadable_states")
                 if self.error is None:
                     _log.error("fieldlab: kill-switch state %s is unreadable (%s); ALL faults are off until it is "
                                "fixed or removed", self.path, exc)
@@ -285,6 +283,8 @@ class _Watch:
                              (", ".join(sorted(self.killed)) or "off"))
         except Exception:  # never let a poll raise into a request: fail closed
             self.all = True
+            _internal.failed("killswitch", "poll_errors", self.path, "fieldlab: reading the kill-switch state %s "
+                             "failed; ALL faults are off until it reads again", self.path, logger=_log)
         finally:
             self.lock.release()
 

@@ -11,43 +11,40 @@ hash) is no unit: no variant, reason ``no_unit``, counted in
 ``lab.stats["invalid_units"]``; it never reaches the C hash. Configuration problems raise
 :class:`~fieldlab.errors.ConfigError` at construction, clearly.
 
-A Lab built with :meth:`Lab.from_file` reloads its file: a watcher thread
-starts lazily, in the process that first evaluates (so gunicorn ``--preload``
-and other forking servers work), and again in a forked child. A bad new file
-keeps the last good configuration and is reported in ``lab.config_error``.
+A Lab built with :meth:`Lab.from_file` reloads its file through a watcher
+(:mod:`fieldlab._watcher`): a thread that starts lazily, in the process that
+first evaluates (so gunicorn ``--preload`` and other forking servers work), and
+again in a forked child, and applies a changed file only once it is stable
+(never half-written). A bad new file keeps the last good configuration and is
+reported in ``lab.config_error``. A document without experiments never
+replaces a config that has some (an empty or truncated file): that is a
+``config_error``. Replace config files atomically all the same (write a
+temporary file in the same directory, then rename it over the config).
 
-The watcher applies a changed file only once it is stable: the same size,
-mtime and content hash at every poll for at least ``RELOAD_SETTLE_SECONDS``
-(and at least one poll interval), so a file being rewritten in
-place (``open(path, "w")`` then writes, as editors and ``cat >`` do) is never
-read half-written. A document without experiments never replaces a config
-that has some (an empty or truncated file): that is a ``config_error``.
-Replace config files atomically all the same (write a temporary file in the
-same directory, then rename it over the config).
+Outcomes that do not depend on the unit are made once per experiment and
+shared; a split outcome carries the unit's bucket, so it is made per
+evaluation: memory stays bounded whatever the number of units seen.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import inspect
 import logging
 import os
 import threading
-import time
-import weakref
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
-import mmh3
-
-from ._hashing import BUCKETS
-from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
-                         Assignment)
+from ._hashing import BUCKETS, bucket
+from . import _internal
+from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, TARGETING, Assignment,
+                          bucket_outcome)
 from ._fault_kinds import FaultPlan, compile_plan
 from ._units import is_unit_text
-from .config import (MAX_RELOAD_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version,
-                     parse_bytes, parse_format, read_config_bytes, read_config_file)
+from ._watcher import ConfigWatcher
+from .config import (SETTINGS_KEYS, check_document, check_reload_interval, content_version, parse_bytes, parse_format,
+                     read_config_bytes, read_config_file)
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
@@ -55,45 +52,43 @@ from .overrides import VerifiedOverrides, make_token
 __all__ = ["Lab"]
 
 _log = logging.getLogger("fieldlab")
-_hash = mmh3.hash
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
 #: Distinct unknown experiment keys named in a warning each; beyond it they are only counted.
 UNKNOWN_KEYS_LOGGED = 256
-#: A changed config file takes effect once it has stayed the same (size, mtime, content hash) this long.
-RELOAD_SETTLE_SECONDS = 1.0
 
 
 class _Compiled:
-    """One experiment, precomputed for the hot path.
+    """One experiment, ready to evaluate.
 
-    Outcomes that depend only on the bucket are immutable and cached per bucket
-    (at most 10,000 per experiment), so a plain split costs one string concat,
-    one MurmurHash and one list index.
+    Every outcome that does not depend on the unit (paused, forced by an
+    override, no unit, held out, not targeted, another layer's) is made once
+    here and shared. A split outcome carries the unit's bucket, so
+    :meth:`split` makes it per evaluation: nothing grows with the units seen.
     """
 
-    __slots__ = ("key", "exp", "unit", "prefix", "table", "simple", "running", "status", "predicate",
-                 "layer_prefix", "layer_lo", "layer_hi", "holdouts", "ranges", "forced", "fixed",
-                 "no_unit", "bad_unit", "not_targeted", "other_layer", "held", "layer_key")
+    __slots__ = ("key", "exp", "unit", "salt", "running", "status", "predicate", "layer_salt", "layer_lo",
+                 "layer_hi", "holdouts", "ranges", "forced", "fixed", "no_unit", "bad_unit", "not_targeted",
+                 "other_layer")
 
     def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
         key = exp.key
-        self.key, self.exp, self.unit = key, exp, exp.unit
-        self.prefix = exp.salt + ":"
-        self.table: list[Assignment | None] = [None] * BUCKETS
+        self.key, self.exp, self.unit, self.salt = key, exp, exp.unit, exp.salt
         self.status = exp.status
         self.running = exp.status == "running"
         self.predicate = exp._predicate
-        self.layer_key = layer.key if layer else None
-        self.layer_prefix = (layer.salt + ":") if layer else None
+        self.layer_salt = layer.salt if layer else None
         self.layer_lo, self.layer_hi = exp.layer_range or (0, BUCKETS)
-        self.holdouts = tuple((h.salt + ":", h.threshold, h.key) for h in holdouts if h.threshold > 0)
-        self.simple = self.running and not self.holdouts and self.predicate is None and layer is None
+        #: (salt, threshold, outcome) of each holdout that covers this experiment
+        self.holdouts = tuple((h.salt, h.threshold, Assignment(key, None, None, HOLDOUT, None, h.key))
+                              for h in holdouts if h.threshold > 0)
+        #: [lo, hi) bucket range, name and params of each variant
         self.ranges = tuple((lo, hi, v.name, v.params) for v, (lo, hi) in zip(exp.variants, exp._ranges))
         self.forced = {v.name: Assignment(key, v.name, None, OVERRIDE, v.params) for v in exp.variants}
         if exp.status == "concluded":
-            win = exp.variant(exp.winner)  # validated
+            assert exp.winner is not None  # a concluded experiment names its winner (validated)
+            win = exp.variant(exp.winner)
             self.fixed = Assignment(key, win.name, None, CONCLUDED, win.params)
         else:
             self.fixed = Assignment(key, None, None, PAUSED)
@@ -102,51 +97,41 @@ class _Compiled:
         self.bad_unit = Assignment(key, None, None, NO_UNIT)
         self.not_targeted = Assignment(key, None, None, TARGETING)
         self.other_layer = Assignment(key, None, None, LAYER)
-        self.held = {h[2]: Assignment(key, None, None, HOLDOUT, None, h[2]) for h in self.holdouts}
 
     def split(self, b: int) -> Assignment:
-        a = self.table[b]
-        if a is None:
-            for lo, hi, name, params in self.ranges:
-                if lo <= b < hi:
-                    a = Assignment(self.key, name, b, SPLIT, params)
-                    break
-            else:
-                a = Assignment(self.key, None, b, TRAFFIC)
-            self.table[b] = a
-        return a
+        """The outcome of bucket ``b``: the variant whose range holds it, else outside the traffic share."""
+        for lo, hi, name, params in self.ranges:
+            if lo <= b < hi:
+                return bucket_outcome(self.key, name, b, params)
+        return bucket_outcome(self.key, None, b, _EMPTY)
 
     def evaluate(self, unit: Any, attributes: Mapping[str, Any] | None, overrides: Mapping[str, str] | None) -> Assignment:
+        """The evaluation order of :mod:`fieldlab._assignment`, step by step."""
+        forced = self.forced.get(overrides[self.key]) if overrides and self.key in overrides else None
         if not self.running:
-            if self.status == "draft" and overrides and self.key in overrides:
-                return self.forced.get(overrides[self.key], self.fixed)
-            return self.fixed
-        if overrides and self.key in overrides:
-            forced = self.forced.get(overrides[self.key])
-            if forced is not None:
-                return forced
+            return forced if forced is not None and self.status == "draft" else self.fixed
+        if forced is not None:
+            return forced
         if unit is None or unit == "":
             return self.no_unit
-        if unit.__class__ is not str:
+        if not isinstance(unit, str):
             unit = str(unit)
-        if not unit.isascii() and not is_unit_text(unit):
-            return self.bad_unit  # a lone surrogate: no bytes to hash (and MurmurHash's C code would crash)
-        for prefix, threshold, hkey in self.holdouts:
-            if _hash(prefix + unit, 0, False) % BUCKETS < threshold:
-                return self.held[hkey]
+        if not unit.isascii() and not is_unit_text(unit):  # ASCII ids (most) skip the UTF-8 check
+            return self.bad_unit  # a lone surrogate: no bytes to hash
+        for salt, threshold, held in self.holdouts:
+            if bucket(salt, unit) < threshold:
+                return held
         if self.predicate is not None and not self.predicate(attributes or _EMPTY):
             return self.not_targeted
-        if self.layer_prefix is not None:
-            lb = _hash(self.layer_prefix + unit, 0, False) % BUCKETS
-            if not self.layer_lo <= lb < self.layer_hi:
-                return self.other_layer
-        return self.split(_hash(self.prefix + unit, 0, False) % BUCKETS)
+        if self.layer_salt is not None and not self.layer_lo <= bucket(self.layer_salt, unit) < self.layer_hi:
+            return self.other_layer
+        return self.split(bucket(self.salt, unit))
 
 
 class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
-    __slots__ = ("experiments", "layers", "holdouts", "compiled", "fast", "version", "settings", "faults", "source",
+    __slots__ = ("experiments", "layers", "holdouts", "compiled", "version", "settings", "faults", "source",
                  "fault_plan")
 
     def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
@@ -154,7 +139,7 @@ class _State:
                  source: str | None) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
-        self.fault_plan: FaultPlan = compile_plan(experiments, layers, holdouts, settings, faults, source)
+        self.fault_plan: FaultPlan = compile_plan(experiments, holdouts, settings, faults, source)
         self.experiments = MappingProxyType({e.key: e for e in experiments})
         self.layers = MappingProxyType({layer.key: layer for layer in layers})
         self.holdouts = MappingProxyType({h.key: h for h in holdouts})
@@ -167,7 +152,6 @@ class _State:
                 covering.setdefault(key, []).append(h)
         self.compiled = {e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
                          for e in experiments}
-        self.fast = {key: (c.prefix, c.table, c) for key, c in self.compiled.items() if c.simple}
         self.version = version or content_version({
             "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
             "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
@@ -176,7 +160,16 @@ class _State:
 
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
     """Rules that involve more than one object."""
-    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+    groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...] = (
+        ("experiments", experiments), ("layers", layers), ("holdouts", holdouts))
+    _check_keys_and_salts(groups)
+    _check_layers(experiments, layers)
+    _check_holdouts(experiments, holdouts)
+
+
+def _check_keys_and_salts(groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...]) -> None:
+    """Keys unique per kind; salts hashable and unique across every kind (else two populations coincide)."""
+    for kind, items in groups:
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.key in seen:
@@ -184,7 +177,7 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   "give each one its own key")
             seen[item.key] = i
     salts: dict[str, str] = {}
-    for kind, items in (("experiments", experiments), ("layers", layers), ("holdouts", holdouts)):
+    for kind, items in groups:
         for i, item in enumerate(items):
             where = f"{kind}[{i}]"
             if not is_unit_text(item.salt):  # it is hashed with every unit: it must have UTF-8 bytes
@@ -197,6 +190,10 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   "would draw identical populations, so their effects could not be separated",
                                   "give each experiment, layer and holdout its own salt")
             salts[item.salt] = f"{where} ({item.key!r})"
+
+
+def _check_layers(experiments: Sequence[Experiment], layers: Sequence[Layer]) -> None:
+    """Each experiment's layer is declared, and the experiments of one layer have disjoint ranges."""
     layer_keys = {layer.key for layer in layers}
     by_layer: dict[str, list[tuple[int, Experiment]]] = {}
     for i, e in enumerate(experiments):
@@ -213,6 +210,10 @@ def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer
                                   f"{b.key!r} [{b.layer_range[0] / 100:g}, {b.layer_range[1] / 100:g}) overlaps "  # type: ignore[index]
                                   f"{a.key!r} [{a.layer_range[0] / 100:g}, {a.layer_range[1] / 100:g}) in layer {layer_key!r}",  # type: ignore[index]
                                   "give experiments in one layer disjoint ranges")
+
+
+def _check_holdouts(experiments: Sequence[Experiment], holdouts: Sequence[Holdout]) -> None:
+    """A holdout covers declared experiments, all of one unit kind."""
     exp_by_key = {e.key: e for e in experiments}
     for i, h in enumerate(holdouts):
         kinds = set()
@@ -281,40 +282,6 @@ def _fields(cls: type) -> frozenset[str]:
     return fields
 
 
-class _WatchTrap(dict):  # type: ignore[type-arg]
-    """Stands in for the compiled experiments until the first evaluation.
-
-    It is empty, so the first lookup lands in ``__missing__``, which starts
-    the file watcher in this process and puts the real mapping in place: the
-    hot path pays nothing for lazy start-up.
-    """
-
-    __slots__ = ("lab",)
-
-    def __init__(self, lab: "Lab") -> None:
-        super().__init__()
-        self.lab = lab
-
-    def __missing__(self, key: str) -> "tuple[str, list[Assignment | None], _Compiled]":
-        self.lab._start_watcher()
-        return self.lab._state.fast[key]
-
-
-_LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for lab in list(_LABS):
-        lab._watcher = None
-        lab._watch_pending = lab._path is not None and lab._reload_interval > 0
-        if lab._watch_pending:
-            lab._fast = _WatchTrap(lab)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class Lab:
     """Experiments, layers and holdouts, ready to assign.
 
@@ -334,14 +301,11 @@ class Lab:
         self._state = state
         self._path = path
         self._reload_interval = reload_interval
+        #: (mtime_ns, size) of the file in force, so a poll reads the file only when it changed
         self._file_sig: tuple[int, int] | None = None
-        # (signature, content hash, monotonic time first seen) of a changed file not yet applied
-        self._candidate: tuple[tuple[int, int], bytes, float] | None = None
-        self._watcher: threading.Thread | None = None
-        self._watch_pending = path is not None and reload_interval > 0
-        self._fast: dict[str, tuple[str, list[Assignment | None], _Compiled]] = _WatchTrap(self) if self._watch_pending else state.fast
+        #: started on the first evaluation in each process (see :mod:`fieldlab._watcher`)
+        self._watcher = ConfigWatcher(self, reload_interval) if path is not None and reload_interval > 0 else None
         self._lock = threading.Lock()
-        self._logged: set[str] = set()
         self._unknown_logged: set[str] = set()
         self._unknown_overflow = False
         self.config_error: str | None = None
@@ -349,8 +313,6 @@ class Lab:
         #: not valid Unicode text; each such unit got no variant, reason ``no_unit``.
         self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
                                       "invalid_units": 0, "unknown_experiments": 0}
-        self._listeners: list[Any] = []
-        _LABS.add(self)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -475,27 +437,16 @@ class Lab:
         tokens (verified here) or a :class:`VerifiedOverrides` already made by
         :meth:`verify_overrides`.
         """
-        # Hot path, shaped for CPython's specialising interpreter: running
-        # experiments without holdout, layer or targeting, and an ASCII str unit
-        # (any other type raises TypeError at the concat, and other text is
-        # checked for a UTF-8 form, on the general path). While a file watch is
-        # pending, self._fast is a _WatchTrap that starts the watcher on its
-        # first lookup.
-        try:
-            prefix, table, c = self._fast[key]
-            text = prefix + unit
-        except (KeyError, TypeError):
-            pass
-        else:
-            if unit and overrides is None and text.isascii():
-                b = _hash(text, 0, False) % 10000
-                return table[b] or c.split(b)
-        if self._watch_pending:
-            self._start_watcher()
+        if self._watcher is not None and not self._watcher.started:
+            self._watcher.ensure_started()
         try:
             if overrides is not None and not isinstance(overrides, VerifiedOverrides):
                 overrides = self.verify_overrides(overrides)
-            c = self._state.compiled[key]
+            c = self._state.compiled.get(key)
+            if c is None:  # a typo or a removed experiment: the default path, reported
+                self.stats["errors"] += 1
+                self._unknown_key(key)
+                return Assignment(key, None, None, ERROR)
             a = c.evaluate(unit, attributes, overrides)
             if a is c.bad_unit:
                 self._invalid_unit()
@@ -519,29 +470,22 @@ class Lab:
         that unit kind are evaluated. Never raises.
         """
         state = self._state  # read once: a reload swaps it whole
-        if self._watch_pending:
-            self._start_watcher()
+        if self._watcher is not None and not self._watcher.started:
+            self._watcher.ensure_started()
         if overrides is not None and not isinstance(overrides, VerifiedOverrides):
             overrides = self.verify_overrides(overrides)
         out: dict[str, Assignment] = {}
-        get_unit = units.get
         invalid = False
         for key, c in state.compiled.items():
             if unit_kind is not None and c.unit != unit_kind:
                 continue
-            unit = get_unit(c.unit)
             try:
-                if (c.simple and unit.__class__ is str and unit and unit.isascii()
-                        and not (overrides and key in overrides)):
-                    b = _hash(c.prefix + unit, 0, False) % 10000
-                    out[key] = c.table[b] or c.split(b)
-                else:
-                    out[key] = a = c.evaluate(unit, attributes, overrides)
-                    if a is c.bad_unit:
-                        invalid = True
+                out[key] = a = c.evaluate(units.get(c.unit), attributes, overrides)
             except Exception as exc:
                 out[key] = self._failed(key, exc)
-        if invalid:
+            else:
+                invalid = invalid or a is c.bad_unit
+        if invalid:  # counted once per request
             self._invalid_unit()
         return state.version, out
 
@@ -556,20 +500,19 @@ class Lab:
         return result
 
     def make_token(self, experiment: str, variant: str, ttl_seconds: float) -> str:
-        """A signed override token (see :mod:`fieldlab.overrides`)."""
+        """A signed override token (see :mod:`fieldlab.overrides`); ConfigError naming the argument when unknown."""
         exp = self.experiments.get(experiment)
         if exp is None:
-            raise ConfigError("--experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
+            raise ConfigError("experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
         if variant not in exp.variant_names:
-            raise ConfigError("--variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
+            raise ConfigError("variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
         return make_token(self.secret or b"", experiment, variant, ttl_seconds)
 
     def _failed(self, key: str, exc: BaseException) -> Assignment:
+        """An internal failure while evaluating ``key``: reason error, counted in ``stats["errors"]``, logged once."""
         self.stats["errors"] += 1
-        if key not in self._state.compiled:
-            self._unknown_key(key)
-        else:
-            self._log_once(f"error:{key}", "fieldlab: assigning %r failed (%r); using the default path", key, exc)
+        _internal.log_once(f"lab:error:{key!r:.128}", "fieldlab: assigning %r failed (%r); using the default path",
+                           key, exc, exc_info=True)
         return Assignment(key, None, None, ERROR)
 
     def _unknown_key(self, key: Any) -> None:
@@ -602,19 +545,11 @@ class Lab:
 
     def _invalid_unit(self) -> None:
         self.stats["invalid_units"] += 1
-        self._log_once("invalid_unit", "fieldlab: a unit id is not valid Unicode text (a lone surrogate, e.g. "
-                       "bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
-                       "lab.stats['invalid_units']")
-
-    def _log_once(self, tag: str, msg: str, *args: Any) -> None:
-        if tag not in self._logged and len(self._logged) < 1000:
-            self._logged.add(tag)
-            _log.warning(msg, *args)
+        _internal.log_once("lab:invalid_unit", "fieldlab: a unit id is not valid Unicode text (a lone surrogate, "
+                           "e.g. bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
+                           "lab.stats['invalid_units']")
 
     # ------------------------------------------------------------------ reload
-    def on_reload(self, callback: Any) -> None:
-        """Call ``callback(lab)`` after each successful reload."""
-        self._listeners.append(callback)
 
     def reload(self) -> bool:
         """Re-read the file now if it changed. True when a new config took effect.
@@ -624,64 +559,47 @@ class Lab:
         watcher, this reads the file at once: call it after replacing the file
         atomically (e.g. from a deploy hook).
         """
-        return self._reload(stable=False)
+        read = self._read_changed_file()
+        return read is not None and self._apply_file(*read)
 
-    def _poll(self) -> bool:
-        """One watcher poll: apply a changed file only when it is unchanged since the previous poll."""
-        return self._reload(stable=True)
-
-    def _reload(self, stable: bool) -> bool:
+    def _read_changed_file(self) -> tuple[tuple[int, int], bytes] | None:
+        """The file's signature and bytes, or None when it is unchanged (or unreadable: reported here)."""
         if self._path is None:
-            return False
+            return None
+        try:  # stat before reading: a change during the read shows up at the next poll
+            st = os.stat(self._path)
+            sig = (st.st_mtime_ns, st.st_size)
+            if sig == self._file_sig and self.config_error is None:
+                return None
+            return sig, read_config_bytes(self._path)
+        except OSError as exc:
+            with self._lock:
+                self._reload_failed(f"{self._path}: cannot read: {exc.strerror}", None)
+            return None
+
+    def _apply_file(self, sig: tuple[int, int], data: bytes) -> bool:
+        """Put the config in ``data`` in force, or keep the current one and report why; never raises."""
+        assert self._path is not None
         with self._lock:
-            sig: tuple[int, int] | None = None
             try:
-                st = os.stat(self._path)
-                sig = (st.st_mtime_ns, st.st_size)
-                if sig == self._file_sig and self.config_error is None:
-                    self._candidate = None
-                    return False
-                data = read_config_bytes(self._path)
-                if stable:
-                    # Stable means the same signature and the same bytes at every poll since first seen, for
-                    # at least RELOAD_SETTLE_SECONDS: a writer still filling the file in place changes one or
-                    # the other between polls.
-                    digest = hashlib.sha256(data).digest()
-                    now = time.monotonic()
-                    cand = self._candidate
-                    if cand is None or cand[0] != sig or cand[1] != digest:
-                        self._candidate = (sig, digest, now)
-                        return False
-                    if now - cand[2] < RELOAD_SETTLE_SECONDS:
-                        return False
-                self._candidate = None
                 state = self._state_from(self._path, data)
             except ConfigError as exc:
                 return self._reload_failed(str(exc), sig)
-            except OSError as exc:
-                return self._reload_failed(f"{self._path}: cannot read: {exc.strerror}", None)
-            except Exception as exc:  # never let the watcher die
+            except Exception as exc:  # never let a reload break the lab or end the watcher
                 return self._reload_failed(f"{self._path}: {exc!r}", None)
             self._file_sig = sig
             changed = state.version != self._state.version
             self._state = state
-            if not self._watch_pending:
-                self._fast = state.fast
             if self.config_error is not None:
                 _log.warning("fieldlab: %s is valid again; config %s in force", self._path, state.version)
             self.config_error = None
             if changed:
                 self.stats["reloads"] += 1
                 _log.info("fieldlab: loaded config %s from %s", state.version, self._path)
-        if changed:
-            for callback in list(self._listeners):
-                try:
-                    callback(self)
-                except Exception:
-                    _log.exception("fieldlab: reload listener failed")
         return changed
 
     def _reload_failed(self, message: str, sig: tuple[int, int] | None) -> bool:
+        """Keep the config in force and report ``message`` (once while it stays the same); with ``_lock`` held."""
         if message != self.config_error:
             self.stats["reload_failures"] += 1
             _log.error("fieldlab: keeping config %s; the new file is invalid: %s", self._state.version, message)
@@ -690,37 +608,10 @@ class Lab:
             self._file_sig = sig
         return False
 
-    def _start_watcher(self) -> None:
-        with self._lock:
-            if not self._watch_pending:
-                return
-            self._watch_pending = False
-            self._fast = self._state.fast
-            thread = threading.Thread(target=_watch, args=(weakref.ref(self), self._reload_interval),
-                                      name="fieldlab-config-watcher", daemon=True)
-            self._watcher = thread
-        thread.start()
-
     def close(self) -> None:
         """Stop watching the file (the watcher also ends when the Lab is collected)."""
-        self._watch_pending = False
-        self._fast = self._state.fast
-        self._watcher = None
+        if self._watcher is not None:
+            self._watcher.close()
 
     def __repr__(self) -> str:
         return f"<Lab {len(self.experiments)} experiments, config {self.version}>"
-
-
-def _watch(ref: "weakref.ref[Lab]", interval: float) -> None:
-    me = threading.current_thread()
-    interval = min(interval, MAX_RELOAD_INTERVAL)  # validated already; never an OverflowError in sleep
-    while True:
-        time.sleep(interval)
-        lab = ref()
-        if lab is None or lab._watcher is not me:
-            return
-        try:
-            lab._poll()
-        except Exception:  # _poll reports its own failures; nothing may end the watcher
-            _log.exception("fieldlab: config watcher poll failed; watching on")
-        del lab

@@ -128,6 +128,3 @@ def parse_duration(text: str) -> float:
     if not m:
         raise FieldLabError(f"cannot read duration {text!r}; write e.g. 30m, 1h or 7d")
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
-EMPTY_OVERRIDES: Mapping[str, str] = VerifiedOverrides()

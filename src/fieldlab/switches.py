@@ -24,7 +24,7 @@ import inspect
 from typing import Any, Callable, Generic, TypeVar
 
 from .context import variant as _variant
-from .errors import FieldLabError
+from .errors import ConfigError
 
 __all__ = ["switch", "Switch"]
 
@@ -32,26 +32,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Switch(Generic[F]):
-    """A callable that dispatches on the current variant of one experiment."""
+    """The implementations of one switch, by variant; :func:`switch` dispatches through :meth:`resolve`.
+
+    Argument mistakes raise :class:`~fieldlab.errors.ConfigError` naming the argument and the fix.
+    """
 
     def __init__(self, key: str, default: F) -> None:
         if not isinstance(key, str) or not key:
-            raise FieldLabError(f"switch(key): expected an experiment key string, got {key!r}")
+            raise ConfigError("switch(key)", f"expected an experiment key string, got {key!r}",
+                              "pass the key of an experiment in the config")
         if not callable(default):
-            raise FieldLabError(f"switch({key!r}): decorate a function, got {default!r}")
+            raise ConfigError(f"switch({key!r})", f"{default!r} is not callable", "decorate a function")
         self.key = key
         self.default = default
         self.implementations: dict[str, Callable[..., Any]] = {}
-        
+
     def variant(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the implementation for variant ``name``; returns the function unchanged."""
         if not isinstance(name, str) or not name:
-            raise FieldLabError(f"{self.key}: .variant(name) needs a variant name string, got {name!r}")
+            raise ConfigError(f"switch({self.key!r}).variant(name)", f"expected a variant name string, got {name!r}",
+                              "pass the name of a variant of the experiment")
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self.implementations:
-                raise FieldLabError(f"switch {self.key!r}: variant {name!r} already has an implementation "
-                                    f"({self.implementations[name].__qualname__}); register each variant once")
+                raise ConfigError(f"switch({self.key!r}).variant({name!r})", f"variant {name!r} already has an "
+                                  f"implementation ({self.implementations[name].__qualname__})", "register each variant once")
             self.implementations[name] = fn
             return fn
         return register
@@ -62,9 +67,6 @@ class Switch(Generic[F]):
         if v is None:
             return self.default
         return self.implementations.get(v, self.default)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve()(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<fieldlab.switch {self.key!r}: default {self.default.__qualname__}, variants {sorted(self.implementations)}>"
