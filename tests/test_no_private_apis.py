@@ -49,6 +49,14 @@ ALLOWED_SDK_IMPORTS = {
     # SpanProcessor is the SDK's public extension point: FieldLabSpanProcessor subclasses it so that
     # fieldlab can be wired outside the instrumentation (on_start sees the server span being started).
     "telemetry.py": {"from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase"},
+    # fieldlab.otel.configure_tracing sets up the SDK for the user's app (its whole job), and its span-file
+    # exporter implements the SDK's public SpanExporter interface.
+    "otel.py": {"from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult",
+                "from opentelemetry.sdk.resources import Resource",
+                "from opentelemetry.sdk.trace import TracerProvider",
+                "from opentelemetry.sdk.trace.export import BatchSpanProcessor"},
+    # the pytest plugin's span-capturing fixture runs a real SDK provider with a public SpanProcessor.
+    "testing.py": {"from opentelemetry.sdk.trace import SpanProcessor, TracerProvider"},
 }
 SDK_IMPORT = re.compile(r"^\s*(from\s+opentelemetry\.sdk\b.*|import\s+opentelemetry\.sdk\b.*)$"
                         r"|import_module\(\s*['\"]opentelemetry\.sdk", re.MULTILINE)

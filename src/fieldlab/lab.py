@@ -33,8 +33,9 @@ import inspect
 import logging
 import os
 import threading
+import weakref
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ._hashing import BUCKETS, bucket
 from . import _internal
@@ -52,6 +53,8 @@ from .overrides import VerifiedOverrides, make_token
 __all__ = ["Lab"]
 
 _log = logging.getLogger("fieldlab")
+#: Every live Lab of the process (weakly held): fieldlab.testing refreshes them when it forces variants.
+_LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
@@ -306,6 +309,8 @@ class Lab:
         #: started on the first evaluation in each process (see :mod:`fieldlab._watcher`)
         self._watcher = ConfigWatcher(self, reload_interval) if path is not None and reload_interval > 0 else None
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[Lab], object]] = []
+        _LABS.add(self)
         self._unknown_logged: set[str] = set()
         self._unknown_overflow = False
         self.config_error: str | None = None
@@ -596,7 +601,25 @@ class Lab:
             if changed:
                 self.stats["reloads"] += 1
                 _log.info("fieldlab: loaded config %s from %s", state.version, self._path)
+        if changed:
+            self._notify_reloaded()
         return changed
+
+    def on_reload(self, callback: Callable[[Lab], object]) -> None:
+        """Call ``callback(lab)`` after each reload that changed the config in force.
+
+        Integrations use it to tell their own caches or SDKs (the OpenFeature provider emits
+        a configuration-changed event). A failing callback is counted and logged once, never raised.
+        """
+        self._listeners.append(callback)
+
+    def _notify_reloaded(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(self)
+            except Exception:  # a listener must not stop the watcher
+                _internal.failed("lab", "reload_listener_errors", "reload_listener",
+                                 "fieldlab: a reload listener failed; the new config is in force")
 
     def _reload_failed(self, message: str, sig: tuple[int, int] | None) -> bool:
         """Keep the config in force and report ``message`` (once while it stays the same); with ``_lock`` held."""
