@@ -20,9 +20,9 @@ def _fail(command: str, message: str) -> int:
 
 
 def _progress(args: argparse.Namespace):
-    from .sources import _progress_printer
+    from .progress import progress_printer
 
-    return _progress_printer(bool(args.progress) or (sys.stderr.isatty() and not args.no_progress))
+    return progress_printer(bool(args.progress) or (sys.stderr.isatty() and not args.no_progress))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def _byte_size(text: str) -> int:
 
 
 def _max_line_arg(p: argparse.ArgumentParser) -> None:
-    from .sources import MAX_LINE_BYTES
+    from .reader import MAX_LINE_BYTES
 
     p.add_argument("--max-line-bytes", type=_byte_size, default=MAX_LINE_BYTES, metavar="SIZE",
                    help="skip (and count) file lines longer than this, so memory never grows with one huge line "
