@@ -28,12 +28,9 @@ def _progress(args: argparse.Namespace):
 def cmd_analyze(args: argparse.Namespace) -> int:
     """``fieldlab analyze SOURCE...``: tables (default), ``--json`` and/or ``--html FILE``."""
     from ..errors import FieldLabError
+    from .core import analyze
+    from .report import render_json, render_text, write_html
 
-    try:
-        from .core import analyze
-        from .report import render_json, render_text, write_html
-    except ImportError as exc:
-        return _fail("analyze", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
     show = _progress(args)
     try:
         result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
@@ -65,11 +62,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_balance(args: argparse.Namespace) -> int:
     """``fieldlab balance CONFIG EXPERIMENT SOURCE...``: an A/A check of a planned split on past data."""
     from ..errors import FieldLabError
+    from .balance import balance, render_balance
 
-    try:
-        from .balance import balance, render_balance
-    except ImportError as exc:
-        return _fail("balance", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
     try:
         result = balance(args.config, args.experiment, args.sources, metrics=args.metric or (), salt=args.salt,
                          alpha=args.alpha, tries=args.tries, engine=args.engine,
