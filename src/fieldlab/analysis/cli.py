@@ -36,7 +36,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
                          sequential=not args.fixed_horizon, alpha=args.alpha, tuning=args.tuning, engine=args.engine,
                          experiments=args.experiment, progress=show, max_line_bytes=args.max_line_bytes,
-                         min_units=args.min_units)
+                         min_units=args.min_units, where=args.where or ())
     except (FieldLabError, ValueError) as exc:
         if show:
             sys.stderr.write("\n")
@@ -114,6 +114,10 @@ def add_parsers(subparsers: Any) -> None:
                    help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
                         "of units with any such request (conversion); write --metric=-ATTR when lower is better. Repeatable.")
     p.add_argument("--experiment", action="append", metavar="KEY", help="only these experiments (repeatable)")
+    p.add_argument("--where", action="append", metavar="ATTR=VALUE",
+                   help="only requests whose span attribute has this value, e.g. --where http.route=/checkout "
+                        "--where method=POST (route = http.route, path = url.path, method = http.request.method "
+                        "or the older http.method); repeatable, all must match")
     p.add_argument("--all-assigned", action="store_true",
                    help="intent-to-treat: every assigned unit, not only the exposed ones")
     p.add_argument("--fixed-horizon", action="store_true",

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from .model import Aggregates, ExperimentData, GroupData, Metric, QuerySpec, SourceError, hist_value_ms, parse_metric
+from .model import (Aggregates, ExperimentData, Filter, GroupData, Metric, QuerySpec, SourceError, hist_value_ms,
+                    parse_metric, parse_where)
 from .reader import MAX_LINE_BYTES
 from .sources import Source, open_source
 
@@ -82,7 +83,9 @@ def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric
     hist = g.hist_exposed if exposed_hist else g.hist_all
     p50, p90, p99 = hist_quantiles(g.hist_bins, hist, _QS, hist_value_ms)
     out: dict[str, Any] = {
-        "units": g.units, "assigned_units": assigned.units, "requests": int(requests), "errors": int(errors),
+        "units": g.units, "assigned_units": assigned.units, "requests": int(requests),
+        "exposed_requests": int(g.exposed_requests.sum()) if g.exposed_requests is not None else None,
+        "errors": int(errors),
         "error_rate": _f(errors / requests) if requests else None,
         "latency_ms": {"population": population,
                        "mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
@@ -120,6 +123,7 @@ class _Options:
     """How every experiment is judged (the keyword arguments of :func:`analyze`, checked)."""
 
     metrics: tuple[Metric, ...]
+    filters: tuple[Filter, ...]
     all_assigned: bool
     sequential: bool
     alpha: float
@@ -147,7 +151,7 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
             sequential: bool = True, alpha: float = 0.05, tuning: float = 5000.0, engine: str = "auto",
             experiments: Sequence[str] | None = None, progress: Callable[[str], None] | bool | None = None,
             looks: int = 20, max_line_bytes: int = MAX_LINE_BYTES,
-            min_units: int = MIN_UNITS_PER_ARM) -> dict[str, Any]:
+            min_units: int = MIN_UNITS_PER_ARM, where: Sequence[str | Filter] = ()) -> dict[str, Any]:
     """Analyse every experiment found in ``sources``; returns the ``--json`` structure.
 
     ``sources``: file paths, directories, globs, a ``clickhouse://`` URL, or a
@@ -159,8 +163,10 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
     default trigger analysis (exposed units only). ``max_line_bytes``: longer
     lines of a file are skipped and counted. ``min_units``: fewer analysed
     units in an arm give no interval and no verdict (``insufficient data``).
+    ``where``: ``ATTR=VALUE`` filters (:func:`~fieldlab.analysis.model.parse_where`), e.g.
+    ``["http.route=/checkout", "method=POST"]``: only requests that match all of them are analysed.
     """
-    opts = _options(metrics, all_assigned, sequential, alpha, tuning, looks, min_units)
+    opts = _options(metrics, where, all_assigned, sequential, alpha, tuning, looks, min_units)
     lab = load_config(config)
     agg = _aggregate(sources, lab, opts, engine, max_line_bytes, progress)
     result = _result_header(agg, lab, opts, max_line_bytes)
@@ -171,7 +177,7 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
     return _clean(result)
 
 
-def _options(metrics: Sequence[str | Metric], all_assigned: bool, sequential: bool, alpha: float, tuning: float,
+def _options(metrics: Sequence[str | Metric], where: Sequence[str | Filter], all_assigned: bool, sequential: bool, alpha: float, tuning: float,
              looks: int, min_units: int) -> _Options:
     """The checked options; a bad value is a SourceError that names the argument and the fix."""
     if not 0 < alpha < 1:
@@ -183,7 +189,8 @@ def _options(metrics: Sequence[str | Metric], all_assigned: bool, sequential: bo
     if len(set(names)) != len(names) or set(names) & set(GUARDRAILS):
         raise SourceError(f"--metric: duplicate or reserved metric names in {names}; give each metric once "
                           f"and do not reuse {', '.join(GUARDRAILS)}")
-    return _Options(mlist, all_assigned, sequential, alpha, tuning, looks, min_units)
+    filters = tuple(f if isinstance(f, Filter) else parse_where(f) for f in where)
+    return _Options(mlist, filters, all_assigned, sequential, alpha, tuning, looks, min_units)
 
 
 def _aggregate(sources: Any, lab: Any, opts: _Options, engine: str, max_line_bytes: int,
@@ -192,7 +199,7 @@ def _aggregate(sources: Any, lab: Any, opts: _Options, engine: str, max_line_byt
     unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
     coverage = {h.key: tuple(h.experiments) for h in lab.holdouts.values()} if lab is not None else {}
     src = sources if isinstance(sources, Source) else open_source(sources, engine=engine, max_line_bytes=max_line_bytes)
-    spec = QuerySpec(unit_kinds=unit_kinds, metrics=opts.metrics, holdout_experiments=coverage)
+    spec = QuerySpec(unit_kinds=unit_kinds, metrics=opts.metrics, holdout_experiments=coverage, filters=opts.filters)
     return src.aggregate(spec, progress if callable(progress) else None)
 
 
@@ -210,6 +217,9 @@ def _result_header(agg: Aggregates, lab: Any, opts: _Options, max_line_bytes: in
         notes.append(f"{agg.long_lines} line(s) longer than the {_size(max_line_bytes)} line cap skipped "
                      "(raise it with --max-line-bytes)")
     notes += [f"damaged file read up to the damage: {d}" for d in agg.damaged_files]
+    if opts.filters:
+        notes.append("only requests with " + " and ".join(f"{f.name} = {f.value!r}" for f in opts.filters)
+                     + " are analysed (--where)")
     if lab is None:
         notes.append("no --config: weights assumed equal for the SRM check; unit kind inferred per span "
                      "(user if present, else visitor, else session, else the trace id = request)")
@@ -224,7 +234,8 @@ def _result_header(agg: Aggregates, lab: Any, opts: _Options, max_line_bytes: in
                    "exposed units (trigger analysis: units whose code read the variant)",
                    "latency_population": opts.latency_population,
                    "min_units_per_arm": opts.min_units,
-                   "metrics": ["error_rate", "latency_ms"] + [m.name for m in opts.metrics]},
+                   "metrics": ["error_rate", "latency_ms"] + [m.name for m in opts.metrics],
+                   "filters": [str(f) for f in opts.filters]},
         "notes": notes, "experiments": {}, "holdouts": {},
     }
 

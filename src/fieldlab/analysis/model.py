@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
+from .. import attributes as A
 from ..errors import FieldLabError
 
 __all__ = [
     "HIST_PER_DECADE", "UNIT_FALLBACK_ORDER", "SourceError", "hist_value_ms", "Metric", "parse_metric", "QuerySpec",
+    "Filter", "parse_where", "FILTER_ALIASES",
     "Span", "BAD_LINE", "GroupData", "ExperimentData", "Aggregates",
 ]
 
@@ -73,15 +75,71 @@ def parse_metric(text: str) -> Metric:
     return Metric(name=raw, attr=raw, kind="mean", higher_is_better=higher)
 
 
+#: ``--where`` shorthands and semantic-convention aliases: a filter on the first name reads the first of these
+#: attributes a span carries (current name, then the older one), so old and new instrumentation both match.
+FILTER_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "route": (A.HTTP_ROUTE,),
+    "path": ("url.path", "http.target"),
+    "url.path": ("url.path", "http.target"),
+    "method": (A.HTTP_METHOD, "http.method"),
+    A.HTTP_METHOD: (A.HTTP_METHOD, "http.method"),
+    "http.method": (A.HTTP_METHOD, "http.method"),
+}
+_METHOD_ATTRS = (A.HTTP_METHOD, "http.method")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``--where ATTR=VALUE``: only requests (SERVER spans) whose attribute has this value are analysed.
+
+    ``attrs`` are the attribute names read, first present wins (``method`` reads ``http.request.method``,
+    then the older ``http.method``); ``value`` is compared as text, as attribute values are stored.
+    """
+
+    name: str
+    attrs: tuple[str, ...]
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+    def matches(self, attrs: Mapping[str, str]) -> bool:
+        """Whether a span's attributes pass this filter (the Python twin of the SQL condition)."""
+        for a in self.attrs:
+            got = attrs.get(a)
+            if got:
+                return got == self.value
+        return self.value == ""
+
+
+def parse_where(text: str) -> Filter:
+    """Parse ``--where ATTR=VALUE`` (``http.route=/checkout``, ``method=POST``, ``url.path=/login``).
+
+    Shorthands: ``route`` (``http.route``), ``path`` (``url.path``, else ``http.target``), ``method``
+    (``http.request.method``, else ``http.method``; the value is upper-cased as HTTP methods are).
+    """
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name:
+        raise ValueError(f"--where {text!r}: write ATTR=VALUE, e.g. --where http.route=/checkout "
+                         "or --where method=POST")
+    attrs = FILTER_ALIASES.get(name, (name,))
+    if attrs[0] in _METHOD_ATTRS:
+        value = value.upper()
+    return Filter(name=attrs[0], attrs=attrs, value=value)
+
+
 @dataclass(frozen=True)
 class QuerySpec:
-    """What the aggregation needs: unit kind per experiment (from a config) and custom metrics."""
+    """What the aggregation needs: unit kind per experiment (from a config), custom metrics and filters."""
 
     unit_kinds: Mapping[str, str] = field(default_factory=dict)
     metrics: tuple[Metric, ...] = ()
     #: holdout key -> the experiments it covers (from a config). A unit held out by a holdout leaves only the
     #: experiments that holdout covers; without a config a variant attribute on the span is taken as an assignment.
     holdout_experiments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: ``--where`` filters: a SERVER span that fails one is counted as read but not analysed.
+    filters: tuple[Filter, ...] = ()
 
 
 class Span(NamedTuple):
@@ -123,6 +181,8 @@ class GroupData:
     hist_bins: Any
     hist_all: Any
     hist_exposed: Any
+    #: per unit, its requests that read the variant (``fieldlab.exposed.<key>`` on the span)
+    exposed_requests: Any = None
 
     @property
     def units(self) -> int:
@@ -134,7 +194,8 @@ class GroupData:
                          self.first_seen[mask], {k: v[mask] for k, v in self.metric_sums.items()},
                          {k: v[mask] for k, v in self.metric_counts.items()},
                          {k: v[mask] for k, v in self.conversions.items()},
-                         self.hist_bins, self.hist_all, self.hist_exposed)
+                         self.hist_bins, self.hist_all, self.hist_exposed,
+                         None if self.exposed_requests is None else self.exposed_requests[mask])
 
 
 @dataclass

@@ -33,107 +33,153 @@ def _first_sighting(tid: str, sid: str, seen: set) -> bool:
     return True
 
 
+class _Unit:
+    """One unit's running totals in one experiment (or holdout): the per-unit row of the SQL."""
+
+    __slots__ = ("variants", "requests", "exposed_requests", "errors", "latency_ns", "exposed", "first_ts", "hist",
+                 "metrics")
+
+    def __init__(self, variant: str, ts: int, n_metrics: int) -> None:
+        self.variants = {variant}
+        self.requests = self.exposed_requests = self.errors = 0
+        self.latency_ns = 0.0
+        self.exposed = False
+        self.first_ts = ts
+        self.hist: dict[int, int] = {}
+        #: per metric: sum (or 1.0 once converted) and count, as in :func:`python_unit_totals`
+        self.metrics = [0.0] * (2 * n_metrics)
+
+
+class _Fold:
+    """Everything :func:`python_aggregate` accumulates while it reads the spans once."""
+
+    def __init__(self) -> None:
+        self.units: dict[tuple[bool, str, str], _Unit] = {}
+        self.forced: dict[str, int] = {}
+        self.kinds: dict[str, set[str]] = {}
+        self.seen: set[int] = set()
+        self.spans = self.server_spans = self.bad_lines = 0
+
+
 def python_aggregate(spans: Iterable[Span], spec: QuerySpec) -> Aggregates:
     """The pure-Python twin of :func:`~fieldlab.analysis.sql.aggregate_sql` (same definitions, same results)."""
-    import numpy as np
-
-    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
+    fold = _Fold()
     cover = {A.holdout_attr(h): set(es) for h, es in spec.holdout_experiments.items()}
-    units: dict[tuple[bool, str, str], list] = {}
-    forced: dict[str, int] = {}
-    kinds: dict[str, set] = {}
-    seen: set = set()
-    n_spans = n_server = n_bad = 0
-    nm = len(spec.metrics)
-    for ok, tid, sid, ts, dur, server, status_err, attrs in spans:
-        if not ok:
-            n_bad += 1
-            continue
-        if not tid or not _first_sighting(tid, sid, seen):
-            continue
-        n_spans += 1
-        if not server:
-            continue
-        n_server += 1
-        hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
-        covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
-        keys = hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
-        if not keys:
-            continue
-        code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
-        is_err = status_err or int64_or_zero(code) >= 500
-        b = int(math.floor(math.log10(dur) * HIST_PER_DECADE)) if dur > 0 else -1
-        for vk in keys:
-            is_h = vk.startswith(hp)
-            exp = vk[len(hp):] if is_h else vk[len(vp):]
-            variant = "holdout" if is_h else attrs[vk]
-            exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
-            if not is_h and attrs.get(A.forced_attr(exp)) == "true":
-                forced[exp] = forced.get(exp, 0) + 1
-                continue
-            kind = spec.unit_kinds.get(exp) if not is_h else None
-            if kind is None:
-                kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
-            uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
-            if not uid:
-                continue
-            if not is_h:
-                kinds.setdefault(exp, set()).add(kind)
-            key = (is_h, exp, uid)
-            u = units.get(key)
-            if u is None:
-                # variants seen, requests, errors, latency ms, exposed, first ts, histogram, metric slots...
-                u = units[key] = [{variant}, 0, 0, 0.0, False, ts, {}, *([0.0] * (2 * nm))]
-            else:
-                u[0].add(variant)
-            u[1] += 1
-            u[2] += is_err
-            u[3] += dur
-            u[4] = u[4] or exposed
-            u[5] = min(u[5], ts)
-            u[6][b] = u[6].get(b, 0) + 1
-            _add_metrics(u, 7, spec.metrics, attrs)
-    grouped: dict[tuple[bool, str, str], list] = {}
-    multi: dict[str, int] = {}
-    for (is_h, exp, uid), u in units.items():
-        if len(u[0]) > 1:
-            multi[exp] = multi.get(exp, 0) + 1
-            continue
-        v = next(iter(u[0]))
-        if v:  # an empty variant value names no arm
-            grouped.setdefault((is_h, exp, v), []).append(u)
+    for span in spans:
+        _fold_span(fold, span, spec, cover)
     exps: dict[str, ExperimentData] = {}
     holds: dict[str, GroupData] = {}
+    grouped, multi = _group_units(fold.units)
     for (is_h, exp, v), us in sorted(grouped.items()):
-        arr = np.asarray([u[1:6] + u[7:] for u in us], dtype=np.float64)
-        h_all: dict[int, int] = {}
-        h_exp: dict[int, int] = {}
-        for u in us:  # the histograms hold the requests of these units: the mean latency's populations
-            for b, c in u[6].items():
-                h_all[b] = h_all.get(b, 0) + c
-                if u[4]:
-                    h_exp[b] = h_exp.get(b, 0) + c
-        bins = np.asarray(sorted(h_all), dtype=np.int64)
-        ms, mc, cv = {}, {}, {}
-        for i, m in enumerate(spec.metrics):
-            if m.kind == "conversion":
-                cv[m.name] = arr[:, 5 + 2 * i]
-            else:
-                ms[m.name] = arr[:, 5 + 2 * i]
-                mc[m.name] = arr[:, 6 + 2 * i]
-        gd = GroupData(arr[:, 0], arr[:, 1], arr[:, 2] / 1e6, arr[:, 3].astype(bool), arr[:, 4] / 1e9, ms, mc, cv,
-                       bins, np.asarray([h_all[b] for b in bins], dtype=np.int64),
-                       np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64))
+        gd = _group_data(us, spec.metrics)
         if is_h:
             holds[exp] = gd
         else:
-            e = exps.setdefault(exp, ExperimentData(exp, {}, sorted(kinds.get(exp, ()))))
-            e.variants[v] = gd
+            exps.setdefault(exp, ExperimentData(exp, {}, sorted(fold.kinds.get(exp, ())))).variants[v] = gd
     for exp, ed in exps.items():
-        ed.forced_requests = forced.get(exp, 0)
+        ed.forced_requests = fold.forced.get(exp, 0)
         ed.multi_variant_units = multi.get(exp, 0)
-    return Aggregates(exps, holds, n_spans, n_server, n_bad)
+    return Aggregates(exps, holds, fold.spans, fold.server_spans, fold.bad_lines)
 
+
+def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set[str]]) -> None:
+    """Add one span to the running totals of every unit it counts for (one per experiment and holdout)."""
+    ok, tid, sid, ts, dur, server, status_err, attrs = span
+    if not ok:
+        fold.bad_lines += 1
+        return
+    if not tid or not _first_sighting(tid, sid, fold.seen):
+        return
+    fold.spans += 1
+    if not server:
+        return
+    fold.server_spans += 1
+    if spec.filters and not all(f.matches(attrs) for f in spec.filters):
+        return
+    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
+    hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
+    covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
+    keys = hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
+    if not keys:
+        return
+    code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
+    is_err = status_err or int64_or_zero(code) >= 500
+    b = int(math.floor(math.log10(dur) * HIST_PER_DECADE)) if dur > 0 else -1
+    for vk in keys:
+        is_h = vk.startswith(hp)
+        exp = vk[len(hp):] if is_h else vk[len(vp):]
+        variant = "holdout" if is_h else attrs[vk]
+        exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
+        if not is_h and attrs.get(A.forced_attr(exp)) == "true":
+            fold.forced[exp] = fold.forced.get(exp, 0) + 1
+            continue
+        kind = spec.unit_kinds.get(exp) if not is_h else None
+        if kind is None:
+            kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
+        uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
+        if not uid:
+            continue
+        if not is_h:
+            fold.kinds.setdefault(exp, set()).add(kind)
+        key = (is_h, exp, uid)
+        u = fold.units.get(key)
+        if u is None:
+            u = fold.units[key] = _Unit(variant, ts, len(spec.metrics))
+        else:
+            u.variants.add(variant)
+        u.requests += 1
+        u.exposed_requests += exposed
+        u.errors += is_err
+        u.latency_ns += dur
+        u.exposed = u.exposed or exposed
+        u.first_ts = min(u.first_ts, ts)
+        u.hist[b] = u.hist.get(b, 0) + 1
+        _add_metrics(u.metrics, 0, spec.metrics, attrs)
+
+
+def _group_units(units: Mapping[tuple[bool, str, str], _Unit]) -> tuple[dict[tuple[bool, str, str], list[_Unit]],
+                                                                       dict[str, int]]:
+    """Units by (holdout?, experiment, variant); a unit seen in two variants is left out and counted."""
+    grouped: dict[tuple[bool, str, str], list[_Unit]] = {}
+    multi: dict[str, int] = {}
+    for (is_h, exp, _uid), u in units.items():
+        if len(u.variants) > 1:
+            multi[exp] = multi.get(exp, 0) + 1
+            continue
+        v = next(iter(u.variants))
+        if v:  # an empty variant value names no arm
+            grouped.setdefault((is_h, exp, v), []).append(u)
+    return grouped, multi
+
+
+def _group_data(us: Sequence[_Unit], metrics: Sequence[Metric]) -> GroupData:
+    """One variant's units as numpy arrays, with the request histograms of all and of exposed units."""
+    import numpy as np
+
+    def col(values: Iterable[float]) -> Any:
+        return np.fromiter(values, dtype=np.float64, count=len(us))
+
+    h_all: dict[int, int] = {}
+    h_exp: dict[int, int] = {}
+    for u in us:  # the histograms hold the requests of these units: the mean latency's populations
+        for b, c in u.hist.items():
+            h_all[b] = h_all.get(b, 0) + c
+            if u.exposed:
+                h_exp[b] = h_exp.get(b, 0) + c
+    bins = np.asarray(sorted(h_all), dtype=np.int64)
+    ms, mc, cv = {}, {}, {}
+    for i, m in enumerate(metrics):
+        if m.kind == "conversion":
+            cv[m.name] = col(u.metrics[2 * i] for u in us)
+        else:
+            ms[m.name] = col(u.metrics[2 * i] for u in us)
+            mc[m.name] = col(u.metrics[2 * i + 1] for u in us)
+    return GroupData(col(u.requests for u in us), col(u.errors for u in us), col(u.latency_ns for u in us) / 1e6,
+                     np.fromiter((u.exposed for u in us), dtype=bool, count=len(us)),
+                     col(u.first_ts for u in us) / 1e9, ms, mc, cv,
+                     bins, np.asarray([h_all[b] for b in bins], dtype=np.int64),
+                     np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64),
+                     col(u.exposed_requests for u in us))
 
 
 def python_unit_totals(spans: Iterable[Span], kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
@@ -163,7 +209,7 @@ def python_unit_totals(spans: Iterable[Span], kind: str, metrics: Sequence[Metri
     return ids, np.asarray([per[i] for i in ids], dtype=np.float64).reshape(len(ids), 3 + 2 * len(metrics)), hashed
 
 
-def _add_metrics(u: list, offset: int, metrics: Sequence[Metric], attrs: Mapping[str, str]) -> None:
+def _add_metrics(u: list[float], offset: int, metrics: Sequence[Metric], attrs: Mapping[str, str]) -> None:
     """Fold one span's custom metrics into a unit's running totals, from column ``offset`` on.
 
     A conversion sets its column to 1 when the attribute has the value; a

@@ -18,7 +18,7 @@ import time
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .model import BAD_LINE, Span, SourceError
+from .model import BAD_LINE, SourceError, Span
 
 __all__ = [
     "MAX_LINE_BYTES", "CHUNK_BYTES", "LONG_LINE", "DamagedFile", "detect_compression", "file_chunks", "iter_lines",

@@ -35,8 +35,19 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from .clickhouse import Runner, chdb_available, chdb_session_runner, connect, query_chdb
-from .model import (HIST_PER_DECADE, UNIT_FALLBACK_ORDER, Aggregates, ExperimentData, GroupData, Metric, QuerySpec,
-                    SourceError, Span, hist_value_ms, parse_metric)
+from .model import (
+    HIST_PER_DECADE,
+    UNIT_FALLBACK_ORDER,
+    Aggregates,
+    ExperimentData,
+    GroupData,
+    Metric,
+    QuerySpec,
+    SourceError,
+    Span,
+    hist_value_ms,
+    parse_metric,
+)
 from .paths import expand_paths
 from .progress import Ticker
 from .python_engine import python_aggregate, python_unit_totals

@@ -25,7 +25,8 @@ def _lit(s: str) -> str:
 
 def _keep_attrs(spec: QuerySpec, key: str = "k") -> str:
     """ClickHouse lambda body keeping only the attributes the analysis reads (``key`` names the key)."""
-    exact = sorted({A.HTTP_STATUS_CODE, A.HTTP_STATUS_CODE_OLD} | {m.attr for m in spec.metrics})
+    exact = sorted({A.HTTP_STATUS_CODE, A.HTTP_STATUS_CODE_OLD} | {m.attr for m in spec.metrics}
+                   | {a for f in spec.filters for a in f.attrs})
     return f"startsWith({key}, {_lit(A.PREFIX)}) OR {key} IN (" + ", ".join(_lit(k) for k in exact) + ")"
 
 
@@ -99,6 +100,17 @@ def _dedup_sql(spans_sql: str) -> str:
             "if(has_span AND SpanId != '', toUInt64(0), rowNumberInAllBlocks() + 1)")
 
 
+def _filters_sql(spec: QuerySpec) -> str:
+    """`` AND <condition>`` per ``--where`` filter: the first of its attributes a span carries has the value
+    (the SQL twin of :meth:`~.model.Filter.matches`); empty without filters."""
+    out = ""
+    for f in spec.filters:
+        value = (f"Attrs[{_lit(f.attrs[0])}]" if len(f.attrs) == 1 else
+                 "multiIf(" + "".join(f"Attrs[{_lit(a)}] != '', Attrs[{_lit(a)}], " for a in f.attrs) + "'')")
+        out += f" AND {value} = {_lit(f.value)}"
+    return out
+
+
 def _coverage_sql(spec: QuerySpec) -> str:
     """Holdout attribute -> covered experiments, as a ClickHouse map literal."""
     items = ", ".join(
@@ -138,7 +150,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     keyed = (
         "SELECT *, arrayDistinct(mapKeys(Attrs)) AS ak, "
         "arrayFilter(k -> startsWith(k, " + _lit(hp) + ") AND Attrs[k] = 'true', ak) AS hk, "
-        "if(IsServer AND has_span, arrayConcat(hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + ") AND NOT "
+        f"if(IsServer AND has_span{_filters_sql(spec)}, arrayConcat(hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + ") AND NOT "
         f"arrayExists(h -> has({_coverage_sql(spec)}[h], substring(k, {len(vp) + 1})), hk), ak)), "
         "CAST([], 'Array(String)')) AS keys FROM (" + _dedup_sql(spans_sql) + ")"
     )
@@ -160,7 +172,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     )
     inner = (
         "SELECT is_h, exp, unit, anyIf(variant, nf) AS uvariant, minIf(variant, nf) != maxIf(variant, nf) AS multi, "
-        "countIf(nf) AS requests, countIf(nf AND IsError) AS errors, sumIf(Dur, nf) / 1e6 AS lat_ms, "
+        "countIf(nf) AS requests, countIf(nf AND exposed) AS exposed_requests, countIf(nf AND IsError) AS errors, "
+        "sumIf(Dur, nf) / 1e6 AS lat_ms, "
         "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
         "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND has_span AND IsServer) AS n_server, "
@@ -169,7 +182,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     )
     return (
         "SELECT is_h, exp, uvariant AS v, countIf(multi AND requests > 0) AS a_multi, "
-        "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(errors, ok_unit) AS a_errors, "
+        "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(exposed_requests, ok_unit) AS a_exposed_requests, "
+        "groupArrayIf(errors, ok_unit) AS a_errors, "
         "groupArrayIf(lat_ms, ok_unit) AS a_lat_ms, groupArrayIf(toUInt8(uexposed), ok_unit) AS a_exposed, "
         "groupArrayIf(first_ts, ok_unit) AS a_first_ts, "
         "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit) AS a_hist_all, "

@@ -75,7 +75,8 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
                 mc[m.name] = np.asarray(r[f"a_m{i}_n"], dtype=np.float64)
         gd = GroupData(np.asarray(r["a_requests"], dtype=np.float64), np.asarray(r["a_errors"], dtype=np.float64),
                        np.asarray(r["a_lat_ms"], dtype=np.float64), np.asarray(r["a_exposed"], dtype=bool),
-                       np.asarray(r["a_first_ts"], dtype=np.float64), ms, mc, cv, bins, hist_all, hist_exposed)
+                       np.asarray(r["a_first_ts"], dtype=np.float64), ms, mc, cv, bins, hist_all, hist_exposed,
+                       np.asarray(r["a_exposed_requests"], dtype=np.float64))
         if is_h:
             holds[exp] = gd
         else:
