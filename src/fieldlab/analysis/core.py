@@ -451,7 +451,8 @@ def _timeline(groups: Mapping[str, GroupData], control: str, treatments: list[st
 
     from .stats import DEFAULT_TUNING, compare
 
-    primary: str | Metric = opts.metrics[0] if opts.metrics else "error_rate"
+    # latency by default: every request has one, while the error rate is often zero throughout
+    primary: str | Metric = opts.metrics[0] if opts.metrics else "latency_ms"
     pname = primary if isinstance(primary, str) else primary.name
     times = np.concatenate([g.first_seen for g in groups.values()])
     if not times.size or opts.looks <= 0:

@@ -357,14 +357,16 @@ def render_html(result: Mapping[str, Any]) -> str:
                              "requests that read the variant.</p>")
         parts.append(_units_svg(e))
         if not e["verdict"].startswith("invalid") and e.get("comparisons"):
-            parts.append("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>interval</th>"
-                         "<th>p (adjusted)</th><th>verdict</th></tr>")
+            parts.append("<table class='comparisons'><tr><th>comparison</th><th>metric</th><th>difference</th>"
+                         "<th>interval</th><th>p (adjusted)</th><th>verdict</th><th>latency distribution</th></tr>")
             for v, comps in e["comparisons"].items():
                 for name, c in comps.items():
                     f = _pct if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
                     parts.append(f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
                                  f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
-                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td></tr>")
+                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td>"
+                                 f"<td class='latency-tests'>{_e(_latency_tests(c) if name == 'latency_ms' else '')}"
+                                 "</td></tr>")
             parts.append("</table>")
             parts.append(_timeline_svg(e))
         elif e["verdict"].startswith("invalid"):
