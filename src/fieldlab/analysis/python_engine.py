@@ -49,6 +49,16 @@ class _Unit:
         #: per metric: sum (or 1.0 once converted) and count, as in :func:`python_unit_totals`
         self.metrics = [0.0] * (2 * n_metrics)
 
+    def add(self, dur: float, ts: int, hist_bin: int, is_error: bool, exposed: bool) -> None:
+        """Count one request of this unit."""
+        self.requests += 1
+        self.exposed_requests += exposed
+        self.errors += is_error
+        self.latency_ns += dur
+        self.exposed = self.exposed or exposed
+        self.first_ts = min(self.first_ts, ts)
+        self.hist[hist_bin] = self.hist.get(hist_bin, 0) + 1
+
 
 class _Fold:
     """Everything :func:`python_aggregate` accumulates while it reads the spans once."""
@@ -96,45 +106,50 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
     fold.server_spans += 1
     if spec.filters and not all(f.matches(attrs) for f in spec.filters):
         return
-    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
-    hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
-    covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
-    keys = hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
+    keys = _group_keys(attrs, cover)
     if not keys:
         return
     code = attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD) or ""
-    is_err = status_err or int64_or_zero(code) >= 500
+    is_err = bool(status_err or int64_or_zero(code) >= 500)
     b = int(math.floor(math.log10(dur) * HIST_PER_DECADE)) if dur > 0 else -1
+    hp, vp = A.HOLDOUT_PREFIX, A.VARIANT_PREFIX
     for vk in keys:
         is_h = vk.startswith(hp)
         exp = vk[len(hp):] if is_h else vk[len(vp):]
-        variant = "holdout" if is_h else attrs[vk]
-        exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
         if not is_h and attrs.get(A.forced_attr(exp)) == "true":
             fold.forced[exp] = fold.forced.get(exp, 0) + 1
             continue
-        kind = spec.unit_kinds.get(exp) if not is_h else None
-        if kind is None:
-            kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
+        kind = _unit_kind(spec, exp, is_h, attrs)
         uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
         if not uid:
             continue
         if not is_h:
             fold.kinds.setdefault(exp, set()).add(kind)
-        key = (is_h, exp, uid)
-        u = fold.units.get(key)
+        u = fold.units.get((is_h, exp, uid))
+        variant = "holdout" if is_h else attrs[vk]
         if u is None:
-            u = fold.units[key] = _Unit(variant, ts, len(spec.metrics))
+            u = fold.units[(is_h, exp, uid)] = _Unit(variant, ts, len(spec.metrics))
         else:
             u.variants.add(variant)
-        u.requests += 1
-        u.exposed_requests += exposed
-        u.errors += is_err
-        u.latency_ns += dur
-        u.exposed = u.exposed or exposed
-        u.first_ts = min(u.first_ts, ts)
-        u.hist[b] = u.hist.get(b, 0) + 1
+        u.add(dur, ts, b, is_err, is_h or attrs.get(A.exposed_attr(exp)) == "true")
         _add_metrics(u.metrics, 0, spec.metrics, attrs)
+
+
+def _group_keys(attrs: Mapping[str, str], cover: Mapping[str, set[str]]) -> list[str]:
+    """The span's holdout attributes that are true, then its variant attributes of experiments those
+    holdouts do not cover: one group (holdout or experiment) per key."""
+    vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
+    hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
+    covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
+    return hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
+
+
+def _unit_kind(spec: QuerySpec, exp: str, is_h: bool, attrs: Mapping[str, str]) -> str:
+    """The configured unit kind of ``exp``; else (and for holdouts) the first kind the span carries."""
+    kind = spec.unit_kinds.get(exp) if not is_h else None
+    if kind is None:
+        kind = next((k for k in UNIT_FALLBACK_ORDER if attrs.get(A.unit_attr(k))), "request")
+    return kind
 
 
 def _group_units(units: Mapping[tuple[bool, str, str], _Unit]) -> tuple[dict[tuple[bool, str, str], list[_Unit]],
