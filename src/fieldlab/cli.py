@@ -18,7 +18,7 @@ from . import __version__
 from ._units import is_unit_text
 from .errors import ConfigError, FieldLabError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXTRAS", "missing_extra_message"]
 
 # Modules that add their own subcommands; each has add_parsers(subparsers).
 _PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch")
@@ -26,6 +26,22 @@ _PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch")
 
 class CommandError(FieldLabError):
     """A user-facing CLI failure: printed as one line, exit code 2."""
+
+
+#: Optional dependency (top-level module) -> the extra that installs it.
+EXTRAS = {
+    "numpy": "analysis", "scipy": "analysis", "chdb": "analysis", "clickhouse_connect": "clickhouse",
+    "yaml": "yaml", "redis": "redis", "opentelemetry": "otel",
+}
+
+
+def missing_extra_message(exc: ImportError) -> str:
+    """One line for a missing optional dependency: what is missing and the extra that installs it."""
+    name = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return f"{exc}; install the missing package"
+    return f"this command needs {name}, which is not installed: pip install 'fieldlab[{extra}]'"
 
 
 def _load_lab(path: str, **kw: Any):
@@ -212,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:  # before OSError, its base class: `fieldlab segment ... | head -1`
         return _stdout_closed()
+    except ImportError as exc:  # an optional dependency a command needs (numpy for analyze, ...)
+        print(f"fieldlab {args.command}: {missing_extra_message(exc)}", file=sys.stderr)
+        return 2
     except FieldLabError as exc:
         print(f"fieldlab {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from . import attributes as A
+from .analysis.model import Span
+from .analysis.reader import detect_compression, read_spans
 from .errors import FieldLabError
 
 __all__ = ["add_parsers", "run_demo", "read_server_spans", "count_variants", "find_examples", "APPS"]
@@ -227,51 +229,44 @@ def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO)
     return totals["requests"], totals["errors"]
 
 
-def _value(v: dict[str, Any]) -> Any:
-    for key in ("stringValue", "boolValue", "doubleValue"):
-        if key in v:
-            return v[key]
-    if "intValue" in v:
-        return int(v["intValue"])
-    return None
+def read_server_spans(paths: Iterable[str | os.PathLike[str]]) -> list[Span]:
+    """SERVER spans of OTLP JSON-lines files (plain or gzip), read by the analysis's own reader.
 
-
-def read_server_spans(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """SERVER spans from OTLP JSON lines files: ``{"name", "attrs"}`` each (malformed lines skipped)."""
-    out: list[dict[str, Any]] = []
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue
-                for rs in doc.get("resourceSpans", ()):
-                    for ss in rs.get("scopeSpans", ()):
-                        for s in ss.get("spans", ()):
-                            if s.get("kind") in (2, "SPAN_KIND_SERVER"):
-                                attrs = {a["key"]: _value(a.get("value", {})) for a in s.get("attributes", ())}
-                                out.append({"name": s.get("name", ""), "attrs": attrs})
+    :func:`fieldlab.analysis.reader.read_spans` reads them, so the demo's counts and ``fieldlab analyze`` see
+    the same spans: unusable lines skipped, attribute values as text (``"true"``, ``"200"``), and a span
+    written twice (an exporter's retry) counted once, by its trace and span id.
+    """
+    files = [(os.fspath(p), detect_compression(os.fspath(p))) for p in paths]
+    seen: set[tuple[str, str]] = set()
+    out: list[Span] = []
+    for span in read_spans(files):
+        if not (span.line_ok and span.is_server):
+            continue
+        if span.trace_id and span.span_id:
+            if (span.trace_id, span.span_id) in seen:
+                continue
+            seen.add((span.trace_id, span.span_id))
+        out.append(span)
     return out
 
 
-def count_variants(spans: Iterable[dict[str, Any]], unit_kinds: dict[str, str]) -> dict[str, dict[str, dict[str, int]]]:
+def count_variants(spans: Iterable[Span], unit_kinds: dict[str, str]) -> dict[str, dict[str, dict[str, int]]]:
     """experiment -> variant -> {requests, units, exposed, orders}, from the spans alone."""
     counts: dict[str, dict[str, dict[str, Any]]] = {}
     for s in spans:
-        attrs = s["attrs"]
-        route = str(attrs.get(A.HTTP_ROUTE) or s["name"])
-        is_order = "orders" in route and str(attrs.get(A.HTTP_STATUS_CODE, attrs.get(A.HTTP_STATUS_CODE_OLD, ""))) == "200"
+        attrs = s.attrs
+        route = attrs.get(A.HTTP_ROUTE) or attrs.get("url.path") or ""
+        is_order = "orders" in route and (attrs.get(A.HTTP_STATUS_CODE) or attrs.get(A.HTTP_STATUS_CODE_OLD)) == "200"
         for key, value in attrs.items():
             if not key.startswith(A.VARIANT_PREFIX):
                 continue
             exp = key[len(A.VARIANT_PREFIX):]
-            row = counts.setdefault(exp, {}).setdefault(str(value), {"requests": 0, "units": set(), "exposed": 0, "orders": 0})
+            row = counts.setdefault(exp, {}).setdefault(value, {"requests": 0, "units": set(), "exposed": 0, "orders": 0})
             row["requests"] += 1
             unit = attrs.get(A.unit_attr(unit_kinds.get(exp, "user")))
-            if unit is not None:
+            if unit:
                 row["units"].add(unit)
-            row["exposed"] += attrs.get(A.exposed_attr(exp)) is True
+            row["exposed"] += attrs.get(A.exposed_attr(exp)) == "true"
             row["orders"] += is_order
     return {exp: {v: {**row, "units": len(row["units"])} for v, row in sorted(variants.items())}
             for exp, variants in sorted(counts.items())}
@@ -323,8 +318,8 @@ def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_
     counts = count_variants(spans, unit_kinds)
     holdouts: dict[str, int] = {}
     for s in spans:
-        for key, value in s["attrs"].items():
-            if key.startswith(A.HOLDOUT_PREFIX) and value is True:
+        for key, value in s.attrs.items():
+            if key.startswith(A.HOLDOUT_PREFIX) and value == "true":
                 h = key[len(A.HOLDOUT_PREFIX):]
                 holdouts[h] = holdouts.get(h, 0) + 1
     out.write(f"\n{requests_made} requests ({errors} server errors), {len(spans)} server spans read back from "

@@ -167,22 +167,22 @@ def test_over_long_line_is_skipped_and_counted_not_loaded(tmp_path, engine):
 
 def test_line_reader_memory_does_not_grow_with_the_longest_line():
     """The reader drops an over-long line's bytes as they arrive: 64 MB of one line, at most ~2 chunks held."""
-    from fieldlab.analysis import sources
+    from fieldlab.analysis import reader
 
     def chunks():
-        block = b"x" * sources._CHUNK
+        block = b"x" * reader.CHUNK_BYTES
         for _ in range(64):
             yield block
         yield b"\n" + b'{"a": 1}\n'
 
     tracemalloc.start()
     try:
-        out = list(sources._lines(chunks(), 4 * sources._CHUNK))
+        out = list(reader.iter_lines(chunks(), 4 * reader.CHUNK_BYTES))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert out == [sources._LONG, b'{"a": 1}']
-    assert peak < 12 * sources._CHUNK, peak
+    assert out == [reader.LONG_LINE, b'{"a": 1}']
+    assert peak < 12 * reader.CHUNK_BYTES, peak
 
 
 def test_max_line_bytes_must_be_a_size(tmp_path):

@@ -20,26 +20,23 @@ def _fail(command: str, message: str) -> int:
 
 
 def _progress(args: argparse.Namespace):
-    from .sources import _progress_printer
+    from .progress import progress_printer
 
-    return _progress_printer(bool(args.progress) or (sys.stderr.isatty() and not args.no_progress))
+    return progress_printer(bool(args.progress) or (sys.stderr.isatty() and not args.no_progress))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """``fieldlab analyze SOURCE...``: tables (default), ``--json`` and/or ``--html FILE``."""
     from ..errors import FieldLabError
+    from .core import analyze
+    from .report import render_json, render_text, write_html
 
-    try:
-        from .core import analyze
-        from .report import render_json, render_text, write_html
-    except ImportError as exc:
-        return _fail("analyze", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
     show = _progress(args)
     try:
         result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
                          sequential=not args.fixed_horizon, alpha=args.alpha, tuning=args.tuning, engine=args.engine,
                          experiments=args.experiment, progress=show, max_line_bytes=args.max_line_bytes,
-                         min_units=args.min_units)
+                         min_units=args.min_units, where=args.where or ())
     except (FieldLabError, ValueError) as exc:
         if show:
             sys.stderr.write("\n")
@@ -65,11 +62,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_balance(args: argparse.Namespace) -> int:
     """``fieldlab balance CONFIG EXPERIMENT SOURCE...``: an A/A check of a planned split on past data."""
     from ..errors import FieldLabError
+    from .balance import balance, render_balance
 
-    try:
-        from .balance import balance, render_balance
-    except ImportError as exc:
-        return _fail("balance", f"{exc}; install the analysis extra: pip install 'fieldlab[analysis]'")
     try:
         result = balance(args.config, args.experiment, args.sources, metrics=args.metric or (), salt=args.salt,
                          alpha=args.alpha, tries=args.tries, engine=args.engine,
@@ -99,7 +93,7 @@ def _byte_size(text: str) -> int:
 
 
 def _max_line_arg(p: argparse.ArgumentParser) -> None:
-    from .sources import MAX_LINE_BYTES
+    from .reader import MAX_LINE_BYTES
 
     p.add_argument("--max-line-bytes", type=_byte_size, default=MAX_LINE_BYTES, metavar="SIZE",
                    help="skip (and count) file lines longer than this, so memory never grows with one huge line "
@@ -120,6 +114,10 @@ def add_parsers(subparsers: Any) -> None:
                    help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
                         "of units with any such request (conversion); write --metric=-ATTR when lower is better. Repeatable.")
     p.add_argument("--experiment", action="append", metavar="KEY", help="only these experiments (repeatable)")
+    p.add_argument("--where", action="append", metavar="ATTR=VALUE",
+                   help="only requests whose span attribute has this value, e.g. --where http.route=/checkout "
+                        "--where method=POST (route = http.route, path = url.path, method = http.request.method "
+                        "or the older http.method); repeatable, all must match")
     p.add_argument("--all-assigned", action="store_true",
                    help="intent-to-treat: every assigned unit, not only the exposed ones")
     p.add_argument("--fixed-horizon", action="store_true",

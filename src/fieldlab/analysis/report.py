@@ -82,11 +82,13 @@ def render_text(result: Mapping[str, Any]) -> str:
         if not e["variants"]:
             continue
         mnames = list(next(iter(e["variants"].values()))["metrics"])
-        head = ["variant", "units", "requests", "errors", "err rate", "mean ms", "p50 ms", "p90 ms", "p99 ms"] + mnames
+        head = ["variant", "units", "requests", "exposed req", "errors", "err rate", "mean ms", "p50 ms", "p90 ms",
+                "p99 ms"] + mnames
         rows = [head]
         for v, s in e["variants"].items():
             lat = s["latency_ms"]
-            rows.append([v, _num(s["units"]), _num(s["requests"]), _num(s["errors"]), _pct(s["error_rate"]),
+            rows.append([v, _num(s["units"]), _num(s["requests"]), _num(s.get("exposed_requests")), _num(s["errors"]),
+                         _pct(s["error_rate"]),
                          _num(lat["mean"], 2), _num(lat["p50"], 2), _num(lat["p90"], 2), _num(lat["p99"], 2)]
                         + [_fmt_metric(n, s["metrics"].get(n)) for n in mnames])
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -96,7 +98,8 @@ def render_text(result: Mapping[str, Any]) -> str:
                 lines.append("   " + "  ".join("-" * w for w in widths))
         pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
         if pop:
-            lines.append(f"   requests, errors, latency mean and percentiles: {pop}")
+            lines.append(f"   requests, errors, latency mean and percentiles: {pop}; exposed req: the requests "
+                         "that read the variant")
         if e["verdict"].startswith("invalid"):
             lines.append("   effects are not shown: fix the sample ratio mismatch first")
             continue
@@ -107,11 +110,7 @@ def render_text(result: Mapping[str, Any]) -> str:
                 est, lo, hi = c.get("estimate"), c.get("ci_low"), c.get("ci_high")
                 f = (lambda x: _pct(x)) if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
                 rel = f" ({100 * c['relative']:+.1f}%)" if c.get("relative") is not None else ""
-                extra = ""
-                if name == "latency_ms" and c.get("rank_p_value") is not None:
-                    qd = c.get("quantile_differences") or {}
-                    extra = (f"; Mann-Whitney (one look) {_p(c['rank_p_value'])}; p50/p90/p99 diff "
-                             + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
+                extra = f"; {_latency_tests(c)}" if name == "latency_ms" and _latency_tests(c) else ""
                 sign = "+" if est is not None and est > 0 else ""
                 lines.append(f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
                              f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}")
@@ -127,6 +126,16 @@ def render_text(result: Mapping[str, Any]) -> str:
             lines.append(f"holdout {h}: {s['units']:,} units, {s['requests']:,} requests, error rate "
                          f"{_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
     return "\n".join(lines) + "\n"
+
+
+def _latency_tests(c: Mapping[str, Any]) -> str:
+    """The rank test and the percentile differences of a latency comparison, as the terminal and the HTML
+    page both show them ("" when there are none)."""
+    if c.get("rank_p_value") is None:
+        return ""
+    qd = c.get("quantile_differences") or {}
+    return (f"Mann-Whitney (one look) {_p(c['rank_p_value'])}; p50/p90/p99 diff "
+            + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
 
 
 def render_json(result: Mapping[str, Any]) -> str:
@@ -330,29 +339,34 @@ def render_html(result: Mapping[str, Any]) -> str:
             parts.append(f"<p><em>{_e(n)}</em></p>")
         if e["variants"]:
             mnames = list(next(iter(e["variants"].values()))["metrics"])
-            parts.append("<table><tr><th>variant</th><th>units</th><th>requests</th><th>errors</th><th>error rate</th>"
+            parts.append("<table class='variants'><tr><th>variant</th><th>units</th><th>requests</th>"
+                         "<th>exposed requests</th><th>errors</th><th>error rate</th>"
                          "<th>mean ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
                          + "".join(f"<th>{_e(n)}</th>" for n in mnames) + "</tr>")
             for v, s in e["variants"].items():
                 lat = s["latency_ms"]
-                parts.append(f"<tr><td>{_e(v)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{s['errors']:,}</td>"
+                parts.append(f"<tr><td>{_e(v)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td>"
+                             f"<td>{_num(s.get('exposed_requests'))}</td><td>{s['errors']:,}</td>"
                              f"<td>{_pct(s['error_rate'])}</td><td>{_num(lat['mean'], 2)}</td><td>{_num(lat['p50'], 2)}</td>"
                              f"<td>{_num(lat['p90'], 2)}</td><td>{_num(lat['p99'], 2)}</td>"
                              + "".join(f"<td>{_e(_fmt_metric(n, s['metrics'].get(n)))}</td>" for n in mnames) + "</tr>")
             parts.append("</table>")
             pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
             if pop:
-                parts.append(f"<p>Requests, errors, latency mean and percentiles: {_e(pop)}.</p>")
+                parts.append(f"<p>Requests, errors, latency mean and percentiles: {_e(pop)}; exposed requests: the "
+                             "requests that read the variant.</p>")
         parts.append(_units_svg(e))
         if not e["verdict"].startswith("invalid") and e.get("comparisons"):
-            parts.append("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>interval</th>"
-                         "<th>p (adjusted)</th><th>verdict</th></tr>")
+            parts.append("<table class='comparisons'><tr><th>comparison</th><th>metric</th><th>difference</th>"
+                         "<th>interval</th><th>p (adjusted)</th><th>verdict</th><th>latency distribution</th></tr>")
             for v, comps in e["comparisons"].items():
                 for name, c in comps.items():
                     f = _pct if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
                     parts.append(f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
                                  f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
-                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td></tr>")
+                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td>"
+                                 f"<td class='latency-tests'>{_e(_latency_tests(c) if name == 'latency_ms' else '')}"
+                                 "</td></tr>")
             parts.append("</table>")
             parts.append(_timeline_svg(e))
         elif e["verdict"].startswith("invalid"):

@@ -11,8 +11,8 @@
    ``clickhouse://`` source, the same SQL over OTLP JSON files with embedded
    ClickHouse (chdb); without chdb a streaming pure-Python twin computes the
    same numbers. Spans are normalised by the analysis's own readers
-   (:func:`fieldlab.analysis.sources.file_spans_sql`,
-   :func:`~fieldlab.analysis.sources.otel_traces_spans_sql`), so a request is
+   (:func:`fieldlab.analysis.sql.file_spans_sql`,
+   :func:`~fieldlab.analysis.sql.otel_traces_spans_sql`, :func:`fieldlab.analysis.reader.read_spans`), so a request is
    an error, a unit and a variant exactly as ``fieldlab analyze`` counts it:
    SERVER spans only, forced (QA override) requests and units seen in two
    variants left out.
@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .. import attributes as A
 from ..analysis import sources as S
+from ..analysis.clickhouse import query_chdb
+from ..analysis.model import Span
+from ..analysis.sql import file_spans_sql, otel_traces_spans_sql
 from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status
 from .guardrails import ExperimentData, Round, decide_round
 from .settings import GuardrailMetric, GuardrailsConfig
@@ -177,8 +179,8 @@ def service_totals_sql(spans_sql: str, now: float, period: float) -> str:
 # ----------------------------------------------------------------------------- the pure-Python twin
 
 
-def _python_rows(spans: Iterable[tuple], q: WindowQuery, period: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """What the two SQL queries return, computed from ``(ok, trace_id, span_id, ts, dur, server, error, attrs)`` spans."""
+def _python_rows(spans: Iterable[Span], q: WindowQuery, period: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What the two SQL queries return, computed from :class:`~fieldlab.analysis.model.Span` s."""
     vp, now = A.VARIANT_PREFIX, _ns(q.now)
     cuts = [now - _ns(w) for w in q.windows]
     since = _ns(q.since) if q.since is not None else None
@@ -302,10 +304,9 @@ def _arm_from_row(r: Mapping[str, Any], q: WindowQuery, exp: str) -> ArmData:
 def _run_sql(source: S.Source, sql_of: Any) -> list[dict[str, Any]]:
     """Run ``sql_of(spans_sql)`` on a chdb file source or a ClickHouse source."""
     if isinstance(source, S.ClickHouseSource):
-        return source._run(sql_of(S.otel_traces_spans_sql(source.table, source.where, sql_of.spec)))
+        return source.run(sql_of(otel_traces_spans_sql(source.table, source.where, sql_of.spec)))
     assert isinstance(source, S.FileSource)
-    pairs = [(os.path.abspath(p), S._compression(p)) for p in source.paths]
-    return S._chdb_rows(sql_of(S.file_spans_sql(pairs, sql_of.spec)))
+    return query_chdb(sql_of(file_spans_sql(source.inputs(), sql_of.spec)))
 
 
 class _Sql:
@@ -338,7 +339,7 @@ def measure(source: S.Source, q: WindowQuery, config: GuardrailsConfig) -> Measu
             rows, engine = None, "python (chdb failed)"
     if rows is None:
         assert isinstance(source, S.FileSource)
-        rows, service = _python_rows(source._iter_spans(), q, period)
+        rows, service = _python_rows(source.iter_spans(), q, period)
     by_exp: dict[str, dict[str, ArmData]] = {}
     for r in rows:
         exp, variant = str(r["exp"]), str(r["variant"])
