@@ -240,6 +240,15 @@ class RequestContext:
                 _hook_failed("expose")
         return a
 
+    def annotate(self, attributes: dict[str, Any]) -> None:
+        """Set attributes on the request's SERVER span through telemetry (e.g. a canary arm); never raises."""
+        recorder = self.recorder
+        try:
+            if recorder is not None:
+                recorder.on_attributes(self, attributes)
+        except Exception:
+            _hook_failed("attributes")
+
     def event(self, name: str, attributes: dict[str, Any]) -> None:
         """Record a span event (e.g. an injected fault) through telemetry or the ``on_event`` hook."""
         hook = self.on_event

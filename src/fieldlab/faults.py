@@ -407,6 +407,71 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
     return hits
 
 
+def _canary_spec(point: str, dose_ms: float) -> FaultSpec:
+    spec = _CANARY_SPECS.get((point, dose_ms))
+    if spec is None:
+        if len(_CANARY_SPECS) > 4096:  # doses change as the search refines; keep the cache bounded
+            _CANARY_SPECS.clear()
+        spec = _CANARY_SPECS[(point, dose_ms)] = parse_fault({"point": point, "latency_ms": dose_ms}, "canary")
+    return spec
+
+
+_CANARY_SPECS: dict[tuple[str, float], FaultSpec] = {}
+
+
+def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
+    """The latency doses of the sick canaries at ``point`` for this request, inside the same rails as faults.
+
+    Every request in a canary (its control included) gets ``fieldlab.canary.<key>`` = its arm on the
+    SERVER span, so the controller compares each dose with the canary's own control. With the rails
+    off (``[faults] enabled``, ``FIELDLAB_FAULTS``, the kill switch) nothing is recorded: the canary's
+    arms are then not measured either.
+    """
+    global _active
+    from .control.canary_runtime import arms_at
+
+    lab = ctx.lab
+    plan: FaultPlan = lab._state.fault_plan
+    if not plan.enabled:
+        return []
+    if _env_off():
+        _count("skipped_env")
+        return []
+    arms = arms_at(lab, point, _trace_key(ctx), ctx.units)
+    hits: list[_Hit] = []
+    for key, label, dose in arms:
+        if plan.state_file is not None:
+            interval = lab.reload_interval or plan.reload_interval or killswitch.MAX_CHECK_INTERVAL
+            if killswitch.is_killed(plan.state_file, key, interval):
+                _count("skipped_killed")
+                continue
+        ctx.annotate({A.canary_attr(key): label})
+        if dose is None:
+            continue  # the canary's control: measured, never dosed
+        if mode == "sync":
+            try:
+                asyncio.get_running_loop()
+                _count("skipped_in_event_loop")
+                continue
+            except RuntimeError:
+                pass
+        global _active
+        with _lock:
+            full = _active >= plan.max_active
+            if not full:
+                _active += 1
+        if full:
+            _count("skipped_max_active")
+            continue
+        _count("injected")
+        attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: "latency", A.FAULT_CANARY: key,
+                                 A.FAULT_VARIANT: label, A.FAULT_DELAY_MS: dose}
+        hit = _Hit(key, label, _canary_spec(point, dose), dose, attrs)
+        hits.append(hit)
+        _record(ctx, hit)
+    return hits
+
+
 def _record(ctx: RequestContext, hit: _Hit) -> None:
     try:
         ctx.add_fault(dict(hit.attrs))
@@ -436,19 +501,19 @@ _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 def _prepare(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
              ) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
+    hits: list[_Hit] = []
     try:
-        configured = ctx.lab._state.fault_plan.by_point.get(point, ())
-        if not configured and not code:
-            return _NOTHING
-        # Reaching the point exposes the request to every experiment with a fault here that the
-        # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
-        in_fault_variant = _expose_at(ctx, configured) | _expose_at(ctx, code)
-        if not in_fault_variant:
-            # The common case, kept cheap: the request is in none of the variants with a fault here.
-            return _NOTHING
-        hits = _decide(ctx, point, code, mode)
+        state = ctx.lab._state
+        if state.canaries and mode != "abort":
+            hits = _canary_hits(ctx, point, mode)  # the sick canary's doses (fieldlab.control.canary_runtime)
+        configured = state.fault_plan.by_point.get(point, ())
+        if (configured or code) and (_expose_at(ctx, configured) | _expose_at(ctx, code)):
+            # Reaching the point exposes the request to every experiment with a fault here that the
+            # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
+            hits += _decide(ctx, point, code, mode)
     except Exception:
         _internal_error("decide")
+        _release(len(hits))
         return 0.0, None, 0
     if not hits:
         return 0.0, None, 0
@@ -557,7 +622,8 @@ class FaultPoint:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current()
-                if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
+                state = ctx.lab._state if ctx is not None else None
+                if state is not None and (code or name in state.fault_plan.by_point or state.canaries):
                     await _enter_async(ctx, name, code)
                 return await fn(*args, **kwargs)
             return async_wrapper  # type: ignore[return-value]
@@ -565,7 +631,8 @@ class FaultPoint:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = current()
-            if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
+            state = ctx.lab._state if ctx is not None else None
+            if state is not None and (code or name in state.fault_plan.by_point or state.canaries):
                 _enter_sync(ctx, name, code)
             return fn(*args, **kwargs)
         return wrapper  # type: ignore[return-value]

@@ -391,6 +391,9 @@ class Recorder:
             self._write_within(ctx, span, room)
         for key in ctx.exposed:
             span.add_event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.assignments[key]))
+        late_attrs = ctx.own_extra().pop("pending_attributes", None) if ctx.extra else None
+        if late_attrs:
+            self.on_attributes(ctx, late_attrs)
         pending = ctx.own_extra().pop("pending_events", None) if ctx.extra else None
         if pending:
             for name, event_attrs in pending:
@@ -445,6 +448,21 @@ class Recorder:
                 ctx.own_extra().setdefault("pending_events", []).append((name, dict(attrs)))
             elif span.is_recording():
                 span.add_event(name, attrs)
+        except Exception:
+            _failed("recorder_errors")
+
+    def on_attributes(self, ctx: RequestContext, attrs: dict[str, Any]) -> None:
+        """Attributes the request earned while it ran (a canary arm): on the span, or when it is found."""
+        span = ctx.server_span
+        try:
+            if span is None:
+                ctx.own_extra().setdefault("pending_attributes", {}).update(attrs)
+            elif span.is_recording():
+                room = self._room(span)
+                if room is None or room >= len(attrs):
+                    span.set_attributes(attrs)
+                else:
+                    self._left_out(len(attrs), new_span=False)
         except Exception:
             _failed("recorder_errors")
 

@@ -1,0 +1,141 @@
+"""The sick canary at request time: which arm a request is in, from the state store's published weights.
+
+The controller (:mod:`fieldlab.control.canary_controller`) writes each
+canary's state (doses, weights, bracket, history) under ``canaries.<key>`` of
+the lab state document; every process follows that document with a
+:class:`~fieldlab.control.state.StatePoller`, and :func:`arms_at` turns the
+poller's snapshot and the config's ``[[canaries]]`` into the arms of one
+request at one fault point:
+
+* the arm comes from :func:`fieldlab.control.canary.choose_arm`: the bucket of
+  ``<key>:canary`` and the trace id (``unit = "request"``, the default) or the
+  unit id, through the contract's ``variant_boundaries`` and the canary's
+  ``traffic``; every service on a trace, and a replay, decide alike;
+* nothing is decided (no arm, no attribute) when the state was never read or
+  is broken (``halt_faults``), when the store halts faults for everything or
+  for the canary's key (``fieldlab kill <canary>``), or when the canary is
+  finished or has no weights yet.
+
+The other rails (``[faults] enabled``, ``FIELDLAB_FAULTS=off``, the kill
+switch's state file, ``max_active``) are the fault path's own
+(:mod:`fieldlab.faults`), which calls :func:`arms_at` and injects the doses.
+
+Which store: on this branch, the JSON file the kill switch uses
+(``[lab] state_file``, else ``<config>.state.json``), followed by one poller
+per file and process (:func:`snapshot_of`). Where the Lab follows a state
+store itself, :func:`snapshot_of` is the one place to point at it.
+
+This module needs neither numpy nor a framework (it runs in every worker).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping, NamedTuple
+
+from .canary import CONTROL, choose_arm, dose_of, weight_table
+from .state import JsonFileStore, Snapshot, StatePoller
+
+__all__ = ["CanaryArm", "arms_at", "snapshot_of", "weight_tables", "stop_followers", "POLL_INTERVAL"]
+
+#: Seconds between two reads of the state file by a process (the canary's weights change once a round).
+POLL_INTERVAL = 0.5
+
+_pollers: dict[str, StatePoller] = {}
+_lock = threading.Lock()
+# (the LabState object the tables were computed from, the tables): recomputed only when the state changes
+_tables: tuple[Any, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = (None, {})
+
+
+class CanaryArm(NamedTuple):
+    """A request's arm of one canary: ``label`` is ``control`` or a dose label; ``dose_ms`` None for control."""
+
+    key: str
+    label: str
+    dose_ms: float | None
+
+
+def snapshot_of(lab: Any) -> Snapshot | None:
+    """The snapshot of the state store ``lab`` follows for its canaries (None: no store, no canary).
+
+    One :class:`StatePoller` per state file and process, started at the first call (a bounded file read).
+    """
+    path = lab._state.fault_plan.state_file
+    if path is None:
+        return None
+    poller = _pollers.get(path)
+    if poller is None:
+        with _lock:
+            poller = _pollers.get(path)
+            if poller is None:
+                poller = StatePoller(JsonFileStore(path), POLL_INTERVAL, name="fieldlab-canary-state")
+                poller.start()
+                _pollers[path] = poller
+    return poller.snapshot
+
+
+def stop_followers() -> None:
+    """Stop every poller this module started (tests; a process that ends need not call it)."""
+    with _lock:
+        pollers = list(_pollers.values())
+        _pollers.clear()
+    for p in pollers:
+        p.stop()
+
+
+def weight_tables(state: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Per canary key, the published weights as :func:`~fieldlab.control.canary.weight_table` s.
+
+    A canary that is finished (done or stopped) or has no weights has no table: it injects nothing.
+    Cached per state document, so a request pays a dict lookup.
+    """
+    global _tables
+    cached_state, tables = _tables
+    if state is cached_state:
+        return tables
+    tables = {}
+    docs = getattr(state, "canaries", None) or {}
+    for key, doc in docs.items():
+        if not isinstance(doc, Mapping) or doc.get("phase") in ("done", "stopped"):
+            continue
+        weights = doc.get("weights")
+        if not isinstance(weights, Mapping) or not weights:
+            continue
+        try:
+            table = weight_table({str(k): float(v) for k, v in weights.items()})
+        except (TypeError, ValueError):
+            continue  # a hand-edited document: this canary injects nothing
+        if table[0]:
+            tables[str(key)] = table
+    _tables = (state, tables)
+    return tables
+
+
+def arms_at(lab: Any, point: str, trace_key: str | None, units: Mapping[str, str | None]) -> list[CanaryArm]:
+    """The canary arms of a request at ``point``: one per canary of the point the request is in.
+
+    ``trace_key``: the trace id as 32 hex digits (None when unknown: a
+    ``request``-unit canary then skips the request). Raises nothing the
+    caller has not guarded (:mod:`fieldlab.faults` counts internal errors).
+    """
+    canaries = lab._state.canaries
+    here = [c for c in canaries if c.point == point]
+    if not here:
+        return []
+    snap = snapshot_of(lab)
+    if snap is None or snap.halt_faults or snap.state is None:
+        return []
+    tables = weight_tables(snap.state)
+    out = []
+    for c in here:
+        table = tables.get(c.key)
+        if table is None or snap.faults_halted(c.key):
+            continue
+        uid = trace_key if c.unit == "request" else units.get(c.unit)
+        if not uid:
+            continue
+        label = choose_arm(c.key, uid, table, c.traffic)
+        if label is None:
+            continue
+        out.append(CanaryArm(c.key, label, None if label == CONTROL else dose_of(label)))
+    return out
