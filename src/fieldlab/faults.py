@@ -622,8 +622,7 @@ class FaultPoint:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current()
-                state = ctx.lab._state if ctx is not None else None
-                if state is not None and (code or name in state.fault_plan.by_point or state.canaries):
+                if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                     await _enter_async(ctx, name, code)
                 return await fn(*args, **kwargs)
             return async_wrapper  # type: ignore[return-value]
@@ -631,8 +630,7 @@ class FaultPoint:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = current()
-            state = ctx.lab._state if ctx is not None else None
-            if state is not None and (code or name in state.fault_plan.by_point or state.canaries):
+            if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                 _enter_sync(ctx, name, code)
             return fn(*args, **kwargs)
         return wrapper  # type: ignore[return-value]

@@ -171,6 +171,8 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
         return state_path(config, {}) or config + ".state.json", None, MAX_CHECK_INTERVAL
     settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
+    # a canary's faults are killed by its key too
+    keys += [str(c.get("key")) for c in doc.get("canaries") or [] if isinstance(c, Mapping)]
     interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
     return state_path(config, settings) or config + ".state.json", keys, interval
 

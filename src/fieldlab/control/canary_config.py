@@ -77,14 +77,16 @@ def _traffic(value: Any, path: str) -> float:
 
 def _one(table: Any, path: str) -> CanaryConfig:
     if not isinstance(table, Mapping):
-        raise ConfigError(path, f"expected a table, got {type(table).__name__}", "write each canary as a [[canaries]] table")
+        raise ConfigError(path, f"expected a table, got {type(table).__name__}",
+                          "write each canary as a [[canaries]] table")
     unknown = sorted(set(table) - CANARY_KEYS, key=str)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown key {unknown[0]!r}",
                           suggest_names(unknown, CANARY_KEYS, "a canary's keys"))
-    key = _key(table.get("key"), f"{path}.key")
+    _key(table.get("key"), f"{path}.key")
     if "point" not in table:
-        raise ConfigError(f"{path}.point", "is missing", 'name the fault point the doses go to, e.g. point = "db.query"')
+        raise ConfigError(f"{path}.point", "is missing",
+                          'name the fault point the doses go to, e.g. point = "db.query"')
     point = table["point"]
     if not isinstance(point, str) or not POINT_NAME_RE.match(point) or point == "http":
         raise ConfigError(f"{path}.point", f"{point!r} is not a fault point name",
