@@ -445,9 +445,11 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
             if killswitch.is_killed(plan.state_file, key, interval):
                 _count("skipped_killed")
                 continue
-        ctx.annotate({A.canary_attr(key): label})
         if dose is None:
+            ctx.annotate({A.canary_attr(key): label})
             continue  # the canary's control: measured, never dosed
+        # A dose that cannot be injected (event loop, max_active) leaves the request out of the canary:
+        # recorded in its arm, it would count as a dosed request that was not.
         if mode == "sync":
             try:
                 asyncio.get_running_loop()
@@ -464,6 +466,7 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
             _count("skipped_max_active")
             continue
         _count("injected")
+        ctx.annotate({A.canary_attr(key): label})
         attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: "latency", A.FAULT_CANARY: key,
                                  A.FAULT_VARIANT: label, A.FAULT_DELAY_MS: dose}
         hit = _Hit(key, label, _canary_spec(point, dose), dose, attrs)
