@@ -154,3 +154,34 @@ def test_cli_runs_a_round_and_shows_the_status(tmp_path: Path, capsys: pytest.Ca
     assert "canary inventory-latency at inventory.reserve (5% of units): escalating" in out, out
     code, out, err = cli("canary", "status", str(tmp_path / "missing.toml"))
     assert code == 2 and "missing.toml" in err
+
+
+def test_canary_run_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text('[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\n'
+                   '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+                   'doses = { latency_ms = [25, 50] }\n')
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from fieldlab.cli import main; sys.exit(main())",
+                             "canary", "run", str(cfg), str(spans), "--interval", "0.2", "--engine", "python", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    state = tmp_path / "lab.state.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not state.exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    rounds = [json.loads(line) for line in out.splitlines()]
+    assert len(rounds) >= 2
+    doc = json.loads(state.read_text())["canaries"]["inventory-latency"]
+    assert doc["round"] == rounds[-1]["inventory-latency"]["round"]  # the last round was written whole
