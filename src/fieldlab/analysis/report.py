@@ -149,7 +149,9 @@ def _canary_lines(canaries: Mapping[str, Any]) -> list[str]:
 
 def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
     """Bad-request rate per dose with its always-valid interval, the control's rate and the SLO allowance."""
-    rows = [r for r in c.get("dose_response", []) if r["arm"] != "control" and r.get("bad_rate") is not None]
+    # doses with a handful of requests (opened, then implied by a neighbour) would only stretch the axis
+    rows = [r for r in c.get("dose_response", []) if r["arm"] != "control" and r.get("bad_rate") is not None
+            and r["requests"] >= 20]
     if not rows:
         return "<p>No dosed requests in the data.</p>"
     control = next((r for r in c["dose_response"] if r["arm"] == "control"), None)
@@ -161,7 +163,8 @@ def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
     hi = [min(1.0, base + r["vs_control"]["ci_high"]) if (r.get("vs_control") or {}).get("ci_high") is not None
           else y for r, y in zip(rows, ys)]
     allowance = (100.0 - float(c.get("steady_state", {}).get("error_slo", 99.5))) / 100.0
-    ymax = max(max(hi), allowance * 2, 1e-3) * 1.1
+    ymax = max(max(ys), allowance, base, 1e-3) * 2.5
+    hi = [min(h, ymax) for h in hi]
     p = _Plot(f"Dose-response: {key}", "injected latency (ms, log scale)", "bad requests (errors or slow)")
     p.frame(min(xs) / 1.3, max(xs) * 1.3, 0, ymax, logx=True)
     if len(xs) > 1:
