@@ -431,7 +431,10 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
     from .control.canary_runtime import arms_at
 
     lab = ctx.lab
-    plan: FaultPlan = lab._state.fault_plan
+    state = lab._state
+    if not any(c.point == point for c in state.canaries):
+        return []  # no canary here: nothing to count as skipped either
+    plan: FaultPlan = state.fault_plan
     if not plan.enabled:
         return []
     if _env_off():

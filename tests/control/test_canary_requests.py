@@ -156,3 +156,22 @@ def test_a_finished_canary_or_a_broken_state_injects_nothing(tmp_path: Any) -> N
         fh.write("{not json")
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))
     assert all(arm is None and ms < 40 for _, arm, ms in run(client, exporter, 3))
+
+
+def test_points_without_a_canary_count_no_canary_skips(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fieldlab import context
+
+    state = str(tmp_path / "lab.state.json")
+    publish(state, {"control": 0.0, "80ms": 1.0})
+    lab = fieldlab.Lab.from_dict(lab_doc(state, traffic=100))
+    monkeypatch.setenv(faults.FAULTS_ENV, "off")
+    token = context.bind(context.start(lab, {}, trace_id=f"{9:032x}"))
+    try:
+        with fieldlab.fault_point("elsewhere"):
+            pass
+        assert faults.stats()["skipped_env"] == 0
+        with fieldlab.fault_point("inv.reserve"):
+            pass
+        assert faults.stats()["skipped_env"] == 1
+    finally:
+        context.reset(token)
