@@ -31,6 +31,12 @@ reached on a thread that runs an event loop skips its latency (counted) rather
 than block the loop. Aborts are answered by the web adapters through
 :func:`abort_for` before the app runs (point ``"http"``).
 
+A sick canary (``[[canaries]]``, :mod:`fieldlab.control.canary_runtime`) adds
+latency doses at its point for the requests its published weights put in a
+dose arm, inside the same rails (enabled, ``FIELDLAB_FAULTS``, the kill switch
+naming the canary's key, ``max_active``), and records the request's arm as
+``fieldlab.canary.<key>`` on its span.
+
 Every injected fault is recorded through ``ctx.event`` as the span event
 ``fieldlab.fault`` and sets ``ctx.fault_injected``. Reaching a point exposes
 the request to each experiment with a fault there that its unit is in, in any
