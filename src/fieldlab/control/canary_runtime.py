@@ -33,7 +33,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping, NamedTuple
 
-from .canary import CONTROL, choose_arm, dose_of, weight_table
+from .._hashing import bucket, traffic_basis_points, variant_boundaries
+from .canary import CONTROL, dose_of, weight_table
 from .state import JsonFileStore, Snapshot, StatePoller
 
 __all__ = ["CanaryArm", "arms_at", "snapshot_of", "weight_tables", "stop_followers", "POLL_INTERVAL"]
@@ -134,8 +135,28 @@ def arms_at(lab: Any, point: str, trace_key: str | None, units: Mapping[str, str
         uid = trace_key if c.unit == "request" else units.get(c.unit)
         if not uid:
             continue
-        label = choose_arm(c.key, uid, table, c.traffic)
-        if label is None:
-            continue
-        out.append(CanaryArm(c.key, label, None if label == CONTROL else dose_of(label)))
+        b = bucket(c.key + ":canary", uid)
+        for lo, hi, label, dose in _ranges(table, c.traffic):
+            if lo <= b < hi:
+                out.append(CanaryArm(c.key, label, dose))
+                break
     return out
+
+
+def _ranges(table: tuple[tuple[str, ...], tuple[int, ...]], traffic: float) -> tuple[tuple[int, int, str, Any], ...]:
+    """Bucket ranges of the arms (outside-the-canary left out), as :func:`~fieldlab.control.canary.choose_arm`
+    draws them; cached per published table and traffic, so a request pays one hash and a short scan."""
+    key = (table, traffic)
+    got = _range_cache.get(key)
+    if got is None:
+        labels, bp = table
+        got = tuple((lo, hi, label, None if label == CONTROL else dose_of(label))
+                    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)))
+                    if label)
+        if len(_range_cache) > 256:
+            _range_cache.clear()
+        _range_cache[key] = got
+    return got
+
+
+_range_cache: dict[Any, tuple[tuple[int, int, str, Any], ...]] = {}
