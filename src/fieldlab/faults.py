@@ -69,6 +69,7 @@ from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_
 from ._hashing import BUCKETS, bucket, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
+from .control.canary_runtime import arms_at
 from .errors import ConfigError
 
 __all__ = [
@@ -434,8 +435,6 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
     arms are then not measured either.
     """
     global _active
-    from .control.canary_runtime import arms_at
-
     lab = ctx.lab
     state = lab._state
     if not any(c.point == point for c in state.canaries):
