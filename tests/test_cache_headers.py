@@ -7,8 +7,17 @@ import doctest
 import pytest
 
 from fieldlab import _cache_headers as ch
-from fieldlab._cache_headers import COOKIE, OPAQUE, CacheNeeds, header_source, merge_cache_control, merge_vary, needs, \
-    response_headers, source_for
+from fieldlab._cache_headers import (
+    COOKIE,
+    OPAQUE,
+    CacheNeeds,
+    header_source,
+    merge_cache_control,
+    merge_vary,
+    needs,
+    response_headers,
+    source_for,
+)
 
 
 def test_doctests_hold() -> None:

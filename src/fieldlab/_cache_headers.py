@@ -33,11 +33,20 @@ CacheNeeds(vary=('X-User-Id',), private=False)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
-__all__ = ["COOKIE", "OPAQUE", "CacheNeeds", "header_source", "source_for", "needs", "merge_vary",
-           "merge_cache_control", "response_headers"]
+__all__ = [
+    "COOKIE",
+    "OPAQUE",
+    "CacheNeeds",
+    "header_source",
+    "merge_cache_control",
+    "merge_vary",
+    "needs",
+    "response_headers",
+    "source_for",
+]
 
 #: The unit came from a cookie: the visitor cookie, a ``cookie:`` resolver, the session, a session login.
 COOKIE = "cookie"
