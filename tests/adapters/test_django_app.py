@@ -140,8 +140,10 @@ def test_template_tags_read_variants_and_expose_them(tmp_path: Path) -> None:
     assert lazy["page"]["variant"] == first["expect_quote"] and lazy["span"]["fieldlab.exposed.home-quote"] is True
 
 
-def test_template_tags_under_gunicorn(tmp_path: Path) -> None:
-    server = Server("gunicorn", "webapps.djblog.wsgi:application", tmp_path / "spans",
+@pytest.mark.parametrize(("runner", "target"), [("gunicorn", "webapps.djblog.wsgi:application"),
+                                              ("uvicorn", "webapps.djblog.asgi:application")])
+def test_template_tags_and_session_unit_under_a_real_server(tmp_path: Path, runner: str, target: str) -> None:
+    server = Server(runner, target, tmp_path / "spans",
                     env={"DJBLOG_DB": str(tmp_path / "b.db"), "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)])})
     migrate = subprocess.run([sys.executable, "-m", "django", "migrate", "--settings=webapps.djblog.settings", "-v0"],
                              cwd=HERE, env=_env(tmp_path, DJBLOG_DB=str(tmp_path / "b.db")), capture_output=True,
