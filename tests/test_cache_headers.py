@@ -105,3 +105,11 @@ def test_response_headers_returns_only_what_changes() -> None:
     assert response_headers(["user", "team"], sources, vary="Accept", cache_control="public, max-age=5") == {
         "Vary": "Accept, X-Team", "Cache-Control": "max-age=5, private"}
     assert response_headers(["team"], sources, vary="*") == {}
+
+
+def test_a_unit_created_by_this_response_makes_it_private() -> None:
+    # the request carried no cookie: a cache keyed on Cookie would give this page to every new visitor
+    assert needs(["visitor"], {"visitor": COOKIE}, new_kinds=["visitor"]) == CacheNeeds(("Cookie",), True)
+    assert needs(["user"], {"user": COOKIE, "visitor": COOKIE}, new_kinds=["visitor"]) == CacheNeeds(("Cookie",), False)
+    assert response_headers(["session"], {"session": COOKIE}, new_kinds={"session"}, cache_control="max-age=60") == {
+        "Vary": "Cookie", "Cache-Control": "max-age=60, private"}

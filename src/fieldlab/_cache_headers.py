@@ -87,18 +87,27 @@ class CacheNeeds:
         return bool(self.vary) or self.private
 
 
-def needs(read_kinds: Iterable[str], sources: Mapping[str, str]) -> CacheNeeds:
+def needs(read_kinds: Iterable[str], sources: Mapping[str, str], new_kinds: Iterable[str] = ()) -> CacheNeeds:
     """The caching needs of a response whose code read variants of these unit kinds.
 
     ``sources`` maps unit kind to its source (see the module docs); a kind
     missing from it, or with a source that is not a cookie or a valid header
     name, makes the response private. Header names keep the first spelling
     seen and are never repeated (compared case-insensitively).
+
+    ``new_kinds`` are kinds whose id this response creates (a new visitor
+    cookie, a session just created): the request did not carry the id, so a
+    cache keyed on its ``Cookie`` header would hand this response to every
+    other request without one, each of which gets an id of its own. A read of
+    such a kind also makes the response private.
     """
     vary: list[str] = []
     seen: set[str] = set()
+    new = set(new_kinds)
     private = False
     for kind in read_kinds:
+        if kind in new:
+            private = True
         source = sources.get(kind, OPAQUE)
         if source == COOKIE:
             name = "Cookie"
@@ -173,7 +182,7 @@ def merge_cache_control(existing: str | Iterable[str] | None, private: bool) -> 
     return ", ".join(kept)
 
 
-def response_headers(read_kinds: Iterable[str], sources: Mapping[str, str], *,
+def response_headers(read_kinds: Iterable[str], sources: Mapping[str, str], *, new_kinds: Iterable[str] = (),
                      vary: str | Iterable[str] | None = None,
                      cache_control: str | Iterable[str] | None = None) -> dict[str, str]:
     """The ``Vary`` / ``Cache-Control`` values to set on a response (replacing the existing ones).
@@ -181,10 +190,10 @@ def response_headers(read_kinds: Iterable[str], sources: Mapping[str, str], *,
     ``read_kinds`` are the unit kinds of the experiments the request's code read
     (an empty iterable: the response read no variant and is left alone, the
     result is ``{}``); ``vary`` and ``cache_control`` are the response's current
-    values (one string, several header lines, or None). Only headers whose value
-    changes are returned.
+    values (one string, several header lines, or None); ``new_kinds`` as in
+    :func:`needs`. Only headers whose value changes are returned.
     """
-    wanted = needs(read_kinds, sources)
+    wanted = needs(read_kinds, sources, new_kinds)
     out: dict[str, str] = {}
     if not wanted:
         return out

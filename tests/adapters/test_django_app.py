@@ -215,3 +215,13 @@ def test_without_create_session_anonymous_visitors_are_not_in_session_experiment
     assert got["anon_key"] is None and got["asgi_key"] is None
     assert got["page_anon"]["sidebar"] == "none"  # the template's default: not in the experiment
     assert got["page_in"]["sidebar"] == got["expect_sidebar_in"]  # logged in: the session exists
+
+
+# --------------------------------------------------------------------------- HTTP caches (docs recipe)
+def test_cache_page_recipe_serves_each_visitor_their_own_variant(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "cached")
+    # docs/integration.md "HTTP caches and CDNs": @vary_on_cookie, and private on a first visit
+    assert got["/cached"] == {"pages": 60, "wrong": 0}
+    # without it, cache_page serves the first visitor's page to everyone (each of 30 fresh visitors is
+    # in either variant with probability 1/2, so no wrong page at all would have probability 2**-29)
+    assert got["/cached-naive"]["wrong"] > 0

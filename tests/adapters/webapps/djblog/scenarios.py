@@ -112,7 +112,25 @@ def check() -> dict[str, Any]:
         return {"error": str(exc)}
 
 
-SCENARIOS = {"template": template, "session": session, "check": check}
+def cached() -> dict[str, Any]:
+    """Fresh visitors, two requests each, on a cache_page view with the docs' recipe and on one without."""
+    call_command("migrate", verbosity=0)
+    out: dict[str, Any] = {}
+    for path in ("/cached", "/cached-naive"):
+        wrong = 0
+        pages = 0
+        for _ in range(30):
+            client = Client()
+            for _ in range(2):
+                r = client.get(path)
+                visitor = client.cookies["fieldlab_visitor"].value
+                pages += 1
+                wrong += _page(r.content.decode())["variant"] != _expected("home-quote", visitor)
+        out[path] = {"pages": pages, "wrong": wrong}
+    return out
+
+
+SCENARIOS = {"cached": cached, "template": template, "session": session, "check": check}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()))
