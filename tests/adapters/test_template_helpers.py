@@ -1,4 +1,4 @@
-"""Jinja templates read variants without views passing them: Flask's ``FieldLab`` and Starlette's ``Jinja2Templates``."""
+"""Jinja templates read variants no view passed them: Flask's ``FieldLab``, Starlette's ``Jinja2Templates``."""
 
 from __future__ import annotations
 
