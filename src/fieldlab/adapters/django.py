@@ -10,7 +10,13 @@ settings.py::
         "headers": ["X-Country"],             # optional targeting allow-list
         "attributes": "myapp.ab.attributes",  # optional callable (or dotted path) taking the request
         "unit_ids": "hash",                   # optional: hash | raw | none
+        "create_session": True,               # optional: give anonymous visitors a session for session experiments
     }
+
+``INSTALLED_APPS += ["fieldlab.adapters.django_app"]`` adds fieldlab's system
+checks to ``manage.py check`` and the ``{% load fieldlab %}`` template tags;
+without it, importing this module registers the checks and the middleware
+logs their findings once when it is built.
 
 Defaults: ``user`` is ``request.user.pk`` when authenticated (place the
 middleware after AuthenticationMiddleware), ``session`` is
@@ -32,12 +38,14 @@ from .. import _request
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
+from .django_app import checks as _checks  # registers fieldlab's system checks (also without the app installed)
+from .django_app.sessions import SessionCreator
 
 __all__ = ["FieldLabMiddleware", "load_config"]
 
 _CONFIG_FILE_EXTENSIONS = (".toml", ".json", ".yaml", ".yml")
 _KNOWN_KEYS = {"lab", "units", "headers", "attributes", "unit_ids", "trust_baggage", "propagate_baggage",
-               "visitor_cookie", "override_header", "override_cookie"}
+               "visitor_cookie", "override_header", "override_cookie", "create_session"}
 _labs: dict[str, Lab] = {}
 
 
@@ -88,7 +96,10 @@ def load_config() -> _request.AdapterConfig:
     unknown = set(conf) - _KNOWN_KEYS
     if unknown:
         raise ConfigError("settings.FIELDLAB", f"unknown keys {sorted(unknown)}", f"use only {sorted(_KNOWN_KEYS)}")
-    options = {k: v for k, v in conf.items() if k not in ("lab", "units")}
+    if not isinstance(conf.get("create_session", False), bool):
+        raise ConfigError("FIELDLAB['create_session']", f"{conf['create_session']!r} is not True or False",
+                          "write True to create a session when a session experiment needs one, else False")
+    options = {k: v for k, v in conf.items() if k not in ("lab", "units", "create_session")}
     if isinstance(options.get("attributes"), str):
         options["attributes"] = _import(options["attributes"], "FIELDLAB['attributes']")
     units = dict(conf.get("units") or {})
@@ -109,6 +120,9 @@ class FieldLabMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.config = load_config()
+        #: the opt-in FIELDLAB["create_session"] (see django_app.sessions), None when off
+        self.create_session = SessionCreator.from_setting(getattr(settings, "FIELDLAB", None), self.config.lab)
+        _checks.report_at_startup()  # gunicorn / uvicorn run no Django checks: log their findings once
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
@@ -127,6 +141,8 @@ class FieldLabMiddleware:
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
+        if self.create_session is not None:
+            self.create_session(request)
         ctx = self._begin(request, None)
         if ctx is None:
             return self.get_response(request)
@@ -141,6 +157,8 @@ class FieldLabMiddleware:
 
     async def __acall__(self, request: Any) -> Any:
         known = None
+        if self.create_session is not None:
+            await self.create_session.acall(request)
         cfg = self.config
         plan = cfg.plan()
         if "user" not in cfg.units and any(u.kind == "user" for u in plan) and hasattr(request, "auser"):

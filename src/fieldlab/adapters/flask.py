@@ -8,6 +8,7 @@ in ``units`` and ``attributes`` receive ``flask.request``. Flask has no
 built-in user, so the ``user`` unit needs a resolver (e.g.
 ``units={"user": lambda r: flask_login.current_user.get_id()}``); the default
 ``session`` unit is an id fieldlab keeps in ``flask.session``, created on first use.
+Templates get the globals ``variant`` and ``param`` (see :mod:`fieldlab.adapters.jinja`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .. import _request
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
+from .jinja import install_globals
 
 __all__ = ["FieldLab", "SESSION_KEY"]
 
@@ -68,6 +70,7 @@ class FieldLab:
         app.extensions["fieldlab"] = self
         app.before_request(self._before)
         app.teardown_request(self._teardown)
+        install_globals(app.jinja_env)  # {{ variant("key", "default") }} / {{ param(...) }} in templates
 
     def _before(self) -> Any:
         cfg = self.config
