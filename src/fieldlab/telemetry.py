@@ -312,7 +312,9 @@ class Recorder:
             attrs[A.unit_attr(kind)] = v
         for a in ctx.assignments.values():
             if a.in_experiment:
-                attrs.update(self._variant_attributes(a))
+                attrs[A.variant_attr(a.experiment)] = a.variant
+                if a.reason == "override":
+                    attrs[A.forced_attr(a.experiment)] = True
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs

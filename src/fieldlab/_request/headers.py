@@ -14,6 +14,7 @@ Bytes that are not UTF-8 stay lone surrogates, so they give "no unit" later
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 
@@ -37,8 +38,9 @@ HeaderGetter = Callable[[str], "str | None"]
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
+@functools.lru_cache(maxsize=256)
 def env_key(header: str) -> str:
-    """The WSGI environ / Django META key of a header name."""
+    """The WSGI environ / Django META key of a header name (the few names a request path reads are cached)."""
     return "HTTP_" + header.upper().replace("-", "_")
 
 

@@ -176,6 +176,8 @@ class AdapterConfig:
         self.visitor_cookie = visitor_cookie
         self.override_header = override_header.lower() if override_header else None
         self.override_cookie = override_cookie or None
+        #: what a Cookie header holds when it carries the override cookie
+        self.override_cookie_probe = f"{override_cookie}=" if override_cookie else None
         if (self.trust_baggage or self.propagate_baggage) and not lab.secret:
             _log.warning("fieldlab: baggage needs a lab secret (lab.secret_env / FIELDLAB_SECRET); "
                          "without one, fieldlab baggage is neither sent nor trusted")

@@ -118,7 +118,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: HeaderGetter | Mapping[str,
 def _has_override(cfg: AdapterConfig, get: HeaderGetter) -> bool:
     if cfg.override_header and get(cfg.override_header):
         return True
-    probe = f"{cfg.override_cookie}=" if cfg.override_cookie else None
+    probe = cfg.override_cookie_probe
     return bool(probe and probe in (get("cookie") or ""))
 
 
