@@ -135,6 +135,25 @@ def _compile_unit(kind: str, spec: Any, where: str) -> Unit:
                       'give a callable taking the request, "header:X-User-Id" or "cookie:NAME"')
 
 
+def _check(lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: Any, where: str) -> None:
+    """Raise the ConfigError (field, problem, fix) of the first adapter argument that cannot work."""
+    if not isinstance(lab, Lab):
+        raise ConfigError("lab", f"expected a fieldlab.Lab, got {type(lab).__name__}",
+                          "pass lab=Lab.from_file('experiments.toml') (or a Lab you built)")
+    if units is not None and not isinstance(units, Mapping):
+        raise ConfigError(where, f"expected a mapping of unit kind to resolver, got {type(units).__name__}",
+                          'write units={"user": "header:X-User-Id"}')
+    if attributes is not None and not callable(attributes):
+        raise ConfigError("attributes", f"{attributes!r} is not callable",
+                          "pass a function taking the request and returning a dict")
+    if isinstance(headers, str):
+        raise ConfigError("headers", "expected a list of header names, got one string",
+                          f'write headers=["{headers}"]')
+    if not isinstance(visitor_cookie, str) or not re.match(r"^[A-Za-z0-9_.-]+$", visitor_cookie):
+        raise ConfigError("visitor_cookie", f"{visitor_cookie!r} is not a valid cookie name",
+                          "use letters, digits, '_', '.' or '-'")
+
+
 class AdapterConfig:
     """Everything an adapter needs per request, validated and precomputed once.
 
@@ -150,21 +169,7 @@ class AdapterConfig:
                  visitor_cookie: str = DEFAULT_VISITOR_COOKIE, override_header: str | None = DEFAULT_OVERRIDE_HEADER,
                  override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE,
                  framework_defaults: Mapping[str, Resolver] | None = None, where: str = "units") -> None:
-        if not isinstance(lab, Lab):
-            raise ConfigError("lab", f"expected a fieldlab.Lab, got {type(lab).__name__}",
-                              "pass lab=Lab.from_file('experiments.toml') (or a Lab you built)")
-        if units is not None and not isinstance(units, Mapping):
-            raise ConfigError(where, f"expected a mapping of unit kind to resolver, got {type(units).__name__}",
-                              'write units={"user": "header:X-User-Id"}')
-        if attributes is not None and not callable(attributes):
-            raise ConfigError("attributes", f"{attributes!r} is not callable",
-                              "pass a function taking the request and returning a dict")
-        if isinstance(headers, str):
-            raise ConfigError("headers", "expected a list of header names, got one string",
-                              f'write headers=["{headers}"]')
-        if not isinstance(visitor_cookie, str) or not re.match(r"^[A-Za-z0-9_.-]+$", visitor_cookie):
-            raise ConfigError("visitor_cookie", f"{visitor_cookie!r} is not a valid cookie name",
-                              "use letters, digits, '_', '.' or '-'")
+        _check(lab, units, headers, attributes, visitor_cookie, where)
         self.lab = lab
         self.recorder = telemetry.Recorder(lab, unit_ids)
         self.units: dict[str, Unit] = {k: _compile_unit(k, v, where) for k, v in (units or {}).items()}
@@ -197,24 +202,24 @@ class AdapterConfig:
         """The override header's WSGI environ / Django META key ("" without one)."""
         return env_key(self.override_header) if self.override_header else ""
 
+    def _unit_for(self, kind: str) -> Unit | None:
+        """The resolver of a unit kind: the adapter's, else fieldlab's (visitor, request), else the framework's."""
+        unit = self.units.get(kind)
+        if unit is not None:
+            return unit
+        if kind == "visitor":
+            return Unit(kind, "visitor", self.visitor_cookie)
+        if kind == "request":
+            return Unit(kind, "request")
+        return self.defaults.get(kind)
+
     def plan(self) -> tuple[Unit, ...]:
         """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
         state = self.lab._state  # one snapshot: experiments and fault plan of the same configuration
         if state is self._planned_for:
             return self._plan
         kinds = sorted({e.unit for e in state.experiments.values()})
-        plan = []
-        for kind in kinds:
-            unit = self.units.get(kind)
-            if unit is None:
-                if kind == "visitor":
-                    unit = Unit(kind, "visitor", self.visitor_cookie)
-                elif kind == "request":
-                    unit = Unit(kind, "request")
-                else:
-                    unit = self.defaults.get(kind)
-            if unit is not None:
-                plan.append(unit)
+        plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
         self._plan = tuple(plan)
         # Without targeting and without per-request units, the assignments are a function of the
         # unit ids alone, so they (and their span attributes) are computed once per distinct ids.

@@ -64,7 +64,7 @@ _sysrandom = random.SystemRandom()
 
 def new_visitor_id() -> str:
     """128 random bits from the OS as 32 hex digits."""
-    return "%032x" % _sysrandom.getrandbits(128)
+    return f"{_sysrandom.getrandbits(128):032x}"
 
 
 def begin(cfg: AdapterConfig, request: Any, headers: HeaderGetter | Mapping[str, str], path: str, method: str,
@@ -94,7 +94,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: HeaderGetter | Mapping[str,
             try:
                 request = make_request(request)
             except Exception:
-                pass  # resolvers get what the adapter had
+                failed("resolver_errors", "request builder")  # resolvers get what the adapter had
         trace_id, generated = _request_trace_id(cfg, get)
         units, visitor = _resolve_units(cfg, request, get, known, trace_id)
         attrs.update(_attributes(cfg, request, get))
@@ -137,7 +137,7 @@ def _request_trace_id(cfg: AdapterConfig, get: HeaderGetter) -> tuple[str | None
         return tid, False
     if telemetry.ensure_processor(server_span_started):
         return None, False
-    return "%032x" % random.getrandbits(128), True
+    return f"{random.getrandbits(128):032x}", True
 
 
 def _resolve_units(cfg: AdapterConfig, request: Any, get: HeaderGetter, known: Mapping[str, Any] | None,

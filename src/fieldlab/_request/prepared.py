@@ -12,7 +12,6 @@ are never kept, in bytes too, whatever clients send.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Union
 
 from .._units import MAX_CACHED_ID_LENGTH
 from ..context import PreparedRequest
@@ -23,7 +22,7 @@ __all__ = ["CACHE_SIZE", "CacheKey", "PreparedCache"]
 CACHE_SIZE = 10_000
 
 #: The unit ids in plan order (a tuple), or the one id of a one-header plan.
-CacheKey = Union[tuple[str | None, ...], str, None]
+CacheKey = tuple[str | None, ...] | str | None
 
 
 class PreparedCache:
