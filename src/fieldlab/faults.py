@@ -257,11 +257,11 @@ def _trace_key(ctx: RequestContext) -> str | None:
     ``ctx.trace_id`` when the adapter set a real one (an int or hex string);
     otherwise the trace of the request's server span, else of the current
     span. A placeholder id an adapter made up before any span existed
-    (``ctx.extra["request_generated"]``) is not used: it would not match the
+    (``ctx.trace_id_generated``) is not used: it would not match the
     trace that gets recorded, so a replay could not reproduce the decision.
     """
     tid = ctx.trace_id
-    if tid and not ctx.extra.get("request_generated"):
+    if tid and not ctx.trace_id_generated:
         if isinstance(tid, int):
             return f"{tid:032x}"
         return str(tid).lower()
@@ -321,7 +321,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
     lab = ctx.lab
     plan: FaultPlan = lab._state.fault_plan
     key = _trace_key(ctx)
-    seqs = ctx.own_extra().setdefault("fieldlab.fault.seq", {})
+    seqs = ctx.fault_seq
     seq = seqs.get(point, 0)
     seqs[point] = seq + 1
     in_loop: bool | None = None
