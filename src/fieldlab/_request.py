@@ -177,6 +177,7 @@ class AdapterConfig:
         #: Lower-case header names the request path may read (ASGI adapters decode only these).
         self.wanted_header_bytes = frozenset(h.encode("latin-1") for h in wanted)
         self._state: Any = None
+        self._paused: Any = None  # the lab's paused view the plan and cache were made under
         self._plan: tuple[_Unit, ...] = ()
         self._single_header: tuple[str, str, str, bytes] | None = None
         #: unit ids (a tuple in plan order; the id itself for a one-header plan, as str and, for
@@ -191,6 +192,10 @@ class AdapterConfig:
         """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
         lab = self.lab
         state = lab._state
+        if self._paused is not lab._paused:  # a guardrail pause or resume: evaluations made before are stale
+            self._paused = lab._paused
+            if self.cache is not None:
+                self.cache = _PreparedCache(state.version)
         if state is not self._state:
             kinds = sorted({e.unit for e in state.experiments.values()})
             plan = []
@@ -294,7 +299,7 @@ def begin(cfg: AdapterConfig, request: Any, headers: Mapping[str, str], path: st
     """
     try:
         lab = cfg.lab
-        if cfg._state is not lab._state:
+        if cfg._state is not lab._state or cfg._paused is not lab._paused:
             cfg.plan()
         single = cfg._single_header
         prepared = None
@@ -456,6 +461,7 @@ def _overrides(cfg: AdapterConfig, get: Callable[[str], str | None], cookies: di
 def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
              attrs: dict[str, Any]) -> PreparedRequest:
     """Evaluate one set of unit ids in full and keep what every request with them shares."""
+    paused = cfg.lab._paused  # before evaluating: a pause that lands meanwhile must not leave this in the cache
     full = RequestContext(cfg.lab, units, attrs)
     recorder = cfg.recorder
     unit_values = recorder.unit_values(full.units)
@@ -463,7 +469,7 @@ def _prepare(cfg: AdapterConfig, key: Any, units: dict[str, str | None],
     prepared = PreparedRequest(full.units, full.assignments, list(full.held_out), frozenset(full.exposed), full.version,
                                recorder.base_attributes(full), unit_values)
     cache = cfg.cache
-    if cache is not None:
+    if cache is not None and cfg._paused is paused:
         _remember(cache, key, prepared)
     return prepared
 
@@ -618,7 +624,8 @@ def _apply_baggage(cfg: AdapterConfig, ctx: RequestContext, header: str | None) 
             continue
         if ctx.assignments[key].reason == "override":
             continue  # a signed override on this hop wins
-        ctx.own_assignments()[key] = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        a = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        ctx.own_assignments()[key] = cfg.lab._guardrail(a) if cfg.lab._paused else a  # paused here: control
         changed = True
     return changed
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -42,12 +43,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import mmh3
 
 from ._hashing import BUCKETS
-from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING, TRAFFIC,
-                         Assignment)
-from ._fault_kinds import FaultPlan, compile_plan
+from ._assignment import (CONCLUDED, ERROR, GUARDRAIL, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING,
+                          TRAFFIC, Assignment)
+from ._fault_kinds import FaultPlan, compile_plan, state_path
 from ._units import is_unit_text
-from .config import (MAX_RELOAD_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version,
-                     parse_bytes, parse_format, read_config_bytes, read_config_file)
+from .config import (DEFAULT_STATE_POLL_INTERVAL, MAX_RELOAD_INTERVAL, SETTINGS_KEYS, check_document,
+                     check_reload_interval, content_version, parse_bytes, parse_format, read_config_bytes,
+                     read_config_file)
+from .control.settings import GuardrailsConfig, parse_experiment_guardrails, parse_lab_guardrails
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
@@ -147,14 +150,17 @@ class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
     __slots__ = ("experiments", "layers", "holdouts", "compiled", "fast", "version", "settings", "faults", "source",
-                 "fault_plan")
+                 "fault_plan", "guardrails", "state_url", "state_poll_interval")
 
     def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
                  settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
-                 source: str | None) -> None:
+                 source: str | None, guardrails: Mapping[str, Any] | None = None) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
         self.fault_plan: FaultPlan = compile_plan(experiments, layers, holdouts, settings, faults, source)
+        # [guardrails] and each [experiments.guardrails], and the state store every process follows.
+        self.guardrails, self.state_url, self.state_poll_interval = _guardrails_of(
+            experiments, guardrails, settings, source)
         self.experiments = MappingProxyType({e.key: e for e in experiments})
         self.layers = MappingProxyType({layer.key: layer for layer in layers})
         self.holdouts = MappingProxyType({h.key: h for h in holdouts})
@@ -171,7 +177,26 @@ class _State:
         self.version = version or content_version({
             "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
             "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
+            **({"guardrails": dict(guardrails)} if guardrails else {}),
         })
+
+
+def _guardrails_of(experiments: Sequence[Experiment], doc: Mapping[str, Any] | None, settings: Mapping[str, Any],
+                   source: str | None) -> tuple[GuardrailsConfig, str | None, float]:
+    """The validated guardrails, the state store to follow (a Redis URL, an absolute path, or None) and its
+    poll interval (``[lab] state_poll_interval``, default 1 s)."""
+    lab = parse_lab_guardrails(doc)
+    exps = {e.key: parse_experiment_guardrails(e.guardrails, f"{getattr(e, '_path', None) or e.key}.guardrails", lab)
+            for e in experiments}
+    url = state_path(source, settings)
+    spec = settings.get("state")
+    if url is None and isinstance(spec, str) and "://" in spec:
+        url = spec.strip()
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError("lab.state", f"{url!r} is a Redis store, and the redis package is not installed",
+                              "pip install 'fieldlab[redis]', or use a state file")
+    interval = float(settings.get("state_poll_interval", DEFAULT_STATE_POLL_INTERVAL))
+    return GuardrailsConfig(lab, exps), url, interval
 
 
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
@@ -265,7 +290,7 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
-    return _State(experiments, layers, holdouts, settings, faults, version, source)
+    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"))
 
 
 _FIELDS: dict[type, frozenset[str]] = {}
@@ -297,7 +322,7 @@ class _WatchTrap(dict):  # type: ignore[type-arg]
 
     def __missing__(self, key: str) -> "tuple[str, list[Assignment | None], _Compiled]":
         self.lab._start_watcher()
-        return self.lab._state.fast[key]
+        return self.lab._fast_of(self.lab._state)[key]  # a paused experiment: KeyError, the general path
 
 
 _LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
@@ -306,7 +331,7 @@ _LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for lab in list(_LABS):
         lab._watcher = None
-        lab._watch_pending = lab._path is not None and lab._reload_interval > 0
+        lab._watch_pending = (lab._path is not None and lab._reload_interval > 0) or lab._follows_store()
         if lab._watch_pending:
             lab._fast = _WatchTrap(lab)
 
@@ -325,8 +350,9 @@ class Lab:
 
     def __init__(self, experiments: Iterable[Experiment] = (), layers: Iterable[Layer] = (),
                  holdouts: Iterable[Holdout] = (), *, secret: str | bytes | None = None,
-                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
-        state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None)
+                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
+                 guardrails: Mapping[str, Any] | None = None) -> None:
+        state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None, guardrails)
         self._init(state, secret, path=None, reload_interval=0)
 
     def _init(self, state: _State, secret: str | bytes | None, path: str | None, reload_interval: float) -> None:
@@ -350,7 +376,13 @@ class Lab:
         self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
                                       "invalid_units": 0, "unknown_experiments": 0}
         self._listeners: list[Any] = []
+        # The lab state this Lab follows (pauses, kills; fieldlab.control.runtime): the last snapshot, and
+        # experiment -> variants paused (empty unless something is paused: the hot path tests only that).
+        self._control: Any = None
+        self._paused: Mapping[str, frozenset[str]] = _EMPTY
+        self._following: tuple[str | None, float] | None = None
         _LABS.add(self)
+        self._follow_store()
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -499,6 +531,8 @@ class Lab:
             a = c.evaluate(unit, attributes, overrides)
             if a is c.bad_unit:
                 self._invalid_unit()
+            if self._paused:
+                return self._guardrail(a)
             return a
         except Exception as exc:
             return self._failed(key, exc)
@@ -519,6 +553,7 @@ class Lab:
         that unit kind are evaluated. Never raises.
         """
         state = self._state  # read once: a reload swaps it whole
+        paused = self._paused
         if self._watch_pending:
             self._start_watcher()
         if overrides is not None and not isinstance(overrides, VerifiedOverrides):
@@ -543,6 +578,11 @@ class Lab:
                 out[key] = self._failed(key, exc)
         if invalid:
             self._invalid_unit()
+        if paused:
+            for key in paused:
+                a = out.get(key)
+                if a is not None:
+                    out[key] = self._guardrail(a, paused)
         return state.version, out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
@@ -611,6 +651,87 @@ class Lab:
             self._logged.add(tag)
             _log.warning(msg, *args)
 
+    # --------------------------------------------------------------- guardrails
+    # The hook of fieldlab.control: the state poller hands each new snapshot to _follow_state (from its
+    # thread); evaluation reads self._paused, which is empty unless a variant is paused.
+    @property
+    def paused_variants(self) -> Mapping[str, frozenset[str]]:
+        """Experiment -> the variants the state store has paused here (their units get control)."""
+        return self._paused
+
+    @property
+    def state_snapshot(self) -> Any:
+        """The last :class:`fieldlab.control.state.Snapshot` of the followed state store (None: none followed)."""
+        return self._control
+
+    def _follow_store(self, start: bool = False) -> None:
+        """Follow the state store the config in force names (again after a reload that changed it).
+
+        ``start``: start the poller thread now (else at the first evaluation)."""
+        state = self._state
+        key = (state.state_url, state.state_poll_interval)
+        if key == self._following:
+            return
+        from .control import runtime, state as control_state
+        runtime.unfollow(self)
+        self._following = key
+        self._control = None
+        if state.state_url is None:
+            self._apply_pauses()
+            return
+        try:
+            runtime.follow(self, state.state_url, state.state_poll_interval, start=start)
+            if not start and not self._watch_pending:  # the poller starts at the first evaluation, as the watcher
+                self._watch_pending = True
+                self._fast = _WatchTrap(self)
+        except Exception as exc:  # a store that cannot even be opened: fail closed, as an unreadable one
+            _log.error("fieldlab: cannot follow the lab state %s (%s); ALL faults are halted", state.state_url, exc)
+            self._follow_state(control_state.Snapshot(None, "error", str(exc)))
+
+    def _follows_store(self) -> bool:
+        return self._following is not None and self._following[0] is not None
+
+    def _follow_state(self, snapshot: Any) -> None:
+        """Take a new state snapshot (called by the poller thread, or at start): swap the paused view."""
+        self._control = snapshot
+        self._apply_pauses()
+
+    def _apply_pauses(self) -> None:
+        snapshot = self._control
+        with self._lock:
+            state = self._state
+            found: dict[str, set[str]] = {}
+            for key, variant in (snapshot.paused if snapshot is not None else ()):
+                exp = state.experiments.get(key)
+                if exp is not None and variant != exp.control and variant in exp.variant_names:
+                    found.setdefault(key, set()).add(variant)
+            paused = {key: frozenset(vs) for key, vs in found.items()}
+            if paused == dict(self._paused):
+                return
+            self._paused = MappingProxyType(paused) if paused else _EMPTY
+            if not self._watch_pending:
+                self._fast = self._fast_of(state)
+        _log.warning("fieldlab: paused by the guardrails: %s", ", ".join(
+            f"{k}/{v}" for k, vs in sorted(paused.items()) for v in sorted(vs)) or "nothing")
+
+    def _fast_of(self, state: _State) -> Any:
+        """``state.fast`` without the experiments that have a paused variant (they take the general path)."""
+        paused = self._paused
+        if not paused:
+            return state.fast
+        return {key: entry for key, entry in state.fast.items() if key not in paused}
+
+    def _guardrail(self, a: Assignment, paused: Mapping[str, frozenset[str]] | None = None) -> Assignment:
+        """``a``, or control with reason ``guardrail`` when the split drew a paused variant."""
+        names = (self._paused if paused is None else paused).get(a.experiment)
+        if not names or a.reason != SPLIT or a.variant not in names:
+            return a
+        exp = self._state.experiments.get(a.experiment)
+        if exp is None:
+            return a
+        return Assignment(a.experiment, exp.control, a.bucket, GUARDRAIL, exp.variant(exp.control).params,
+                          paused=a.variant)
+
     # ------------------------------------------------------------------ reload
     def on_reload(self, callback: Any) -> None:
         """Call ``callback(lab)`` after each successful reload."""
@@ -666,7 +787,7 @@ class Lab:
             changed = state.version != self._state.version
             self._state = state
             if not self._watch_pending:
-                self._fast = state.fast
+                self._fast = self._fast_of(state)
             if self.config_error is not None:
                 _log.warning("fieldlab: %s is valid again; config %s in force", self._path, state.version)
             self.config_error = None
@@ -674,6 +795,8 @@ class Lab:
                 self.stats["reloads"] += 1
                 _log.info("fieldlab: loaded config %s from %s", state.version, self._path)
         if changed:
+            self._follow_store(start=True)
+            self._apply_pauses()
             for callback in list(self._listeners):
                 try:
                     callback(self)
@@ -695,17 +818,30 @@ class Lab:
             if not self._watch_pending:
                 return
             self._watch_pending = False
-            self._fast = self._state.fast
-            thread = threading.Thread(target=_watch, args=(weakref.ref(self), self._reload_interval),
-                                      name="fieldlab-config-watcher", daemon=True)
-            self._watcher = thread
-        thread.start()
+            self._fast = self._fast_of(self._state)
+            thread = None
+            if self._path is not None and self._reload_interval > 0 and self._watcher is None:
+                thread = threading.Thread(target=_watch, args=(weakref.ref(self), self._reload_interval),
+                                          name="fieldlab-config-watcher", daemon=True)
+                self._watcher = thread
+        if thread is not None:
+            thread.start()
+        if self._follows_store():
+            from .control import runtime
+            runtime.start(self)  # the state poller, started here for the same reasons as the watcher
 
     def close(self) -> None:
-        """Stop watching the file (the watcher also ends when the Lab is collected)."""
+        """Stop watching the file and the state store (both also end when the Lab is collected).
+
+        The last state read stays in force.
+        """
         self._watch_pending = False
-        self._fast = self._state.fast
+        self._fast = self._fast_of(self._state)
         self._watcher = None
+        if self._follows_store():
+            from .control import runtime
+            runtime.unfollow(self)
+            self._following = (None, 0.0)
 
     def __repr__(self) -> str:
         return f"<Lab {len(self.experiments)} experiments, config {self.version}>"

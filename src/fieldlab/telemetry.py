@@ -352,6 +352,9 @@ class Recorder:
                 attrs[names[0]] = a.variant
                 if reason == "override":
                     attrs[names[2]] = True
+            elif reason == "guardrail":  # the unit got control because the variant it drew is paused
+                attrs[(all_names.get(key) or self._attr_names(key))[0]] = a.variant
+                attrs[A.guardrail_attr(key)] = a.paused
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs
