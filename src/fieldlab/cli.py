@@ -21,7 +21,7 @@ from .errors import FieldLabError
 __all__ = ["main", "build_parser"]
 
 # Modules that add their own subcommands; each has add_parsers(subparsers).
-_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch")
+_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.cli")
 
 
 class CommandError(FieldLabError):
