@@ -387,16 +387,19 @@ class Controller:
 
     def run_round(self, now: float | None = None, *, record: bool = True) -> Round:
         """One round; with ``record`` the decisions and the report go to the store. Returns the round."""
+        live = now is None
         now = time.time() if now is None else now
         m = measure(self.source, self.query(now), self.config)
         try:
             state = self.store.read()
         except StateFormatError:
             state = LabState()  # a broken document is rewritten by this round's write
-        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=_iso(now),
+        at = _iso(time.time() if live else now)  # when decided: after the measurement, which takes a while
+        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=at,
                            by=self.by)
         if record:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)
-            self.store.record(rnd.decisions, report=report, at=_iso(now), by=self.by)
+            report["data_until"] = _iso(now)
+            self.store.record(rnd.decisions, report=report, at=at, by=self.by)
         return rnd
