@@ -146,12 +146,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 if args.json:
                     doc = rnd.to_json()
                     doc["round"], doc["seconds"] = n, round(seconds, 3)
+                    doc["applied"] = [d.to_json() for d in ctl.applied]  # what changed the state this round
                     out.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
                 else:
                     line = _round_line(n, rnd, seconds)
-                    if rnd.decisions or not live:
+                    if ctl.applied or not live:
                         out.write(("\r\033[K" if live else "") + line + "\n")
-                        for d in rnd.decisions:
+                        for d in ctl.applied:
                             out.write(_decision_line(d) + "\n")
                     else:
                         out.write("\r\033[K" + line)

@@ -38,7 +38,7 @@ from ..analysis import sources as S
 from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status
 from .guardrails import ExperimentData, Round, decide_round
 from .settings import GuardrailMetric, GuardrailsConfig
-from .state import LabState, StateFormatError, StateStore, decider_name
+from .state import Decision, LabState, StateFormatError, StateStore, decider_name
 
 __all__ = [
     "ExperimentSpec", "experiment_specs", "WindowQuery", "window_counts_sql", "service_totals_sql",
@@ -376,6 +376,9 @@ class Controller:
         self.source = S.open_source(source, engine=engine)
         self.store = store
         self.by = by or decider_name()
+        #: The decisions of the last round that changed the state (a pause in force is decided again every
+        #: round while the variant burns, and not written again).
+        self.applied: list[Decision] = []
 
     def query(self, now: float) -> WindowQuery:
         lab = self.config.lab
@@ -401,5 +404,7 @@ class Controller:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)
             report["data_until"] = _iso(now)
-            self.store.record(rnd.decisions, report=report, at=at, by=self.by)
+            _, self.applied = self.store.record(rnd.decisions, report=report, at=at, by=self.by)
+        else:
+            self.applied = []
         return rnd
