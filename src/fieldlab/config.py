@@ -19,7 +19,8 @@ from .errors import ConfigError, suggest_names
 __all__ = [
     "read_config_file", "read_config_bytes", "parse_format", "content_version", "check_document", "check_number",
     "check_reload_interval", "check_settings", "check_state_setting", "check_limits", "TOP_LEVEL_KEYS",
-    "SETTINGS_KEYS", "MAX_CONFIG_BYTES", "MAX_EXPERIMENTS", "MAX_LAYERS", "MAX_HOLDOUTS", "MIN_RELOAD_INTERVAL", "MAX_RELOAD_INTERVAL",
+    "SETTINGS_KEYS", "MAX_CONFIG_BYTES", "MAX_EXPERIMENTS", "MAX_LAYERS", "MAX_HOLDOUTS", "MIN_RELOAD_INTERVAL",
+    "MAX_RELOAD_INTERVAL",
     "DEFAULT_STATE_POLL_INTERVAL", "MIN_STATE_POLL_INTERVAL", "MAX_STATE_POLL_INTERVAL",
 ]
 
@@ -29,8 +30,8 @@ except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
 TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "guardrails"})
-SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage", "state_file",
-                           "state", "state_poll_interval"})
+SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage",
+                           "state_file", "state", "state_poll_interval"})
 
 #: Limits of one configuration. A file beyond them is refused with a ConfigError naming the limit (on a
 #: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. Each

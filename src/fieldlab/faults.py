@@ -133,8 +133,8 @@ def unregister_exception(name: str) -> None:
 
 # ------------------------------------------------------------------- counters
 _STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_paused",
-               "skipped_max_active", "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
-               "errors")
+               "skipped_max_active", "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop",
+               "skipped_unknown_exception", "errors")
 _stats: dict[str, int] = dict.fromkeys(_STATS_KEYS, 0)
 _lock = threading.Lock()
 _active = 0

@@ -151,7 +151,8 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
         if warn:
             print(f"warning: {exc}; using the default state file beside it", file=sys.stderr)
         return state_path(config, {}) or config + ".state.json", None, MAX_CHECK_INTERVAL
-    settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
+    lab = doc.get("lab")
+    settings: Mapping[str, Any] = lab if isinstance(lab, Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
     interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
     spec = settings.get("state")

@@ -580,9 +580,9 @@ class Lab:
             self._invalid_unit()
         if paused:
             for key in paused:
-                a = out.get(key)
-                if a is not None:
-                    out[key] = self._guardrail(a, paused)
+                drawn = out.get(key)
+                if drawn is not None:
+                    out[key] = self._guardrail(drawn, paused)
         return state.version, out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:

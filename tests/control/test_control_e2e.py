@@ -171,10 +171,9 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
             s.start()
         load = Load([s.url for s in servers]).start()
         _wait(lambda: any(a["variant"] == "bad" and a["status"] == 500 for a in load.since(0)), 30, "a bad request")
-        out = open(tmp_path / "watch.jsonl", "wb")
-        err = open(tmp_path / "watch.err", "wb")
-        controller = subprocess.Popen([sys.executable, "-m", "fieldlab.cli", "watch", str(cfg), str(spans),
-                                       "--interval", "1", "--json"], stdout=out, stderr=err, env=os.environ.copy())
+        with open(tmp_path / "watch.jsonl", "wb") as out, open(tmp_path / "watch.err", "wb") as err:
+            controller = subprocess.Popen([sys.executable, "-m", "fieldlab.cli", "watch", str(cfg), str(spans),
+                                           "--interval", "1", "--json"], stdout=out, stderr=err)
 
         # 1. the controller pauses checkout/bad; every worker follows within one poll interval
         state = _wait(lambda: (lambda st: st if st.is_paused("checkout", "bad") else None)(store.read()), 90,

@@ -211,7 +211,8 @@ def test_kill_keeps_the_guardrails_pauses_and_history_in_a_state_file(tmp_path: 
     state = store.read()
     assert state.is_paused("checkout", "bad")
     assert [d.action for d in state.history] == ["pause", "halt_faults", "resume_faults"]
-    assert json.loads((tmp_path / "lab.toml.state.json").read_text())["paused"]["checkout"]["bad"]["cause"] == "guardrail"
+    doc = json.loads((tmp_path / "lab.toml.state.json").read_text())
+    assert doc["paused"]["checkout"]["bad"]["cause"] == "guardrail"
 
 
 # ----------------------------------------------------------------------------- CLI

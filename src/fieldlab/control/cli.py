@@ -73,15 +73,6 @@ def _now() -> str:
 # ----------------------------------------------------------------------------- watch
 
 
-def _burns(evidence: Mapping[str, Any], sli: str = "errors") -> str:
-    """``1h 18.7x/5m 18.1x`` from a verdict's evidence (the first window pair)."""
-    windows = ((evidence.get("slis") or {}).get(sli) or {}).get("windows") or []
-    if not windows:
-        return ""
-    w = windows[0]
-    return f"{w['long']['window']} {w['long']['burn_rate']:.3g}x / {w['short']['window']} {w['short']['burn_rate']:.3g}x"
-
-
 def _round_line(n: int, rnd: Any, seconds: float) -> str:
     counts: dict[str, int] = {}
     for ev in rnd.experiments:
@@ -238,7 +229,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"state: {store.description} (seq {lab_state.seq}, updated {lab_state.updated_at or 'never'})")
     print(f"controller's last round: {report.get('at') or 'none yet (run fieldlab watch)'}")
     if halt:
-        print(f"ALL faults halted ({halt.get('cause')}, {halt.get('at')} by {halt.get('by')}): {halt.get('reason', '')}")
+        print(f"ALL faults halted ({halt.get('cause')}, {halt.get('at')} by {halt.get('by')}): "
+              f"{halt.get('reason', '')}")
     if budget:
         print(f"experimentation budget: {100 * (budget.get('used') or 0):.3g} % used ({budget.get('spent')} of "
               f"{budget.get('allowed')} excess errors allowed over {budget.get('period')})")
