@@ -263,3 +263,24 @@ def test_watch_once_pauses_a_burning_variant_and_status_shows_it(tmp_path: Path)
     line = next(x for x in status.stdout.splitlines() if x.strip().startswith("one-page"))
     assert "paused" in line and "FIRING" in line
     assert "last decision: pause (guardrail)" in status.stdout and "fieldlab-controller@" in status.stdout
+
+
+def test_a_reload_that_changes_the_state_store_follows_the_new_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "lab.toml"
+    body = '[[experiments]]\nkey = "checkout"\nvariants = [{ name = "control" }, { name = "bad" }]\n'
+    cfg.write_text(f'[lab]\nstate = "a.json"\nstate_poll_interval = {FAST}\n' + body)
+    lab = Lab.from_file(cfg, reload_interval=0)
+    lab.assign("checkout", "warm-up")
+    _pause(JsonFileStore(str(tmp_path / "b.json")))
+    assert not lab.paused_variants
+    cfg.write_text(f'[lab]\nstate = "b.json"\nstate_poll_interval = {FAST}\n' + body)
+    assert lab.reload()
+    _wait(lambda: lab.paused_variants.get("checkout") == frozenset({"bad"}))
+
+
+def test_validate_names_the_guardrails_and_the_state_store(tmp_path: Path, capsys: Any) -> None:
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(TOML)
+    assert main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "guardrails: service SLO 99.9 %, windows 30s/5s at 10x" in out and str(tmp_path / "run" / "state.json") in out
