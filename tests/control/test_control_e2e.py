@@ -182,10 +182,11 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
         assert pause.cause == "guardrail" and pause.by.startswith("fieldlab-controller@")
         paused_at = _epoch(pause.at)
         first_bad = min(a["t"] for a in load.since(0) if a["variant"] == "bad" and a["status"] == 500)
-        time.sleep(POLL + SLACK + 1.0)
-        after = load.since(paused_at)
         pids = {a["pid"] for a in load.since(0)}
         assert len(pids) == 3, f"expected 2 gunicorn workers and 1 uvicorn process, saw {pids}"
+        _wait(lambda: {a["pid"] for a in load.since(paused_at + POLL + SLACK) if a["path"] == "checkout"} == pids,
+              30, "every process to answer after the pause")
+        after = load.since(paused_at)
         switched = {}
         for pid in pids:
             seen = [a for a in after if a["pid"] == pid and "checkout/bad" in a["pauses"]]
@@ -259,9 +260,10 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
                                "--variant", "bad", "--reason", "test"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "resumed checkout/bad" in done.stdout, done.stderr
         resumed_at = _epoch(next(d for d in store.read().history if d.action == "resume").at)
-        time.sleep(POLL + SLACK + 1.0)
-        served = {a["pid"] for a in load.since(resumed_at + POLL + SLACK) if a["variant"] == "bad"}
-        assert served == pids, "a worker did not follow the resume"
+        _wait(lambda: {a["pid"] for a in load.since(resumed_at + POLL + SLACK) if a["variant"] == "bad"} == pids,
+              30, "every process to serve checkout/bad again")
+        still = [a for a in load.since(resumed_at + POLL + SLACK) if a["reason"] == "guardrail"]
+        assert still == [], f"{len(still)} requests got control after the resume had reached every process"
     finally:
         if load is not None:
             load.finish()
