@@ -693,10 +693,11 @@ class Lab:
 
     def _follow_state(self, snapshot: Any) -> None:
         """Take a new state snapshot (called by the poller thread, or at start): swap the paused view."""
+        first = self._control is None
         self._control = snapshot
-        self._apply_pauses()
+        self._apply_pauses(logging.INFO if first else logging.WARNING)
 
-    def _apply_pauses(self) -> None:
+    def _apply_pauses(self, level: int = logging.WARNING) -> None:
         snapshot = self._control
         with self._lock:
             state = self._state
@@ -711,7 +712,7 @@ class Lab:
             self._paused = MappingProxyType(paused) if paused else _EMPTY
             if not self._watch_pending:
                 self._fast = self._fast_of(state)
-        _log.warning("fieldlab: paused by the guardrails: %s", ", ".join(
+        _log.log(level, "fieldlab: paused by the guardrails: %s", ", ".join(
             f"{k}/{v}" for k, vs in sorted(paused.items()) for v in sorted(vs)) or "nothing")
 
     def _fast_of(self, state: _State) -> Any:

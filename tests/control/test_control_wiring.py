@@ -285,3 +285,28 @@ def test_validate_names_the_guardrails_and_the_state_store(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "guardrails: service SLO 99.9 %, windows 30s/5s at 10x" in out
     assert str(tmp_path / "run" / "state.json") in out
+
+
+def test_analyze_counts_units_by_their_assigned_variant_through_a_pause(tmp_path: Path) -> None:
+    """Intent-to-treat: requests served control because the variant was paused count in the paused variant
+    (before, returning units were dropped as seen in two variants and new ones counted as control: an SRM)."""
+    from span_kit import Request, write_spans
+
+    from fieldlab.analysis import analyze
+    t0 = int((time.time() - 600) * 1e9)
+    reqs = []
+    for i in range(300):
+        for arm in ("control", "bad"):
+            uid = f"{arm}-{i}"
+            base = {A.unit_attr("user"): uid, A.HTTP_STATUS_CODE: 200}
+            before_pause = i < 200  # a third of the units arrive while "bad" is paused
+            if before_pause:
+                reqs.append(Request(t0 + i * 1000, 5.0, False, {**base, A.variant_attr("checkout"): arm}))
+            served = {A.variant_attr("checkout"): "control", A.guardrail_attr("checkout"): "bad"} if arm == "bad" \
+                else {A.variant_attr("checkout"): "control"}
+            reqs.append(Request(t0 + 10**11 + i * 1000, 5.0, False, {**base, **served}))
+    spans = write_spans(str(tmp_path / "traces.jsonl"), reqs)
+    for engine in ("chdb", "python"):
+        e = analyze([spans], engine=engine, all_assigned=True)["experiments"]["checkout"]
+        assert {v: s["units"] for v, s in e["variants"].items()} == {"control": 300, "bad": 300}, engine
+        assert not e["srm"]["mismatch"]

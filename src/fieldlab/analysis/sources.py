@@ -270,7 +270,10 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "SELECT line_ok, has_span, IsServer, vk_i, vk != '' AS has_vk, "
         f"startsWith(vk, {_lit(hp)}) AS is_h, "
         f"if(vk = '', '', if(is_h, substring(vk, {len(hp) + 1}), substring(vk, {len(vp) + 1}))) AS exp, "
-        "if(is_h, 'holdout', Attrs[vk]) AS variant, "
+        # intent-to-treat: a request served control because its variant was paused (fieldlab.guardrail.<key>)
+        # counts in the variant the unit was assigned
+        f"if(is_h, 'holdout', if(Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '', "
+        f"Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)], Attrs[vk])) AS variant, "
         f"is_h OR Attrs[concat({_lit(A.EXPOSED_PREFIX)}, exp)] = 'true' AS exposed, "
         f"NOT is_h AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] = 'true' AS forced, "
         f"{_unit_kind_sql(spec)} AS ukind, "
@@ -711,7 +714,8 @@ def _python_aggregate(spans: Iterable[tuple], spec: QuerySpec) -> Aggregates:
         for vk in keys:
             is_h = vk.startswith(hp)
             exp = vk[len(hp):] if is_h else vk[len(vp):]
-            variant = "holdout" if is_h else attrs[vk]
+            # intent-to-treat: served control during a pause (fieldlab.guardrail.<key>), assigned the paused variant
+            variant = "holdout" if is_h else (attrs.get(A.guardrail_attr(exp)) or attrs[vk])
             exposed = is_h or attrs.get(A.exposed_attr(exp)) == "true"
             if not is_h and attrs.get(A.forced_attr(exp)) == "true":
                 forced[exp] = forced.get(exp, 0) + 1

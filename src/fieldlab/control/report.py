@@ -45,10 +45,16 @@ def add_decisions(result: MutableMapping[str, Any], config: str) -> int:
         return 0
     experiments = result.get("experiments") or {}
     n = 0
+    itt = set()
     for d in history:
         line = decision_words(d)
         e = experiments.get(d.experiment) if d.experiment else None
         if e is not None:
+            if d.action == "pause" and d.experiment not in itt:
+                itt.add(d.experiment)
+                e.setdefault("notes", []).append(
+                    "intent-to-treat: while a variant was paused its units were served control (spans carry "
+                    f"fieldlab.guardrail.{d.experiment}); they still count in the variant they were assigned")
             e.setdefault("notes", []).append(line)
             e.setdefault("decisions", []).append({k: v for k, v in d.to_json().items() if k != "evidence"})
             n += 1
