@@ -310,3 +310,28 @@ def test_analyze_counts_units_by_their_assigned_variant_through_a_pause(tmp_path
         e = analyze([spans], engine=engine, all_assigned=True)["experiments"]["checkout"]
         assert {v: s["units"] for v, s in e["variants"].items()} == {"control": 300, "bad": 300}, engine
         assert not e["srm"]["mismatch"]
+
+
+def test_the_controller_counts_units_by_their_assigned_variant_through_a_pause(tmp_path: Path) -> None:
+    from span_kit import Request, write_spans
+
+    from fieldlab.analysis.sources import FileSource
+    from fieldlab.control.controller import Controller, ExperimentSpec, measure
+    from fieldlab.control.settings import parse_guardrails_config
+    now = time.time()
+    reqs = []
+    for i in range(50):
+        for arm in ("control", "bad"):
+            base = {A.unit_attr("user"): f"{arm}-{i}"}
+            reqs.append(Request(int((now - 120) * 1e9), 5.0, False, {**base, A.variant_attr("checkout"): arm}))
+            served = {A.guardrail_attr("checkout"): "bad"} if arm == "bad" else {}
+            reqs.append(Request(int((now - 60) * 1e9), 5.0, False,
+                                {**base, A.variant_attr("checkout"): "control", **served}))
+    spans = write_spans(str(tmp_path / "traces.jsonl"), reqs)
+    cfg = parse_guardrails_config({"experiments": [{"key": "checkout"}]})
+    ctl = Controller(cfg, {"checkout": ExperimentSpec("checkout", "control")}, spans,
+                     JsonFileStore(str(tmp_path / "s.json")))
+    for engine in ("chdb", "python"):
+        m = measure(FileSource(spans, engine=engine), ctl.query(now), cfg)
+        arms = {v: a.units for e in m.experiments for v, a in e.arms.items()}
+        assert arms == {"control": 50, "bad": 50}, engine

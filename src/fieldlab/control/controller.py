@@ -152,7 +152,10 @@ def window_counts_sql(spans_sql: str, q: WindowQuery) -> str:
         f"WHERE line_ok AND has_span AND IsServer AND Ts <= {now}{since}"
     )
     rows = (
-        f"SELECT substring(vk, {len(vp) + 1}) AS exp, Attrs[vk] AS variant, {unit} AS unit, Ts, Attrs, "
+        # intent-to-treat, as the analysis: served control during a pause (fieldlab.guardrail.<key>), counted
+        # in the variant the unit was assigned
+        f"SELECT substring(vk, {len(vp) + 1}) AS exp, if(Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '', "
+        f"Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)], Attrs[vk]) AS variant, {unit} AS unit, Ts, Attrs, "
         f"StatusError OR toInt64OrZero(if(Attrs[{status_new}] != '', Attrs[{status_new}], Attrs[{status_old}])) >= 500 "
         f"AS IsError, {slow} AS IsSlow FROM ({spans}) ARRAY JOIN vkeys AS vk "
         f"WHERE exp IN ({keys}) AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] != 'true'"
@@ -218,7 +221,7 @@ def _python_rows(spans: Iterable[tuple], q: WindowQuery, period: float) -> tuple
             if u is None:
                 u = units[(exp, uid)] = [set(), 0, 0, 0, [0] * nw, [0] * nw, [0] * nw,
                                          [0.0] * len(mlist), [0] * len(mlist)]
-            u[0].add(attrs[k])
+            u[0].add(attrs.get(A.guardrail_attr(exp)) or attrs[k])  # intent-to-treat through a pause
             u[1] += 1
             u[2] += is_err
             u[3] += is_slow
