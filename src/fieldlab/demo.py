@@ -205,8 +205,10 @@ def _progress(done: int, total: int, requests: int, started: float, stream: Text
     stream.flush()
 
 
-def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO) -> tuple[int, int]:
-    """Simulate ``visitors`` browsing sessions; returns (requests, server errors)."""
+def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO,
+          stop: threading.Event | None = None) -> tuple[int, int]:
+    """Simulate ``visitors`` browsing sessions (the rest skipped once ``stop`` is set); returns (requests, server
+    errors)."""
     rng = random.Random(seed)
     pool = max(1, int(visitors * 0.6))
     plans = [(f"demo-user-{rng.randrange(pool)}" if rng.random() < 0.75 else None, rng.randrange(2**32))
@@ -216,6 +218,8 @@ def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO)
     started = time.monotonic()
 
     def one(plan: tuple[str | None, int]) -> None:
+        if stop is not None and stop.is_set():
+            return
         v = _Visitor(port, plan[0], random.Random(plan[1]))
         try:
             v.browse()

@@ -12,7 +12,7 @@ from fieldlab.demo import find_examples
 
 def test_the_scene_pauses_the_failing_variant_and_shows_it_in_the_terminal_and_the_report(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
-    result = run_scene("flask", find_examples(), tmp_path, visitors=900, out=out, err=err)
+    result = run_scene("flask", find_examples(), tmp_path, out=out, err=err)
     text = out.getvalue()
     assert "PAUSED new-pricing/v2 (guardrail)" in text, text + err.getvalue()
     assert [(d["action"], d["variant"], d["cause"]) for d in result["decisions"]] == [("pause", "v2", "guardrail")]

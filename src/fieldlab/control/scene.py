@@ -62,10 +62,20 @@ def _scene_config(shop: Path, directory: Path) -> Path:
     return path
 
 
+#: After the pause the visitors go on this long, so the terminal and the report show v2's users getting control.
+AFTER_PAUSE_SECONDS = 5.0
+#: The scene ends after this long even without a pause.
+MAX_SECONDS = 90.0
+
+
 def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, concurrency: int = 8,
-              visitors: int = 1100, seed: int = 2, out: TextIO, err: TextIO,
-              analyze: bool = True) -> dict[str, Any]:
-    """Run the scene; returns the decisions, the times and the report path (also printed)."""
+              seed: int = 2, out: TextIO, err: TextIO, analyze: bool = True,
+              max_seconds: float = MAX_SECONDS) -> dict[str, Any]:
+    """Run the scene; returns the decisions, the times and the report path (also printed).
+
+    Visitors keep arriving until the pause has been in force for
+    ``AFTER_PAUSE_SECONDS``, or ``max_seconds`` passed.
+    """
     from ..demo import _Server, drive
     from .cli import _decision_line, _load, _round_line, _specs
     from .controller import Controller
@@ -86,13 +96,18 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
     started = time.time()
     rounds = 0
     result: dict[str, Any] = {}
+    stop = threading.Event()
+
+    load = threading.Thread(target=drive, args=(server.port, 100_000, concurrency, seed, io.StringIO(), stop),
+                            daemon=True)
     try:
         server.wait_ready()
-        load = threading.Thread(target=drive, args=(server.port, visitors, concurrency, seed, io.StringIO()),
-                                daemon=True)
         load.start()
         ctl = Controller(state.guardrails, _specs(state), [str(spans)], store)
+        deadline = time.monotonic() + max_seconds
         while load.is_alive():
+            if time.monotonic() > deadline or (pause_at is not None and time.time() > pause_at + AFTER_PAUSE_SECONDS):
+                stop.set()
             t0 = time.monotonic()
             rounds += 1
             try:
@@ -108,6 +123,9 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
                 out.flush()
             load.join(max(0.0, 1.0 - (time.monotonic() - t0)))
     finally:
+        stop.set()
+        if load.is_alive():
+            load.join(60)
         server.stop()
     from .. import attributes as A
     from ..demo import read_server_spans
@@ -125,7 +143,7 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
         out.write(f"  paused {pause_at - started:.1f} s into the scene; every worker follows the state file "
                   f"({state.state_url}) within {state.state_poll_interval:g} s\n")
     else:
-        out.write("  the controller did not pause v2 in this run (too few visitors? try --visitors 2000)\n")
+        out.write(f"  the controller did not pause v2 within {max_seconds:g} s\n")
     result.update(decisions=[d.to_json() for d in pauses], v2_requests=len(v2), v2_failed=failed,
                   guarded_requests=len(guarded), rounds=rounds, config=str(config))
     if analyze:
