@@ -132,8 +132,8 @@ def unregister_exception(name: str) -> None:
 
 
 # ------------------------------------------------------------------- counters
-_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_max_active",
-               "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
+_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_paused",
+               "skipped_max_active", "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
                "errors")
 #: Process-wide counters, also in ``fieldlab.stats()`` as ``faults.<name>``.
 _stats: dict[str, int] = _internal.counters("faults", _STATS_KEYS)
@@ -355,6 +355,14 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
             # Clamped to 0.01-1 s by the kill switch itself, whatever the reload interval.
             interval = lab.reload_interval or plan.reload_interval or killswitch.MAX_CHECK_INTERVAL
             if killswitch.is_killed(plan.state_file, exp_key, interval):
+                _count("skipped_killed")
+                continue
+        snap = lab._control  # the followed lab state (fieldlab.control): pauses, and kills in a Redis store
+        if snap is not None:
+            if (exp_key, variant) in snap.paused:
+                _count("skipped_paused")
+                continue
+            if plan.state_file is None and snap.faults_halted(exp_key):  # a state file: the kill switch reads it
                 _count("skipped_killed")
                 continue
         if from_code and (exp_key, variant) not in _code_admitted(plan):

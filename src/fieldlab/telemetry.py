@@ -315,6 +315,8 @@ class Recorder:
                 attrs[A.variant_attr(a.experiment)] = a.variant
                 if a.reason == "override":
                     attrs[A.forced_attr(a.experiment)] = True
+                elif a.reason == "guardrail":  # the unit got control because the variant it drew is paused
+                    attrs[A.guardrail_attr(a.experiment)] = a.paused
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs

@@ -87,7 +87,8 @@ def apply_baggage(ctx: RequestContext, header: str | None) -> bool:
             continue
         if ctx.assignments[key].reason == "override":
             continue  # a signed override on this hop wins
-        ctx.own_assignments()[key] = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        a = Assignment(key, name, None, SPLIT, exp.variant(name).params)
+        ctx.own_assignments()[key] = lab._guardrail(a) if lab._paused else a  # paused here: control
         changed = True
     return changed
 

@@ -188,6 +188,7 @@ class AdapterConfig:
                          "without one, fieldlab baggage is neither sent nor trusted")
         # set by plan(), per configuration
         self._planned_for: object = None
+        self._paused_for: object = None
         self._plan: tuple[Unit, ...] = ()
         #: unit ids -> the evaluation every request with them shares (None: assignments depend on more)
         self.cache: PreparedCache | None = None
@@ -216,7 +217,8 @@ class AdapterConfig:
     def plan(self) -> tuple[Unit, ...]:
         """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
         state = self.lab._state  # one snapshot: experiments and fault plan of the same configuration
-        if state is self._planned_for:
+        paused = self.lab._paused  # a guardrail pause or resume makes evaluations made before it stale
+        if state is self._planned_for and paused is self._paused_for:
             return self._plan
         kinds = sorted({e.unit for e in state.experiments.values()})
         plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
@@ -232,4 +234,5 @@ class AdapterConfig:
         simple = cacheable and not self.headers and self.attributes is None
         self.single_header = only.name if simple and only is not None and only.how == "header" else None
         self._planned_for = state
+        self._paused_for = paused
         return self._plan

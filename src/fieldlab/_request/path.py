@@ -223,12 +223,13 @@ def _overrides(cfg: AdapterConfig, get: HeaderGetter) -> VerifiedOverrides | Non
 def _prepare(cfg: AdapterConfig, key: CacheKey, units: dict[str, str | None],
              attrs: dict[str, Any]) -> PreparedRequest:
     """Evaluate one set of unit ids in full and keep what every request with them shares."""
+    paused = cfg.lab._paused  # before evaluating: a pause that lands meanwhile must not leave this in the cache
     full = RequestContext(cfg.lab, units, attrs)
     recorder = cfg.recorder
     full.unit_values = recorder.unit_values(full.units)
     prepared = PreparedRequest(full.units, full.assignments, full.held_out, frozenset(full.exposed), full.version,
                                recorder.base_attributes(full), full.unit_values)
-    if cfg.cache is not None:
+    if cfg.cache is not None and cfg.lab._paused is paused:
         cfg.cache.remember(key, prepared)
     return prepared
 
