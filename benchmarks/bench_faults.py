@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_faults.py [--calls 200000] [--rounds 5]``.
 Cases: outside any request; in a request where the point has no configured
 fault; in a request where the point has a fault but the unit is in control;
-and with a sick canary (weights in a state file, followed by the poller): a
+and with a sick canary (weights in a state file, followed by the Lab's poller): a
 point without the canary, a request outside the canary's traffic, and a
 request in the canary's control arm (its arm recorded, no dose).
 Each figure is the whole call of a decorated no-op function, best of N rounds;
@@ -82,14 +82,13 @@ def canary_rows(n: int, r: int) -> list[tuple[str, float]]:
     import tempfile
 
     from fieldlab.control import canary as C
-    from fieldlab.control import canary_runtime
     from fieldlab.control.state import JsonFileStore
 
     state_file = os.path.join(tempfile.mkdtemp(prefix="bench-canary-"), "lab.state.json")
     weights = {"control": 0.5, "100ms": 0.5}
     doc = dict(C.CanaryState(key="inv", weights=weights, weights_version=1).to_dict())
     JsonFileStore(state_file).update(lambda cur: dataclasses.replace(cur, seq=1, canaries={"inv": doc}))
-    lab = fieldlab.Lab.from_dict({"lab": {"state_file": state_file}, "faults": {"enabled": True},
+    lab = fieldlab.Lab.from_dict({"lab": {"state": state_file}, "faults": {"enabled": True},
                                   "canaries": [{"key": "inv", "point": "inv.reserve", "traffic": 2,
                                                 "doses": {"latency_ms": [100]}}]})
     table = C.weight_table(weights)
@@ -117,7 +116,7 @@ def canary_rows(n: int, r: int) -> list[tuple[str, float]]:
                 context.reset(token)
             assert not ctx.fault_injected
     finally:
-        canary_runtime.stop_followers()
+        lab.close()
     return rows
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import fieldlab
 from fieldlab import _internal, _request, context, faults
+from fieldlab._request import failures
 from fieldlab.lab import Lab
 
 
@@ -23,7 +24,7 @@ def test_stats_is_public_and_lists_every_process_wide_counter() -> None:
 
 def test_the_module_views_are_the_same_counters_as_fieldlab_stats() -> None:
     before = fieldlab.stats()
-    _request._failed("resolver_errors", "stats-view-test")
+    failures.failed("resolver_errors", "stats-view-test")
     faults._internal_error("stats-view-test")
     after = fieldlab.stats()
     assert after["request.resolver_errors"] == before["request.resolver_errors"] + 1 == _request.stats["resolver_errors"]

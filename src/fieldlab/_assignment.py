@@ -6,7 +6,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 __all__ = ["Assignment", "REASONS", "SPLIT", "OVERRIDE", "HOLDOUT", "TARGETING", "LAYER", "TRAFFIC",
-           "PAUSED", "CONCLUDED", "NO_UNIT", "ERROR"]
+           "PAUSED", "CONCLUDED", "NO_UNIT", "ERROR", "GUARDRAIL"]
 
 SPLIT = "split"            # in the experiment; the variant comes from the bucket
 OVERRIDE = "override"      # a signed QA token forced the variant
@@ -18,8 +18,9 @@ PAUSED = "paused"          # draft or paused: nobody is in it
 CONCLUDED = "concluded"    # everyone gets the declared winner; not an exposure
 NO_UNIT = "no_unit"        # no unit id: not in the experiment, never a random fallback
 ERROR = "error"            # something failed inside fieldlab: the default path
+GUARDRAIL = "guardrail"    # the split chose a variant the guardrails paused: the unit gets control
 
-REASONS = (SPLIT, OVERRIDE, HOLDOUT, TARGETING, LAYER, TRAFFIC, PAUSED, CONCLUDED, NO_UNIT, ERROR)
+REASONS = (SPLIT, OVERRIDE, HOLDOUT, TARGETING, LAYER, TRAFFIC, PAUSED, CONCLUDED, NO_UNIT, ERROR, GUARDRAIL)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -28,10 +29,12 @@ class Assignment:
 
     ``variant`` is None when the unit is not in the experiment; ``reason`` says
     why. ``params`` holds the variant's parameters (empty when no variant).
+    With reason ``guardrail``, ``variant`` is the control and ``paused`` the
+    variant the split chose, which the guardrails paused.
     Instances are immutable and shared between units with the same outcome.
     """
 
-    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout", "in_experiment")
+    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout", "in_experiment", "paused")
 
     experiment: str
     variant: str | None
@@ -39,11 +42,13 @@ class Assignment:
     reason: str
     params: Mapping[str, Any]
     holdout: str | None
-    #: True when the unit takes part (split or override): reading it is an exposure.
+    #: True when the unit takes part (split, override, or guardrail): reading it is an exposure.
     in_experiment: bool
+    paused: str | None
 
     def __init__(self, experiment: str, variant: str | None, bucket: int | None, reason: str,
-                 params: Mapping[str, Any] | None = None, holdout: str | None = None) -> None:
+                 params: Mapping[str, Any] | None = None, holdout: str | None = None,
+                 paused: str | None = None) -> None:
         set_ = object.__setattr__
         set_(self, "experiment", experiment)
         set_(self, "variant", variant)
@@ -52,7 +57,8 @@ class Assignment:
         set_(self, "params", params if params is not None else _EMPTY)
         set_(self, "holdout", holdout)
         # a plain attribute, not a property: the request path reads it on every variant() call
-        set_(self, "in_experiment", reason == SPLIT or reason == OVERRIDE)
+        set_(self, "in_experiment", reason == SPLIT or reason == OVERRIDE or reason == GUARDRAIL)
+        set_(self, "paused", paused)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Assignment is immutable")
@@ -70,16 +76,18 @@ class Assignment:
             out["params"] = dict(self.params)
         if self.holdout:
             out["holdout"] = self.holdout
+        if self.paused:
+            out["paused"] = self.paused
         return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Assignment):
             return NotImplemented
-        return (self.experiment, self.variant, self.bucket, self.reason, self.holdout) == (
-            other.experiment, other.variant, other.bucket, other.reason, other.holdout)
+        return (self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused) == (
+            other.experiment, other.variant, other.bucket, other.reason, other.holdout, other.paused)
 
     def __hash__(self) -> int:
-        return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout))
+        return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused))
 
     def __repr__(self) -> str:
         return (f"Assignment(experiment={self.experiment!r}, variant={self.variant!r}, "
@@ -109,5 +117,6 @@ def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Ma
     a.params = params if variant is not None else _EMPTY
     a.holdout = None
     a.in_experiment = variant is not None
+    a.paused = None
     a.__class__ = Assignment
     return a

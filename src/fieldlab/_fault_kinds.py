@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -260,8 +261,14 @@ def blast_radius(experiments: Sequence[Experiment], holdouts: Sequence[Holdout] 
 
 
 def state_path(source: str | None, settings: Mapping[str, Any]) -> str | None:
-    """Where the kill-switch state lives: ``lab.state_file`` (relative to the config), else ``<config>.state.json``."""
-    explicit = settings.get("state_file")
+    """Where the kill-switch state file lives: ``lab.state`` (or its older name ``lab.state_file``) relative to
+    the config, else ``<config>.state.json``; None for a Redis store (followed by the lab's state poller)."""
+    explicit = settings.get("state", settings.get("state_file"))
+    if isinstance(explicit, str) and "://" in explicit:
+        scheme, _, rest = explicit.partition("://")
+        if scheme.lower() != "file":
+            return None
+        explicit = urllib.parse.unquote(urllib.parse.urlsplit(explicit).path)
     if explicit:
         explicit = os.fspath(explicit)
         if os.path.isabs(explicit) or not source or source.startswith("<"):

@@ -11,6 +11,8 @@ On the request's SERVER span:
 ``fieldlab.exposed.<experiment>``   true when the code read the variant (trigger analysis)
 ``fieldlab.forced.<experiment>``    true when a signed override chose the variant
 ``fieldlab.holdout.<holdout>``      true when the unit is held out by that holdout
+``fieldlab.guardrail.<experiment>`` the variant the split chose and the guardrails paused
+                                    (the unit got control: ``fieldlab.variant.<experiment>``)
 ``fieldlab.unit.<kind>``            the unit id: keyed hash by default, raw, or absent
 ``fieldlab.config.version``         content hash of the configuration that assigned
 ``fieldlab.fault.injected``         true when any fault was injected into the request
@@ -21,8 +23,8 @@ On the request's SERVER span:
                                     span's attribute limit left some of the above out
 ==================================  ======================================================
 
-``fieldlab.variant.*`` is written for split and signed-override assignments
-only (not for concluded winners, holdouts or targeting misses). Unit ids are
+``fieldlab.variant.*`` is written for split, signed-override and guardrail
+assignments only (not for concluded winners, holdouts or targeting misses). Unit ids are
 ``h1:`` + 16 hex digits of HMAC-SHA256 by default (key: the env var named by
 ``lab.unit_hash_key_env``, else the lab secret, else a public default key, in
 which case the hash is pseudonymous only); ``lab.unit_ids`` = ``raw`` writes
@@ -41,9 +43,9 @@ from urllib.parse import unquote
 
 __all__ = [
     "PREFIX", "VARIANT_PREFIX", "EXPOSED_PREFIX", "FORCED_PREFIX", "HOLDOUT_PREFIX", "UNIT_PREFIX",
-    "CONFIG_VERSION", "FAULT_INJECTED", "ASSIGNMENTS",
-    "variant_attr", "exposed_attr", "forced_attr", "holdout_attr", "unit_attr", "CANARY_PREFIX", "canary_attr",
-    "FAULT_CANARY",
+    "GUARDRAIL_PREFIX", "CONFIG_VERSION", "FAULT_INJECTED", "ASSIGNMENTS",
+    "variant_attr", "exposed_attr", "forced_attr", "holdout_attr", "unit_attr", "guardrail_attr",
+    "CANARY_PREFIX", "canary_attr", "FAULT_CANARY",
     "FLAG_EVENT", "FLAG_KEY", "FLAG_VARIANT", "FLAG_REASON", "FLAG_PROVIDER", "FLAG_CONTEXT_ID",
     "FLAG_SET_ID", "FLAG_VERSION", "PROVIDER_NAME", "OTEL_REASONS",
     "FAULT_EVENT", "FAULT_POINT", "FAULT_KIND", "FAULT_EXPERIMENT", "FAULT_VARIANT", "FAULT_DELAY_MS",
@@ -58,6 +60,7 @@ EXPOSED_PREFIX = "fieldlab.exposed."
 FORCED_PREFIX = "fieldlab.forced."
 HOLDOUT_PREFIX = "fieldlab.holdout."
 UNIT_PREFIX = "fieldlab.unit."
+GUARDRAIL_PREFIX = "fieldlab.guardrail."
 CONFIG_VERSION = "fieldlab.config.version"
 FAULT_INJECTED = "fieldlab.fault.injected"
 ASSIGNMENTS = "fieldlab.assignments"
@@ -86,6 +89,10 @@ def canary_attr(canary: str) -> str:
 
 def unit_attr(kind: str) -> str:
     return UNIT_PREFIX + kind
+
+
+def guardrail_attr(experiment: str) -> str:
+    return GUARDRAIL_PREFIX + experiment
 
 
 def pack_assignments(variants: dict[str, str]) -> str:
@@ -139,6 +146,7 @@ OTEL_REASONS = {
     "traffic": "default",
     "no_unit": "default",
     "paused": "disabled",
+    "guardrail": "disabled",
     "error": "error",
 }
 

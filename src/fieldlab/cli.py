@@ -21,7 +21,8 @@ from .errors import ConfigError, FieldLabError
 __all__ = ["main", "build_parser", "EXTRAS", "missing_extra_message"]
 
 # Modules that add their own subcommands; each has add_parsers(subparsers).
-_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.canary_cli")
+_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.cli",
+            "fieldlab.control.canary_cli")
 
 
 class CommandError(FieldLabError):
@@ -65,6 +66,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{name} {share:.2f}%" for name, share in radius["variants"].items())
         print(f"  faults: {'enabled' if plan.enabled else 'disabled (set [faults] enabled = true)'}; "
               f"blast radius {radius['total']:.2f}% of a {radius['cap']:g}% cap ({parts})")
+    g = lab._state.guardrails.lab
+    pairs = ", ".join(f"{w.name} at {w.burn_rate:g}x" for w in g.windows)
+    print(f"  guardrails: service SLO {g.service_slo:g} %, windows {pairs}, {g.min_units} units per arm; "
+          f"state {lab._state.state_url or '(none)'}")
     return 0
 
 

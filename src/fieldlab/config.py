@@ -18,8 +18,10 @@ from .errors import ConfigError, suggest_names
 
 __all__ = [
     "read_config_file", "read_config_bytes", "parse_format", "content_version", "check_document", "check_number",
-    "check_reload_interval", "check_settings", "check_limits", "TOP_LEVEL_KEYS", "SETTINGS_KEYS", "MAX_CONFIG_BYTES",
-    "MAX_EXPERIMENTS", "MAX_LAYERS", "MAX_HOLDOUTS", "MIN_RELOAD_INTERVAL", "MAX_RELOAD_INTERVAL",
+    "check_reload_interval", "check_settings", "check_state_setting", "check_limits", "TOP_LEVEL_KEYS",
+    "SETTINGS_KEYS", "MAX_CONFIG_BYTES", "MAX_EXPERIMENTS", "MAX_LAYERS", "MAX_HOLDOUTS", "MIN_RELOAD_INTERVAL",
+    "MAX_RELOAD_INTERVAL",
+    "DEFAULT_STATE_POLL_INTERVAL", "MIN_STATE_POLL_INTERVAL", "MAX_STATE_POLL_INTERVAL",
 ]
 
 try:  # Python 3.11+
@@ -27,9 +29,10 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
-TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "canaries"})
-SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage", "state_file",
-                           "span_attribute_limit", "span_attribute_headroom"})
+TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "guardrails", "canaries"})
+SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage",
+                           "state_file", "state", "state_poll_interval", "span_attribute_limit",
+                           "span_attribute_headroom"})
 
 #: Limits of one configuration. A file beyond them is refused with a ConfigError naming the limit (on a
 #: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. An
@@ -41,6 +44,10 @@ MAX_HOLDOUTS = 1000
 #: ``reload_interval``: 0 turns reloading off; otherwise seconds from 0.01 to 3600.
 MIN_RELOAD_INTERVAL = 0.01
 MAX_RELOAD_INTERVAL = 3600.0
+#: ``state_poll_interval``: seconds between two reads of the lab state (pauses, kills) by each process.
+DEFAULT_STATE_POLL_INTERVAL = 1.0
+MIN_STATE_POLL_INTERVAL = 0.01
+MAX_STATE_POLL_INTERVAL = 60.0
 
 
 def check_number(value: Any, path: str, *, lo: float, hi: float, what: str, fix: str,
@@ -75,6 +82,37 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     """Validate the numeric ``[lab]`` settings (the others are checked where they are used)."""
     if "reload_interval" in settings:
         check_reload_interval(settings["reload_interval"])
+    if "state_poll_interval" in settings:
+        check_number(settings["state_poll_interval"], "lab.state_poll_interval", lo=MIN_STATE_POLL_INTERVAL,
+                     hi=MAX_STATE_POLL_INTERVAL, what="state_poll_interval",
+                     fix=f"give seconds from {MIN_STATE_POLL_INTERVAL:g} to {MAX_STATE_POLL_INTERVAL:g} "
+                     f"(default {DEFAULT_STATE_POLL_INTERVAL:g}: pauses take effect within one interval)")
+    check_state_setting(settings)
+
+
+def check_state_setting(settings: Mapping[str, Any]) -> str | None:
+    """The ``[lab] state`` value (a file path, ``file://`` or ``redis://`` URL), checked; None when not set.
+
+    ``state_file`` is its older name (the kill switch's file): either may be given, not both.
+    """
+    if "state" in settings and "state_file" in settings:
+        raise ConfigError("lab.state", "both state and state_file are set",
+                          "keep state (state_file is its older name, for the same JSON file)")
+    key = "state" if "state" in settings else "state_file"
+    if key not in settings:
+        return None
+    value = settings[key]
+    fix = 'give a file path such as "lab.state.json" or a Redis URL such as "redis://127.0.0.1:6379/0"'
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"lab.{key}", f"{value!r} is not a state store", fix)
+    value = value.strip()
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in ("redis", "rediss", "unix", "file"):
+            raise ConfigError(f"lab.{key}", f"unknown scheme {scheme!r} in {value!r}", fix)
+        if scheme != "file" and key == "state_file":
+            raise ConfigError("lab.state_file", f"{value!r} is not a file", "write state = ... for a Redis store")
+    return value
 
 
 def check_limits(doc: Mapping[str, Any]) -> None:

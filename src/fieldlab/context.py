@@ -1,32 +1,54 @@
 """The per-request context: which variants this request has, and what it did with them.
 
-Data flows one way: request -> adapter -> context -> lab -> telemetry. An
-adapter resolves the request's units and attributes, calls :func:`start` (which
-evaluates every experiment once), and binds the context with a
-:class:`contextvars.ContextVar`, so each request sees only its own assignments,
-in threads started with a copied context, in asyncio tasks and in sync views
-run in threadpools. Outside a request everything returns the default.
+Data flows one way: adapter -> request path (:mod:`fieldlab._request`: headers,
+units, overrides, baggage) -> :class:`~fieldlab.lab.Lab` (every assignment,
+from one configuration snapshot) -> :class:`RequestContext` -> recorder
+(:mod:`fieldlab.telemetry`: spans). The context holds what the request path
+found and the lab assigned; reads mark exposures and tell the recorder, which
+only writes. Nothing here evaluates an experiment again behind the caller's
+back (:meth:`RequestContext.rebind_unit` is an explicit call).
 
-Telemetry hooks (set by :mod:`fieldlab.telemetry`) are called on exposure and
-on fault events; a failing hook is swallowed, counted and logged once.
+The context is bound with a :class:`contextvars.ContextVar`, so each request
+sees only its own assignments, in threads started with a copied context, in
+asyncio tasks and in sync views run in threadpools. Outside a request
+everything returns the default. A failing recorder or hook is swallowed,
+counted and logged once.
 """
 
 from __future__ import annotations
 
 import contextvars
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _internal
 from ._assignment import Assignment
 from .lab import Lab
 from .overrides import VerifiedOverrides
 
-__all__ = ["RequestContext", "PreparedRequest", "read_from", "current", "start", "bind", "reset", "variant", "param", "choose", "assignment", "expose"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["Recorder", "RequestContext", "assignment", "choose", "current", "expose", "param", "variant"]
 
 _internal.counters("context", ("hook_errors",))
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-_current: contextvars.ContextVar["RequestContext | None"] = contextvars.ContextVar("fieldlab_request", default=None)
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("fieldlab_request", default=None)
+
+
+class Recorder(Protocol):
+    """What a context tells as the request goes on (:class:`fieldlab.telemetry.Recorder` writes it on spans)."""
+
+    def on_expose(self, ctx: RequestContext, a: Assignment) -> None:
+        """The request read ``a``'s variant for the first time."""
+
+    def on_event(self, ctx: RequestContext, name: str, attributes: dict[str, Any]) -> None:
+        """Something worth a span event happened (e.g. an injected fault)."""
+
+    def on_fault(self, ctx: RequestContext) -> None:
+        """A fault was injected into the request."""
+
+    def on_attributes(self, ctx: RequestContext, attributes: dict[str, Any]) -> None:
+        """The request earned span attributes as it ran (e.g. its arm of a sick canary)."""
 
 
 class PreparedRequest:
@@ -38,8 +60,6 @@ class PreparedRequest:
     bundle. ``events`` is filled by telemetry with ready-made exposure event
     attributes, per experiment.
     """
-
-    __slots__ = ("units", "assignments", "held_out", "exposed", "version", "base_attrs", "unit_values", "events")
 
     def __init__(self, units: dict[str, str | None], assignments: dict[str, Assignment], held_out: list[str],
                  exposed: frozenset[str], version: str, base_attrs: dict[str, Any], unit_values: dict[str, str]) -> None:
@@ -53,97 +73,95 @@ class PreparedRequest:
         self.events: dict[str, Any] = {}
 
 
+def on_assign_exposures(lab: Lab, assignments: Mapping[str, Assignment]) -> set[str]:
+    """Keys of ``assignments`` exposed as soon as they are assigned (``exposure = "on_assign"``, unit in it)."""
+    experiments = lab.experiments
+    exposed = set()
+    for key, a in assignments.items():
+        if a.in_experiment:
+            exp = experiments.get(key)
+            if exp is not None and exp.exposure == "on_assign":
+                exposed.add(key)
+    return exposed
+
+
 class RequestContext:
     """Everything fieldlab knows about one request.
 
     ``assignments`` holds an :class:`Assignment` for every experiment (also
     those the unit is not in, with their reason); treat it and ``units`` as
     read-only, they may be shared with other requests of the same units.
-    ``exposed`` holds the keys whose variant the code read (a frozenset until
-    the first read). ``faults`` lists the faults injected into this
-    request.
+    ``exposed`` holds the keys whose variant the code read. ``faults`` lists
+    the faults injected into this request.
 
-    Exposures, events and faults go to ``recorder`` (telemetry), unless a hook
-    (``on_expose``, ``on_event``, ``on_fault``) is set on the context itself.
-    The fields most requests never set live on the class, so creating a
-    context costs only what a request uses.
+    Built by the request path (or :func:`start`) with the lab's assignments, or
+    evaluated here when none are given. Exposures, events and faults go to
+    ``recorder``, unless a hook (``on_expose``, ``on_event``, ``on_fault``) is
+    set on the context itself.
     """
-
-    __slots__ = ("lab", "units", "attributes", "assignments", "exposed", "version", "server_span", "recorder",
-                 "prepared", "span_left_out", "__dict__")
-
-    # rarely set: class-level defaults, set per instance only when needed
-    #: What adapters and telemetry keep about the request besides its assignments (a new visitor
-    #: id, a generated trace id, baggage tokens...): read-only and empty until :meth:`own_extra`.
-    extra: Mapping[str, Any] = _NO_EXTRA
-    overrides: VerifiedOverrides | None = None
-    trace_id: str | None = None
-    held_out: "list[str] | tuple[()]" = ()
-    faults: "list[dict[str, Any]] | tuple[()]" = ()
-    _fault_injected = False
-    on_expose: Callable[["RequestContext", Assignment], None] | None = None
-    on_event: Callable[["RequestContext", str, dict[str, Any]], None] | None = None
-    on_fault: Callable[["RequestContext"], None] | None = None
 
     def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
                  overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
                  copy: bool = True, assignments: dict[str, Assignment] | None = None,
-                 version: str | None = None) -> None:
+                 version: str | None = None, recorder: Recorder | None = None,
+                 prepared: PreparedRequest | None = None) -> None:
         self.lab = lab
-        # copy=False: the caller hands over fresh dicts it will not touch again (the adapters' hot path)
-        self.units = dict(units) if copy or units.__class__ is not dict else units  # type: ignore[assignment]
-        self.attributes = dict(attributes or {}) if copy or attributes.__class__ is not dict else attributes  # type: ignore[assignment]
-        if overrides is not None:
-            self.overrides = overrides
-        if trace_id is not None:
-            self.trace_id = trace_id
-        # assignments: already evaluated for exactly these units (an adapter's cache); else evaluate now,
-        # taking the version from the same configuration snapshot as the assignments
-        if assignments is not None:
-            self.version = version if version is not None else lab.version
-            self.assignments: dict[str, Assignment] = assignments
+        # copy=False: the caller hands over fresh dicts it will not touch again (the request path)
+        self.units: dict[str, str | None] = dict(units) if copy else units  # type: ignore[assignment]
+        self.attributes: dict[str, Any] = dict(attributes or {}) if copy else attributes  # type: ignore[assignment]
+        self.overrides = overrides
+        #: The request's trace id (32 hex digits) once known: the current span's, the inbound traceparent's.
+        self.trace_id = trace_id
+        #: True when ``trace_id`` was made up by fieldlab (no span, no traceparent): faults ignore it.
+        self.trace_id_generated = False
+        self.prepared = prepared
+        self.exposed: set[str]
+        if prepared is not None:  # evaluated earlier for exactly these unit ids: nothing to do
+            self.version = prepared.version
+            self.assignments = prepared.assignments
+            self.held_out: list[str] = prepared.held_out
+            self.exposed = set(prepared.exposed)
         else:
-            self.version, self.assignments = lab.assign_all_with_version(self.units, self.attributes,
-                                                                         overrides=overrides)
-        if lab.holdouts:
-            self.held_out = sorted({a.holdout for a in self.assignments.values() if a.holdout})
-        self.exposed: set[str] = set()
-        #: The request's SERVER span once telemetry found it (see :mod:`fieldlab.telemetry`).
-        self.server_span: Any = None
-        #: The telemetry recorder that writes this request onto its span, if any.
-        self.recorder: Any = None
-        self.prepared: PreparedRequest | None = None
+            if assignments is None:
+                version, assignments = lab.assign_all_with_version(self.units, self.attributes, overrides=overrides)
+            self.version = version if version is not None else lab.version
+            self.assignments = assignments
+            self.held_out = _held_out(lab, assignments)
+            self.exposed = on_assign_exposures(lab, assignments)
+        #: Faults injected into this request (their span event attributes).
+        self.faults: list[dict[str, Any]] = []
+        self._fault_injected = False
+        #: Per fault point, how many draws this request made there (the fault decisions' sequence).
+        self.fault_seq: dict[str, int] = {}
+        #: The request's SERVER span once it is known (see :mod:`fieldlab.telemetry`).
+        self.server_span: Span | None = None
+        #: Who writes this request's exposures, events and faults onto its span, if anyone.
+        self.recorder = recorder
+        #: ``fieldlab.unit.<kind>`` values, once the recorder computed them (prepared requests carry theirs).
+        self.unit_values: dict[str, str] | None = prepared.unit_values if prepared is not None else None
+        #: Span events recorded before the server span was known, written when it is.
+        self.pending_events: list[tuple[str, dict[str, Any]]] = []
+        #: Span attributes earned before the span was found (a canary arm), written when it is.
+        self.pending_attributes: dict[str, Any] = {}
         #: Experiments whose variant telemetry left off the server span for lack of room (None: none).
         self.span_left_out: set[str] | None = None
-        self._expose_on_assign()
+        #: A visitor id fieldlab made for this request: the adapter sets it as a cookie.
+        self.new_visitor_id: str | None = None
+        #: Whether the ``request`` unit waits for the server span's trace id (see :mod:`fieldlab._request`).
+        self.request_unit_pending = False
+        #: The OpenTelemetry context token of the outbound baggage the request path attached, if any.
+        self.baggage_token: object | None = None
+        #: Free-form notes of the application (or its tests) about the request; fieldlab keeps nothing here.
+        self.extra: dict[str, Any] = {}
+        self.on_expose: Callable[[RequestContext, Assignment], None] | None = None
+        self.on_event: Callable[[RequestContext, str, dict[str, Any]], None] | None = None
+        self.on_fault: Callable[[RequestContext], None] | None = None
 
     @classmethod
     def from_prepared(cls, lab: Lab, attributes: dict[str, Any], prepared: PreparedRequest,
-                      recorder: Any) -> "RequestContext":
+                      recorder: Recorder | None) -> RequestContext:
         """A context for units whose evaluation was prepared earlier: no evaluation, nothing copied."""
-        self = _new(cls)
-        self.lab = lab
-        self.units = prepared.units
-        self.attributes = attributes
-        self.assignments = prepared.assignments
-        if prepared.held_out:
-            self.held_out = prepared.held_out
-        self.exposed = prepared.exposed  # shared frozenset; read() copies it on the first exposure
-        self.version = prepared.version
-        self.server_span = None
-        self.recorder = recorder
-        self.prepared = prepared
-        self.span_left_out = None
-        return self
-
-    def _expose_on_assign(self) -> None:
-        keys = _on_assign_keys(self.lab)
-        if keys:
-            assignments = self.assignments
-            for key in keys:
-                a = assignments.get(key)
-                if a is not None and a.in_experiment:
-                    self.exposed.add(key)
+        return cls(lab, prepared.units, attributes, copy=False, recorder=recorder, prepared=prepared)
 
     @property
     def fault_injected(self) -> bool:
@@ -165,17 +183,11 @@ class RequestContext:
 
     def add_fault(self, attributes: dict[str, Any]) -> None:
         """Note a fault injected into this request (its span event attributes)."""
-        if self.faults:
-            self.faults.append(attributes)  # type: ignore[union-attr]
-        else:
-            self.faults = [attributes]
+        self.faults.append(attributes)
 
     def own_extra(self) -> dict[str, Any]:
-        """``extra`` as this request's own dict, to write into (most requests never need one)."""
-        extra = self.extra
-        if extra is _NO_EXTRA:
-            extra = self.extra = {}
-        return extra  # type: ignore[return-value]
+        """``extra``, the application's own notes about the request (kept for callers of earlier releases)."""
+        return self.extra
 
     def own_assignments(self) -> dict[str, Assignment]:
         """This request's own copy of ``assignments``, to change it without touching other requests."""
@@ -184,35 +196,40 @@ class RequestContext:
             self.prepared = None
         return self.assignments
 
-    def rebind_unit(self, kind: str, unit_id: str | None) -> None:
-        """Re-evaluate the experiments of one unit kind with a new id.
+    def set_unit(self, kind: str, unit_id: str | None, version: str, fresh: Mapping[str, Assignment]) -> None:
+        """Take a unit id learnt after the context was built, with the assignments the lab gave it.
 
-        Used for the ``request`` unit when the server span (and so the trace
-        id) only appears after the context was started; it happens before the
-        application has read anything.
+        ``fresh`` holds the assignments of the experiments of ``kind`` made
+        under configuration ``version``; when that is not the version of the
+        other assignments, ``fresh`` must hold every experiment (one snapshot).
         """
-        self.units = units = dict(self.units)
-        units[kind] = unit_id
-        lab = self.lab
-        # only this kind's experiments: the others keep their one evaluation, if the config is still the one
-        # that made it; after a reload everything is evaluated again, so version and assignments stay one snapshot
-        version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides, unit_kind=kind)
+        self.units = dict(self.units)
+        self.units[kind] = unit_id
+        self.unit_values = None
         if version != self.version:
-            version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides)
             self.version = version
             self.assignments = {}
             self.prepared = None
             self.exposed = set()
-        elif not fresh:
-            return
         assignments = self.own_assignments()
-        self.exposed = set(self.exposed)
         for key, a in fresh.items():
             assignments[key] = a
             self.exposed.discard(key)
-        if lab.holdouts:
-            self.held_out = sorted({a.holdout for a in assignments.values() if a.holdout})
-        self._expose_on_assign()
+        self.held_out = _held_out(self.lab, assignments)
+        self.exposed |= on_assign_exposures(self.lab, fresh)
+
+    def rebind_unit(self, kind: str, unit_id: str | None) -> None:
+        """Evaluate the experiments of one unit kind again with a new id (the others keep theirs).
+
+        After a reload since the context was built, everything is evaluated
+        again, so version and assignments stay one snapshot.
+        """
+        units = {**self.units, kind: unit_id}
+        lab = self.lab
+        version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides, unit_kind=kind)
+        if version != self.version:
+            version, fresh = lab.assign_all_with_version(units, self.attributes, overrides=self.overrides)
+        self.set_unit(kind, unit_id, version, fresh)
 
     def in_experiment(self) -> dict[str, Assignment]:
         """Assignments where the unit takes part (split or override) or got a concluded winner."""
@@ -222,14 +239,11 @@ class RequestContext:
         """The assignment of ``key``, marking it exposed when the unit is in the experiment."""
         a = self.assignments.get(key)
         if a is None:
-            if key not in self.lab._state.experiments:  # not a key added by a reload since this request began
+            if key not in self.lab.experiments:  # not a key added by a reload since this request began
                 self.lab._unknown_key(key)
             return None
         if a.in_experiment and key not in self.exposed:
-            exposed = self.exposed
-            if exposed.__class__ is not set:
-                exposed = self.exposed = set(exposed)
-            exposed.add(key)
+            self.exposed.add(key)
             hook = self.on_expose
             try:
                 if hook is not None:
@@ -261,22 +275,12 @@ class RequestContext:
             _hook_failed("event")
 
 
-_new = object.__new__
+def _held_out(lab: Lab, assignments: Mapping[str, Assignment]) -> list[str]:
+    if not lab.holdouts:
+        return []
+    return sorted({a.holdout for a in assignments.values() if a.holdout})
 
-_on_assign_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
 
-
-def _on_assign_keys(lab: Lab) -> tuple[str, ...]:
-    """Keys of experiments exposed on assignment, cached per lab and config version."""
-    state = lab._state  # one snapshot: version and experiments of the same config
-    version = state.version
-    hit = _on_assign_cache.get(id(lab))
-    if hit is None or hit[0] != version:
-        keys = tuple(k for k, e in state.experiments.items() if e.exposure == "on_assign")
-        if len(_on_assign_cache) > 256:
-            _on_assign_cache.clear()
-        _on_assign_cache[id(lab)] = hit = (version, keys)
-    return hit[1]
 
 
 def _hook_failed(kind: str) -> None:
@@ -291,12 +295,12 @@ def start(lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, An
     return RequestContext(lab, units, attributes, overrides, trace_id)
 
 
-#: ``bind(ctx)`` makes ``ctx`` the current request context and returns a token for :func:`reset`
-#: (the ContextVar's own ``set``: no Python frame on the request path).
-bind: Callable[["RequestContext | None"], contextvars.Token] = _current.set
+def bind(ctx: RequestContext | None) -> contextvars.Token[RequestContext | None]:
+    """Make ``ctx`` the current request context; returns the token for :func:`reset`."""
+    return _current.set(ctx)
 
 
-def reset(token: contextvars.Token) -> None:
+def reset(token: contextvars.Token[RequestContext | None]) -> None:
     """Undo :func:`bind`; never raises (a token from another context just clears the variable)."""
     try:
         _current.reset(token)

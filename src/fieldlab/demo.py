@@ -11,7 +11,11 @@ What it does, with no external service:
    per experiment and variant the requests, distinct units, exposed requests
    and orders;
 4. runs ``fieldlab.analysis.analyze`` on the spans and writes
-   ``<out>/report.html`` when the analysis part is installed.
+   ``<out>/report.html`` when the analysis part is installed;
+5. the guardrail scene (:mod:`fieldlab.control.scene`, skipped with
+   ``--no-guardrails``): the shop again, with a rollout whose variant fails
+   20 % of its requests under load; the controller pauses it within seconds,
+   visible in the terminal and in ``<out>/guardrails/report-guardrails.html``.
 """
 
 from __future__ import annotations
@@ -204,8 +208,10 @@ def _progress(done: int, total: int, requests: int, started: float, stream: Text
     stream.flush()
 
 
-def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO) -> tuple[int, int]:
-    """Simulate ``visitors`` browsing sessions; returns (requests, server errors)."""
+def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO,
+          stop: threading.Event | None = None) -> tuple[int, int]:
+    """Simulate ``visitors`` browsing sessions (the rest skipped once ``stop`` is set); returns (requests, server
+    errors)."""
     rng = random.Random(seed)
     pool = max(1, int(visitors * 0.6))
     plans = [(f"demo-user-{rng.randrange(pool)}" if rng.random() < 0.75 else None, rng.randrange(2**32))
@@ -215,6 +221,8 @@ def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO)
     started = time.monotonic()
 
     def one(plan: tuple[str | None, int]) -> None:
+        if stop is not None and stop.is_set():
+            return
         v = _Visitor(port, plan[0], random.Random(plan[1]))
         try:
             v.browse()
@@ -288,7 +296,7 @@ def _print_table(counts: dict[str, dict[str, dict[str, int]]], holdouts: dict[st
 
 def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_dir: str = "fieldlab-demo",
              seed: int = 1, workers: int = 2, examples: str | None = None, analyze: bool = True,
-             stream: TextIO | None = None) -> dict[str, Any]:
+             stream: TextIO | None = None, guardrails: bool = False) -> dict[str, Any]:
     """Run the whole demo; returns the counts (also printed)."""
     out = sys.stdout
     err = stream or sys.stderr
@@ -332,6 +340,10 @@ def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_
                               "holdouts": holdouts, "spans_dir": str(spans_dir)}
     if analyze:
         result["report"] = _analyze(spans_dir, examples_dir / "shop.toml", out_path / "report.html", out, err)
+    if guardrails:  # the guardrail scene (fieldlab.control.scene): a variant goes bad, the controller pauses it
+        from .control.scene import run_scene
+        result["guardrails"] = run_scene(app, examples_dir, out_path, workers=workers, concurrency=concurrency,
+                                         seed=seed + 1, out=out, err=err, analyze=analyze)
     out.write(f"\ndone in {time.monotonic() - t0:.1f} s. Spans: {spans_dir}\n")
     out.flush()
     return result
@@ -363,7 +375,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         run_canary_demo(args.out, examples=args.examples, workers=args.workers, as_json=args.json)
         return 0
     run_demo(app=args.app, visitors=args.visitors, concurrency=args.concurrency, out_dir=args.out, seed=args.seed,
-             workers=args.workers, examples=args.examples, analyze=not args.no_analysis)
+             workers=args.workers, examples=args.examples, analyze=not args.no_analysis,
+             guardrails=not args.no_guardrails)
     return 0
 
 
@@ -379,6 +392,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated visitors")
     p.add_argument("--examples", help="path of example_apps/ (default: found next to the source tree)")
     p.add_argument("--no-analysis", action="store_true", help="skip fieldlab.analysis and report.html")
+    p.add_argument("--no-guardrails", action="store_true",
+                   help="skip the guardrail scene (a variant goes bad, the controller pauses it)")
     p.add_argument("--canary", action="store_true", help="run the sick canary against the shop: find the "
                    "inventory latency at which checkout breaks")
     p.add_argument("--json", action="store_true", help="with --canary: the result as JSON (breaking_point_ms, bracket)")

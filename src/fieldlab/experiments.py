@@ -149,7 +149,7 @@ class Experiment:
 
     __slots__ = (
         "key", "variants", "traffic", "salt", "unit", "control", "layer", "layer_range",
-        "targeting", "status", "winner", "owner", "description", "exposure", "faults",
+        "targeting", "status", "winner", "owner", "description", "exposure", "faults", "guardrails",
         "_predicate", "_ranges", "_path",
     )
 
@@ -172,6 +172,7 @@ class Experiment:
         description: str | None = None,
         exposure: str = "on_read",
         faults: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        guardrails: Mapping[str, Any] | None = None,
         _path: str | None = None,
     ) -> None:
         path = _path or f"experiment {key!r}"
@@ -191,6 +192,12 @@ class Experiment:
                 by_name[vname] = Variant(v.name, v.weight, v.params, tuple(v.faults) + tuple(vfaults))
             self.variants = tuple(by_name[v.name] for v in self.variants)
         self.faults = {v.name: v.faults for v in self.variants if v.faults}
+        if guardrails is not None and not isinstance(guardrails, Mapping):
+            raise ConfigError(f"{path}.guardrails", f"expected a table, got {type(guardrails).__name__}",
+                              "write [experiments.guardrails] with error_slo, latency_slo, metrics, action")
+        #: The ``[experiments.guardrails]`` table as given; the Lab validates it with the lab-wide
+        #: ``[guardrails]`` defaults (see :mod:`fieldlab.control.settings`).
+        self.guardrails: Mapping[str, Any] | None = MappingProxyType(dict(guardrails)) if guardrails else None
         self.traffic = _check_percent(traffic, f"{path}.traffic")
         self.salt = _check_salt(salt, self.key, f"{path}.salt")
         if not isinstance(unit, str) or not KEY_PATTERN.match(unit):
@@ -264,6 +271,8 @@ class Experiment:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.guardrails is not None:
+            out["guardrails"] = dict(self.guardrails)
         if self.layer_range is not None:
             out["layer_range"] = [self.layer_range[0] / 100, self.layer_range[1] / 100]
         return out

@@ -139,8 +139,8 @@ def unregister_exception(name: str) -> None:
 
 
 # ------------------------------------------------------------------- counters
-_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_max_active",
-               "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
+_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_paused",
+               "skipped_max_active", "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
                "errors")
 #: Process-wide counters, also in ``fieldlab.stats()`` as ``faults.<name>``.
 _stats: dict[str, int] = _internal.counters("faults", _STATS_KEYS)
@@ -264,11 +264,11 @@ def _trace_key(ctx: RequestContext) -> str | None:
     ``ctx.trace_id`` when the adapter set a real one (an int or hex string);
     otherwise the trace of the request's server span, else of the current
     span. A placeholder id an adapter made up before any span existed
-    (``ctx.extra["request_generated"]``) is not used: it would not match the
+    (``ctx.trace_id_generated``) is not used: it would not match the
     trace that gets recorded, so a replay could not reproduce the decision.
     """
     tid = ctx.trace_id
-    if tid and not ctx.extra.get("request_generated"):
+    if tid and not ctx.trace_id_generated:
         if isinstance(tid, int):
             return f"{tid:032x}"
         return str(tid).lower()
@@ -328,7 +328,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
     lab = ctx.lab
     plan: FaultPlan = lab._state.fault_plan
     key = _trace_key(ctx)
-    seqs = ctx.own_extra().setdefault("fieldlab.fault.seq", {})
+    seqs = ctx.fault_seq
     seq = seqs.get(point, 0)
     seqs[point] = seq + 1
     in_loop: bool | None = None
@@ -362,6 +362,14 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
             # Clamped to 0.01-1 s by the kill switch itself, whatever the reload interval.
             interval = lab.reload_interval or plan.reload_interval or killswitch.MAX_CHECK_INTERVAL
             if killswitch.is_killed(plan.state_file, exp_key, interval):
+                _count("skipped_killed")
+                continue
+        snap = lab._control  # the followed lab state (fieldlab.control): pauses, and kills in a Redis store
+        if snap is not None:
+            if (exp_key, variant) in snap.paused:
+                _count("skipped_paused")
+                continue
+            if plan.state_file is None and snap.faults_halted(exp_key):  # a state file: the kill switch reads it
                 _count("skipped_killed")
                 continue
         if from_code and (exp_key, variant) not in _code_admitted(plan):

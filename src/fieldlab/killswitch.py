@@ -6,10 +6,13 @@ check interval (the config's reload interval, but never more than
 ``MAX_CHECK_INTERVAL`` = 1 s, whatever the config says), without a deploy and
 without touching the config itself.
 
-The state file is ``<config>.state.json`` (or the ``[lab] state_file``
-setting, relative to the config). It is JSON, written atomically (a temporary
-file in the same directory, then ``os.replace``), so readers see the old or
-the new state, never half of one::
+The state is the lab's state store (:mod:`fieldlab.control.state`): by default
+the file ``<config>.state.json`` (or the ``[lab] state`` setting, formerly
+``state_file``, relative to the config), or Redis (``state = "redis://..."``).
+``kill`` and ``unkill`` go through the store's record API, so they keep the
+guardrails' pauses and log themselves in its decision history. The file is
+JSON, written atomically (a temporary file in the same directory, then
+``os.replace``), so readers see the old or the new state, never half of one::
 
     {"version": 1,
      "all": null,
@@ -29,6 +32,7 @@ stop an experiment, pause it in the config).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import getpass
 import json
@@ -132,29 +136,9 @@ def write_state(path: str, state: KillState) -> None:
     _invalidate(path)
 
 
-class _Locked:
-    """An exclusive lock on ``<state>.lock`` around read-modify-write, so two operators do not lose an update."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path + ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_Locked":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX: the atomic replace still holds
-            pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
-
-
 def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None, float]:
-    """State path, experiment keys (None when the config cannot be parsed) and kill check interval of a config file.
+    """State store (a file path or a Redis URL), experiment keys (None when the config cannot be parsed) and
+    kill check interval of a config file.
 
     A config that does not exist is an error (a mistyped path would kill
     nothing); one that exists but does not parse still gets its default state
@@ -169,23 +153,55 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
         if warn:
             print(f"warning: {exc}; using the default state file beside it", file=sys.stderr)
         return state_path(config, {}) or config + ".state.json", None, MAX_CHECK_INTERVAL
-    settings = doc.get("lab") if isinstance(doc.get("lab"), Mapping) else {}
+    lab = doc.get("lab")
+    settings: Mapping[str, Any] = lab if isinstance(lab, Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
     # a canary's faults are killed by its key too
     keys += [str(c.get("key")) for c in doc.get("canaries") or [] if isinstance(c, Mapping)]
     interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
+    spec = settings.get("state")
+    if isinstance(spec, str) and "://" in spec and not spec.lower().startswith("file://"):
+        return spec.strip(), keys, interval  # a Redis store: kills go there, with the pauses
     return state_path(config, settings) or config + ".state.json", keys, interval
 
 
-def _stamp(reason: str | None) -> dict[str, Any]:
+def _user() -> str:
     try:
-        who = getpass.getuser()
+        return getpass.getuser()
     except Exception:
-        who = "unknown"
-    out: dict[str, Any] = {"at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "by": who}
-    if reason:
-        out["reason"] = reason
-    return out
+        return "unknown"
+
+
+def _store(spec: str) -> Any:
+    from .control.state import open_store
+    return open_store(spec)
+
+
+def _kill_state(state: Any) -> KillState:
+    """The kill-switch view of a lab state (``fieldlab.control.state.LabState``)."""
+    return KillState(state.all.to_json() if state.all is not None else None,
+                     {k: m.to_json() for k, m in state.killed.items()})
+
+
+def _record(spec: str, decision: Any) -> KillState:
+    """Apply one operator decision to the state store in one atomic read-modify-write.
+
+    Through the store's record API, so a kill never drops what else the state holds: the guardrails'
+    pauses, alerts, the decision history (where the kill is logged) and the controller's report.
+    """
+    from .control.state import StateFormatError
+    store = _store(spec)
+    try:
+        try:
+            store.read()
+        except StateFormatError:  # a broken document halts every fault; an operator's write starts it afresh
+            store.update(lambda current: dataclasses.replace(current, seq=current.seq + 1))
+        state, _ = store.record([decision], by=decision.by)
+        if "://" not in spec:
+            _invalidate(spec)
+        return _kill_state(state)
+    finally:
+        store.close()
 
 
 def kill(config: str, experiment: str | None = None, *, all: bool = False, reason: str | None = None,
@@ -193,43 +209,28 @@ def kill(config: str, experiment: str | None = None, *, all: bool = False, reaso
     """Stop the faults of ``experiment`` (or of every experiment with ``all=True``) for the config file ``config``.
 
     An experiment the config does not declare is refused (a typo would kill
-    nothing) unless ``force``. Returns the new state.
+    nothing) unless ``force``. The kill is logged in the state's decision
+    history (cause ``operator``). Returns the new state.
     """
+    from .control.state import Decision
     if (experiment is None) == (not all):
         raise FieldLabError("name one EXPERIMENT or pass --all")
-    path, keys, _ = _config_info(config)
+    spec, keys, _ = _config_info(config)
     if experiment is not None and keys is not None and experiment not in keys and not force:
         raise FieldLabError(f"unknown experiment {experiment!r} in {config} (it has {', '.join(sorted(keys)) or 'none'}); "
                             "check the key, or pass --force to kill it anyway")
-    with _Locked(path):
-        try:
-            state = read_state(path)
-        except (OSError, ValueError):
-            state = KillState()  # an unreadable state already kills everything; start it afresh
-        if all:
-            state.all = _stamp(reason)
-        else:
-            state.experiments[str(experiment)] = _stamp(reason)
-        write_state(path, state)
-    return state
+    return _record(spec, Decision("halt_faults", None if all else str(experiment), None, "operator", reason or "",
+                                  _user(), _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
 def unkill(config: str, experiment: str | None = None, *, all: bool = False) -> KillState:
     """Lift the kill of ``experiment``, or with ``all=True`` every kill. Returns the new state."""
+    from .control.state import Decision
     if (experiment is None) == (not all):
         raise FieldLabError("name one EXPERIMENT or pass --all")
-    path, _, _ = _config_info(config)
-    with _Locked(path):
-        try:
-            state = read_state(path)
-        except (OSError, ValueError):
-            state = KillState()
-        if all:
-            state = KillState()
-        else:
-            state.experiments.pop(str(experiment), None)
-        write_state(path, state)
-    return state
+    spec, _, _ = _config_info(config)
+    return _record(spec, Decision("resume_faults", None if all else str(experiment), None, "operator", "",
+                                  _user(), _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
 # ------------------------------------------------------------------ runtime
@@ -352,10 +353,14 @@ def _cmd_kill(args: argparse.Namespace) -> int:
         if args.experiment or args.all:
             raise FieldLabError("--status takes no EXPERIMENT or --all")
         _config_info(args.config)  # warns about a config that does not parse
-        state = read_state(path)
+        store = _store(path)
+        try:
+            state = _kill_state(store.read())
+        finally:
+            store.close()
     else:
         state = kill(args.config, args.experiment, all=args.all, reason=args.reason, force=args.force)
-    print(f"state file: {path}")
+    print(f"state {'store' if '://' in path else 'file'}: {path}")
     for line in _iter_lines(state):
         print(line)
     if not args.status:
@@ -366,7 +371,7 @@ def _cmd_kill(args: argparse.Namespace) -> int:
 def _cmd_unkill(args: argparse.Namespace) -> int:
     path, _, interval = _config_info(args.config, warn=False)
     state = unkill(args.config, args.experiment, all=args.all)
-    print(f"state file: {path}")
+    print(f"state {'store' if '://' in path else 'file'}: {path}")
     for line in _iter_lines(state):
         print(line)
     if args.experiment and state.all is not None:

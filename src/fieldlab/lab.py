@@ -29,6 +29,7 @@ evaluation: memory stays bounded whatever the number of units seen.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import logging
 import os
@@ -39,14 +40,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ._hashing import BUCKETS, bucket
 from . import _internal
-from ._assignment import (CONCLUDED, ERROR, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, TARGETING, Assignment,
-                          bucket_outcome)
-from ._fault_kinds import FaultPlan, compile_plan
+from ._assignment import (CONCLUDED, ERROR, GUARDRAIL, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING,
+                          Assignment, bucket_outcome)
+from ._fault_kinds import FaultPlan, compile_plan, state_path
 from ._units import is_unit_text
 from ._watcher import ConfigWatcher
 from .control.canary_config import canaries_of
-from .config import (SETTINGS_KEYS, check_document, check_reload_interval, content_version, parse_bytes, parse_format,
+from .config import (DEFAULT_STATE_POLL_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version, parse_bytes, parse_format,
                      read_config_bytes, read_config_file)
+from .control.settings import GuardrailsConfig, parse_experiment_guardrails, parse_lab_guardrails
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
 from .overrides import VerifiedOverrides, make_token
@@ -136,14 +138,17 @@ class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
     __slots__ = ("experiments", "layers", "holdouts", "compiled", "version", "settings", "faults", "source",
-                 "fault_plan", "canaries")
+                 "fault_plan", "guardrails", "state_url", "state_poll_interval", "canaries")
 
     def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
                  settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
-                 source: str | None, canaries: Any = None) -> None:
+                 source: str | None, guardrails: Mapping[str, Any] | None = None, canaries: Any = None) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
         self.fault_plan: FaultPlan = compile_plan(experiments, holdouts, settings, faults, source)
+        # [guardrails] and each [experiments.guardrails], and the state store every process follows.
+        self.guardrails, self.state_url, self.state_poll_interval = _guardrails_of(
+            experiments, guardrails, settings, source)
         # [[canaries]] (fieldlab.control.canary_config): validated, their traffic inside the same cap.
         self.canaries = canaries_of(canaries, self.fault_plan, [e.key for e in experiments])
         self.experiments = MappingProxyType({e.key: e for e in experiments})
@@ -161,8 +166,27 @@ class _State:
         self.version = version or content_version({
             "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
             "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
+            **({"guardrails": dict(guardrails)} if guardrails else {}),
             **({"canaries": [c.to_dict() for c in self.canaries]} if self.canaries else {}),
         })
+
+
+def _guardrails_of(experiments: Sequence[Experiment], doc: Mapping[str, Any] | None, settings: Mapping[str, Any],
+                   source: str | None) -> tuple[GuardrailsConfig, str | None, float]:
+    """The validated guardrails, the state store to follow (a Redis URL, an absolute path, or None) and its
+    poll interval (``[lab] state_poll_interval``, default 1 s)."""
+    lab = parse_lab_guardrails(doc)
+    exps = {e.key: parse_experiment_guardrails(e.guardrails, f"{getattr(e, '_path', None) or e.key}.guardrails", lab)
+            for e in experiments}
+    url = state_path(source, settings)
+    spec = settings.get("state")
+    if url is None and isinstance(spec, str) and "://" in spec:
+        url = spec.strip()
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError("lab.state", f"{url!r} is a Redis store, and the redis package is not installed",
+                              "pip install 'fieldlab[redis]', or use a state file")
+    interval = float(settings.get("state_poll_interval", DEFAULT_STATE_POLL_INTERVAL))
+    return GuardrailsConfig(lab, exps), url, interval
 
 
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
@@ -273,7 +297,8 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
-    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("canaries"))
+    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"),
+                  doc.get("canaries"))
 
 
 _FIELDS: dict[type, frozenset[str]] = {}
@@ -289,6 +314,16 @@ def _fields(cls: type) -> frozenset[str]:
     return fields
 
 
+def _after_fork_in_child() -> None:
+    """Threads do not survive fork: each Lab that follows a state store restarts its poller at its first evaluation."""
+    for lab in list(_LABS):
+        lab._poller_pending = lab._follows_store()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Lab:
     """Experiments, layers and holdouts, ready to assign.
 
@@ -299,8 +334,9 @@ class Lab:
 
     def __init__(self, experiments: Iterable[Experiment] = (), layers: Iterable[Layer] = (),
                  holdouts: Iterable[Holdout] = (), *, secret: str | bytes | None = None,
-                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
-        state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None)
+                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
+                 guardrails: Mapping[str, Any] | None = None) -> None:
+        state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None, guardrails)
         self._init(state, secret, path=None, reload_interval=0)
 
     def _init(self, state: _State, secret: str | bytes | None, path: str | None, reload_interval: float) -> None:
@@ -322,6 +358,14 @@ class Lab:
         #: not valid Unicode text; each such unit got no variant, reason ``no_unit``.
         self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
                                       "invalid_units": 0, "unknown_experiments": 0}
+        # The lab state this Lab follows (pauses, kills; fieldlab.control.runtime): the last snapshot, and
+        # experiment -> variants paused (empty unless something is paused: the hot path tests only that).
+        self._control: Any = None
+        self._paused: Mapping[str, frozenset[str]] = _EMPTY
+        self._following: tuple[str | None, float] | None = None
+        #: the state poller's thread starts at the first evaluation in each process, as the file watcher
+        self._poller_pending = False
+        self._follow_store()
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -448,6 +492,8 @@ class Lab:
         """
         if self._watcher is not None and not self._watcher.started:
             self._watcher.ensure_started()
+        if self._poller_pending:
+            self._start_poller()
         try:
             if overrides is not None and not isinstance(overrides, VerifiedOverrides):
                 overrides = self.verify_overrides(overrides)
@@ -459,6 +505,8 @@ class Lab:
             a = c.evaluate(unit, attributes, overrides)
             if a is c.bad_unit:
                 self._invalid_unit()
+            if self._paused:
+                return self._guardrail(a)
             return a
         except Exception as exc:
             return self._failed(key, exc)
@@ -481,6 +529,9 @@ class Lab:
         state = self._state  # read once: a reload swaps it whole
         if self._watcher is not None and not self._watcher.started:
             self._watcher.ensure_started()
+        if self._poller_pending:
+            self._start_poller()
+        paused = self._paused
         if overrides is not None and not isinstance(overrides, VerifiedOverrides):
             overrides = self.verify_overrides(overrides)
         out: dict[str, Assignment] = {}
@@ -496,6 +547,11 @@ class Lab:
                 invalid = invalid or a is c.bad_unit
         if invalid:  # counted once per request
             self._invalid_unit()
+        if paused:
+            for key in paused:
+                drawn = out.get(key)
+                if drawn is not None:
+                    out[key] = self._guardrail(drawn, paused)
         return state.version, out
 
     def verify_overrides(self, tokens: Iterable[str]) -> VerifiedOverrides:
@@ -558,6 +614,78 @@ class Lab:
                            "e.g. bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
                            "lab.stats['invalid_units']")
 
+    # --------------------------------------------------------------- guardrails
+    # The hook of fieldlab.control: the state poller hands each new snapshot to _follow_state (from its
+    # thread); evaluation reads self._paused, which is empty unless a variant is paused.
+    @property
+    def paused_variants(self) -> Mapping[str, frozenset[str]]:
+        """Experiment -> the variants the state store has paused here (their units get control)."""
+        return self._paused
+
+    @property
+    def state_snapshot(self) -> Any:
+        """The last :class:`fieldlab.control.state.Snapshot` of the followed state store (None: none followed)."""
+        return self._control
+
+    def _follow_store(self, start: bool = False) -> None:
+        """Follow the state store the config in force names (again after a reload that changed it).
+
+        ``start``: start the poller thread now (else at the first evaluation)."""
+        state = self._state
+        key = (state.state_url, state.state_poll_interval)
+        if key == self._following:
+            return
+        from .control import runtime, state as control_state
+        runtime.unfollow(self)
+        self._following = key
+        self._control = None
+        if state.state_url is None:
+            self._apply_pauses()
+            return
+        try:
+            runtime.follow(self, state.state_url, state.state_poll_interval, start=start)
+            if not start:  # the poller starts at the first evaluation, as the watcher
+                self._poller_pending = True
+        except Exception as exc:  # a store that cannot even be opened: fail closed, as an unreadable one
+            _log.error("fieldlab: cannot follow the lab state %s (%s); ALL faults are halted", state.state_url, exc)
+            self._follow_state(control_state.Snapshot(None, "error", str(exc)))
+
+    def _follows_store(self) -> bool:
+        return self._following is not None and self._following[0] is not None
+
+    def _follow_state(self, snapshot: Any) -> None:
+        """Take a new state snapshot (called by the poller thread, or at start): swap the paused view."""
+        first = self._control is None
+        self._control = snapshot
+        self._apply_pauses(logging.INFO if first else logging.WARNING)
+
+    def _apply_pauses(self, level: int = logging.WARNING) -> None:
+        snapshot = self._control
+        with self._lock:
+            state = self._state
+            found: dict[str, set[str]] = {}
+            for key, variant in (snapshot.paused if snapshot is not None else ()):
+                exp = state.experiments.get(key)
+                if exp is not None and variant != exp.control and variant in exp.variant_names:
+                    found.setdefault(key, set()).add(variant)
+            paused = {key: frozenset(vs) for key, vs in found.items()}
+            if paused == dict(self._paused):
+                return
+            self._paused = MappingProxyType(paused) if paused else _EMPTY
+        _log.log(level, "fieldlab: paused by the guardrails: %s", ", ".join(
+            f"{k}/{v}" for k, vs in sorted(paused.items()) for v in sorted(vs)) or "nothing")
+
+    def _guardrail(self, a: Assignment, paused: Mapping[str, frozenset[str]] | None = None) -> Assignment:
+        """``a``, or control with reason ``guardrail`` when the split drew a paused variant."""
+        names = (self._paused if paused is None else paused).get(a.experiment)
+        if not names or a.reason != SPLIT or a.variant not in names:
+            return a
+        exp = self._state.experiments.get(a.experiment)
+        if exp is None:
+            return a
+        return Assignment(a.experiment, exp.control, a.bucket, GUARDRAIL, exp.variant(exp.control).params,
+                          paused=a.variant)
+
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> bool:
@@ -606,6 +734,8 @@ class Lab:
                 self.stats["reloads"] += 1
                 _log.info("fieldlab: loaded config %s from %s", state.version, self._path)
         if changed:
+            self._follow_store(start=True)
+            self._apply_pauses()
             self._notify_reloaded()
         return changed
 
@@ -635,10 +765,21 @@ class Lab:
             self._file_sig = sig
         return False
 
+    def _start_poller(self) -> None:
+        """Start (or, in a forked child, restart) the state poller this Lab follows."""
+        self._poller_pending = False
+        if self._follows_store():
+            from .control import runtime
+            runtime.start(self)
+
     def close(self) -> None:
         """Stop watching the file (the watcher also ends when the Lab is collected)."""
         if self._watcher is not None:
             self._watcher.close()
+        if self._follows_store():
+            from .control import runtime
+            runtime.unfollow(self)
+            self._following = (None, 0.0)
 
     def __repr__(self) -> str:
         return f"<Lab {len(self.experiments)} experiments, config {self.version}>"

@@ -44,11 +44,11 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from . import attributes as A
 from ._assignment import Assignment
@@ -57,9 +57,19 @@ from .context import RequestContext, current
 from .errors import ConfigError
 from .lab import Lab
 
-__all__ = ["Recorder", "UnitHasher", "FieldLabSpanProcessor", "ensure_processor", "unit_hash_key",
-           "span_attribute_limit", "UNIT_ID_MODES", "DEFAULT_UNIT_HASH_KEY", "DEFAULT_SPAN_ATTRIBUTE_LIMIT",
-           "DEFAULT_SPAN_ATTRIBUTE_HEADROOM", "EXPOSURE_RESERVE", "stats"]
+__all__ = [
+    "DEFAULT_SPAN_ATTRIBUTE_HEADROOM",
+    "DEFAULT_SPAN_ATTRIBUTE_LIMIT",
+    "DEFAULT_UNIT_HASH_KEY",
+    "EXPOSURE_RESERVE",
+    "UNIT_ID_MODES",
+    "FieldLabSpanProcessor",
+    "Recorder",
+    "UnitHasher",
+    "span_attribute_limit",
+    "stats",
+    "unit_hash_key",
+]
 
 _log = logging.getLogger("fieldlab")
 
@@ -201,13 +211,9 @@ class Recorder:
         return self._hasher(unit_id)
 
     def _unit_values(self, ctx: RequestContext) -> dict[str, str]:
-        prepared = ctx.prepared
-        if prepared is not None:
-            return prepared.unit_values
-        values = ctx.extra.get("unit_values")
+        values = ctx.unit_values
         if values is None:
-            values = self.unit_values(ctx.units)
-            ctx.own_extra()["unit_values"] = values
+            values = ctx.unit_values = self.unit_values(ctx.units)
         return values
 
     def unit_values(self, units: Mapping[str, str | None]) -> dict[str, str]:
@@ -306,7 +312,11 @@ class Recorder:
             attrs[A.unit_attr(kind)] = v
         for a in ctx.assignments.values():
             if a.in_experiment:
-                attrs.update(self._variant_attributes(a))
+                attrs[A.variant_attr(a.experiment)] = a.variant
+                if a.reason == "override":
+                    attrs[A.forced_attr(a.experiment)] = True
+                elif a.reason == "guardrail":  # the unit got control because the variant it drew is paused
+                    attrs[A.guardrail_attr(a.experiment)] = a.paused
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs
@@ -373,14 +383,9 @@ class Recorder:
         if left_out:
             self._left_out(left_out, new_span=True)
 
-    def attach(self, ctx: RequestContext, span: Any) -> None:
+    def attach(self, ctx: RequestContext, span: Span) -> None:
         """Make ``span`` the request's server span and write everything known so far."""
         ctx.server_span = span
-        if ctx.extra.get("request_generated"):
-            tid = format(span.get_span_context().trace_id, "032x")
-            ctx.own_extra()["request_generated"] = False
-            ctx.trace_id = tid
-            ctx.rebind_unit("request", tid)
         prepared = ctx.prepared
         base = prepared.base_attrs if prepared is not None else self.base_attributes(ctx)
         late = self._late_attributes(ctx) if ctx.exposed or ctx.fault_injected else None
@@ -391,13 +396,13 @@ class Recorder:
             self._write_within(ctx, span, room)
         for key in ctx.exposed:
             span.add_event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.assignments[key]))
-        late_attrs = ctx.own_extra().pop("pending_attributes", None) if ctx.extra else None
-        if late_attrs:
+        if ctx.pending_attributes:
+            late_attrs, ctx.pending_attributes = ctx.pending_attributes, {}
             self.on_attributes(ctx, late_attrs)
-        pending = ctx.own_extra().pop("pending_events", None) if ctx.extra else None
-        if pending:
-            for name, event_attrs in pending:
+        if ctx.pending_events:
+            for name, event_attrs in ctx.pending_events:
                 span.add_event(name, event_attrs)
+            ctx.pending_events = []
 
     def attach_current(self, ctx: RequestContext) -> None:
         """Take the current span when it is a recording SERVER span (fieldlab inside the instrumentation) and write it."""
@@ -445,7 +450,7 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is None:
-                ctx.own_extra().setdefault("pending_events", []).append((name, dict(attrs)))
+                ctx.pending_events.append((name, dict(attrs)))
             elif span.is_recording():
                 span.add_event(name, attrs)
         except Exception:
@@ -456,7 +461,7 @@ class Recorder:
         span = ctx.server_span
         try:
             if span is None:
-                ctx.own_extra().setdefault("pending_attributes", {}).update(attrs)
+                ctx.pending_attributes.update(attrs)
             elif span.is_recording():
                 room = self._room(span)
                 if room is None or room >= len(attrs):
@@ -486,8 +491,24 @@ except ImportError:  # pragma: no cover
     _SpanProcessorBase = object  # type: ignore[assignment,misc]
 
 
+#: What the processor does with the current request's context and the SERVER span that starts for it.
+ServerSpanStarted = Callable[[RequestContext, Span], None]
+
+
+def _attach(ctx: RequestContext, span: Span) -> None:
+    if isinstance(ctx.recorder, Recorder):
+        ctx.recorder.attach(ctx, span)
+
+
 class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type]
-    """Writes the current request's assignments onto the first SERVER span it starts."""
+    """Hands the first SERVER span started while a request context is current to ``on_server_span``.
+
+    The request path passes its own function (which learns the span's trace id
+    and then has the recorder write the span); the default only writes.
+    """
+
+    def __init__(self, on_server_span: ServerSpanStarted | None = None) -> None:
+        self._on_server_span = on_server_span or _attach
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         if span.kind is not SpanKind.SERVER:
@@ -496,7 +517,7 @@ class FieldLabSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type
         if ctx is None or ctx.server_span is not None or ctx.recorder is None:
             return
         try:
-            ctx.recorder.attach(ctx, span)
+            self._on_server_span(ctx, span)
         except Exception:
             _failed("processor_errors")
 
@@ -514,7 +535,7 @@ _install_lock = threading.Lock()
 _installed_on: list[Any] = []
 
 
-def ensure_processor() -> bool:
+def ensure_processor(on_server_span: ServerSpanStarted | None = None) -> bool:
     """Add :class:`FieldLabSpanProcessor` to the global tracer provider once; True when it is in place.
 
     Adapters call it for a request that starts with no server span current
@@ -530,6 +551,6 @@ def ensure_processor() -> bool:
         return False
     with _install_lock:
         if not _installed_on:
-            add(FieldLabSpanProcessor())
+            add(FieldLabSpanProcessor(on_server_span))
             _installed_on.append(add)
     return True

@@ -24,16 +24,18 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process the test can kill, restart on the same port, or freeze (SIGSTOP)."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, *, persist: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persist = persist  # append-only file, fsynced per write: a restart on the same dir keeps the data
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         assert REDIS_BIN is not None
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
              "--dir", self.workdir, "--logfile", os.path.join(self.workdir, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

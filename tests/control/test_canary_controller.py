@@ -14,8 +14,8 @@ import pytest
 from span_kit import Request, write_spans
 
 from fieldlab import attributes as A
-from fieldlab.cli import main
 from fieldlab.analysis import sources as S
+from fieldlab.cli import main
 from fieldlab.control import canary as C
 from fieldlab.control.canary_config import parse_canaries
 from fieldlab.control.canary_controller import CanaryController, measure_arms
@@ -171,7 +171,8 @@ def test_canary_run_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     spans.mkdir()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from fieldlab.cli import main; sys.exit(main())",
-                             "canary", "run", str(cfg), str(spans), "--interval", "0.2", "--engine", "python", "--json"],
+                             "canary", "run", str(cfg), str(spans), "--interval", "0.2", "--engine", "python",
+                             "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     state = tmp_path / "lab.state.json"
     deadline = time.monotonic() + 30
@@ -185,3 +186,22 @@ def test_canary_run_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert len(rounds) >= 2
     doc = json.loads(state.read_text())["canaries"]["inventory-latency"]
     assert doc["round"] == rounds[-1]["inventory-latency"]["round"]  # the last round was written whole
+
+
+def test_fieldlab_kill_names_the_canary_and_keeps_its_search(tmp_path: Path) -> None:
+    from fieldlab import killswitch
+    from fieldlab.control.canary_cli import load
+
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text('[lab]\nstate = "lab.state.json"\n[faults]\nenabled = true\n'
+                   '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+                   'doses = { latency_ms = [25, 50] }\n')
+    canaries, store = load(str(cfg))
+    ctl = CanaryController(canaries, [str(tmp_path)], store, engine="python")
+    ctl.run_round(now=1.0)
+    killswitch.kill(str(cfg), KEY, reason="game day over")  # no --force: the config declares the canary
+    state = store.read()
+    assert KEY in state.killed and state.canaries[KEY]["round"] == 1  # the kill kept the canary's state
+    doc = ctl.run_round(now=2.0)[KEY]
+    assert doc["phase"] == "stopped" and "game day over" in doc["history"][-1]["reason"]
+    assert [h["action"] for h in doc["history"]][:1] == ["open"]  # the search's history is kept

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import flask
 import pytest
@@ -20,7 +21,6 @@ import fieldlab
 from fieldlab import attributes as A
 from fieldlab import faults
 from fieldlab.control import canary as C
-from fieldlab.control import canary_runtime
 from fieldlab.control.state import JsonFileStore, Mark
 
 KEY = "inv-latency"
@@ -30,15 +30,13 @@ ATTR = A.canary_attr(KEY)
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(faults.FAULTS_ENV, raising=False)
-    monkeypatch.setattr(canary_runtime, "POLL_INTERVAL", 0.05)
     faults.reset_stats()
     yield
-    canary_runtime.stop_followers()
     assert faults.active() == 0
 
 
 def lab_doc(state_file: str, *, enabled: bool = True, traffic: float = 50) -> dict[str, Any]:
-    return {"lab": {"state_file": state_file},
+    return {"lab": {"state": state_file, "state_poll_interval": 0.05},
             "faults": {"enabled": enabled, "max_blast_radius": 100},
             "canaries": [{"key": KEY, "point": "inv.reserve", "traffic": traffic,
                           "doses": {"latency_ms": [20, 40, 80]},
@@ -94,7 +92,7 @@ WEIGHTS = {"control": 0.2, "20ms": 0.3, "40ms": 0.5}
 def test_each_request_gets_the_arm_its_trace_id_chooses_and_the_dose_is_injected(tmp_path: Any) -> None:
     state = str(tmp_path / "lab.state.json")
     publish(state, WEIGHTS)
-    import fieldlab.adapters.flask  # noqa: F401
+    import fieldlab.adapters.flask
     lab = fieldlab.Lab.from_dict(lab_doc(state))
     client, exporter = shop(lab)
     rows = run(client, exporter, 60)
@@ -115,7 +113,7 @@ def test_each_request_gets_the_arm_its_trace_id_chooses_and_the_dose_is_injected
 def test_the_span_event_names_the_canary_and_the_dose(tmp_path: Any) -> None:
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "40ms": 1.0})
-    import fieldlab.adapters.flask  # noqa: F401
+    import fieldlab.adapters.flask
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))
     client.get("/order", headers={"traceparent": f"00-{7:032x}-{7:016x}-01"})
     (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
@@ -126,7 +124,7 @@ def test_the_span_event_names_the_canary_and_the_dose(tmp_path: Any) -> None:
 
 
 def test_rails_stop_the_canary(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fieldlab.adapters.flask  # noqa: F401
+    import fieldlab.adapters.flask
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "80ms": 1.0})
     # [faults] enabled = false: no dose, no arm recorded
@@ -146,12 +144,11 @@ def test_rails_stop_the_canary(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_finished_canary_or_a_broken_state_injects_nothing(tmp_path: Any) -> None:
-    import fieldlab.adapters.flask  # noqa: F401
+    import fieldlab.adapters.flask
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "80ms": 1.0}, phase="done")
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))
     assert all(arm is None and ms < 40 for _, arm, ms in run(client, exporter, 3))
-    canary_runtime.stop_followers()
     with open(state, "w") as fh:
         fh.write("{not json")
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))

@@ -206,7 +206,7 @@ def test_without_ctx_trace_id_the_span_trace_decides_and_placeholders_are_ignore
     assert 0 < sum(seen) < 60
     # An id the adapter invented before the span existed is not a trace: the span's id decides instead.
     with bound(lab, unit, tid="f" * 32, otel=otel) as ctx:
-        ctx.own_extra()["request_generated"] = True
+        ctx.trace_id_generated = True
         real = format(trace.get_current_span().get_span_context().trace_id, "032x")
         query()
         assert ctx.fault_injected == (fieldlab.bucket("slow-db:slow:fault", real) < 5000)

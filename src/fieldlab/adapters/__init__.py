@@ -7,8 +7,13 @@ Import the one you need; this package imports no framework:
 * ``fieldlab.adapters.flask.FieldLab``: a Flask extension
 * ``fieldlab.adapters.django.FieldLabMiddleware``: Django, WSGI or ASGI, from ``settings.FIELDLAB``
 * ``fieldlab.adapters.starlette`` / ``fieldlab.adapters.fastapi``: the ASGI middleware and a FastAPI dependency
+
+Every adapter takes the same options, :class:`Options` (as keyword arguments,
+or, for Django, the keys of ``settings.FIELDLAB``).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .._request.options import AdapterOptions, Options
+
+__all__ = ["AdapterOptions", "Options"]

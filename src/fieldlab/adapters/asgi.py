@@ -16,20 +16,23 @@ The context stays bound for the whole call, streaming bodies included.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping, MutableMapping
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from .. import _request
 from ..context import bind
 from ..lab import Lab
+from ._shared import SESSION_KEY, abort_headers, session_unit_id
 
-__all__ = ["FieldLabMiddleware", "SESSION_KEY"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["SESSION_KEY", "FieldLabMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-#: Where the default ``session`` resolver keeps its id inside a cookie-backed session.
-SESSION_KEY = "_fieldlab_sid"
 
 
 def _scope_of(request: Any) -> Mapping[str, Any]:
@@ -51,17 +54,10 @@ def _default_user(request: Any) -> Any:
 
 
 def _default_session(request: Any) -> Any:
-    session = _scope_of(request).get("session")
-    if not isinstance(session, MutableMapping):
-        return None
-    sid = session.get(SESSION_KEY)
-    if not sid:
-        sid = _request.new_visitor_id()
-        session[SESSION_KEY] = sid
-    return sid
+    return session_unit_id(_scope_of(request).get("session"))
 
 
-def _request_class() -> Callable[..., Any] | None:
+def _starlette_request() -> Callable[..., Any] | None:
     try:
         from starlette.requests import Request
     except ImportError:
@@ -72,31 +68,43 @@ def _request_class() -> Callable[..., Any] | None:
 class FieldLabMiddleware:
     """Assigns every HTTP request's variants, binds them for the app, records them on the server span.
 
-    Options are those of :class:`fieldlab._request.AdapterConfig`; ``request_class``
-    builds what callables receive (default: Starlette's Request, if installed).
+    Options are those of :class:`fieldlab.adapters.Options`; a misspelt one is a
+    ConfigError naming the closest. ``request_factory(scope)`` builds what
+    resolvers receive (default: Starlette's Request, if installed);
+    ``request_class`` is its deprecated former name.
     """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], lab: Lab, *,
-                 units: Mapping[str, Any] | None = None, request_class: Callable[..., Any] | None = None,
-                 **options: Any) -> None:
+                 request_factory: Callable[..., Any] | None = None, request_class: Callable[..., Any] | None = None,
+                 **options: Unpack[_request.AdapterOptions]) -> None:
         self.app = app
-        self.request_class = request_class if request_class is not None else _request_class()
+        if request_class is not None:
+            warnings.warn("FieldLabMiddleware(request_class=...) is deprecated; use request_factory=...",
+                          DeprecationWarning, stacklevel=2)
+            request_factory = request_factory or request_class
+        self.request_factory = request_factory if request_factory is not None else _starlette_request()
+        opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
-            lab, units=units, framework_defaults={"user": _default_user, "session": _default_session}, **options)
+            lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session})
+
+    @property
+    def request_class(self) -> Callable[..., Any] | None:
+        """Deprecated: ``request_factory``."""
+        return self.request_factory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         cfg = self.config
-        ctx = _request.begin(cfg, scope, dict(scope.get("headers", ())), scope.get("path", ""), scope.get("method", ""),
-                             make_request=self.request_class, raw=True)
+        ctx = _request.begin(cfg, scope, _request.asgi_getter(scope.get("headers", ())), scope.get("path", ""),
+                             scope.get("method", ""), make_request=self.request_factory)
         if ctx is None:
             await self.app(scope, receive, send)
             return
         token = bind(ctx)
         try:
-            if ctx.extra:
+            if ctx.new_visitor_id is not None:
                 cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
                 if cookie is not None:
                     send = _with_cookie(send, cookie.encode("latin-1"))
@@ -104,8 +112,8 @@ class FieldLabMiddleware:
             if abort is not None:
                 status, body = abort
                 await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                        (b"content-length", str(len(body)).encode("ascii"))]})
+                            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                        for k, v in abort_headers(body)]})
                 await send({"type": "http.response.body", "body": body})
                 return
             await self.app(scope, receive, send)

@@ -10,7 +10,13 @@ settings.py::
         "headers": ["X-Country"],             # optional targeting allow-list
         "attributes": "myapp.ab.attributes",  # optional callable (or dotted path) taking the request
         "unit_ids": "hash",                   # optional: hash | raw | none
+        "create_session": True,               # optional: give anonymous visitors a session for session experiments
     }
+
+``INSTALLED_APPS += ["fieldlab.adapters.django_app"]`` adds fieldlab's system
+checks to ``manage.py check`` and the ``{% load fieldlab %}`` template tags;
+without it, importing this module registers the checks and the middleware
+logs their findings once when it is built.
 
 Defaults: ``user`` is ``request.user.pk`` when authenticated (place the
 middleware after AuthenticationMiddleware), ``session`` is
@@ -20,24 +26,28 @@ calls the matching path, so there is no sync/async switching per request.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse
 
 from .. import _request
+from .._request.failures import failed
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
+from .django_app import checks as _checks  # registers fieldlab's system checks (also without the app installed)
+from .django_app.sessions import SessionCreator
+from ._shared import ABORT_CONTENT_TYPE
 
 __all__ = ["FieldLabMiddleware", "load_config"]
 
 _CONFIG_FILE_EXTENSIONS = (".toml", ".json", ".yaml", ".yml")
-_KNOWN_KEYS = {"lab", "units", "headers", "attributes", "unit_ids", "trust_baggage", "propagate_baggage",
-               "visitor_cookie", "override_header", "override_cookie"}
 _labs: dict[str, Lab] = {}
 
 
@@ -85,19 +95,22 @@ def load_config() -> _request.AdapterConfig:
     if not isinstance(conf, dict) or "lab" not in conf:
         raise ConfigError("settings.FIELDLAB", "is missing or has no 'lab'",
                           "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)")
-    unknown = set(conf) - _KNOWN_KEYS
-    if unknown:
-        raise ConfigError("settings.FIELDLAB", f"unknown keys {sorted(unknown)}", f"use only {sorted(_KNOWN_KEYS)}")
-    options = {k: v for k, v in conf.items() if k not in ("lab", "units")}
-    if isinstance(options.get("attributes"), str):
-        options["attributes"] = _import(options["attributes"], "FIELDLAB['attributes']")
-    units = dict(conf.get("units") or {})
-    for kind, spec in units.items():
-        if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec:
-            units[kind] = _import(spec, f"FIELDLAB['units'][{kind!r}]")
-    return _request.AdapterConfig(_load_lab(conf["lab"]), units=units,
+    if not isinstance(conf.get("create_session", False), bool):
+        raise ConfigError("FIELDLAB['create_session']", f"{conf['create_session']!r} is not True or False",
+                          "write True to create a session when a session experiment needs one, else False")
+    options = _request.Options.of(conf, "settings.FIELDLAB", also=("lab", "create_session"))
+    attributes = conf.get("attributes")
+    if isinstance(attributes, str):
+        attributes = _import(attributes, "FIELDLAB['attributes']")
+    units = options.units
+    if isinstance(units, Mapping):  # (anything else: AdapterConfig says why)
+        units = {kind: _import(spec, f"FIELDLAB['units'][{kind!r}]")
+                 if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec
+                 else spec for kind, spec in units.items()}
+    settings_options = dataclasses.replace(options, units=units, attributes=attributes)
+    return _request.AdapterConfig(_load_lab(conf["lab"]), **vars(settings_options),
                                   framework_defaults={"user": _user, "session": _session},
-                                  where="FIELDLAB['units']", **options)
+                                  where="FIELDLAB['units']")
 
 
 class FieldLabMiddleware:
@@ -109,54 +122,68 @@ class FieldLabMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.config = load_config()
+        #: the opt-in FIELDLAB["create_session"] (see django_app.sessions), None when off
+        self.create_session = SessionCreator.from_setting(getattr(settings, "FIELDLAB", None), self.config.lab)
+        _checks.report_at_startup()  # gunicorn / uvicorn run no Django checks: log their findings once
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
 
     def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
-        return _request.begin(self.config, request, request.META, request.path, request.method, known,
-                              environ=True)
+        return _request.begin(self.config, request, _request.environ_getter(request.META), request.path,
+                              request.method, known)
 
     def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
-        vid = ctx.extra.get("set_visitor")
+        vid = ctx.new_visitor_id
         if vid is not None:
             response.set_cookie(self.config.visitor_cookie, vid, max_age=_request.VISITOR_MAX_AGE, path="/",
                                 secure=request.is_secure(), httponly=True, samesite="Lax")
         return response
 
+    def _abort(self, ctx: Any) -> HttpResponse | None:
+        """The response of an injected abort fault, if one answers this request."""
+        abort = _request.abort_for(ctx) if self.config.may_abort else None
+        if abort is None:
+            return None
+        return HttpResponse(abort[1], status=abort[0], content_type=ABORT_CONTENT_TYPE)
+
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
+        if self.create_session is not None:
+            self.create_session(request)
         ctx = self._begin(request, None)
         if ctx is None:
             return self.get_response(request)
         token = bind(ctx)
         try:
-            abort = _request.abort_for(ctx) if self.config.may_abort else None
+            abort = self._abort(ctx)
             if abort is not None:
-                return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
+                return abort
             return self._finish(request, ctx, self.get_response(request))
         finally:
             _request.end(ctx, token)
 
     async def __acall__(self, request: Any) -> Any:
         known = None
+        if self.create_session is not None:
+            await self.create_session.acall(request)
         cfg = self.config
         plan = cfg.plan()
         if "user" not in cfg.units and any(u.kind == "user" for u in plan) and hasattr(request, "auser"):
             try:  # request.user would hit the database synchronously; auser() is the async way
                 known = {"user": _user_of(await request.auser())}
             except Exception:
-                _request._failed("resolver_errors", "user")
+                failed("resolver_errors", "user")
                 known = {"user": None}
         ctx = self._begin(request, known)
         if ctx is None:
             return await self.get_response(request)
         token = bind(ctx)
         try:
-            abort = _request.abort_for(ctx) if self.config.may_abort else None
+            abort = self._abort(ctx)
             if abort is not None:
-                return HttpResponse(abort[1], status=abort[0], content_type="text/plain; charset=utf-8")
+                return abort
             return self._finish(request, ctx, await self.get_response(request))
         finally:
             _request.end(ctx, token)

@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .._assignment import Assignment
 from ..context import RequestContext, current, read_from
 from .asgi import SESSION_KEY, FieldLabMiddleware
 
-__all__ = ["FieldLabMiddleware", "Assignments", "assignments", "SESSION_KEY"]
+__all__ = ["SESSION_KEY", "Assignments", "FieldLabMiddleware", "assignments"]
 
 
 class Assignments(Mapping[str, str]):

@@ -8,11 +8,12 @@ in ``units`` and ``attributes`` receive ``flask.request``. Flask has no
 built-in user, so the ``user`` unit needs a resolver (e.g.
 ``units={"user": lambda r: flask_login.current_user.get_id()}``); the default
 ``session`` unit is an id fieldlab keeps in ``flask.session``, created on first use.
+Templates get the globals ``variant`` and ``param`` (see :mod:`fieldlab.adapters.jinja`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import flask
 
@@ -20,22 +21,21 @@ from .. import _request
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
+from ._shared import SESSION_KEY, abort_headers, session_unit_id
+from .jinja import install_globals
 
-__all__ = ["FieldLab", "SESSION_KEY"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-SESSION_KEY = "_fieldlab_sid"
+__all__ = ["SESSION_KEY", "FieldLab"]
+
 _TOKEN = "fieldlab.token"
 _CTX = "fieldlab.context"
 
 
 def _default_session(request: Any) -> Any:
     try:
-        session = flask.session
-        sid = session.get(SESSION_KEY)
-        if not sid:
-            sid = _request.new_visitor_id()
-            session[SESSION_KEY] = sid
-        return sid
+        return session_unit_id(flask.session)
     except RuntimeError:  # no secret key: Flask cannot keep a session
         return None
 
@@ -43,14 +43,14 @@ def _default_session(request: Any) -> Any:
 class FieldLab:
     """Assigns every request's variants before the view runs and records them on the server span.
 
-    Options are those of :class:`fieldlab._request.AdapterConfig`.
+    Options are those of :class:`fieldlab.adapters.Options`; a misspelt one is a
+    ConfigError naming the closest.
     """
 
-    def __init__(self, app: flask.Flask | None = None, lab: Lab | None = None, *,
-                 units: Mapping[str, Any] | None = None, **options: Any) -> None:
+    def __init__(self, app: flask.Flask | None = None, lab: Lab | None = None,
+                 **options: Unpack[_request.AdapterOptions]) -> None:
         self.lab = lab
-        self.units = units
-        self.options = options
+        self.options = _request.Options.of(options, "FieldLab")
         self.config: _request.AdapterConfig | None = None
         if app is not None:
             self.init_app(app)
@@ -60,31 +60,32 @@ class FieldLab:
         if self.lab is None:
             raise ConfigError("lab", "FieldLab needs a Lab", "pass FieldLab(app, lab=Lab.from_file(...))")
         if self.config is None:
-            self.config = _request.AdapterConfig(self.lab, units=self.units,
-                                                 framework_defaults={"session": _default_session}, **self.options)
+            self.config = _request.AdapterConfig(self.lab, **vars(self.options),
+                                                 framework_defaults={"session": _default_session})
         if "fieldlab" in app.extensions:
             raise ConfigError("init_app", "fieldlab is already initialised on this app",
                                        "create one FieldLab per app and call init_app once")
         app.extensions["fieldlab"] = self
         app.before_request(self._before)
         app.teardown_request(self._teardown)
+        install_globals(app.jinja_env)  # {{ variant("key", "default") }} / {{ param(...) }} in templates
 
     def _before(self) -> Any:
         cfg = self.config
         environ = flask.request.environ
         get = environ.get
-        ctx = _request.begin(cfg, flask.request, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),  # type: ignore[arg-type]
-                             environ=True)
+        ctx = _request.begin(cfg, flask.request, _request.environ_getter(environ),  # type: ignore[arg-type]
+                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""))
         if ctx is None:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
-        if "set_visitor" in ctx.extra:
+        if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
         abort = _request.abort_for(ctx) if cfg.may_abort else None  # type: ignore[union-attr]
         if abort is not None:
             status, body = abort
-            return flask.Response(body, status=status, mimetype="text/plain")
+            return flask.Response(body, status=status, headers=abort_headers(body))
         return None
 
     def _set_cookie(self, response: flask.Response) -> flask.Response:

@@ -10,4 +10,4 @@ from __future__ import annotations
 
 from .asgi import SESSION_KEY, FieldLabMiddleware
 
-__all__ = ["FieldLabMiddleware", "SESSION_KEY"]
+__all__ = ["SESSION_KEY", "FieldLabMiddleware"]

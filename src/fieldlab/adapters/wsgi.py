@@ -11,11 +11,16 @@ are generated lazily after it returns see no context.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .. import _request
 from ..context import bind
 from ..lab import Lab
+from ._shared import abort_headers
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["FieldLabMiddleware"]
 
@@ -35,38 +40,40 @@ def _remote_user(environ: Any) -> Any:
 class FieldLabMiddleware:
     """Assigns every request's variants, binds them for the app, records them on the server span.
 
-    Arguments are those of :class:`fieldlab._request.AdapterConfig`: ``units``,
-    ``headers`` (targeting allow-list), ``attributes`` (callable), ``unit_ids``
-    (``hash``/``raw``/``none``), ``trust_baggage``, ``propagate_baggage``,
-    ``visitor_cookie``, ``override_header``, ``override_cookie``.
+    Options are those of :class:`fieldlab.adapters.Options` (``units``,
+    ``headers``, ``attributes``, ``unit_ids``, ``trust_baggage``,
+    ``propagate_baggage``, ``visitor_cookie``, ``override_header``,
+    ``override_cookie``); a misspelt one is a ConfigError naming the closest.
+    ``request_factory(environ)`` builds what resolvers receive (default: the environ).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], lab: Lab, *, units: Mapping[str, Any] | None = None,
-                 request_factory: Callable[[dict], Any] | None = None, **options: Any) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], lab: Lab, *,
+                 request_factory: Callable[[dict], Any] | None = None,
+                 **options: Unpack[_request.AdapterOptions]) -> None:
         if not callable(app):
             raise TypeError(f"FieldLabMiddleware(app): {app!r} is not a WSGI application")
         self.app = app
         self.request_factory = request_factory
-        self.config = _request.AdapterConfig(lab, units=units, framework_defaults={"user": _remote_user}, **options)
+        opts = _request.Options.of(options, "FieldLabMiddleware")
+        self.config = _request.AdapterConfig(lab, **vars(opts), framework_defaults={"user": _remote_user})
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         cfg = self.config
         get = environ.get
-        ctx = _request.begin(cfg, environ, environ, get("PATH_INFO", ""), get("REQUEST_METHOD", ""),
-                             make_request=self.request_factory, environ=True)
+        ctx = _request.begin(cfg, environ, _request.environ_getter(environ), get("PATH_INFO", ""),
+                             get("REQUEST_METHOD", ""), make_request=self.request_factory)
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
         try:
             abort = _request.abort_for(ctx) if cfg.may_abort else None
-            if ctx.extra:
+            if ctx.new_visitor_id is not None:
                 cookie = _request.visitor_cookie(cfg, ctx, get("wsgi.url_scheme") == "https")
                 if cookie is not None:
                     start_response = _with_cookie(start_response, cookie)
             if abort is not None:
                 status, body = abort
-                start_response(status_line(status), [("Content-Type", "text/plain; charset=utf-8"),
-                                                      ("Content-Length", str(len(body)))])
+                start_response(status_line(status), abort_headers(body))
                 return [body]
             return self.app(environ, start_response)
         finally:

@@ -11,7 +11,8 @@ bracket are added, so the report says what the controller decided.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["analyze_canaries"]
 
@@ -28,13 +29,13 @@ def analyze_canaries(sources: Any, lab: Any, *, engine: str = "auto",
     source = sources if isinstance(sources, Source) else open_source(sources, engine=engine, **kw)
     from ..control.canary import CONTROL, CanaryState, DoseArm, dose_of, dose_response
     from ..control.canary_controller import measure_arms
-    from ..control.state import JsonFileStore, StateStoreError
+    from ..control.state import StateStoreError, open_store
 
     stored: Mapping[str, Any] = {}
-    path = lab._state.fault_plan.state_file
-    if path is not None:
+    url = lab._state.state_url
+    if url is not None:
         try:
-            stored = JsonFileStore(path).read().canaries
+            stored = open_store(url).read().canaries
         except StateStoreError:
             stored = {}
     out: dict[str, dict[str, Any]] = {}

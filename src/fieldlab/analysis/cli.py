@@ -45,6 +45,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _fail("analyze", f"{exc.filename or ''}: {exc.strerror or exc}")
     if show:
         sys.stderr.write("\r" + " " * 100 + "\r")
+    if args.config:  # the guardrails' decisions on the report's timeline (fieldlab.control.report)
+        from ..control.report import add_decisions
+        add_decisions(result, args.config)
     if args.html:
         try:
             write_html(result, args.html)

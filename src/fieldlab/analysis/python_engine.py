@@ -126,7 +126,8 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
         if not is_h:
             fold.kinds.setdefault(exp, set()).add(kind)
         u = fold.units.get((is_h, exp, uid))
-        variant = "holdout" if is_h else attrs[vk]
+        # intent-to-treat: served control during a pause (fieldlab.guardrail.<key>), assigned the paused variant
+        variant = "holdout" if is_h else (attrs.get(A.guardrail_attr(exp)) or attrs[vk])
         if u is None:
             u = fold.units[(is_h, exp, uid)] = _Unit(variant, ts, len(spec.metrics))
         else:

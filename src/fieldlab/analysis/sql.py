@@ -174,7 +174,10 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "SELECT line_ok, has_span, IsServer, vk_i, vk != '' AS has_vk, "
         f"startsWith(vk, {_lit(hp)}) AS is_h, "
         f"if(vk = '', '', if(is_h, substring(vk, {len(hp) + 1}), substring(vk, {len(vp) + 1}))) AS exp, "
-        "if(is_h, 'holdout', Attrs[vk]) AS variant, "
+        # intent-to-treat: a request served control because its variant was paused (fieldlab.guardrail.<key>)
+        # counts in the variant the unit was assigned
+        f"if(is_h, 'holdout', if(Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '', "
+        f"Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)], Attrs[vk])) AS variant, "
         f"is_h OR Attrs[concat({_lit(A.EXPOSED_PREFIX)}, exp)] = 'true' AS exposed, "
         f"NOT is_h AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] = 'true' AS forced, "
         f"{_unit_kind_sql(spec)} AS ukind, "

@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Mapping, Sequence, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from ..errors import FieldLabError
 
@@ -27,21 +28,20 @@ __all__ = ["add_parsers", "load", "render_status"]
 
 
 def load(config: str) -> tuple[Any, Any]:
-    """The config's canaries and the state store its processes follow (the lab state file)."""
-    from ..lab import Lab
-    from .state import JsonFileStore
+    """The config's canaries and the state store its processes follow (``[lab] state``)."""
+    import os
 
-    lab = Lab.from_file(config)
-    try:
-        canaries = lab._state.canaries
-        path = lab._state.fault_plan.state_file
-    finally:
-        lab.close()
-    if not canaries:
+    from ..lab import Lab
+    from .state import open_store
+
+    if not os.path.isfile(config):
+        raise FieldLabError(f"no config file at {config}; pass the file the processes load")
+    state, _ = Lab._load(config)
+    if not state.canaries:
         raise FieldLabError(f"{config} has no [[canaries]]; add one (see docs/canary.md)")
-    if path is None:
-        raise FieldLabError(f"{config}: no state file for the canaries; set [lab] state_file")
-    return canaries, JsonFileStore(path)
+    if state.state_url is None:
+        raise FieldLabError(f"{config} names no state store for the canaries; set [lab] state")
+    return state.canaries, open_store(state.state_url)
 
 
 def _pct(x: Any) -> str:

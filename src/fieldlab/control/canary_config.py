@@ -24,8 +24,9 @@ This module needs neither numpy nor a framework: the Lab imports it in every pro
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .._fault_kinds import POINT_NAME_RE
 from ..errors import ConfigError, suggest_names

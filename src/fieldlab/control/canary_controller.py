@@ -33,7 +33,8 @@ import dataclasses
 import datetime as _dt
 import os
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .. import attributes as A
 from ..analysis import sources as S

@@ -48,7 +48,7 @@ def _write_config(examples: Path, out: Path) -> Path:
     state = out / "canary.state.json"
     if state.exists():
         state.unlink()  # a fresh canary each run
-    doc.setdefault("lab", {}).update(state_file=str(state), reload_interval=0)
+    doc.setdefault("lab", {}).update(state=str(state), state_poll_interval=0.5, reload_interval=0)
     doc.setdefault("faults", {}).update(enabled=True, max_blast_radius=100, max_active=500)
     doc["canaries"] = [CANARY]
     path = out / "canary.json"
@@ -90,7 +90,7 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
     from ..lab import Lab
     from .canary_cli import render_status
     from .canary_controller import CanaryController, status_of
-    from .state import JsonFileStore
+    from .state import open_store
 
     out = out or sys.stdout
     err = stream or sys.stderr
@@ -102,13 +102,12 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
     for old in spans_dir.glob("*.jsonl"):
         old.unlink()
     config = _write_config(examples_dir, out_path)
-    lab = Lab.from_file(str(config), reload_interval=0)
-    (canary,) = lab._state.canaries
-    state_file = lab._state.fault_plan.state_file
-    lab.close()
+    state, _ = Lab._load(str(config))
+    (canary,) = state.canaries
+    state_file = state.state_url
     if state_file is None:  # pragma: no cover - the config names one
         raise FieldLabError("the canary demo's config has no state file")
-    store = JsonFileStore(state_file)
+    store = open_store(state_file)
     t0 = time.monotonic()
     err.write("fieldlab demo --canary: starting the flask shop under gunicorn (inventory client timeout 300 ms) ...\n")
     server = _Server("flask", examples_dir, spans_dir, workers, out_path / "canary-server.log", config=config,

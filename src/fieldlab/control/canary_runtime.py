@@ -2,7 +2,7 @@
 
 The controller (:mod:`fieldlab.control.canary_controller`) writes each
 canary's state (doses, weights, bracket, history) under ``canaries.<key>`` of
-the lab state document; every process follows that document with a
+the lab state document; every process follows that document with the Lab's
 :class:`~fieldlab.control.state.StatePoller`, and :func:`arms_at` turns the
 poller's snapshot and the config's ``[[canaries]]`` into the arms of one
 request at one fault point:
@@ -20,30 +20,24 @@ The other rails (``[faults] enabled``, ``FIELDLAB_FAULTS=off``, the kill
 switch's state file, ``max_active``) are the fault path's own
 (:mod:`fieldlab.faults`), which calls :func:`arms_at` and injects the doses.
 
-Which store: on this branch, the JSON file the kill switch uses
-(``[lab] state_file``, else ``<config>.state.json``), followed by one poller
-per file and process (:func:`snapshot_of`). Where the Lab follows a state
-store itself, :func:`snapshot_of` is the one place to point at it.
+Which store: the one the Lab follows for the guardrails (``[lab] state``, a
+JSON file by default beside the config, or Redis), through the Lab's own
+poller (:func:`snapshot_of`): a canary needs no other connection.
 
 This module needs neither numpy nor a framework (it runs in every worker).
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from .._hashing import bucket, traffic_basis_points, variant_boundaries
 from .canary import CONTROL, dose_of, weight_table
-from .state import JsonFileStore, Snapshot, StatePoller
+from .state import Snapshot
 
-__all__ = ["CanaryArm", "arms_at", "snapshot_of", "weight_tables", "stop_followers", "POLL_INTERVAL"]
+__all__ = ["CanaryArm", "arms_at", "snapshot_of", "weight_tables"]
 
-#: Seconds between two reads of the state file by a process (the canary's weights change once a round).
-POLL_INTERVAL = 0.5
-
-_pollers: dict[str, StatePoller] = {}
-_lock = threading.Lock()
 # (the LabState object the tables were computed from, the tables): recomputed only when the state changes
 _tables: tuple[Any, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = (None, {})
 
@@ -57,31 +51,10 @@ class CanaryArm(NamedTuple):
 
 
 def snapshot_of(lab: Any) -> Snapshot | None:
-    """The snapshot of the state store ``lab`` follows for its canaries (None: no store, no canary).
-
-    One :class:`StatePoller` per state file and process, started at the first call (a bounded file read).
-    """
-    path = lab._state.fault_plan.state_file
-    if path is None:
-        return None
-    poller = _pollers.get(path)
-    if poller is None:
-        with _lock:
-            poller = _pollers.get(path)
-            if poller is None:
-                poller = StatePoller(JsonFileStore(path), POLL_INTERVAL, name="fieldlab-canary-state")
-                poller.start()
-                _pollers[path] = poller
-    return poller.snapshot
-
-
-def stop_followers() -> None:
-    """Stop every poller this module started (tests; a process that ends need not call it)."""
-    with _lock:
-        pollers = list(_pollers.values())
-        _pollers.clear()
-    for p in pollers:
-        p.stop()
+    """The snapshot of the state store ``lab`` follows (``[lab] state``; by default the state file beside
+    the config), as its poller last published it; None when the Lab follows no store (no canary then)."""
+    snapshot: Snapshot | None = lab.state_snapshot
+    return snapshot
 
 
 def weight_tables(state: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -151,7 +124,8 @@ def _ranges(table: tuple[tuple[str, ...], tuple[int, ...]], traffic: float) -> t
     if got is None:
         labels, bp = table
         got = tuple((lo, hi, label, None if label == CONTROL else dose_of(label))
-                    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)))
+                    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)),
+                                             strict=True)
                     if label)
         if len(_range_cache) > 256:
             _range_cache.clear()

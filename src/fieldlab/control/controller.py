@@ -40,7 +40,7 @@ from ..analysis.sql import file_spans_sql, otel_traces_spans_sql
 from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status
 from .guardrails import ExperimentData, Round, decide_round
 from .settings import GuardrailMetric, GuardrailsConfig
-from .state import LabState, StateFormatError, StateStore, decider_name
+from .state import Decision, LabState, StateFormatError, StateStore, decider_name
 
 __all__ = [
     "ExperimentSpec", "experiment_specs", "WindowQuery", "window_counts_sql", "service_totals_sql",
@@ -154,7 +154,10 @@ def window_counts_sql(spans_sql: str, q: WindowQuery) -> str:
         f"WHERE line_ok AND has_span AND IsServer AND Ts <= {now}{since}"
     )
     rows = (
-        f"SELECT substring(vk, {len(vp) + 1}) AS exp, Attrs[vk] AS variant, {unit} AS unit, Ts, Attrs, "
+        # intent-to-treat, as the analysis: served control during a pause (fieldlab.guardrail.<key>), counted
+        # in the variant the unit was assigned
+        f"SELECT substring(vk, {len(vp) + 1}) AS exp, if(Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '', "
+        f"Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)], Attrs[vk]) AS variant, {unit} AS unit, Ts, Attrs, "
         f"StatusError OR toInt64OrZero(if(Attrs[{status_new}] != '', Attrs[{status_new}], Attrs[{status_old}])) >= 500 "
         f"AS IsError, {slow} AS IsSlow FROM ({spans}) ARRAY JOIN vkeys AS vk "
         f"WHERE exp IN ({keys}) AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] != 'true'"
@@ -220,7 +223,7 @@ def _python_rows(spans: Iterable[Span], q: WindowQuery, period: float) -> tuple[
             if u is None:
                 u = units[(exp, uid)] = [set(), 0, 0, 0, [0] * nw, [0] * nw, [0] * nw,
                                          [0.0] * len(mlist), [0] * len(mlist)]
-            u[0].add(attrs[k])
+            u[0].add(attrs.get(A.guardrail_attr(exp)) or attrs[k])  # intent-to-treat through a pause
             u[1] += 1
             u[2] += is_err
             u[3] += is_slow
@@ -377,6 +380,9 @@ class Controller:
         self.source = S.open_source(source, engine=engine)
         self.store = store
         self.by = by or decider_name()
+        #: The decisions of the last round that changed the state (a pause in force is decided again every
+        #: round while the variant burns, and not written again).
+        self.applied: list[Decision] = []
 
     def query(self, now: float) -> WindowQuery:
         lab = self.config.lab
@@ -388,16 +394,21 @@ class Controller:
 
     def run_round(self, now: float | None = None, *, record: bool = True) -> Round:
         """One round; with ``record`` the decisions and the report go to the store. Returns the round."""
+        live = now is None
         now = time.time() if now is None else now
         m = measure(self.source, self.query(now), self.config)
         try:
             state = self.store.read()
         except StateFormatError:
             state = LabState()  # a broken document is rewritten by this round's write
-        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=_iso(now),
+        at = _iso(time.time() if live else now)  # when decided: after the measurement, which takes a while
+        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=at,
                            by=self.by)
         if record:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)
-            self.store.record(rnd.decisions, report=report, at=_iso(now), by=self.by)
+            report["data_until"] = _iso(now)
+            _, self.applied = self.store.record(rnd.decisions, report=report, at=at, by=self.by)
+        else:
+            self.applied = []
         return rnd

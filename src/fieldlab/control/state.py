@@ -707,7 +707,8 @@ class StatePoller:
                          "or rewritten); following it", self.store.description, old.state.seq, new.state.seq)
         if new.status != old.status:
             if new.status == "ok":
-                _log.warning("fieldlab: state store %s is readable again", self.store.description)
+                if old.checked_at is not None:  # not the first read of this poller
+                    _log.warning("fieldlab: state store %s is readable again", self.store.description)
             elif new.status == "stale":
                 _log.error("fieldlab: state store %s is lost (%s); keeping the last known state (seq %s)",
                            self.store.description, new.error, new.state.seq if new.state else "-")

@@ -1,0 +1,3 @@
+"""Template tag libraries of the fieldlab Django app (``{% load fieldlab %}``)."""
+
+__all__: list[str] = []

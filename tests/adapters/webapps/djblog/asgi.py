@@ -1,0 +1,20 @@
+"""The blog under uvicorn (``webapps.djblog.asgi:application``), OTel spans to FIELDLAB_TEST_SPANS."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.djblog.settings")
+
+import django  # noqa: E402
+from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+
+from .. import common  # noqa: E402
+
+common.setup_otel("djblog-asgi")
+django.setup()
+DjangoInstrumentor().instrument()  # ASGI requests are recorded because opentelemetry-instrumentation-asgi is installed
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+application = get_asgi_application()
