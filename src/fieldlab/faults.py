@@ -445,7 +445,7 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
     global _active
     lab = ctx.lab
     state = lab._state
-    if not any(c.point == point for c in state.canaries):
+    if point not in state.canaries.points:
         return []  # no canary here: nothing to count as skipped either
     plan: FaultPlan = state.fault_plan
     if not plan.enabled:

@@ -32,7 +32,7 @@ from .._fault_kinds import POINT_NAME_RE
 from ..errors import ConfigError, suggest_names
 from .canary import CanarySpec
 
-__all__ = ["CANARY_KEYS", "CanaryConfig", "parse_canaries", "check_canary_radius", "canaries_of"]
+__all__ = ["CANARY_KEYS", "CanaryConfig", "parse_canaries", "check_canary_radius", "canaries_of", "CanarySet"]
 
 #: The keys a ``[[canaries]]`` table may have.
 CANARY_KEYS = frozenset({"key", "point", "unit", "traffic", "doses", "steady_state", "description"})
@@ -148,10 +148,22 @@ def check_canary_radius(canaries: Sequence[CanaryConfig], fault_radius_percent: 
                           "lower the canaries' traffic, or raise [faults] max_blast_radius")
 
 
-def canaries_of(value: Any, plan: Any, experiment_keys: Sequence[str] = ()) -> tuple[CanaryConfig, ...]:
+class CanarySet(tuple):
+    """The config's canaries (a tuple of :class:`CanaryConfig`) and ``points``, the fault points they dose:
+    the fault path tests a point against the set before anything else."""
+
+    points: frozenset[str]
+
+    def __new__(cls, canaries: Sequence[CanaryConfig] = ()) -> CanarySet:
+        self = super().__new__(cls, canaries)
+        self.points = frozenset(c.point for c in canaries)
+        return self
+
+
+def canaries_of(value: Any, plan: Any, experiment_keys: Sequence[str] = ()) -> CanarySet:
     """The Lab's hook: parse ``doc["canaries"]`` and check it against the compiled
     :class:`~fieldlab._fault_kinds.FaultPlan` (its blast radius and cap)."""
     canaries = parse_canaries(value)
     if canaries:
         check_canary_radius(canaries, plan.total_radius * 100, plan.max_blast_radius, experiment_keys)
-    return canaries
+    return CanarySet(canaries)
