@@ -116,7 +116,7 @@ def test_a_paused_variant_s_units_get_control_with_reason_guardrail(tmp_path: Pa
     lab = _lab(tmp_path)
     bad, aa = _unit(lab, "bad"), _unit(lab, "aa")
     before = lab.assign("checkout", bad)
-    assert lab._fast is lab._state.fast  # nothing paused: the hot path is the plain one
+    assert not lab.paused_variants  # nothing paused: the hot path is the plain one
     store = JsonFileStore(str(tmp_path / "state.json"))
     _pause(store)
     _wait(lambda: lab.paused_variants.get("checkout") == frozenset({"bad"}))
@@ -130,7 +130,7 @@ def test_a_paused_variant_s_units_get_control_with_reason_guardrail(tmp_path: Pa
 
     _pause(store, action="resume")
     _wait(lambda: not lab.paused_variants)
-    assert lab.assign("checkout", bad) == before and before.reason == "split" and lab._fast is lab._state.fast
+    assert lab.assign("checkout", bad) == before and before.reason == "split" and not lab.paused_variants
 
 
 def test_the_span_records_control_and_the_paused_variant(tmp_path: Path) -> None:
