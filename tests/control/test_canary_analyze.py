@@ -19,22 +19,62 @@ KEY = "inventory-latency"
 
 def test_analyze_reports_the_canary_dose_response(tmp_path: Path) -> None:
     cfg = tmp_path / "lab.json"
-    cfg.write_text(json.dumps({"lab": {"state_file": "lab.state.json"}, "faults": {"enabled": True},
-                               "canaries": [{"key": KEY, "point": "inventory.reserve", "traffic": 5,
-                                             "doses": {"latency_ms": [100, 200, 400]},
-                                             "steady_state": {"error_slo": 99.5}}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "lab": {"state_file": "lab.state.json"},
+                "faults": {"enabled": True},
+                "canaries": [
+                    {
+                        "key": KEY,
+                        "point": "inventory.reserve",
+                        "traffic": 5,
+                        "doses": {"latency_ms": [100, 200, 400]},
+                        "steady_state": {"error_slo": 99.5},
+                    }
+                ],
+            }
+        )
+    )
     rnd = random.Random(2)
     reqs = []
     for arm, n, fail in (("control", 800, 0.0), ("100ms", 500, 0.0), ("400ms", 300, 0.5)):
         for i in range(n):
             err = rnd.random() < fail
-            reqs.append(Request(1_000_000_000_000 + i, 20.0, False,
-                                {A.canary_attr(KEY): arm, A.HTTP_STATUS_CODE: 504 if err else 200}))
+            reqs.append(
+                Request(
+                    1_000_000_000_000 + i,
+                    20.0,
+                    False,
+                    {A.canary_attr(KEY): arm, A.HTTP_STATUS_CODE: 504 if err else 200},
+                )
+            )
     spans = write_spans(str(tmp_path / "spans.jsonl"), reqs)
-    JsonFileStore(str(tmp_path / "lab.state.json")).update(lambda cur: dataclasses.replace(
-        cur, seq=1, canaries={KEY: {"key": KEY, "phase": "done", "breaking_point": 266.7, "bracket": [200.0, 400.0],
-                                    "arms": [{"dose": 400.0, "status": "broken", "requests": 300, "errors": 150,
-                                              "slow": 0, "bad": 150, "reason": "error rate above"}]}}))
+    JsonFileStore(str(tmp_path / "lab.state.json")).update(
+        lambda cur: dataclasses.replace(
+            cur,
+            seq=1,
+            canaries={
+                KEY: {
+                    "key": KEY,
+                    "phase": "done",
+                    "breaking_point": 266.7,
+                    "bracket": [200.0, 400.0],
+                    "arms": [
+                        {
+                            "dose": 400.0,
+                            "status": "broken",
+                            "requests": 300,
+                            "errors": 150,
+                            "slow": 0,
+                            "bad": 150,
+                            "reason": "error rate above",
+                        }
+                    ],
+                }
+            },
+        )
+    )
     result = analyze([spans], config=str(cfg), engine="python")
     c = result["canaries"][KEY]
     rows = {r["arm"]: r for r in c["dose_response"]}

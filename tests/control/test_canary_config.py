@@ -11,14 +11,25 @@ from fieldlab.lab import Lab
 
 
 def doc(**canary: Any) -> dict[str, Any]:
-    table = {"key": "inventory-latency", "point": "inventory.reserve", "traffic": 2,
-             "doses": {"latency_ms": [25, 50, 100]},
-             "steady_state": {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}, "metrics": []}}
+    table = {
+        "key": "inventory-latency",
+        "point": "inventory.reserve",
+        "traffic": 2,
+        "doses": {"latency_ms": [25, 50, 100]},
+        "steady_state": {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}, "metrics": []},
+    }
     table.update(canary)
-    return {"faults": {"enabled": True, "max_blast_radius": 10},
-            "experiments": [{"key": "slow-db", "traffic": 10, "variants": [
-                {"name": "control"}, {"name": "slow", "faults": [{"point": "db", "latency_ms": 5}]}]}],
-            "canaries": [{k: v for k, v in table.items() if v is not None}]}
+    return {
+        "faults": {"enabled": True, "max_blast_radius": 10},
+        "experiments": [
+            {
+                "key": "slow-db",
+                "traffic": 10,
+                "variants": [{"name": "control"}, {"name": "slow", "faults": [{"point": "db", "latency_ms": 5}]}],
+            }
+        ],
+        "canaries": [{k: v for k, v in table.items() if v is not None}],
+    }
 
 
 def error_of(d: dict[str, Any]) -> ConfigError:
@@ -41,19 +52,22 @@ def test_canary_changes_the_config_version() -> None:
     assert a != b
 
 
-@pytest.mark.parametrize("change, path, words", [
-    ({"point": None}, "canaries[0].point", "is missing"),
-    ({"point": "bad point!"}, "canaries[0].point", "not a fault point"),
-    ({"traffic": 0}, "canaries[0].traffic", "percentage"),
-    ({"traffic": True}, "canaries[0].traffic", "percentage"),
-    ({"unit": "User Id"}, "canaries[0].unit", "unit kind"),
-    ({"doses": {"latency_ms": [50, 25]}}, "canaries[0].doses.latency_ms", "strictly increasing"),
-    ({"doses": {"start": 25, "factor": 1, "max": 100}}, "canaries[0].doses.factor", "above 1"),
-    ({"steady_state": {"error_slo": 100}}, "canaries[0].steady_state.error_slo", "between 0 and 100"),
-    ({"key": "Bad Key"}, "canaries[0].key", "canary key"),
-    ({"key": "slow-db"}, "canaries[0].key", "experiment's key"),
-    ({"trafic": 2}, "canaries[0].trafic", "did you mean 'traffic'"),
-])
+@pytest.mark.parametrize(
+    "change, path, words",
+    [
+        ({"point": None}, "canaries[0].point", "is missing"),
+        ({"point": "bad point!"}, "canaries[0].point", "not a fault point"),
+        ({"traffic": 0}, "canaries[0].traffic", "percentage"),
+        ({"traffic": True}, "canaries[0].traffic", "percentage"),
+        ({"unit": "User Id"}, "canaries[0].unit", "unit kind"),
+        ({"doses": {"latency_ms": [50, 25]}}, "canaries[0].doses.latency_ms", "strictly increasing"),
+        ({"doses": {"start": 25, "factor": 1, "max": 100}}, "canaries[0].doses.factor", "above 1"),
+        ({"steady_state": {"error_slo": 100}}, "canaries[0].steady_state.error_slo", "between 0 and 100"),
+        ({"key": "Bad Key"}, "canaries[0].key", "canary key"),
+        ({"key": "slow-db"}, "canaries[0].key", "experiment's key"),
+        ({"trafic": 2}, "canaries[0].trafic", "did you mean 'traffic'"),
+    ],
+)
 def test_canary_config_error_names_the_field(change: dict[str, Any], path: str, words: str) -> None:
     err = error_of(doc(**change))
     assert err.path == path and words in str(err), str(err)

@@ -23,8 +23,13 @@ from fieldlab.control.state import JsonFileStore
 
 KEY = "inventory-latency"
 TIMEOUT_MS, MEDIAN_MS, SIGMA = 300.0, 40.0, 0.4
-TABLE = {"key": KEY, "point": "inventory.reserve", "traffic": 5, "doses": {"start": 25, "factor": 2, "max": 1600},
-         "steady_state": {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}}}
+TABLE = {
+    "key": KEY,
+    "point": "inventory.reserve",
+    "traffic": 5,
+    "doses": {"start": 25, "factor": 2, "max": 1600},
+    "steady_state": {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}},
+}
 
 
 def truth() -> float:
@@ -52,8 +57,14 @@ def serve(weights: dict[str, float], n: int, t0: float, rnd: random.Random) -> l
         dose = C.dose_of(arm) or 0.0
         dur = MEDIAN_MS * math.exp(SIGMA * rnd.gauss(0, 1)) + dose
         err = dur > TIMEOUT_MS or rnd.random() < 0.0005
-        out.append(Request(int((t0 + i * 1e-3) * 1e9), min(dur, TIMEOUT_MS), err,
-                           {A.canary_attr(KEY): arm, A.HTTP_STATUS_CODE: 504 if err else 200}))
+        out.append(
+            Request(
+                int((t0 + i * 1e-3) * 1e9),
+                min(dur, TIMEOUT_MS),
+                err,
+                {A.canary_attr(KEY): arm, A.HTTP_STATUS_CODE: 504 if err else 200},
+            )
+        )
     return out
 
 
@@ -120,8 +131,9 @@ def test_a_kill_in_the_store_halts_the_canary(tmp_path: Path) -> None:
     store = JsonFileStore(str(tmp_path / "lab.state.json"))
     ctl = CanaryController([canary], [str(tmp_path)], store, engine="python")
     ctl.run_round(now=1.0)
-    store.update(lambda cur: dataclasses.replace(cur, seq=cur.seq + 1,
-                                                 killed={KEY: Mark("t", "alice", reason="INC-7")}))
+    store.update(
+        lambda cur: dataclasses.replace(cur, seq=cur.seq + 1, killed={KEY: Mark("t", "alice", reason="INC-7")})
+    )
     doc = ctl.run_round(now=2.0)[KEY]
     assert doc["phase"] == "stopped" and doc["outcome"] == "halted" and doc["weights"] == {}
     assert "alice" in doc["history"][-1]["reason"] and "INC-7" in doc["history"][-1]["reason"]
@@ -130,13 +142,16 @@ def test_a_kill_in_the_store_halts_the_canary(tmp_path: Path) -> None:
 
 def test_cli_runs_a_round_and_shows_the_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "lab.toml"
-    cfg.write_text('[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\nmax_blast_radius = 5\n'
-                   '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
-                   'doses = { start = 25, factor = 2, max = 1600 }\n'
-                   'steady_state = { error_slo = 99.5, latency_slo = { ms = 1000, percent = 99 } }\n')
+    cfg.write_text(
+        '[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\nmax_blast_radius = 5\n'
+        '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+        "doses = { start = 25, factor = 2, max = 1600 }\n"
+        "steady_state = { error_slo = 99.5, latency_slo = { ms = 1000, percent = 99 } }\n"
+    )
     spans = tmp_path / "spans"
     spans.mkdir()
     write_spans(str(spans / "a.jsonl"), serve({"control": 0.5, "25ms": 0.5}, 300, 1.0, random.Random(1)))
+
     def cli(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
         out, err = capsys.readouterr()
@@ -156,6 +171,7 @@ def test_cli_runs_a_round_and_shows_the_status(tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and "missing.toml" in err
 
 
+@pytest.mark.server
 def test_canary_run_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     import os
     import signal
@@ -164,16 +180,34 @@ def test_canary_run_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     import time
 
     cfg = tmp_path / "lab.toml"
-    cfg.write_text('[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\n'
-                   '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
-                   'doses = { latency_ms = [25, 50] }\n')
+    cfg.write_text(
+        '[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\n'
+        '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+        "doses = { latency_ms = [25, 50] }\n"
+    )
     spans = tmp_path / "spans"
     spans.mkdir()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from fieldlab.cli import main; sys.exit(main())",
-                             "canary", "run", str(cfg), str(spans), "--interval", "0.2", "--engine", "python",
-                             "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from fieldlab.cli import main; sys.exit(main())",
+            "canary",
+            "run",
+            str(cfg),
+            str(spans),
+            "--interval",
+            "0.2",
+            "--engine",
+            "python",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     state = tmp_path / "lab.state.json"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not state.exists():
@@ -193,9 +227,11 @@ def test_fieldlab_kill_names_the_canary_and_keeps_its_search(tmp_path: Path) -> 
     from fieldlab.control.canary_cli import load
 
     cfg = tmp_path / "lab.toml"
-    cfg.write_text('[lab]\nstate = "lab.state.json"\n[faults]\nenabled = true\n'
-                   '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
-                   'doses = { latency_ms = [25, 50] }\n')
+    cfg.write_text(
+        '[lab]\nstate = "lab.state.json"\n[faults]\nenabled = true\n'
+        '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+        "doses = { latency_ms = [25, 50] }\n"
+    )
     canaries, store = load(str(cfg))
     ctl = CanaryController(canaries, [str(tmp_path)], store, engine="python")
     ctl.run_round(now=1.0)

@@ -19,19 +19,36 @@ def test_shop_orders_time_out_when_the_inventory_takes_longer_than_300_ms() -> N
     """The inventory client timeout the canary finds: a reservation past 300 ms is a 504, one under it is not.
     (Before, the shop waited for the inventory however long it took: no dose ever broke it.)"""
     import sys
+
     sys.path.insert(0, str(EXAMPLES))
     try:
         import shop_core
     finally:
         sys.path.remove(str(EXAMPLES))
-    lab = fieldlab.Lab.from_dict({"faults": {"enabled": True, "max_blast_radius": 100}, "experiments": [{
-        "key": "inv", "traffic": 100, "variants": [
-            {"name": "slow", "faults": [{"point": "inventory.reserve",
-                                                                        "latency_ms": 400}]}]}]})
-    lab2 = fieldlab.Lab.from_dict({"faults": {"enabled": True, "max_blast_radius": 100}, "experiments": [{
-        "key": "inv", "traffic": 100, "variants": [
-            {"name": "slow", "faults": [{"point": "inventory.reserve",
-                                                                        "latency_ms": 150}]}]}]})
+    lab = fieldlab.Lab.from_dict(
+        {
+            "faults": {"enabled": True, "max_blast_radius": 100},
+            "experiments": [
+                {
+                    "key": "inv",
+                    "traffic": 100,
+                    "variants": [{"name": "slow", "faults": [{"point": "inventory.reserve", "latency_ms": 400}]}],
+                }
+            ],
+        }
+    )
+    lab2 = fieldlab.Lab.from_dict(
+        {
+            "faults": {"enabled": True, "max_blast_radius": 100},
+            "experiments": [
+                {
+                    "key": "inv",
+                    "traffic": 100,
+                    "variants": [{"name": "slow", "faults": [{"point": "inventory.reserve", "latency_ms": 150}]}],
+                }
+            ],
+        }
+    )
     results: dict[str, Any] = {}
     for name, lb in (("400", lab), ("150", lab2)):
         with _bound(lb):
@@ -45,10 +62,12 @@ class _bound:
 
     def __enter__(self) -> None:
         from fieldlab import context
+
         self.token = context.bind(context.start(self.lab, {"user": "u1"}, trace_id=f"{5:032x}"))
 
     def __exit__(self, *exc: Any) -> None:
         from fieldlab import context
+
         context.reset(self.token)
 
 

@@ -36,19 +36,28 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def lab_doc(state_file: str, *, enabled: bool = True, traffic: float = 50) -> dict[str, Any]:
-    return {"lab": {"state": state_file, "state_poll_interval": 0.05},
-            "faults": {"enabled": enabled, "max_blast_radius": 100},
-            "canaries": [{"key": KEY, "point": "inv.reserve", "traffic": traffic,
-                          "doses": {"latency_ms": [20, 40, 80]},
-                          "steady_state": {"error_slo": 99, "latency_slo": {"ms": 500, "percent": 99}}}]}
+    return {
+        "lab": {"state": state_file, "state_poll_interval": 0.05},
+        "faults": {"enabled": enabled, "max_blast_radius": 100},
+        "canaries": [
+            {
+                "key": KEY,
+                "point": "inv.reserve",
+                "traffic": traffic,
+                "doses": {"latency_ms": [20, 40, 80]},
+                "steady_state": {"error_slo": 99, "latency_slo": {"ms": 500, "percent": 99}},
+            }
+        ],
+    }
 
 
 def publish(path: str, weights: dict[str, float], phase: str = "escalating") -> None:
     st = C.CanaryState(key=KEY, phase=phase)
     st.weights = weights
     st.weights_version = 1
-    JsonFileStore(path).update(lambda cur: dataclasses.replace(cur, seq=cur.seq + 1,
-                                                               canaries={**cur.canaries, KEY: st.to_dict()}))
+    JsonFileStore(path).update(
+        lambda cur: dataclasses.replace(cur, seq=cur.seq + 1, canaries={**cur.canaries, KEY: st.to_dict()})
+    )
 
 
 def shop(lab: fieldlab.Lab) -> tuple[Any, InMemorySpanExporter]:
@@ -93,6 +102,7 @@ def test_each_request_gets_the_arm_its_trace_id_chooses_and_the_dose_is_injected
     state = str(tmp_path / "lab.state.json")
     publish(state, WEIGHTS)
     import fieldlab.adapters.flask
+
     lab = fieldlab.Lab.from_dict(lab_doc(state))
     client, exporter = shop(lab)
     rows = run(client, exporter, 60)
@@ -114,6 +124,7 @@ def test_the_span_event_names_the_canary_and_the_dose(tmp_path: Any) -> None:
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "40ms": 1.0})
     import fieldlab.adapters.flask
+
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))
     client.get("/order", headers={"traceparent": f"00-{7:032x}-{7:016x}-01"})
     (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
@@ -125,6 +136,7 @@ def test_the_span_event_names_the_canary_and_the_dose(tmp_path: Any) -> None:
 
 def test_rails_stop_the_canary(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import fieldlab.adapters.flask
+
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "80ms": 1.0})
     # [faults] enabled = false: no dose, no arm recorded
@@ -145,6 +157,7 @@ def test_rails_stop_the_canary(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_finished_canary_or_a_broken_state_injects_nothing(tmp_path: Any) -> None:
     import fieldlab.adapters.flask
+
     state = str(tmp_path / "lab.state.json")
     publish(state, {"control": 0.0, "80ms": 1.0}, phase="done")
     client, exporter = shop(fieldlab.Lab.from_dict(lab_doc(state, traffic=100)))

@@ -17,8 +17,9 @@ from typing import Any
 __all__ = ["analyze_canaries"]
 
 
-def analyze_canaries(sources: Any, lab: Any, *, engine: str = "auto",
-                     max_line_bytes: int | None = None) -> dict[str, dict[str, Any]]:
+def analyze_canaries(
+    sources: Any, lab: Any, *, engine: str = "auto", max_line_bytes: int | None = None
+) -> dict[str, dict[str, Any]]:
     """``result["canaries"]``: per canary key, point, dose-response rows, breaking point and bracket (or None)."""
     canaries = getattr(getattr(lab, "_state", None), "canaries", ()) if lab is not None else ()
     if not canaries:
@@ -52,15 +53,27 @@ def analyze_canaries(sources: Any, lab: Any, *, engine: str = "auto",
             if dose is None:
                 continue
             s, why = status.get(label, ("observed", ""))
-            st.arms.append(DoseArm(dose=dose, status=s, requests=n.requests, errors=n.errors, slow=n.slow,
-                                   bad=n.bad_requests, reason=why))
+            st.arms.append(
+                DoseArm(
+                    dose=dose,
+                    status=s,
+                    requests=n.requests,
+                    errors=n.errors,
+                    slow=n.slow,
+                    bad=n.bad_requests,
+                    reason=why,
+                )
+            )
         st.arms.sort(key=lambda a: a.dose)
         out[c.key] = {
-            "point": c.point, "traffic": c.traffic, "steady_state": c.spec.steady.to_dict(),
+            "point": c.point,
+            "traffic": c.traffic,
+            "steady_state": c.spec.steady.to_dict(),
             "dose_response": dose_response(c.spec, st) if counts else [],
             "phase": searched.phase if searched else None,
             "breaking_point_ms": searched.breaking_point if searched else None,
             "bracket": list(searched.bracket) if searched else None,
-            "requests_spent": st.requests_spent, "bad_spent": st.bad_spent,
+            "requests_spent": st.requests_spent,
+            "bad_spent": st.bad_spent,
         }
     return out

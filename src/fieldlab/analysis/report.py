@@ -159,9 +159,9 @@ def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
     xs = [r["dose_ms"] for r in rows]
     ys = [r["bad_rate"] for r in rows]
     lo = [max(0.0, base + r["vs_control"]["ci_low"]) if (r.get("vs_control") or {}).get("ci_low") is not None
-          else y for r, y in zip(rows, ys)]
+          else y for r, y in zip(rows, ys, strict=True)]
     hi = [min(1.0, base + r["vs_control"]["ci_high"]) if (r.get("vs_control") or {}).get("ci_high") is not None
-          else y for r, y in zip(rows, ys)]
+          else y for r, y in zip(rows, ys, strict=True)]
     allowance = (100.0 - float(c.get("steady_state", {}).get("error_slo", 99.5))) / 100.0
     ymax = max(max(ys), allowance, base, 1e-3) * 2.5
     hi = [min(h, ymax) for h in hi]

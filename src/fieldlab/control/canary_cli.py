@@ -63,17 +63,26 @@ def render_status(statuses: Sequence[Mapping[str, Any]], out: TextIO) -> None:
             out.write(f"  breaking point: {bp:.1f} ms (bracket {lo:g} ms safe .. {hi:g} ms broken)\n")
         else:
             out.write(f"  bracket so far: {lo:g} ms safe .. {'?' if hi is None else f'{hi:g} ms'} broken\n")
-        out.write(f"  requests spent {s['requests_spent']:,}; budget used: {s['bad_spent']:,} bad requests in the "
-                  f"doses, {s['excess_bad']:g} beyond control's rate; round {s['round']}\n")
-        out.write(f"  {'arm':>9}  {'status':<8} {'requests':>8} {'errors':>7} {'slow':>7}  "
-                  f"{'bad - control (always-valid)':<30} {'P(breaks)':>9}\n")
+        out.write(
+            f"  requests spent {s['requests_spent']:,}; budget used: {s['bad_spent']:,} bad requests in the "
+            f"doses, {s['excess_bad']:g} beyond control's rate; round {s['round']}\n"
+        )
+        out.write(
+            f"  {'arm':>9}  {'status':<8} {'requests':>8} {'errors':>7} {'slow':>7}  "
+            f"{'bad - control (always-valid)':<30} {'P(breaks)':>9}\n"
+        )
         for r in s["dose_response"]:
             vs = r.get("vs_control")
-            diff = (f"{vs['estimate'] * 100:+.2f} pts [{vs['ci_low'] * 100:+.2f}, {vs['ci_high'] * 100:+.2f}]"
-                    if vs and vs.get("ci_low") is not None else "")
+            diff = (
+                f"{vs['estimate'] * 100:+.2f} pts [{vs['ci_low'] * 100:+.2f}, {vs['ci_high'] * 100:+.2f}]"
+                if vs and vs.get("ci_low") is not None
+                else ""
+            )
             pb = "" if r.get("p_breaks") is None else f"{r['p_breaks']:.2f}"
-            out.write(f"  {r['arm']:>9}  {r['status']:<8} {r['requests']:>8,} {_pct(r['error_rate']):>7} "
-                      f"{_pct(r['slow_rate']):>7}  {diff:<30} {pb:>9}\n")
+            out.write(
+                f"  {r['arm']:>9}  {r['status']:<8} {r['requests']:>8,} {_pct(r['error_rate']):>7} "
+                f"{_pct(r['slow_rate']):>7}  {diff:<30} {pb:>9}\n"
+            )
         if s.get("weights"):
             out.write("  weights: " + ", ".join(f"{k} {v:.0%}" for k, v in s["weights"].items()) + "\n")
         for h in s.get("history", [])[-5:]:
@@ -114,9 +123,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             written = ctl.run_round()
             if args.json:
-                print(json.dumps({k: {x: d.get(x) for x in ("phase", "round", "outcome", "breaking_point",
-                                                              "bracket", "weights", "requests_spent", "bad_spent")}
-                                  for k, d in written.items()}, default=str), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            k: {
+                                x: d.get(x)
+                                for x in (
+                                    "phase",
+                                    "round",
+                                    "outcome",
+                                    "breaking_point",
+                                    "bracket",
+                                    "weights",
+                                    "requests_spent",
+                                    "bad_spent",
+                                )
+                            }
+                            for k, d in written.items()
+                        },
+                        default=str,
+                    ),
+                    flush=True,
+                )
             else:
                 for k, d in written.items():
                     news = [h for h in d.get("history", []) if h.get("round") == d.get("round")]
@@ -143,8 +171,12 @@ def add_parsers(subparsers: Any) -> None:
     sub.required = True
     r = sub.add_parser("run", help="run the canaries' controller: count arms in SOURCE, decide, publish doses")
     r.add_argument("config", metavar="CONFIG")
-    r.add_argument("source", metavar="SOURCE", nargs="+",
-                   help="span files/directories (OTLP JSON lines) or a clickhouse:// URL, as for analyze")
+    r.add_argument(
+        "source",
+        metavar="SOURCE",
+        nargs="+",
+        help="span files/directories (OTLP JSON lines) or a clickhouse:// URL, as for analyze",
+    )
     r.add_argument("--once", action="store_true", help="one round, then exit")
     r.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
     r.add_argument("--engine", default="auto", choices=("auto", "chdb", "python"))

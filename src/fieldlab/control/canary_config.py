@@ -57,45 +57,72 @@ class CanaryConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The table form, for ``fieldlab canary status --json`` and the config version."""
-        return {"key": self.key, "point": self.point, "unit": self.unit, "traffic": self.traffic,
-                "doses": list(self.spec.doses), "steady_state": self.spec.steady.to_dict()}
+        return {
+            "key": self.key,
+            "point": self.point,
+            "unit": self.unit,
+            "traffic": self.traffic,
+            "doses": list(self.spec.doses),
+            "steady_state": self.spec.steady.to_dict(),
+        }
 
 
 def _key(value: Any, path: str) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 64 or set(value) - _KEY_CHARS:
-        raise ConfigError(path, f"{value!r} is not a canary key",
-                          'use 1-64 lowercase letters, digits, "-" or "_", e.g. key = "inventory-latency"')
+        raise ConfigError(
+            path,
+            f"{value!r} is not a canary key",
+            'use 1-64 lowercase letters, digits, "-" or "_", e.g. key = "inventory-latency"',
+        )
     return value
 
 
 def _traffic(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 < value <= 100:
-        raise ConfigError(path, f"{value!r} is not a percentage above 0 and at most 100",
-                          "give the canary's share of units in percent, e.g. traffic = 2")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= 100
+    ):
+        raise ConfigError(
+            path,
+            f"{value!r} is not a percentage above 0 and at most 100",
+            "give the canary's share of units in percent, e.g. traffic = 2",
+        )
     return float(value)
 
 
 def _one(table: Any, path: str) -> CanaryConfig:
     if not isinstance(table, Mapping):
-        raise ConfigError(path, f"expected a table, got {type(table).__name__}",
-                          "write each canary as a [[canaries]] table")
+        raise ConfigError(
+            path, f"expected a table, got {type(table).__name__}", "write each canary as a [[canaries]] table"
+        )
     unknown = sorted(set(table) - CANARY_KEYS, key=str)
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}", f"unknown key {unknown[0]!r}",
-                          suggest_names(unknown, CANARY_KEYS, "a canary's keys"))
+        raise ConfigError(
+            f"{path}.{unknown[0]}",
+            f"unknown key {unknown[0]!r}",
+            suggest_names(unknown, CANARY_KEYS, "a canary's keys"),
+        )
     _key(table.get("key"), f"{path}.key")
     if "point" not in table:
-        raise ConfigError(f"{path}.point", "is missing",
-                          'name the fault point the doses go to, e.g. point = "db.query"')
+        raise ConfigError(
+            f"{path}.point", "is missing", 'name the fault point the doses go to, e.g. point = "db.query"'
+        )
     point = table["point"]
     if not isinstance(point, str) or not POINT_NAME_RE.match(point) or point == "http":
-        raise ConfigError(f"{path}.point", f"{point!r} is not a fault point name",
-                          "use the name given to fieldlab.fault_point(...) in the code (letters, digits, . _ : / -)")
+        raise ConfigError(
+            f"{path}.point",
+            f"{point!r} is not a fault point name",
+            "use the name given to fieldlab.fault_point(...) in the code (letters, digits, . _ : / -)",
+        )
     unit = table.get("unit", "request")
     if not isinstance(unit, str) or not 1 <= len(unit) <= 64 or set(unit) - _KEY_CHARS:
-        raise ConfigError(f"{path}.unit", f"{unit!r} is not a unit kind",
-                          'use "request" (default: doses drawn per trace id), "user", "session" or a custom kind')
+        raise ConfigError(
+            f"{path}.unit",
+            f"{unit!r} is not a unit kind",
+            'use "request" (default: doses drawn per trace id), "user", "session" or a custom kind',
+        )
     traffic = _traffic(table.get("traffic", 1.0), f"{path}.traffic")
     desc = table.get("description", "")
     if not isinstance(desc, str):
@@ -119,15 +146,19 @@ def parse_canaries(value: Any) -> tuple[CanaryConfig, ...]:
     for i, table in enumerate(value):
         c = _one(table, f"canaries[{i}]")
         if c.key in seen:
-            raise ConfigError(f"canaries[{i}].key", f"{c.key!r} is also canaries[{seen[c.key]}]'s key",
-                              "give every canary its own key")
+            raise ConfigError(
+                f"canaries[{i}].key",
+                f"{c.key!r} is also canaries[{seen[c.key]}]'s key",
+                "give every canary its own key",
+            )
         seen[c.key] = i
         out.append(c)
     return tuple(out)
 
 
-def check_canary_radius(canaries: Sequence[CanaryConfig], fault_radius_percent: float, cap: float,
-                        experiment_keys: Sequence[str] = ()) -> None:
+def check_canary_radius(
+    canaries: Sequence[CanaryConfig], fault_radius_percent: float, cap: float, experiment_keys: Sequence[str] = ()
+) -> None:
     """Refuse canaries whose traffic takes the blast radius above ``cap`` (percent) with the fault variants.
 
     ``fault_radius_percent``: the config's fault variants' reach (``FaultPlan.total_radius * 100``).
@@ -137,15 +168,20 @@ def check_canary_radius(canaries: Sequence[CanaryConfig], fault_radius_percent: 
     exps = set(experiment_keys)
     for i, c in enumerate(canaries):
         if c.key in exps:
-            raise ConfigError(f"canaries[{i}].key", f"{c.key!r} is also an experiment's key",
-                              "give the canary a name of its own (fieldlab kill names either by key)")
+            raise ConfigError(
+                f"canaries[{i}].key",
+                f"{c.key!r} is also an experiment's key",
+                "give the canary a name of its own (fieldlab kill names either by key)",
+            )
     total = fault_radius_percent + sum(c.traffic for c in canaries)
     if canaries and total > cap + 1e-9:
         parts = ", ".join(f"canary {c.key} {c.traffic:g}%" for c in canaries)
-        raise ConfigError("faults.max_blast_radius",
-                          f"fault variants ({fault_radius_percent:.4g}%) and canaries ({parts}) could reach "
-                          f"{total:.4g}% of units, above the cap of {cap:g}%",
-                          "lower the canaries' traffic, or raise [faults] max_blast_radius")
+        raise ConfigError(
+            "faults.max_blast_radius",
+            f"fault variants ({fault_radius_percent:.4g}%) and canaries ({parts}) could reach "
+            f"{total:.4g}% of units, above the cap of {cap:g}%",
+            "lower the canaries' traffic, or raise [faults] max_blast_radius",
+        )
 
 
 class CanarySet(tuple):

@@ -62,15 +62,20 @@ def arm_counts_sql(spans_sql: str, key: str, latency_ms: float | None, since: fl
     new, old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
     slow = f"Dur > {latency_ms * 1e6!r}" if latency_ms is not None else "0"
     since_sql = f" AND Ts >= {int(since * 1e9)}" if since is not None else ""
-    rows = (f"SELECT Attrs[{attr}] AS arm, StatusError OR toInt64OrZero(if(Attrs[{new}] != '', Attrs[{new}], "
-            f"Attrs[{old}])) >= 500 AS IsError, {slow} AS IsSlow FROM ({spans_sql}) "
-            f"WHERE line_ok AND has_span AND IsServer AND Ts <= {int(now * 1e9)}{since_sql} AND Attrs[{attr}] != ''")
-    return (f"SELECT arm, count() AS requests, countIf(IsError) AS errors, countIf(IsSlow) AS slow, "
-            f"countIf(IsError OR IsSlow) AS bad FROM ({rows}) GROUP BY arm ORDER BY arm")
+    rows = (
+        f"SELECT Attrs[{attr}] AS arm, StatusError OR toInt64OrZero(if(Attrs[{new}] != '', Attrs[{new}], "
+        f"Attrs[{old}])) >= 500 AS IsError, {slow} AS IsSlow FROM ({spans_sql}) "
+        f"WHERE line_ok AND has_span AND IsServer AND Ts <= {int(now * 1e9)}{since_sql} AND Attrs[{attr}] != ''"
+    )
+    return (
+        f"SELECT arm, count() AS requests, countIf(IsError) AS errors, countIf(IsSlow) AS slow, "
+        f"countIf(IsError OR IsSlow) AS bad FROM ({rows}) GROUP BY arm ORDER BY arm"
+    )
 
 
-def python_arm_counts(spans: Iterable[Span], key: str, latency_ms: float | None, since: float | None,
-                      now: float) -> dict[str, ArmCounts]:
+def python_arm_counts(
+    spans: Iterable[Span], key: str, latency_ms: float | None, since: float | None, now: float
+) -> dict[str, ArmCounts]:
     """The pure-Python twin of :func:`arm_counts_sql` over normalised spans."""
     attr = A.canary_attr(key)
     lo = int(since * 1e9) if since is not None else None
@@ -95,8 +100,9 @@ def python_arm_counts(spans: Iterable[Span], key: str, latency_ms: float | None,
     return {arm: ArmCounts(r, e, s, b) for arm, (r, e, s, b) in acc.items()}
 
 
-def measure_arms(source: S.Source, canary: CanaryConfig, since: float | None,
-                 now: float) -> tuple[dict[str, ArmCounts], str]:
+def measure_arms(
+    source: S.Source, canary: CanaryConfig, since: float | None, now: float
+) -> tuple[dict[str, ArmCounts], str]:
     """Each arm's cumulative counts from ``source``, and the engine that counted them."""
     latency = canary.spec.steady.latency_ms
     spec = S.QuerySpec()
@@ -110,8 +116,9 @@ def measure_arms(source: S.Source, canary: CanaryConfig, since: float | None,
         engine = "python"
         if source.engine == "chdb":
             try:
-                rows = query_chdb(arm_counts_sql(file_spans_sql(source.inputs(), spec), canary.key, latency, since,
-                                                 now))
+                rows = query_chdb(
+                    arm_counts_sql(file_spans_sql(source.inputs(), spec), canary.key, latency, since, now)
+                )
                 engine = "chdb"
             except Exception as exc:
                 if source.requested_engine != "auto":
@@ -120,8 +127,9 @@ def measure_arms(source: S.Source, canary: CanaryConfig, since: float | None,
         if rows is None:
             return python_arm_counts(source.iter_spans(), canary.key, latency, since, now), engine
     assert rows is not None
-    return {str(r["arm"]): ArmCounts(int(r["requests"]), int(r["errors"]), int(r["slow"]), int(r["bad"]))
-            for r in rows}, engine
+    return {
+        str(r["arm"]): ArmCounts(int(r["requests"]), int(r["errors"]), int(r["slow"]), int(r["bad"])) for r in rows
+    }, engine
 
 
 def _halted_by(state: LabState, key: str) -> str | None:
@@ -142,8 +150,15 @@ class CanaryController:
     ``store``: the lab state store the request processes follow.
     """
 
-    def __init__(self, canaries: Sequence[CanaryConfig], source: Any, store: StateStore, *, engine: str = "auto",
-                 by: str | None = None) -> None:
+    def __init__(
+        self,
+        canaries: Sequence[CanaryConfig],
+        source: Any,
+        store: StateStore,
+        *,
+        engine: str = "auto",
+        by: str | None = None,
+    ) -> None:
         self.canaries = tuple(canaries)
         self.source_spec = source
         self.engine = engine
@@ -193,13 +208,23 @@ class CanaryController:
                     counts, self.last_engine = measure_arms(source, c, started, now)
                 st = advance(c.spec, st, counts)
             doc = st.to_dict()
-            doc.update(started_at=started, updated_at=_iso(now), by=self.by, point=c.point, unit=c.unit,
-                       traffic=c.traffic, engine=self.last_engine)
+            doc.update(
+                started_at=started,
+                updated_at=_iso(now),
+                by=self.by,
+                point=c.point,
+                unit=c.unit,
+                traffic=c.traffic,
+                engine=self.last_engine,
+            )
             written[c.key] = doc
         if written:
+
             def change(cur: LabState) -> LabState:
-                return dataclasses.replace(cur, seq=cur.seq + 1, updated_at=_iso(now),
-                                           canaries={**cur.canaries, **written})
+                return dataclasses.replace(
+                    cur, seq=cur.seq + 1, updated_at=_iso(now), canaries={**cur.canaries, **written}
+                )
+
             self.store.update(change)
         return written
 
@@ -209,15 +234,29 @@ def status_of(canary: CanaryConfig, doc: Mapping[str, Any] | None) -> dict[str, 
     dose-response table (each dose vs control, with always-valid intervals), requests spent and the
     budget used (bad requests of the doses, and those beyond control's rate)."""
     if not isinstance(doc, Mapping):
-        return {"key": canary.key, "phase": "not started", "point": canary.point, "traffic": canary.traffic,
-                "doses": list(canary.spec.doses)}
+        return {
+            "key": canary.key,
+            "phase": "not started",
+            "point": canary.point,
+            "traffic": canary.traffic,
+            "doses": list(canary.spec.doses),
+        }
     st = CanaryState.from_dict(doc)
     return {
-        "key": canary.key, "point": canary.point, "traffic": canary.traffic, "phase": st.phase,
-        "outcome": st.outcome, "round": st.round, "updated_at": doc.get("updated_at"),
-        "breaking_point_ms": st.breaking_point, "bracket": list(st.bracket),
-        "requests_spent": st.requests_spent, "bad_spent": st.bad_spent, "excess_bad": round(st.excess_bad, 3),
-        "weights": dict(st.weights), "weights_version": st.weights_version,
+        "key": canary.key,
+        "point": canary.point,
+        "traffic": canary.traffic,
+        "phase": st.phase,
+        "outcome": st.outcome,
+        "round": st.round,
+        "updated_at": doc.get("updated_at"),
+        "breaking_point_ms": st.breaking_point,
+        "bracket": list(st.bracket),
+        "requests_spent": st.requests_spent,
+        "bad_spent": st.bad_spent,
+        "excess_bad": round(st.excess_bad, 3),
+        "weights": dict(st.weights),
+        "weights_version": st.weights_version,
         "dose_response": dose_response(canary.spec, st),
         "history": [d.to_dict() for d in st.history[-20:]],
         "steady_state": canary.spec.steady.to_dict(),

@@ -33,7 +33,10 @@ __all__ = ["CANARY", "run_canary_demo"]
 
 #: The demo's canary (the table as in a config file).
 CANARY: dict[str, Any] = {
-    "key": "inventory-latency", "point": "inventory.reserve", "unit": "request", "traffic": 95,
+    "key": "inventory-latency",
+    "point": "inventory.reserve",
+    "unit": "request",
+    "traffic": 95,
     "doses": {"start": 25, "factor": 2, "max": 1600},
     "steady_state": {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}},
     "description": "fieldlab demo --canary: how much inventory latency does checkout survive?",
@@ -80,9 +83,19 @@ def _orders(port: int, stop: threading.Event, tally: dict[int, int], lock: threa
         conn.close()
 
 
-def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = None, clients: int = 12,
-                    workers: int = 2, threads: int = 32, interval: float = 1.0, time_limit: float = 170.0,
-                    as_json: bool = False, stream: TextIO | None = None, out: TextIO | None = None) -> dict[str, Any]:
+def run_canary_demo(
+    out_dir: str = "fieldlab-demo",
+    *,
+    examples: str | None = None,
+    clients: int = 12,
+    workers: int = 2,
+    threads: int = 32,
+    interval: float = 1.0,
+    time_limit: float = 170.0,
+    as_json: bool = False,
+    stream: TextIO | None = None,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
     """Run the sick canary against the shop; returns (and prints) the breaking point and what it cost."""
     import sys
 
@@ -110,21 +123,31 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
     store = open_store(state_file)
     t0 = time.monotonic()
     err.write("fieldlab demo --canary: starting the flask shop under gunicorn (inventory client timeout 300 ms) ...\n")
-    server = _Server("flask", examples_dir, spans_dir, workers, out_path / "canary-server.log", config=config,
-                     extra_args=("--threads", str(threads)))
+    server = _Server(
+        "flask",
+        examples_dir,
+        spans_dir,
+        workers,
+        out_path / "canary-server.log",
+        config=config,
+        extra_args=("--threads", str(threads)),
+    )
     stop = threading.Event()
     tally: dict[int, int] = {}
     lock = threading.Lock()
-    pool = [threading.Thread(target=_orders, args=(server.port, stop, tally, lock), daemon=True)
-            for _ in range(clients)]
+    pool = [
+        threading.Thread(target=_orders, args=(server.port, stop, tally, lock), daemon=True) for _ in range(clients)
+    ]
     doc: dict[str, Any] = {}
     rounds = 0
     try:
         server.wait_ready()
         ctl = CanaryController([canary], [str(spans_dir)], store)
         ctl.run_round()  # the smallest dose opens; the shop's processes follow within half a second
-        err.write(f"  listening on http://127.0.0.1:{server.port}; {clients} clients sending anonymous orders; "
-                  f"canary {canary.key} at {canary.point}, doses {list(canary.spec.doses)} ms\n")
+        err.write(
+            f"  listening on http://127.0.0.1:{server.port}; {clients} clients sending anonymous orders; "
+            f"canary {canary.key} at {canary.point}, doses {list(canary.spec.doses)} ms\n"
+        )
         for t in pool:
             t.start()
         deadline = time.monotonic() + time_limit
@@ -133,8 +156,7 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
             doc = ctl.run_round()[canary.key]
             rounds += 1
             for h in doc.get("history", []):
-                if h.get("round") == doc.get("round") and h["action"] in ("open", "broken", "safe", "conclude",
-                                                                            "stop"):
+                if h.get("round") == doc.get("round") and h["action"] in ("open", "broken", "safe", "conclude", "stop"):
                     err.write(f"  {time.monotonic() - t0:6.1f} s  {h['action']:<8} {h['reason'][:150]}\n")
             if doc.get("phase") in ("done", "stopped"):
                 break
@@ -146,11 +168,20 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
         server.stop()
     st = status_of(canary, store.read().canaries.get(canary.key))
     result = {
-        "breaking_point_ms": st.get("breaking_point_ms"), "bracket": st.get("bracket"), "phase": st.get("phase"),
-        "outcome": st.get("outcome"), "requests_spent": st.get("requests_spent"), "bad_spent": st.get("bad_spent"),
-        "excess_bad": st.get("excess_bad"), "rounds": rounds, "seconds": round(time.monotonic() - t0, 1),
-        "orders": dict(sorted(tally.items())), "client_timeout_ms": 300, "state_file": state_file,
-        "spans_dir": str(spans_dir), "dose_response": st.get("dose_response"),
+        "breaking_point_ms": st.get("breaking_point_ms"),
+        "bracket": st.get("bracket"),
+        "phase": st.get("phase"),
+        "outcome": st.get("outcome"),
+        "requests_spent": st.get("requests_spent"),
+        "bad_spent": st.get("bad_spent"),
+        "excess_bad": st.get("excess_bad"),
+        "rounds": rounds,
+        "seconds": round(time.monotonic() - t0, 1),
+        "orders": dict(sorted(tally.items())),
+        "client_timeout_ms": 300,
+        "state_file": state_file,
+        "spans_dir": str(spans_dir),
+        "dose_response": st.get("dose_response"),
     }
     if as_json:
         out.write(json.dumps(result, default=str) + "\n")
@@ -160,13 +191,16 @@ def run_canary_demo(out_dir: str = "fieldlab-demo", *, examples: str | None = No
         bp = st.get("breaking_point_ms")
         if bp is not None:
             lo, hi = st["bracket"]
-            out.write(f"\nbreaking point: {bp:.1f} ms (between {lo:g} ms, safe, and {hi:g} ms, broken). The shop's "
-                      "inventory client times out at 300 ms; what the dose does not use of it, the request path "
-                      "already takes at its 99.5th percentile under this load.\n")
+            out.write(
+                f"\nbreaking point: {bp:.1f} ms (between {lo:g} ms, safe, and {hi:g} ms, broken). The shop's "
+                "inventory client times out at 300 ms; what the dose does not use of it, the request path "
+                "already takes at its 99.5th percentile under this load.\n"
+            )
         else:
-            out.write(f"\nno breaking point found ({result['phase']}, {result['outcome']}) within "
-                      f"{time_limit:g} s\n")
-        out.write(f"{result['requests_spent']:,} canary requests, {result['bad_spent']:,} of them bad; "
-                  f"{sum(tally.values()):,} orders sent; {result['seconds']} s. State: {state_file}\n")
+            out.write(f"\nno breaking point found ({result['phase']}, {result['outcome']}) within {time_limit:g} s\n")
+        out.write(
+            f"{result['requests_spent']:,} canary requests, {result['bad_spent']:,} of them bad; "
+            f"{sum(tally.values()):,} orders sent; {result['seconds']} s. State: {state_file}\n"
+        )
     out.flush()
     return result

@@ -123,10 +123,11 @@ def _ranges(table: tuple[tuple[str, ...], tuple[int, ...]], traffic: float) -> t
     got = _range_cache.get(key)
     if got is None:
         labels, bp = table
-        got = tuple((lo, hi, label, None if label == CONTROL else dose_of(label))
-                    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)),
-                                             strict=True)
-                    if label)
+        got = tuple(
+            (lo, hi, label, None if label == CONTROL else dose_of(label))
+            for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)), strict=True)
+            if label
+        )
         if len(_range_cache) > 256:
             _range_cache.clear()
         _range_cache[key] = got
