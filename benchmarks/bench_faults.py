@@ -2,7 +2,10 @@
 
 Run: ``python benchmarks/bench_faults.py [--calls 200000] [--rounds 5]``.
 Cases: outside any request; in a request where the point has no configured
-fault; in a request where the point has a fault but the unit is in control.
+fault; in a request where the point has a fault but the unit is in control;
+and with a sick canary (weights in a state file, followed by the Lab's poller): a
+point without the canary, a request outside the canary's traffic, and a
+request in the canary's control arm (its arm recorded, no dose).
 Each figure is the whole call of a decorated no-op function, best of N rounds;
 "overhead" subtracts the bare call.
 """
@@ -66,9 +69,55 @@ def main() -> None:
     finally:
         context.reset(token)
     assert not ctx.fault_injected
+    rows += canary_rows(n, r)
     for name, ns in rows:
         extra = "" if ns is base else f"   overhead {ns - base:6.0f} ns"
         print(f"{name:48} {ns:7.0f} ns/call{extra}")
+
+
+def canary_rows(n: int, r: int) -> list[tuple[str, float]]:
+    """The canary cases: weights published in a state file as the controller does, read by the poller."""
+    import dataclasses
+    import os
+    import tempfile
+
+    from fieldlab.control import canary as C
+    from fieldlab.control.state import JsonFileStore
+
+    state_file = os.path.join(tempfile.mkdtemp(prefix="bench-canary-"), "lab.state.json")
+    weights = {"control": 0.5, "100ms": 0.5}
+    doc = dict(C.CanaryState(key="inv", weights=weights, weights_version=1).to_dict())
+    JsonFileStore(state_file).update(lambda cur: dataclasses.replace(cur, seq=1, canaries={"inv": doc}))
+    lab = fieldlab.Lab.from_dict({"lab": {"state": state_file}, "faults": {"enabled": True},
+                                  "canaries": [{"key": "inv", "point": "inv.reserve", "traffic": 2,
+                                                "doses": {"latency_ms": [100]}}]})
+    table = C.weight_table(weights)
+    outside = next(f"{i:032x}" for i in range(1, 10_000) if C.choose_arm("inv", f"{i:032x}", table, 2) is None)
+    in_control = next(f"{i:032x}" for i in range(1, 100_000) if C.choose_arm("inv", f"{i:032x}", table, 2) == "control")
+
+    @fieldlab.fault_point("inv.reserve")
+    def reserve() -> None:
+        return None
+
+    @fieldlab.fault_point("cache.get")
+    def elsewhere() -> None:
+        return None
+
+    rows = []
+    try:
+        for name, tid, fn in (("canary lab, in a request, point without canary", outside, elsewhere),
+                              ("canary point, request outside the canary", outside, reserve),
+                              ("canary point, request in the canary's control", in_control, reserve)):
+            ctx = context.start(lab, {}, trace_id=tid)
+            token = context.bind(ctx)
+            try:
+                rows.append((name, best_ns(fn, n, r)))
+            finally:
+                context.reset(token)
+            assert not ctx.fault_injected
+    finally:
+        lab.close()
+    return rows
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ _SERVER_MODULES = {
     "tests/control/test_control_e2e.py",
     "tests/control/test_control_scene.py",
     "tests/control/test_control_state.py",
+    "tests/control/test_canary_demo.py",
     "tests/ecosystem/test_instrumentation.py",
     "tests/ecosystem/test_phoenix.py",
     "tests/ecosystem/test_pytest_plugin.py",

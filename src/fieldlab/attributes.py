@@ -16,6 +16,8 @@ On the request's SERVER span:
 ``fieldlab.unit.<kind>``            the unit id: keyed hash by default, raw, or absent
 ``fieldlab.config.version``         content hash of the configuration that assigned
 ``fieldlab.fault.injected``         true when any fault was injected into the request
+``fieldlab.canary.<canary>``        the request's arm of a sick canary: ``control`` or the
+                                    dose's label (``"100ms"``); absent outside the canary
 ``fieldlab.assignments``            every variant of the request packed in one value
                                     (:func:`pack_assignments`), written only when the
                                     span's attribute limit left some of the above out
@@ -43,6 +45,7 @@ __all__ = [
     "PREFIX", "VARIANT_PREFIX", "EXPOSED_PREFIX", "FORCED_PREFIX", "HOLDOUT_PREFIX", "UNIT_PREFIX",
     "GUARDRAIL_PREFIX", "CONFIG_VERSION", "FAULT_INJECTED", "ASSIGNMENTS",
     "variant_attr", "exposed_attr", "forced_attr", "holdout_attr", "unit_attr", "guardrail_attr",
+    "CANARY_PREFIX", "canary_attr", "FAULT_CANARY",
     "FLAG_EVENT", "FLAG_KEY", "FLAG_VARIANT", "FLAG_REASON", "FLAG_PROVIDER", "FLAG_CONTEXT_ID",
     "FLAG_SET_ID", "FLAG_VERSION", "PROVIDER_NAME", "OTEL_REASONS",
     "FAULT_EVENT", "FAULT_POINT", "FAULT_KIND", "FAULT_EXPERIMENT", "FAULT_VARIANT", "FAULT_DELAY_MS",
@@ -61,6 +64,7 @@ GUARDRAIL_PREFIX = "fieldlab.guardrail."
 CONFIG_VERSION = "fieldlab.config.version"
 FAULT_INJECTED = "fieldlab.fault.injected"
 ASSIGNMENTS = "fieldlab.assignments"
+CANARY_PREFIX = "fieldlab.canary."
 
 
 def variant_attr(experiment: str) -> str:
@@ -77,6 +81,10 @@ def forced_attr(experiment: str) -> str:
 
 def holdout_attr(holdout: str) -> str:
     return HOLDOUT_PREFIX + holdout
+
+
+def canary_attr(canary: str) -> str:
+    return CANARY_PREFIX + canary
 
 
 def unit_attr(kind: str) -> str:
@@ -151,6 +159,8 @@ FAULT_VARIANT = "fieldlab.fault.variant"
 FAULT_DELAY_MS = "fieldlab.fault.delay_ms"
 FAULT_STATUS = "fieldlab.fault.status"
 FAULT_EXCEPTION = "fieldlab.fault.exception"
+#: On a ``fieldlab.fault`` event of a canary dose: the canary's key (FAULT_VARIANT holds the dose's label).
+FAULT_CANARY = "fieldlab.fault.canary"
 
 # Attributes fieldlab reads from other instrumentations (stable HTTP semconv and the old name).
 HTTP_STATUS_CODE = "http.response.status_code"

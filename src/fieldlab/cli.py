@@ -21,7 +21,8 @@ from .errors import ConfigError, FieldLabError
 __all__ = ["main", "build_parser", "EXTRAS", "missing_extra_message"]
 
 # Modules that add their own subcommands; each has add_parsers(subparsers).
-_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.cli")
+_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.cli",
+            "fieldlab.control.canary_cli")
 
 
 class CommandError(FieldLabError):

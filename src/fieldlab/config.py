@@ -29,7 +29,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
-TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "guardrails"})
+TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "guardrails", "canaries"})
 SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage",
                            "state_file", "state", "state_poll_interval", "span_attribute_limit",
                            "span_attribute_headroom"})

@@ -47,6 +47,9 @@ class Recorder(Protocol):
     def on_fault(self, ctx: RequestContext) -> None:
         """A fault was injected into the request."""
 
+    def on_attributes(self, ctx: RequestContext, attributes: dict[str, Any]) -> None:
+        """The request earned span attributes as it ran (e.g. its arm of a sick canary)."""
+
 
 class PreparedRequest:
     """What every request with the same unit ids shares, computed once (see :mod:`fieldlab._request`).
@@ -138,6 +141,8 @@ class RequestContext:
         self.unit_values: dict[str, str] | None = prepared.unit_values if prepared is not None else None
         #: Span events recorded before the server span was known, written when it is.
         self.pending_events: list[tuple[str, dict[str, Any]]] = []
+        #: Span attributes earned before the span was found (a canary arm), written when it is.
+        self.pending_attributes: dict[str, Any] = {}
         #: Experiments whose variant telemetry left off the server span for lack of room (None: none).
         self.span_left_out: set[str] | None = None
         #: A visitor id fieldlab made for this request: the adapter sets it as a cookie.
@@ -248,6 +253,15 @@ class RequestContext:
             except Exception:
                 _hook_failed("expose")
         return a
+
+    def annotate(self, attributes: dict[str, Any]) -> None:
+        """Set attributes on the request's SERVER span through telemetry (e.g. a canary arm); never raises."""
+        recorder = self.recorder
+        try:
+            if recorder is not None:
+                recorder.on_attributes(self, attributes)
+        except Exception:
+            _hook_failed("attributes")
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
         """Record a span event (e.g. an injected fault) through telemetry or the ``on_event`` hook."""

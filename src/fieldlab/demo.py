@@ -91,7 +91,7 @@ def _check_installed(server: str, app: str) -> None:
 
 class _Server:
     def __init__(self, app: str, examples: Path, spans_dir: Path, workers: int, log: Path,
-                 config: Path | None = None) -> None:
+                 config: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.server, target = APPS[app]
         self.port = _free_port()
         env = {**os.environ, "FIELDLAB_SPANS_DIR": str(spans_dir),
@@ -100,7 +100,8 @@ class _Server:
             env.pop(name, None)  # the demo reads its own file back
         self.log = log
         with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(_server_command(self.server, target, examples, self.port, workers), env=env,
+            cmd = _server_command(self.server, target, examples, self.port, workers)
+            self.proc = subprocess.Popen(cmd[:-1] + list(extra_args) + cmd[-1:], env=env,
                                          cwd=str(examples), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -369,6 +370,10 @@ def _analyze(spans_dir: Path, config: Path, html: Path, out: TextIO, err: TextIO
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.canary:  # the sick canary against the shop (fieldlab.control.canary_demo)
+        from .control.canary_demo import run_canary_demo
+        run_canary_demo(args.out, examples=args.examples, workers=args.workers, as_json=args.json)
+        return 0
     run_demo(app=args.app, visitors=args.visitors, concurrency=args.concurrency, out_dir=args.out, seed=args.seed,
              workers=args.workers, examples=args.examples, analyze=not args.no_analysis,
              guardrails=not args.no_guardrails)
@@ -389,4 +394,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--no-analysis", action="store_true", help="skip fieldlab.analysis and report.html")
     p.add_argument("--no-guardrails", action="store_true",
                    help="skip the guardrail scene (a variant goes bad, the controller pauses it)")
+    p.add_argument("--canary", action="store_true", help="run the sick canary against the shop: find the "
+                   "inventory latency at which checkout breaks")
+    p.add_argument("--json", action="store_true", help="with --canary: the result as JSON (breaking_point_ms, bracket)")
     p.set_defaults(func=_cmd_demo)

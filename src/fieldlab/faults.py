@@ -31,6 +31,12 @@ reached on a thread that runs an event loop skips its latency (counted) rather
 than block the loop. Aborts are answered by the web adapters through
 :func:`abort_for` before the app runs (point ``"http"``).
 
+A sick canary (``[[canaries]]``, :mod:`fieldlab.control.canary_runtime`) adds
+latency doses at its point for the requests its published weights put in a
+dose arm, inside the same rails (enabled, ``FIELDLAB_FAULTS``, the kill switch
+naming the canary's key, ``max_active``), and records the request's arm as
+``fieldlab.canary.<key>`` on its span.
+
 Every injected fault is recorded through ``ctx.event`` as the span event
 ``fieldlab.fault`` and sets ``ctx.fault_injected``. Reaching a point exposes
 the request to each experiment with a fault there that its unit is in, in any
@@ -63,6 +69,7 @@ from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_
 from ._hashing import BUCKETS, bucket, hash32
 from ._assignment import OVERRIDE, SPLIT
 from .context import RequestContext, current
+from .control.canary_runtime import arms_at
 from .errors import ConfigError
 
 __all__ = [
@@ -415,6 +422,75 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
     return hits
 
 
+def _canary_spec(point: str, dose_ms: float) -> FaultSpec:
+    spec = _CANARY_SPECS.get((point, dose_ms))
+    if spec is None:
+        if len(_CANARY_SPECS) > 4096:  # doses change as the search refines; keep the cache bounded
+            _CANARY_SPECS.clear()
+        spec = _CANARY_SPECS[(point, dose_ms)] = parse_fault({"point": point, "latency_ms": dose_ms}, "canary")
+    return spec
+
+
+_CANARY_SPECS: dict[tuple[str, float], FaultSpec] = {}
+
+
+def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
+    """The latency doses of the sick canaries at ``point`` for this request, inside the same rails as faults.
+
+    Every request in a canary (its control included) gets ``fieldlab.canary.<key>`` = its arm on the
+    SERVER span, so the controller compares each dose with the canary's own control. With the rails
+    off (``[faults] enabled``, ``FIELDLAB_FAULTS``, the kill switch) nothing is recorded: the canary's
+    arms are then not measured either.
+    """
+    global _active
+    lab = ctx.lab
+    state = lab._state
+    if point not in state.canaries.points:
+        return []  # no canary here: nothing to count as skipped either
+    plan: FaultPlan = state.fault_plan
+    if not plan.enabled:
+        return []
+    if _env_off():
+        _count("skipped_env")
+        return []
+    arms = arms_at(lab, point, _trace_key(ctx), ctx.units)
+    hits: list[_Hit] = []
+    for key, label, dose in arms:
+        if plan.state_file is not None:
+            interval = lab.reload_interval or plan.reload_interval or killswitch.MAX_CHECK_INTERVAL
+            if killswitch.is_killed(plan.state_file, key, interval):
+                _count("skipped_killed")
+                continue
+        if dose is None:
+            ctx.annotate({A.canary_attr(key): label})
+            continue  # the canary's control: measured, never dosed
+        # A dose that cannot be injected (event loop, max_active) leaves the request out of the canary:
+        # recorded in its arm, it would count as a dosed request that was not.
+        if mode == "sync":
+            try:
+                asyncio.get_running_loop()
+                _count("skipped_in_event_loop")
+                continue
+            except RuntimeError:
+                pass
+        global _active
+        with _lock:
+            full = _active >= plan.max_active
+            if not full:
+                _active += 1
+        if full:
+            _count("skipped_max_active")
+            continue
+        _count("injected")
+        ctx.annotate({A.canary_attr(key): label})
+        attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: "latency", A.FAULT_CANARY: key,
+                                 A.FAULT_VARIANT: label, A.FAULT_DELAY_MS: dose}
+        hit = _Hit(key, label, _canary_spec(point, dose), dose, attrs)
+        hits.append(hit)
+        _record(ctx, hit)
+    return hits
+
+
 def _record(ctx: RequestContext, hit: _Hit) -> None:
     try:
         ctx.add_fault(dict(hit.attrs))
@@ -444,19 +520,19 @@ _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 def _prepare(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
              ) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
+    hits: list[_Hit] = []
     try:
-        configured = ctx.lab._state.fault_plan.by_point.get(point, ())
-        if not configured and not code:
-            return _NOTHING
-        # Reaching the point exposes the request to every experiment with a fault here that the
-        # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
-        in_fault_variant = _expose_at(ctx, configured) | _expose_at(ctx, code)
-        if not in_fault_variant:
-            # The common case, kept cheap: the request is in none of the variants with a fault here.
-            return _NOTHING
-        hits = _decide(ctx, point, code, mode)
+        state = ctx.lab._state
+        if state.canaries and mode != "abort":
+            hits = _canary_hits(ctx, point, mode)  # the sick canary's doses (fieldlab.control.canary_runtime)
+        configured = state.fault_plan.by_point.get(point, ())
+        if (configured or code) and (_expose_at(ctx, configured) | _expose_at(ctx, code)):
+            # Reaching the point exposes the request to every experiment with a fault here that the
+            # unit is in, whatever its variant (control too), so trigger analysis compares like with like.
+            hits += _decide(ctx, point, code, mode)
     except Exception:
         _internal_error("decide")
+        _release(len(hits))
         return 0.0, None, 0
     if not hits:
         return 0.0, None, 0
@@ -565,7 +641,7 @@ class FaultPoint:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current()
-                if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
+                if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                     await _enter_async(ctx, name, code)
                 return await fn(*args, **kwargs)
             return async_wrapper  # type: ignore[return-value]
@@ -573,7 +649,7 @@ class FaultPoint:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = current()
-            if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point):
+            if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                 _enter_sync(ctx, name, code)
             return fn(*args, **kwargs)
         return wrapper  # type: ignore[return-value]

@@ -156,6 +156,8 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
     lab = doc.get("lab")
     settings: Mapping[str, Any] = lab if isinstance(lab, Mapping) else {}
     keys = [str(e.get("key")) for e in doc.get("experiments") or [] if isinstance(e, Mapping)]
+    # a canary's faults are killed by its key too
+    keys += [str(c.get("key")) for c in doc.get("canaries") or [] if isinstance(c, Mapping)]
     interval = check_interval(settings.get("reload_interval", DEFAULT_INTERVAL))
     spec = settings.get("state")
     if isinstance(spec, str) and "://" in spec and not spec.lower().startswith("file://"):

@@ -45,6 +45,7 @@ from ._assignment import (CONCLUDED, ERROR, GUARDRAIL, HOLDOUT, LAYER, NO_UNIT, 
 from ._fault_kinds import FaultPlan, compile_plan, state_path
 from ._units import is_unit_text
 from ._watcher import ConfigWatcher
+from .control.canary_config import canaries_of
 from .config import (DEFAULT_STATE_POLL_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version, parse_bytes, parse_format,
                      read_config_bytes, read_config_file)
 from .control.settings import GuardrailsConfig, parse_experiment_guardrails, parse_lab_guardrails
@@ -137,17 +138,19 @@ class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
     __slots__ = ("experiments", "layers", "holdouts", "compiled", "version", "settings", "faults", "source",
-                 "fault_plan", "guardrails", "state_url", "state_poll_interval")
+                 "fault_plan", "guardrails", "state_url", "state_poll_interval", "canaries")
 
     def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
                  settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
-                 source: str | None, guardrails: Mapping[str, Any] | None = None) -> None:
+                 source: str | None, guardrails: Mapping[str, Any] | None = None, canaries: Any = None) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
         self.fault_plan: FaultPlan = compile_plan(experiments, holdouts, settings, faults, source)
         # [guardrails] and each [experiments.guardrails], and the state store every process follows.
         self.guardrails, self.state_url, self.state_poll_interval = _guardrails_of(
             experiments, guardrails, settings, source)
+        # [[canaries]] (fieldlab.control.canary_config): validated, their traffic inside the same cap.
+        self.canaries = canaries_of(canaries, self.fault_plan, [e.key for e in experiments])
         self.experiments = MappingProxyType({e.key: e for e in experiments})
         self.layers = MappingProxyType({layer.key: layer for layer in layers})
         self.holdouts = MappingProxyType({h.key: h for h in holdouts})
@@ -164,6 +167,7 @@ class _State:
             "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
             "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
             **({"guardrails": dict(guardrails)} if guardrails else {}),
+            **({"canaries": [c.to_dict() for c in self.canaries]} if self.canaries else {}),
         })
 
 
@@ -293,7 +297,8 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
-    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"))
+    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"),
+                  doc.get("canaries"))
 
 
 _FIELDS: dict[type, frozenset[str]] = {}

@@ -396,6 +396,9 @@ class Recorder:
             self._write_within(ctx, span, room)
         for key in ctx.exposed:
             span.add_event(A.FLAG_EVENT, self._event_attributes(ctx, ctx.assignments[key]))
+        if ctx.pending_attributes:
+            late_attrs, ctx.pending_attributes = ctx.pending_attributes, {}
+            self.on_attributes(ctx, late_attrs)
         if ctx.pending_events:
             for name, event_attrs in ctx.pending_events:
                 span.add_event(name, event_attrs)
@@ -450,6 +453,21 @@ class Recorder:
                 ctx.pending_events.append((name, dict(attrs)))
             elif span.is_recording():
                 span.add_event(name, attrs)
+        except Exception:
+            _failed("recorder_errors")
+
+    def on_attributes(self, ctx: RequestContext, attrs: dict[str, Any]) -> None:
+        """Attributes the request earned while it ran (a canary arm): on the span, or when it is found."""
+        span = ctx.server_span
+        try:
+            if span is None:
+                ctx.pending_attributes.update(attrs)
+            elif span.is_recording():
+                room = self._room(span)
+                if room is None or room >= len(attrs):
+                    span.set_attributes(attrs)
+                else:
+                    self._left_out(len(attrs), new_span=False)
         except Exception:
             _failed("recorder_errors")
 

@@ -268,3 +268,13 @@ def test_two_background_errors_in_the_first_control_requests_do_not_stop_the_can
     # a control that really breaks the SLO (6 % errors) still stops it
     state = C.advance(spec, state, {"control": C.ArmCounts(200, 12, 0), "25ms": C.ArmCounts(120)})
     assert state.outcome == "environment"
+
+
+def test_dose_failing_every_request_against_a_clean_control_is_broken() -> None:
+    """Found by the shop demo: a 400 ms dose failed 2230/2230 requests against control's 0/3134 and was never
+    called broken (both rates without variance: no interval, so never 'worse than control')."""
+    spec = make_spec()
+    st = C.advance(spec, C.start(spec), {"control": C.ArmCounts(3134), "25ms": C.ArmCounts(2230, 2230, 0)})
+    assert st.arm(25).status == C.BROKEN, st.history[-1].reason
+    (row,) = [r for r in C.dose_response(spec, st) if r["arm"] == "25ms"]
+    assert row["vs_control"]["ci_low"] > 0.9

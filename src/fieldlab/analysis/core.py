@@ -174,6 +174,9 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
         cfg = lab.experiments.get(key) if lab is not None else None
         result["experiments"][key] = _analyze_experiment(agg.experiments.get(key), cfg, lab is None, opts)
     _add_holdouts(result, agg, lab, opts)
+    if lab is not None and getattr(lab._state, "canaries", None):  # the sick canaries' dose-response
+        from .canaries import analyze_canaries
+        result["canaries"] = analyze_canaries(sources, lab, engine=engine, max_line_bytes=max_line_bytes)
     return _clean(result)
 
 

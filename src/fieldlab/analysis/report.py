@@ -125,7 +125,60 @@ def render_text(result: Mapping[str, Any]) -> str:
         if not any(h in (e.get("holdout_groups") or {}) for e in result["experiments"].values()):
             lines.append(f"holdout {h}: {s['units']:,} units, {s['requests']:,} requests, error rate "
                          f"{_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
+    lines += _canary_lines(result.get("canaries") or {})
     return "\n".join(lines) + "\n"
+
+
+def _canary_lines(canaries: Mapping[str, Any]) -> list[str]:
+    """The sick canaries: breaking point and bracket, then each dose's rates against control."""
+    lines: list[str] = []
+    for key, c in canaries.items():
+        bp, br = c.get("breaking_point_ms"), c.get("bracket")
+        found = (f"breaking point {bp:.1f} ms (bracket {br[0]:g}-{br[1]:g} ms)" if bp is not None and br
+                 and br[1] is not None else f"search {c.get('phase') or 'not in the state file'}")
+        lines.append(f"canary {key} at {c['point']}: {found}; {c['requests_spent']:,} requests, "
+                     f"{c['bad_spent']:,} bad in the doses")
+        for r in c.get("dose_response", []):
+            vs = r.get("vs_control") or {}
+            diff = (f"  bad vs control {100 * vs['estimate']:+.2f} pts CI [{100 * vs['ci_low']:+.2f}, "
+                    f"{100 * vs['ci_high']:+.2f}]" if vs.get("ci_low") is not None else "")
+            lines.append(f"   {r['arm']:>9} {r['status']:<8} {r['requests']:>7,} req  errors {_pct(r['error_rate'])}  "
+                         f"slow {_pct(r['slow_rate'])}{diff}")
+    return lines
+
+
+def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
+    """Bad-request rate per dose with its always-valid interval, the control's rate and the SLO allowance."""
+    # doses with a handful of requests (opened, then implied by a neighbour) would only stretch the axis
+    rows = [r for r in c.get("dose_response", []) if r["arm"] != "control" and r.get("bad_rate") is not None
+            and r["requests"] >= 20]
+    if not rows:
+        return "<p>No dosed requests in the data.</p>"
+    control = next((r for r in c["dose_response"] if r["arm"] == "control"), None)
+    base = (control or {}).get("bad_rate") or 0.0
+    xs = [r["dose_ms"] for r in rows]
+    ys = [r["bad_rate"] for r in rows]
+    lo = [max(0.0, base + r["vs_control"]["ci_low"]) if (r.get("vs_control") or {}).get("ci_low") is not None
+          else y for r, y in zip(rows, ys, strict=True)]
+    hi = [min(1.0, base + r["vs_control"]["ci_high"]) if (r.get("vs_control") or {}).get("ci_high") is not None
+          else y for r, y in zip(rows, ys, strict=True)]
+    allowance = (100.0 - float(c.get("steady_state", {}).get("error_slo", 99.5))) / 100.0
+    ymax = max(max(ys), allowance, base, 1e-3) * 2.5
+    hi = [min(h, ymax) for h in hi]
+    p = _Plot(f"Dose-response: {key}", "injected latency (ms, log scale)", "bad requests (errors or slow)")
+    p.frame(min(xs) / 1.3, max(xs) * 1.3, 0, ymax, logx=True)
+    if len(xs) > 1:
+        p.band(xs, lo, hi, "#1f77b433")
+    p.line(xs, ys, _COLORS[0])
+    p.line([min(xs) / 1.3, max(xs) * 1.3], [allowance, allowance], "#b00", 1, "4 3")
+    p.line([min(xs) / 1.3, max(xs) * 1.3], [base, base], "#777", 1, "2 2")
+    bp = c.get("breaking_point_ms")
+    if bp is not None:
+        p.line([bp, bp], [0, ymax], "#070", 1.5, "6 3")
+    p.legend([("bad rate per dose", _COLORS[0]), ("SLO allowance", "#b00"), ("control", "#777")]
+             + ([(f"breaking point {bp:.0f} ms", "#070")] if bp is not None else []))
+    xt = [x for x in (10, 20, 25, 50, 100, 200, 400, 800, 1600, 3200) if min(xs) / 1.3 <= x <= max(xs) * 1.3]
+    return p.render(xt, _ticks(0, ymax), xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{100 * v:.1f}%")
 
 
 def _latency_tests(c: Mapping[str, Any]) -> str:
@@ -378,6 +431,9 @@ def render_html(result: Mapping[str, Any]) -> str:
             parts.append(f"<tr><td>{_e(h)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{_pct(s['error_rate'])}</td>"
                          f"<td>{_num(s['latency_ms']['p50'], 2)}</td></tr>")
         parts.append("</table>")
+    for key, c in (result.get("canaries") or {}).items():
+        parts.append(f"<h2>Canary {_e(key)}</h2><pre>{_e(chr(10).join(_canary_lines({key: c})))}</pre>")
+        parts.append(_dose_response_svg(key, c))
     parts.append("</body></html>\n")
     return "".join(parts)
 

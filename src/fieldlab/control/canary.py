@@ -534,13 +534,27 @@ def _slo_test(spec: CanarySpec, n: int, k: int, allowance: float) -> tuple[bool,
     return up >= -math.log(spec.alpha_break), down >= -math.log(spec.alpha), max(up, down)
 
 
+def _rate_estimate(n: int, k: int) -> Any:
+    """A rate ``k/n`` for :func:`fieldlab.analysis.stats.compare`. An arm with no failures, or only failures,
+    has no variance; it then takes the variance of the rate smoothed by half a request each way, so a dose
+    that fails every request against a control that fails none is still compared (with both variances zero
+    there is no interval, and the dose could never be called broken)."""
+    from ..analysis.stats import RatioEstimate
+
+    if not n:
+        return RatioEstimate(float("nan"), float("nan"), 0)
+    p = k / n
+    if 0 < k < n:
+        return RatioEstimate(p, p * (1 - p) / n, n)
+    q = (k + 0.5) / (n + 1.0)
+    return RatioEstimate(p, q * (1 - q) / n, n)
+
+
 def _worse_than_control(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> tuple[bool, dict[str, Any]]:
     """Is the dose's bad rate above the control's? Always-valid difference of rates (stats.compare)."""
-    from ..analysis.stats import RatioEstimate, compare
+    from ..analysis.stats import compare
 
-    def est(n: int, k: int) -> RatioEstimate:
-        p = k / n if n else float("nan")
-        return RatioEstimate(p, p * (1 - p) / n if n else float("nan"), n)
+    est = _rate_estimate
 
     res = compare(est(control.requests, control.bad_requests), est(arm.requests, arm.bad),
                   alpha=spec.alpha_break, sequential=True, tuning=spec.tuning)
@@ -899,11 +913,9 @@ def dose_response(spec: CanarySpec, state: CanaryState) -> list[dict[str, Any]]:
     that blames a dose), and the
     posterior probability that the dose breaks steady state.
     """
-    from ..analysis.stats import RatioEstimate, compare
+    from ..analysis.stats import compare
 
-    def est(n: int, k: int) -> RatioEstimate:
-        p = k / n if n else float("nan")
-        return RatioEstimate(p, p * (1 - p) / n if n else float("nan"), n)
+    est = _rate_estimate
 
     c = state.control
     rows: list[dict[str, Any]] = [{

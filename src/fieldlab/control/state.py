@@ -197,6 +197,9 @@ class LabState:
     alerts: Mapping[str, Mapping[str, Mark]] = field(default_factory=dict)
     history: tuple[Decision, ...] = ()
     report: Mapping[str, Any] = field(default_factory=dict)
+    #: The sick canaries' states by key (:meth:`fieldlab.control.canary.CanaryState.to_dict`): doses, weights,
+    #: bracket and decisions, written by the canary controller and read by every process's poller.
+    canaries: Mapping[str, Any] = field(default_factory=dict)
 
     def is_paused(self, experiment: str, variant: str) -> bool:
         return variant in self.paused.get(experiment, {})
@@ -213,6 +216,7 @@ class LabState:
             "alerts": _nested_json(self.alerts),
             "history": [d.to_json() for d in self.history],
             "report": dict(self.report),
+            **({"canaries": dict(self.canaries)} if self.canaries else {}),
         }
 
     @classmethod
@@ -231,12 +235,15 @@ class LabState:
         except (KeyError, TypeError, ValueError) as exc:
             raise StateFormatError(f"history: {exc}") from None
         report = doc.get("report") or {}
+        canaries = doc.get("canaries") or {}
+        if not isinstance(canaries, Mapping):
+            raise StateFormatError(f"canaries: expected an object, got {type(canaries).__name__}")
         return cls(seq=seq if isinstance(seq, int) else 0,
                    updated_at=doc.get("updated_at") if isinstance(doc.get("updated_at"), str) else None,
                    all=Mark.from_json(all_) if all_ else None,
                    killed=_marks(doc.get("experiments"), "experiments"),
                    paused=_nested(doc.get("paused"), "paused"), alerts=_nested(doc.get("alerts"), "alerts"),
-                   history=history, report=report if isinstance(report, Mapping) else {})
+                   history=history, report=report if isinstance(report, Mapping) else {}, canaries=canaries)
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> "LabState":
