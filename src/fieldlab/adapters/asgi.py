@@ -62,7 +62,7 @@ def _starlette_request() -> Callable[..., Any] | None:
         from starlette.requests import Request
     except ImportError:
         return None
-    return Request  # type: ignore[no-any-return]
+    return Request
 
 
 class FieldLabMiddleware:
@@ -74,18 +74,28 @@ class FieldLabMiddleware:
     ``request_class`` is its deprecated former name.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], lab: Lab, *,
-                 request_factory: Callable[..., Any] | None = None, request_class: Callable[..., Any] | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        lab: Lab,
+        *,
+        request_factory: Callable[..., Any] | None = None,
+        request_class: Callable[..., Any] | None = None,
+        **options: Unpack[_request.AdapterOptions],
+    ) -> None:
         self.app = app
         if request_class is not None:
-            warnings.warn("FieldLabMiddleware(request_class=...) is deprecated; use request_factory=...",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "FieldLabMiddleware(request_class=...) is deprecated; use request_factory=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             request_factory = request_factory or request_class
         self.request_factory = request_factory if request_factory is not None else _starlette_request()
         opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
-            lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session})
+            lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session}
+        )
 
     @property
     def request_class(self) -> Callable[..., Any] | None:
@@ -97,8 +107,14 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
             return
         cfg = self.config
-        ctx = _request.begin(cfg, scope, _request.asgi_getter(scope.get("headers", ())), scope.get("path", ""),
-                             scope.get("method", ""), make_request=self.request_factory)
+        ctx = _request.begin(
+            cfg,
+            scope,
+            _request.asgi_getter(scope.get("headers", ())),
+            scope.get("path", ""),
+            scope.get("method", ""),
+            make_request=self.request_factory,
+        )
         if ctx is None:
             await self.app(scope, receive, send)
             return
@@ -111,9 +127,13 @@ class FieldLabMiddleware:
             abort = _request.abort_for(ctx) if cfg.may_abort else None
             if abort is not None:
                 status, body = abort
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                        for k, v in abort_headers(body)]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in abort_headers(body)],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             await self.app(scope, receive, send)
@@ -127,4 +147,5 @@ def _with_cookie(send: Send, cookie: bytes) -> Send:
             message = dict(message)
             message["headers"] = [*message.get("headers", ()), (b"set-cookie", cookie)]
         await send(message)
+
     return send_with_cookie

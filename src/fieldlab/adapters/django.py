@@ -41,9 +41,9 @@ from .._request.failures import failed
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
+from ._shared import ABORT_CONTENT_TYPE
 from .django_app import checks as _checks  # registers fieldlab's system checks (also without the app installed)
 from .django_app.sessions import SessionCreator
-from ._shared import ABORT_CONTENT_TYPE
 
 __all__ = ["FieldLabMiddleware", "load_config"]
 
@@ -58,7 +58,9 @@ def _import(path: str, field: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(field, f"cannot import {path!r} ({exc})", "give a dotted path like 'myproject.ab.lab'") from None
+        raise ConfigError(
+            field, f"cannot import {path!r} ({exc})", "give a dotted path like 'myproject.ab.lab'"
+        ) from None
 
 
 def _load_lab(value: Any) -> Lab:
@@ -73,11 +75,16 @@ def _load_lab(value: Any) -> Lab:
         else:
             lab = _import(text, "FIELDLAB['lab']")
             if not isinstance(lab, Lab):
-                raise ConfigError("FIELDLAB['lab']", f"{text!r} is a {type(lab).__name__}, not a Lab",
-                                  "point it at a fieldlab.Lab object or a config file")
+                raise ConfigError(
+                    "FIELDLAB['lab']",
+                    f"{text!r} is a {type(lab).__name__}, not a Lab",
+                    "point it at a fieldlab.Lab object or a config file",
+                )
         _labs[text] = lab
         return lab
-    raise ConfigError("FIELDLAB['lab']", f"cannot use {value!r}", "give a Lab, a dotted path to one, or a config file path")
+    raise ConfigError(
+        "FIELDLAB['lab']", f"cannot use {value!r}", "give a Lab, a dotted path to one, or a config file path"
+    )
 
 
 def _user(request: Any) -> Any:
@@ -93,24 +100,36 @@ def load_config() -> _request.AdapterConfig:
     """Build the adapter configuration from ``settings.FIELDLAB``, with clear errors."""
     conf = getattr(settings, "FIELDLAB", None)
     if not isinstance(conf, dict) or "lab" not in conf:
-        raise ConfigError("settings.FIELDLAB", "is missing or has no 'lab'",
-                          "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)")
+        raise ConfigError(
+            "settings.FIELDLAB",
+            "is missing or has no 'lab'",
+            "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)",
+        )
     if not isinstance(conf.get("create_session", False), bool):
-        raise ConfigError("FIELDLAB['create_session']", f"{conf['create_session']!r} is not True or False",
-                          "write True to create a session when a session experiment needs one, else False")
+        raise ConfigError(
+            "FIELDLAB['create_session']",
+            f"{conf['create_session']!r} is not True or False",
+            "write True to create a session when a session experiment needs one, else False",
+        )
     options = _request.Options.of(conf, "settings.FIELDLAB", also=("lab", "create_session"))
     attributes = conf.get("attributes")
     if isinstance(attributes, str):
         attributes = _import(attributes, "FIELDLAB['attributes']")
     units = options.units
     if isinstance(units, Mapping):  # (anything else: AdapterConfig says why)
-        units = {kind: _import(spec, f"FIELDLAB['units'][{kind!r}]")
-                 if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec
-                 else spec for kind, spec in units.items()}
+        units = {
+            kind: _import(spec, f"FIELDLAB['units'][{kind!r}]")
+            if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec
+            else spec
+            for kind, spec in units.items()
+        }
     settings_options = dataclasses.replace(options, units=units, attributes=attributes)
-    return _request.AdapterConfig(_load_lab(conf["lab"]), **vars(settings_options),
-                                  framework_defaults={"user": _user, "session": _session},
-                                  where="FIELDLAB['units']")
+    return _request.AdapterConfig(
+        _load_lab(conf["lab"]),
+        **vars(settings_options),
+        framework_defaults={"user": _user, "session": _session},
+        where="FIELDLAB['units']",
+    )
 
 
 class FieldLabMiddleware:
@@ -130,14 +149,22 @@ class FieldLabMiddleware:
             markcoroutinefunction(self)
 
     def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
-        return _request.begin(self.config, request, _request.environ_getter(request.META), request.path,
-                              request.method, known)
+        return _request.begin(
+            self.config, request, _request.environ_getter(request.META), request.path, request.method, known
+        )
 
     def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
         vid = ctx.new_visitor_id
         if vid is not None:
-            response.set_cookie(self.config.visitor_cookie, vid, max_age=_request.VISITOR_MAX_AGE, path="/",
-                                secure=request.is_secure(), httponly=True, samesite="Lax")
+            response.set_cookie(
+                self.config.visitor_cookie,
+                vid,
+                max_age=_request.VISITOR_MAX_AGE,
+                path="/",
+                secure=request.is_secure(),
+                httponly=True,
+                samesite="Lax",
+            )
         return response
 
     def _abort(self, ctx: Any) -> HttpResponse | None:

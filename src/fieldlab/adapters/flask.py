@@ -47,8 +47,9 @@ class FieldLab:
     ConfigError naming the closest.
     """
 
-    def __init__(self, app: flask.Flask | None = None, lab: Lab | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self, app: flask.Flask | None = None, lab: Lab | None = None, **options: Unpack[_request.AdapterOptions]
+    ) -> None:
         self.lab = lab
         self.options = _request.Options.of(options, "FieldLab")
         self.config: _request.AdapterConfig | None = None
@@ -60,11 +61,15 @@ class FieldLab:
         if self.lab is None:
             raise ConfigError("lab", "FieldLab needs a Lab", "pass FieldLab(app, lab=Lab.from_file(...))")
         if self.config is None:
-            self.config = _request.AdapterConfig(self.lab, **vars(self.options),
-                                                 framework_defaults={"session": _default_session})
+            self.config = _request.AdapterConfig(
+                self.lab, **vars(self.options), framework_defaults={"session": _default_session}
+            )
         if "fieldlab" in app.extensions:
-            raise ConfigError("init_app", "fieldlab is already initialised on this app",
-                                       "create one FieldLab per app and call init_app once")
+            raise ConfigError(
+                "init_app",
+                "fieldlab is already initialised on this app",
+                "create one FieldLab per app and call init_app once",
+            )
         app.extensions["fieldlab"] = self
         app.before_request(self._before)
         app.teardown_request(self._teardown)
@@ -72,17 +77,23 @@ class FieldLab:
 
     def _before(self) -> Any:
         cfg = self.config
+        assert cfg is not None  # set by init_app, which registered this hook
         environ = flask.request.environ
         get = environ.get
-        ctx = _request.begin(cfg, flask.request, _request.environ_getter(environ),  # type: ignore[arg-type]
-                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""))
+        ctx = _request.begin(
+            cfg,
+            flask.request,
+            _request.environ_getter(environ),
+            get("PATH_INFO", ""),
+            get("REQUEST_METHOD", ""),
+        )
         if ctx is None:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
         if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
-        abort = _request.abort_for(ctx) if cfg.may_abort else None  # type: ignore[union-attr]
+        abort = _request.abort_for(ctx) if cfg.may_abort else None
         if abort is not None:
             status, body = abort
             return flask.Response(body, status=status, headers=abort_headers(body))

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
 
 __all__ = ["FieldLabMiddleware"]
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def status_line(status: int) -> str:
@@ -47,9 +55,14 @@ class FieldLabMiddleware:
     ``request_factory(environ)`` builds what resolvers receive (default: the environ).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], lab: Lab, *,
-                 request_factory: Callable[[dict], Any] | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        lab: Lab,
+        *,
+        request_factory: Callable[[dict], Any] | None = None,
+        **options: Unpack[_request.AdapterOptions],
+    ) -> None:
         if not callable(app):
             raise TypeError(f"FieldLabMiddleware(app): {app!r} is not a WSGI application")
         self.app = app
@@ -60,8 +73,14 @@ class FieldLabMiddleware:
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         cfg = self.config
         get = environ.get
-        ctx = _request.begin(cfg, environ, _request.environ_getter(environ), get("PATH_INFO", ""),
-                             get("REQUEST_METHOD", ""), make_request=self.request_factory)
+        ctx = _request.begin(
+            cfg,
+            environ,
+            _request.environ_getter(environ),
+            get("PATH_INFO", ""),
+            get("REQUEST_METHOD", ""),
+            make_request=self.request_factory,
+        )
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
@@ -87,4 +106,5 @@ def _with_cookie(start_response: Callable[..., Any], cookie: str) -> Callable[..
         if exc_info is None:
             return start_response(status, headers)
         return start_response(status, headers, exc_info)
+
     return start
