@@ -239,6 +239,8 @@ def _started(cfg: AdapterConfig, ctx: RequestContext, get: HeaderGetter) -> Requ
         # Fault decisions hash the trace id; an abort may run before any span
         # exists, so take the caller's W3C trace id when there is one.
         ctx.trace_id = known_trace_id(get)
+    if cfg.cache_headers:
+        ctx.unit_sources = cfg.sources
     if cfg.trust_baggage:
         apply_baggage(ctx, get("baggage"))
     try:

@@ -67,10 +67,11 @@ class FieldLabMiddleware:
         token = bind(ctx)
         try:
             abort = _request.abort_for(ctx) if cfg.may_abort else None
+            cookie = None
             if ctx.new_visitor_id is not None:
                 cookie = _request.visitor_cookie(cfg, ctx, get("wsgi.url_scheme") == "https")
-                if cookie is not None:
-                    start_response = _with_cookie(start_response, cookie)
+            if cookie is not None or cfg.cache_headers:
+                start_response = _finishing(start_response, ctx, cookie)
             if abort is not None:
                 status, body = abort
                 start_response(status_line(status), abort_headers(body))
@@ -80,10 +81,12 @@ class FieldLabMiddleware:
             _request.end(ctx, token)
 
 
-def _with_cookie(start_response: Callable[..., Any], cookie: str) -> Callable[..., Any]:
+def _finishing(start_response: Callable[..., Any], ctx: Any, cookie: str | None) -> Callable[..., Any]:
+    """``start_response`` adding the new visitor's cookie and the cache headers the app's reads need."""
     def start(status: str, headers: list, exc_info: Any = None) -> Any:
-        headers = list(headers)
-        headers.append(("Set-Cookie", cookie))
+        headers = _request.patch_header_list(ctx, list(headers))
+        if cookie is not None:
+            headers.append(("Set-Cookie", cookie))
         if exc_info is None:
             return start_response(status, headers)
         return start_response(status, headers, exc_info)

@@ -13,6 +13,8 @@ from django.utils.cache import patch_cache_control
 from django.views.decorators.cache import cache_page
 from django.views.decorators.vary import vary_on_cookie
 
+from fieldlab.adapters.django import vary_on_variants
+
 
 def health(request: Any) -> HttpResponse:
     return HttpResponse("ok")
@@ -42,6 +44,19 @@ def cached_naive(request: Any) -> HttpResponse:
     return render(request, "home.html")
 
 
+@cache_page(60)
+@vary_on_variants
+def cached_auto(request: Any) -> HttpResponse:
+    """fieldlab's decorator under cache_page: the headers are on the response before cache_page stores it."""
+    return render(request, "home.html")
+
+
+@cache_page(60)
+@vary_on_variants
+def cached_auto_lazy(request: Any) -> TemplateResponse:
+    return TemplateResponse(request, "home.html")  # the template reads its variants when rendered, later
+
+
 def who(request: Any) -> JsonResponse:
     return JsonResponse({"session_key": request.session.session_key,
                          "user": request.user.pk if request.user.is_authenticated else None})
@@ -57,4 +72,5 @@ def do_login(request: Any) -> HttpResponse:
 
 urlpatterns = [path("health", health), path("", home), path("lazy", home_lazy), path("who", who),
                path("cached", cached_home), path("cached-naive", cached_naive),
+               path("cached-auto", cached_auto), path("cached-auto-lazy", cached_auto_lazy),
                path("login", do_login)]
