@@ -41,7 +41,7 @@ def _default_session(request: Any) -> Any:
     except RuntimeError:  # no secret key: Flask cannot keep a session
         return None
     if new and sid is not None:
-        flask.g._fieldlab_new_session = True  # the response sets the session cookie: no shared cache may keep it
+        flask.g.fieldlab_new_session = True  # the response sets the session cookie: no shared cache may keep it
     return sid
 
 
@@ -87,7 +87,7 @@ class FieldLab:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
-        if flask.g.pop("_fieldlab_new_session", False):
+        if flask.g.pop("fieldlab_new_session", False):
             ctx.new_unit_kinds.add("session")
         if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
