@@ -32,7 +32,7 @@ def home_lazy(request: Any) -> TemplateResponse:
 @cache_page(60)
 @vary_on_cookie
 def cached_home(request: Any) -> HttpResponse:
-    """docs/integration.md's recipe for cache_page until fieldlab sets the headers itself."""
+    """docs/integration.md's manual recipe for cache_page, where vary_on_variants cannot go."""
     response = render(request, "home.html")
     if "fieldlab_visitor" not in request.COOKIES:
         patch_cache_control(response, private=True)  # a first visit: no cookie yet to key the cache on
