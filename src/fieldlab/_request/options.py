@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..lab import Lab
 from .headers import env_key
 from .prepared import PreparedCache
+from .wiring import UnitWatch
 
 __all__ = [
     "DEFAULT_OVERRIDE_COOKIE",
@@ -175,6 +176,8 @@ class AdapterConfig:
     ``request.user``); explicit ``units`` win over them, and
     ``framework_sources`` says what each default reads (:data:`~fieldlab._cache_headers.COOKIE` for a
     cookie-kept session or login; anything else is opaque). ``where`` names the ``units`` field in errors.
+    ``unit_hints`` says, per unit kind, how to wire it in this framework, for
+    the warnings of :mod:`~fieldlab._request.wiring` (``adapter`` names the adapter in them).
     """
 
     def __init__(self, lab: Lab, *, units: Mapping[str, Any] | None = None, headers: Iterable[str] = (),
@@ -183,7 +186,8 @@ class AdapterConfig:
                  visitor_cookie: str = DEFAULT_VISITOR_COOKIE, override_header: str | None = DEFAULT_OVERRIDE_HEADER,
                  override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE, cache_headers: bool = True,
                  framework_defaults: Mapping[str, Resolver] | None = None,
-                 framework_sources: Mapping[str, str] | None = None, where: str = "units") -> None:
+                 framework_sources: Mapping[str, str] | None = None, where: str = "units",
+                 unit_hints: Mapping[str, str] | None = None, adapter: str = "this adapter") -> None:
         _check(lab, units, headers, attributes, visitor_cookie, cache_headers, where)
         self.lab = lab
         self.recorder = telemetry.Recorder(lab, unit_ids)
@@ -192,6 +196,8 @@ class AdapterConfig:
         self.defaults: dict[str, Unit] = {k: Unit(k, "call", fn=fn, source=known_sources.get(k, OPAQUE))
                                           for k, fn in (framework_defaults or {}).items()}
         self.cache_headers = cache_headers
+        #: unit kinds nothing resolved yet, warned about once (see :mod:`fieldlab._request.wiring`)
+        self.watch = UnitWatch(unit_hints or {}, self.defaults, adapter)
         #: unit kind -> where its id came from, for the kinds of the current plan (see plan())
         self.sources: dict[str, str] = {}
         self.headers = tuple(h.strip().lower() for h in headers)
@@ -242,6 +248,7 @@ class AdapterConfig:
         plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
         self._plan = tuple(plan)
         self.sources = {unit.kind: unit.source for unit in plan}
+        self.watch.planned(self.lab, kinds, {unit.kind: unit.how == "call" for unit in plan})
         # Without targeting and without per-request units, the assignments are a function of the
         # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
         cacheable = "request" not in kinds and not any(e.targeting for e in state.experiments.values())

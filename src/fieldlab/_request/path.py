@@ -97,6 +97,8 @@ def begin(cfg: AdapterConfig, request: Any, headers: HeaderGetter | Mapping[str,
                 failed("resolver_errors", "request builder")  # resolvers get what the adapter had
         trace_id, generated = _request_trace_id(cfg, get)
         units, visitor = _resolve_units(cfg, request, get, known, trace_id)
+        if cfg.watch.pending:
+            cfg.watch.note(cfg.lab, units, cfg.units)
         attrs.update(_attributes(cfg, request, get))
         overrides = _overrides(cfg, get) if overridden else None
         if cfg.cache is not None and overrides is None:

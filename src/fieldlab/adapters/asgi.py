@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _request
 from .._cache_headers import COOKIE
+from .._request.wiring import added_twice
 from ..context import bind
 from ..lab import Lab
 from ._shared import SESSION_KEY, abort_headers, session_unit_id
@@ -55,6 +56,14 @@ def _default_user(request: Any) -> Any:
 
 
 _NEW_SESSION = "fieldlab.new_session"
+_HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
+_HINTS = {
+    "user": "request.user comes from Starlette's AuthenticationMiddleware, which must run before fieldlab: "
+            "add it after FieldLabMiddleware in code (the middleware added last runs first), "
+            'or pass units={"user": ...}',
+    "session": "request.session comes from Starlette's SessionMiddleware, which must run before fieldlab: "
+               "add it after FieldLabMiddleware in code (the middleware added last runs first)",
+}
 
 
 def _default_session(request: Any) -> Any:
@@ -99,7 +108,22 @@ class FieldLabMiddleware:
         opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
             lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session},
-            framework_sources={"session": COOKIE})  # request.user: whatever the auth backend read, opaque
+            framework_sources={"session": COOKIE},  # request.user: whatever the auth backend read, opaque
+            unit_hints=_HINTS, adapter="FieldLabMiddleware (ASGI)")
+        self._first_request = True
+
+    def _check_scope(self, scope: Scope) -> None:
+        """On the first request: a default unit whose middleware does not run before fieldlab's."""
+        cfg = self.config
+        try:
+            for unit in cfg.plan():
+                if unit.kind in cfg.units or unit.kind not in ("user", "session") or unit.kind in scope:
+                    continue
+                what = "AuthenticationMiddleware" if unit.kind == "user" else "SessionMiddleware"
+                cfg.watch.report_now(cfg.lab, unit.kind, f"the first request reached fieldlab without "
+                                     f"request.{unit.kind} ({what} is missing or runs after fieldlab)")
+        except Exception:
+            pass  # a warning that cannot be worked out is not worth a failed request
 
     @property
     def request_class(self) -> Callable[..., Any] | None:
@@ -110,7 +134,17 @@ class FieldLabMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        outer = scope.get(_HANDLED)
+        if outer is not None and outer is not self and getattr(outer, "config", None) is not None \
+                and outer.config.lab is self.config.lab:  # the same lab twice (another lab: a mounted sub-app)
+            added_twice(self, "FieldLabMiddleware (ASGI)", "keep one app.add_middleware(FieldLabMiddleware, ...)")
+            await self.app(scope, receive, send)
+            return
+        scope[_HANDLED] = self
         cfg = self.config
+        if self._first_request:
+            self._first_request = False
+            self._check_scope(scope)
         ctx = _request.begin(cfg, scope, _request.asgi_getter(scope.get("headers", ())), scope.get("path", ""),
                              scope.get("method", ""), make_request=self.request_factory)
         if ctx is None:

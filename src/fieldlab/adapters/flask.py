@@ -34,6 +34,13 @@ _TOKEN = "fieldlab.token"
 _CTX = "fieldlab.context"
 
 
+_HINTS = {
+    "user": 'Flask has no built-in user: pass units={"user": lambda request: '
+            'flask_login.current_user.get_id()} (or "header:X-User-Id") to FieldLab',
+    "session": "set app.secret_key: fieldlab keeps the session unit in Flask's signed session cookie",
+}
+
+
 def _default_session(request: Any) -> Any:
     try:
         new = not flask.session.get(SESSION_KEY)
@@ -67,11 +74,13 @@ class FieldLab:
         if self.config is None:
             self.config = _request.AdapterConfig(self.lab, **vars(self.options),
                                                  framework_defaults={"session": _default_session},
-                                                 framework_sources={"session": COOKIE})
+                                                 framework_sources={"session": COOKIE},
+                                                 unit_hints=_HINTS, adapter="FieldLab (Flask)")
         if "fieldlab" in app.extensions:
             raise ConfigError("init_app", "fieldlab is already initialised on this app",
                                        "create one FieldLab per app and call init_app once")
         app.extensions["fieldlab"] = self
+        self.config.plan()  # start-up: warns about unit kinds nothing resolves (Flask has no built-in user)
         app.before_request(self._before)
         app.after_request(self._cache_headers)
         app.teardown_request(self._teardown)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import _request
+from .._request.wiring import added_twice
 from ..context import bind
 from ..lab import Lab
 from ._shared import abort_headers
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FieldLabMiddleware"]
 
+_HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
 _REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -55,9 +57,18 @@ class FieldLabMiddleware:
         self.app = app
         self.request_factory = request_factory
         opts = _request.Options.of(options, "FieldLabMiddleware")
-        self.config = _request.AdapterConfig(lab, **vars(opts), framework_defaults={"user": _remote_user})
+        self.config = _request.AdapterConfig(
+            lab, **vars(opts), framework_defaults={"user": _remote_user}, adapter="FieldLabMiddleware (WSGI)",
+            unit_hints={"user": "REMOTE_USER is set by the server or an auth middleware wrapped outside "
+                                'FieldLabMiddleware; or pass units={"user": ...}'})
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        outer = environ.get(_HANDLED)
+        if outer is not None and outer is not self and getattr(outer, "config", None) is not None \
+                and outer.config.lab is self.config.lab:  # the same lab twice (another lab: a mounted sub-app)
+            added_twice(self, "FieldLabMiddleware (WSGI)", "wrap the app in FieldLabMiddleware once")
+            return self.app(environ, start_response)
+        environ[_HANDLED] = self
         cfg = self.config
         get = environ.get
         ctx = _request.begin(cfg, environ, _request.environ_getter(environ), get("PATH_INFO", ""),
