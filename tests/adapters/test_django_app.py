@@ -247,3 +247,18 @@ def test_per_site_cache_middleware_serves_each_visitor_their_own_variant(tmp_pat
     else:  # cache_headers=False: the app said it handles caching, and the per-site cache mixes variants
         assert got["wrong"] > 0, got
         assert got["last"]["vary"] is None
+
+
+# --------------------------------------------------------------------------- Django under ASGI without a span
+def test_django_asgi_without_the_asgi_instrumentation_warns_once(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "asgi_span", DJBLOG_NO_ASGI_OTEL="1")
+    assert got["statuses"] == [200, 200, 200]
+    assert got["server_spans"] == 0  # DjangoInstrumentor skips ASGI requests without the package: silently
+    assert len(got["asgi_warnings"]) == 1, got  # once, for three requests
+    assert "install opentelemetry-instrumentation-asgi" in got["asgi_warnings"][0]
+
+
+def test_django_asgi_with_the_asgi_instrumentation_does_not_warn(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "asgi_span")
+    assert got["statuses"] == [200, 200, 200] and got["server_spans"] == 3
+    assert got["asgi_warnings"] == []

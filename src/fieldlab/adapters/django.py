@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse
+from opentelemetry import trace
 
 from .. import _request
 from .._cache_headers import COOKIE
@@ -49,7 +52,10 @@ from .django_app.sessions import SessionCreator
 
 __all__ = ["FieldLabMiddleware", "load_config", "vary_on_variants"]
 
+_log = logging.getLogger("fieldlab")
 _CONFIG_FILE_EXTENSIONS = (".toml", ".json", ".yaml", ".yml")
+#: ASGI requests without a server span after which fieldlab says so (when the ASGI instrumentation is installed)
+SPANLESS_AFTER = 100
 _labs: dict[str, Lab] = {}
 
 
@@ -128,6 +134,8 @@ class FieldLabMiddleware:
         #: the opt-in FIELDLAB["create_session"] (see django_app.sessions), None when off
         self.create_session = SessionCreator.from_setting(getattr(settings, "FIELDLAB", None), self.config.lab)
         _checks.report_at_startup()  # gunicorn / uvicorn run no Django checks: log their findings once
+        #: ASGI requests seen without a server span, until one has one (None: stop looking)
+        self.spanless: int | None = 0
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
@@ -193,6 +201,41 @@ class FieldLabMiddleware:
             return self._finish(request, ctx, await self.get_response(request))
         finally:
             _request.end(ctx, token)
+            if self.spanless is not None:
+                self._check_span(ctx)
+
+    def _check_span(self, ctx: Any) -> None:
+        """Under ASGI, say once when requests have no server span: the assignments are recorded nowhere.
+
+        The OpenTelemetry Django instrumentation skips ASGI requests, silently,
+        unless ``opentelemetry-instrumentation-asgi`` is installed. Said on the
+        first span-less request when that package is missing, else after
+        :data:`SPANLESS_AFTER` of them (excluded URLs such as health checks
+        have none either); nothing when no SDK tracer provider is set (the app
+        traces nothing, knowingly) or once a request had a span.
+        """
+        try:
+            if ctx.server_span is not None:
+                self.spanless = None
+                return
+            if not hasattr(trace.get_tracer_provider(), "add_span_processor"):
+                return
+            self.spanless = (self.spanless or 0) + 1
+            missing = importlib.util.find_spec("opentelemetry.instrumentation.asgi") is None
+            if missing:
+                fix = ("install opentelemetry-instrumentation-asgi: without it the OpenTelemetry Django "
+                       "instrumentation records nothing for ASGI requests")
+            elif self.spanless >= SPANLESS_AFTER:
+                fix = ("call DjangoInstrumentor().instrument() before get_asgi_application(), or wrap the "
+                       "application in opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware")
+            else:
+                return
+            self.spanless = None
+            _log.warning("fieldlab: Django runs under ASGI and found no OpenTelemetry server span for %s, so "
+                         "assignments and exposures are recorded nowhere; %s",
+                         "this request" if missing else f"{SPANLESS_AFTER} requests", fix)
+        except Exception:
+            self.spanless = None
 
 
 def _user_of(user: Any) -> Any:
