@@ -16,16 +16,31 @@ lists) just before the response goes out; nothing here raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .._assignment import CONCLUDED, OVERRIDE, PAUSED
 from .._cache_headers import response_headers as _decide
 from ..context import RequestContext
 from .failures import failed
 
-__all__ = ["patch_header_list", "read_unit_kinds", "response_headers"]
+__all__ = ["MEMO_SIZE", "Sources", "patch_header_list", "read_unit_kinds", "response_headers"]
 
 _SAME_FOR_EVERYONE = (PAUSED, CONCLUDED)
+#: Decisions a :class:`Sources` keeps (read kinds, new kinds and the response's headers -> headers to set).
+MEMO_SIZE = 256
+
+
+class Sources(dict[str, str]):
+    """Unit kind -> source for one adapter plan, with the decisions already made for it.
+
+    Most responses of an app repeat a few patterns (the same kinds read, the
+    same headers already set), so the decision is made once per pattern.
+    """
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        super().__init__(sources)
+        self.memo: dict[Any, dict[str, str]] = {}
 _OVERRIDDEN = "\0override"  # no unit kind: its source is unknown, so the response is private
 
 
@@ -49,6 +64,8 @@ def response_headers(ctx: RequestContext | None, vary: str | Iterable[str] | Non
                      cache_control: str | Iterable[str] | None) -> dict[str, str]:
     """The ``Vary`` / ``Cache-Control`` values to set (replacing the existing ones); ``{}``: leave them alone.
 
+    The result may be shared with other requests: read it, do not change it.
+
     ``vary`` and ``cache_control`` are the response's current values (one
     string, several header lines, or None). Empty when the adapter's
     ``cache_headers`` option is off or the request read no variant.
@@ -62,10 +79,25 @@ def response_headers(ctx: RequestContext | None, vary: str | Iterable[str] | Non
         new = set(ctx.new_unit_kinds)
         if ctx.new_visitor_id is not None:
             new.add("visitor")
-        return _decide(kinds, ctx.unit_sources, new_kinds=new, vary=vary, cache_control=cache_control)
+        sources = ctx.unit_sources
+        memo = getattr(sources, "memo", None)
+        if memo is None:
+            return _decide(sorted(kinds), sources, new_kinds=new, vary=vary, cache_control=cache_control)
+        key = (frozenset(kinds), frozenset(new), _frozen(vary), _frozen(cache_control))
+        found = memo.get(key)
+        if found is None:
+            found = _decide(sorted(kinds), sources, new_kinds=new, vary=vary, cache_control=cache_control)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
+        return found  # shared: callers only read it
     except Exception:
         failed("cache_header_errors", "cache headers")
         return {}
+
+
+def _frozen(value: str | Iterable[str] | None) -> str | tuple[str, ...] | None:
+    return value if value is None or isinstance(value, str) else tuple(value)
 
 
 def patch_header_list(ctx: RequestContext | None, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

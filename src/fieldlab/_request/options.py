@@ -26,6 +26,7 @@ from .._cache_headers import COOKIE, OPAQUE, header_source
 from .._fault_kinds import HTTP_POINT
 from ..errors import ConfigError
 from ..lab import Lab
+from .caching import Sources
 from .headers import env_key
 from .prepared import PreparedCache
 from .wiring import UnitWatch
@@ -199,7 +200,7 @@ class AdapterConfig:
         #: unit kinds nothing resolved yet, warned about once (see :mod:`fieldlab._request.wiring`)
         self.watch = UnitWatch(unit_hints or {}, self.defaults, adapter)
         #: unit kind -> where its id came from, for the kinds of the current plan (see plan())
-        self.sources: dict[str, str] = {}
+        self.sources: Sources = Sources({})
         self.headers = tuple(h.strip().lower() for h in headers)
         self.attributes = attributes
         self.trust_baggage = bool(lab.settings.get("trust_baggage", False) if trust_baggage is None else trust_baggage)
@@ -247,7 +248,7 @@ class AdapterConfig:
         kinds = sorted({e.unit for e in state.experiments.values()})
         plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
         self._plan = tuple(plan)
-        self.sources = {unit.kind: unit.source for unit in plan}
+        self.sources = Sources({unit.kind: unit.source for unit in plan})
         self.watch.planned(self.lab, kinds, {unit.kind: unit.how == "call" for unit in plan})
         # Without targeting and without per-request units, the assignments are a function of the
         # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
