@@ -96,7 +96,7 @@ class FieldLab:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
-        if flask.g.pop("fieldlab_new_session", False):
+        if "session" in cfg.sources and flask.g.pop("fieldlab_new_session", False):  # type: ignore[union-attr]
             ctx.new_unit_kinds.add("session")
         if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
