@@ -85,7 +85,7 @@ def test_one_request_builder_name_and_the_old_asgi_name_still_works() -> None:
 
 def test_options_list_what_every_adapter_takes() -> None:
     assert Options.names() == ("units", "headers", "attributes", "unit_ids", "trust_baggage", "propagate_baggage",
-                               "visitor_cookie", "override_header", "override_cookie")
+                               "visitor_cookie", "override_header", "override_cookie", "cache_headers")
 
 
 def test_public_modules_export_no_request_path_internals() -> None:
