@@ -30,22 +30,26 @@ import sys
 import tempfile
 import time
 
-_RES = ('{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}},'
-        '{"key":"telemetry.sdk.language","value":{"stringValue":"python"}}]},"scopeSpans":[{"scope":'
-        '{"name":"fieldlab"},"spans":[')
-_SPAN = ('{{"traceId":"{tid}","spanId":"{sid}","flags":256,"name":"GET /products/{{id}}","kind":2,'
-         '"startTimeUnixNano":"{st}","endTimeUnixNano":"{en}","attributes":['
-         '{{"key":"http.request.method","value":{{"stringValue":"GET"}}}},'
-         '{{"key":"http.route","value":{{"stringValue":"/products/{{id}}"}}}},'
-         '{{"key":"url.path","value":{{"stringValue":"/products/{pid}"}}}},'
-         '{{"key":"http.response.status_code","value":{{"intValue":"{status}"}}}},'
-         '{{"key":"fieldlab.config.version","value":{{"stringValue":"c0ffee12"}}}},'
-         '{{"key":"fieldlab.unit.user","value":{{"stringValue":"h1:{uid:016x}"}}}},'
-         '{{"key":"fieldlab.variant.checkout","value":{{"stringValue":"{var}"}}}},'
-         '{{"key":"fieldlab.exposed.checkout","value":{{"boolValue":true}}}}{extra}],'
-         '"events":[{{"timeUnixNano":"{st}","name":"feature_flag.evaluation","attributes":['
-         '{{"key":"feature_flag.key","value":{{"stringValue":"checkout"}}}},'
-         '{{"key":"feature_flag.result.variant","value":{{"stringValue":"{var}"}}}}]}}],"status":{{{code}}}}}')
+_RES = (
+    '{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}},'
+    '{"key":"telemetry.sdk.language","value":{"stringValue":"python"}}]},"scopeSpans":[{"scope":'
+    '{"name":"fieldlab"},"spans":['
+)
+_SPAN = (
+    '{{"traceId":"{tid}","spanId":"{sid}","flags":256,"name":"GET /products/{{id}}","kind":2,'
+    '"startTimeUnixNano":"{st}","endTimeUnixNano":"{en}","attributes":['
+    '{{"key":"http.request.method","value":{{"stringValue":"GET"}}}},'
+    '{{"key":"http.route","value":{{"stringValue":"/products/{{id}}"}}}},'
+    '{{"key":"url.path","value":{{"stringValue":"/products/{pid}"}}}},'
+    '{{"key":"http.response.status_code","value":{{"intValue":"{status}"}}}},'
+    '{{"key":"fieldlab.config.version","value":{{"stringValue":"c0ffee12"}}}},'
+    '{{"key":"fieldlab.unit.user","value":{{"stringValue":"h1:{uid:016x}"}}}},'
+    '{{"key":"fieldlab.variant.checkout","value":{{"stringValue":"{var}"}}}},'
+    '{{"key":"fieldlab.exposed.checkout","value":{{"boolValue":true}}}}{extra}],'
+    '"events":[{{"timeUnixNano":"{st}","name":"feature_flag.evaluation","attributes":['
+    '{{"key":"feature_flag.key","value":{{"stringValue":"checkout"}}}},'
+    '{{"key":"feature_flag.result.variant","value":{{"stringValue":"{var}"}}}}]}}],"status":{{{code}}}}}'
+)
 _CONV = ',{"key":"app.checkout.completed","value":{"boolValue":true}}'
 
 
@@ -62,12 +66,20 @@ def generate(path: str, n_spans: int, n_units: int, seed: int = 1, batch: int = 
                 u = rnd.randrange(n_units)
                 st = t0 + (i + j) * 1_000_000
                 err = rnd.random() < 0.01
-                spans.append(_SPAN.format(
-                    tid=f"{rnd.getrandbits(128):032x}", sid=f"{rnd.getrandbits(64):016x}", st=st,
-                    en=st + int(rnd.lognormvariate(3, 0.5) * 1e6), pid=rnd.randrange(1000),
-                    status=500 if err else 200, uid=(u * 2654435761) % (1 << 64),
-                    var="treatment" if u % 2 else "control", extra=_CONV if rnd.random() < 0.05 else "",
-                    code='"code":2' if err else ""))
+                spans.append(
+                    _SPAN.format(
+                        tid=f"{rnd.getrandbits(128):032x}",
+                        sid=f"{rnd.getrandbits(64):016x}",
+                        st=st,
+                        en=st + int(rnd.lognormvariate(3, 0.5) * 1e6),
+                        pid=rnd.randrange(1000),
+                        status=500 if err else 200,
+                        uid=(u * 2654435761) % (1 << 64),
+                        var="treatment" if u % 2 else "control",
+                        extra=_CONV if rnd.random() < 0.05 else "",
+                        code='"code":2' if err else "",
+                    )
+                )
             f.write(_RES + ",".join(spans) + "]}]}]}\n")
             i += k
 
@@ -98,15 +110,25 @@ def _analyze_child(path: str, engine: str) -> None:
     secs = time.perf_counter() - t
     e = res["experiments"]["checkout"]
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": secs, "maxrss_mb": ru.ru_maxrss / 1024, "cpu": ru.ru_utime + ru.ru_stime,
-                      "engine": res["engine"], "spans": res["spans"],
-                      "units": {v: s["units"] for v, s in e["variants"].items()},
-                      "requests": {v: s["requests"] for v, s in e["variants"].items()}}))
+    print(
+        json.dumps(
+            {
+                "seconds": secs,
+                "maxrss_mb": ru.ru_maxrss / 1024,
+                "cpu": ru.ru_utime + ru.ru_stime,
+                "engine": res["engine"],
+                "spans": res["spans"],
+                "units": {v: s["units"] for v, s in e["variants"].items()},
+                "requests": {v: s["requests"] for v, s in e["variants"].items()},
+            }
+        )
+    )
 
 
 def _run_child(path: str, engine: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", path, "--engine", engine],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", path, "--engine", engine], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -117,8 +139,16 @@ def _baseline_child(path: str) -> None:
     counts = json_loads_loop(path)
     secs = time.perf_counter() - t
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": secs, "maxrss_mb": ru.ru_maxrss / 1024, "cpu": ru.ru_utime + ru.ru_stime,
-                      "counts": {f"{k[0]}={k[1]}": v for k, v in counts.items()}}))
+    print(
+        json.dumps(
+            {
+                "seconds": secs,
+                "maxrss_mb": ru.ru_maxrss / 1024,
+                "cpu": ru.ru_utime + ru.ru_stime,
+                "counts": {f"{k[0]}={k[1]}": v for k, v in counts.items()},
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -127,8 +157,9 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=50_000)
     ap.add_argument("--engine", default="auto", choices=("auto", "chdb", "python"))
     ap.add_argument("--keep", help="directory to keep the generated files in (reused when present)")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="runs of each side, alternating; the best of each is compared (default 2)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="runs of each side, alternating; the best of each is compared (default 2)"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--baseline-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -153,20 +184,37 @@ def main() -> int:
     print(f"\n1) speed on {args.spans:,} spans, {args.units:,} users (side by side, same file, best of {args.repeat})")
     bases, fulls = [], []
     for _ in range(max(args.repeat, 1)):
-        bases.append(json.loads(subprocess.run([sys.executable, __file__, "--baseline-child", big], check=True,
-                                               capture_output=True, text=True).stdout.strip().splitlines()[-1]))
+        bases.append(
+            json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--baseline-child", big], check=True, capture_output=True, text=True
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+        )
         fulls.append(_run_child(big, args.engine))
     base = min(bases, key=lambda r: r["seconds"])
     full = min(fulls, key=lambda r: r["seconds"])
-    print(f"   json.loads loop, counting spans per variant : {base['seconds']:8.2f} s wall, {base['cpu']:7.2f} s CPU"
-          f"  (peak RSS {base['maxrss_mb']:,.0f} MB)")
-    print(f"   fieldlab analyze ({full['engine']}), full analysis  : {full['seconds']:8.2f} s wall, {full['cpu']:7.2f} s CPU"
-          f"  (peak RSS {full['maxrss_mb']:,.0f} MB)")
-    print("   all runs (wall s): baseline " + ", ".join(f"{r['seconds']:.1f}" for r in bases)
-          + "; analyze " + ", ".join(f"{r['seconds']:.1f}" for r in fulls))
+    print(
+        f"   json.loads loop, counting spans per variant : {base['seconds']:8.2f} s wall, {base['cpu']:7.2f} s CPU"
+        f"  (peak RSS {base['maxrss_mb']:,.0f} MB)"
+    )
+    print(
+        f"   fieldlab analyze ({full['engine']}), full analysis  : {full['seconds']:8.2f} s wall, {full['cpu']:7.2f} s CPU"
+        f"  (peak RSS {full['maxrss_mb']:,.0f} MB)"
+    )
+    print(
+        "   all runs (wall s): baseline "
+        + ", ".join(f"{r['seconds']:.1f}" for r in bases)
+        + "; analyze "
+        + ", ".join(f"{r['seconds']:.1f}" for r in fulls)
+    )
     ratio = base["seconds"] / full["seconds"]
-    print(f"   speed ratio (wall): {ratio:.1f}x  (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
-          f"CPU-time ratio: {base['cpu'] / full['cpu']:.1f}x")
+    print(
+        f"   speed ratio (wall): {ratio:.1f}x  (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
+        f"CPU-time ratio: {base['cpu'] / full['cpu']:.1f}x"
+    )
     counted = {k.split("=", 1)[1]: v for k, v in base["counts"].items()}
     assert counted == full["requests"], (counted, full["requests"])
     print(f"   same per-variant request counts from both: {full['requests']}")

@@ -34,8 +34,9 @@ def main() -> None:
     units = [f"user-{i}" for i in range(args.units)]
     exp = fieldlab.Experiment("checkout-redesign", {"control": 1, "treatment": 1}, traffic=50)
     layered = fieldlab.Experiment("search-ranking", {"control": 1, "a": 1, "b": 1}, layer="search", layer_range=[0, 50])
-    lab = fieldlab.Lab([exp, layered], layers=[fieldlab.Layer("search")],
-                       holdouts=[fieldlab.Holdout("h2026", 5, ["search-ranking"])])
+    lab = fieldlab.Lab(
+        [exp, layered], layers=[fieldlab.Layer("search")], holdouts=[fieldlab.Holdout("h2026", 5, ["search-ranking"])]
+    )
     keyed = [f"checkout-redesign:{u}" for u in units]
     h = mmh3.hash
     assign = lab.assign
@@ -58,8 +59,12 @@ def main() -> None:
 
     simple()  # a warm-up round (there is no per-unit or per-bucket cache to fill)
     layered_run()
-    cases = [("raw mmh3.hash(salt:unit)", raw), ("raw concat + mmh3.hash", raw_concat),
-             ("lab.assign (split)", simple), ("lab.assign (holdout+layer)", layered_run)]
+    cases = [
+        ("raw mmh3.hash(salt:unit)", raw),
+        ("raw concat + mmh3.hash", raw_concat),
+        ("lab.assign (split)", simple),
+        ("lab.assign (holdout+layer)", layered_run),
+    ]
     # Interleave the cases round by round so a noisy neighbour slows all of them alike,
     # then keep each case's best round.
     best = {name: float("inf") for name, _ in cases}
@@ -80,8 +85,10 @@ def main() -> None:
     ratio = best["lab.assign (split)"] / base
     # The best round is the least disturbed measurement of each case; the median
     # per-round ratio shows how much a noisy machine moves it.
-    print(f"lab.assign / raw hash = {ratio:.2f}x best-of-rounds (target <= 3x: {'PASS' if ratio <= 3 else 'MISS'}); "
-          f"median per-round ratio {median:.2f}x")
+    print(
+        f"lab.assign / raw hash = {ratio:.2f}x best-of-rounds (target <= 3x: {'PASS' if ratio <= 3 else 'MISS'}); "
+        f"median per-round ratio {median:.2f}x"
+    )
 
 
 if __name__ == "__main__":

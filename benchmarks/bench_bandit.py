@@ -38,8 +38,9 @@ from fieldlab._hashing import bucket
 from fieldlab.control import bandit as B
 
 
-def simulate(rates_by_period: list[tuple[float, ...]], period_units: int, seed: int, adaptive: bool,
-             draws: int) -> tuple[float, list[B.PeriodData], float, tuple[float, ...]]:
+def simulate(
+    rates_by_period: list[tuple[float, ...]], period_units: int, seed: int, adaptive: bool, draws: int
+) -> tuple[float, list[B.PeriodData], float, tuple[float, ...]]:
     """Run one experiment; returns (regret, per-period data, smallest weight published, final weights)."""
     rng = random.Random(seed)
     k = len(rates_by_period[0])
@@ -102,15 +103,18 @@ def regret_part(args: argparse.Namespace, rates: tuple[float, ...], n_periods: i
         eq.append(reg_e)
         floors.append(mw)
         best_end += max(range(len(w)), key=lambda i: w[i]) == max(range(len(rates)), key=lambda i: rates[i])
-    print(f"Part 1: regret, arms {rates}, horizon {args.horizon} units in {n_periods} periods, {args.runs} runs "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"Part 1: regret, arms {rates}, horizon {args.horizon} units in {n_periods} periods, {args.runs} runs "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
     print(f"  {'policy':<22} {'mean regret':>12} {'sd':>8}")
     print(f"  {'Thompson (floor 1 %)':<22} {statistics.mean(ts):>12.1f} {statistics.stdev(ts):>8.1f}")
     print(f"  {'equal split':<22} {statistics.mean(eq):>12.1f} {statistics.stdev(eq):>8.1f}")
-    print(f"  Thompson / equal = {statistics.mean(ts) / statistics.mean(eq):.3f}; Thompson below equal in "
-          f"{sum(a < b for a, b in zip(ts, eq))}/{args.runs} runs; smallest weight published {min(floors):.4f} "
-          f"(floor 0.01); best arm holds the largest final weight in {best_end}/{args.runs} runs")
-
+    print(
+        f"  Thompson / equal = {statistics.mean(ts) / statistics.mean(eq):.3f}; Thompson below equal in "
+        f"{sum(a < b for a, b in zip(ts, eq, strict=False))}/{args.runs} runs; smallest weight published {min(floors):.4f} "
+        f"(floor 0.01); best arm holds the largest final weight in {best_end}/{args.runs} runs"
+    )
 
 
 def simpson_part(args: argparse.Namespace) -> None:
@@ -136,16 +140,20 @@ def simpson_part(args: argparse.Namespace) -> None:
         srm_checks += len(srm)
         srm_alarms += sum(bool(x["mismatch"]) for x in srm)
     print()
-    print(f"Part 2: Simpson's paradox, baseline {bases[0]:.2f} -> {bases[-1]:.2f} over {n2} periods of {args.period}, "
-          f"true lift {args.lift:+.3f}, {args.runs} runs ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"Part 2: Simpson's paradox, baseline {bases[0]:.2f} -> {bases[-1]:.2f} over {n2} periods of {args.period}, "
+        f"true lift {args.lift:+.3f}, {args.runs} runs ({time.perf_counter() - t0:.0f} s)"
+    )
     print(f"  {'estimator':<20} {'mean':>9} {'bias':>9} {'95% CI covers':>14}")
     for m in ("stratified", "inverse_variance"):
         mean = statistics.mean(est[m])
         print(f"  {'per period, ' + m[:10]:<20} {mean:>+9.4f} {mean - args.lift:>+9.4f} {cover[m] / args.runs:>13.0%}")
     mean = statistics.mean(est["pooled"])
     print(f"  {'pooled (naive)':<20} {mean:>+9.4f} {mean - args.lift:>+9.4f} {'-':>14}")
-    print(f"  pooled estimate has the wrong sign in {flips}/{args.runs} runs; per-period SRM alarms "
-          f"{srm_alarms}/{srm_checks} period checks")
+    print(
+        f"  pooled estimate has the wrong sign in {flips}/{args.runs} runs; per-period SRM alarms "
+        f"{srm_alarms}/{srm_checks} period checks"
+    )
 
 
 if __name__ == "__main__":

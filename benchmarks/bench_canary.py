@@ -102,16 +102,20 @@ class Service:
 def draw_service(rng: random.Random, lo: float = 100.0, hi: float = 1200.0) -> Service:
     """A service whose breaking point lies in ``[lo, hi]`` ms (rejection sampling)."""
     while True:
-        svc = Service(median_ms=rng.uniform(20, 60), sigma=rng.uniform(0.25, 0.6),
-                      timeout_ms=rng.uniform(lo + 100, hi + 300))
+        svc = Service(
+            median_ms=rng.uniform(20, 60), sigma=rng.uniform(0.25, 0.6), timeout_ms=rng.uniform(lo + 100, hi + 300)
+        )
         if lo <= svc.breaking_point() <= hi:
             return svc
 
 
 def spec(**tuning: Any) -> C.CanarySpec:
     """The canary as a user would configure it (the search's defaults unless ``tuning`` overrides them)."""
-    table = {"key": "bench", "doses": {"start": 25, "factor": 2, "max": 1600},
-             "steady_state": {"error_slo": ERROR_SLO, "latency_slo": {"ms": LATENCY_MS, "percent": LATENCY_PERCENT}}}
+    table = {
+        "key": "bench",
+        "doses": {"start": 25, "factor": 2, "max": 1600},
+        "steady_state": {"error_slo": ERROR_SLO, "latency_slo": {"ms": LATENCY_MS, "percent": LATENCY_PERCENT}},
+    }
     return C.CanarySpec.from_table(table, **tuning)
 
 
@@ -137,11 +141,18 @@ def run_canary(svc: Service, sp: C.CanarySpec, seed: int, per_round: int, max_ro
             t[1] += e
             t[2] += s
         state = C.advance(sp, state, {k: C.ArmCounts(v[0], v[1], v[2]) for k, v in totals.items()})
-    return {"estimate": state.breaking_point, "requests": state.requests_spent, "bad": state.bad_spent,
-            "outcome": state.outcome, "rounds": state.round}
+    return {
+        "estimate": state.breaking_point,
+        "requests": state.requests_spent,
+        "bad": state.bad_spent,
+        "outcome": state.outcome,
+        "rounds": state.round,
+    }
 
 
-def run_ramp(svc: Service, step: float, hold: int, seed: int, max_dose: float = 1600.0, chunk: int = 100) -> dict[str, Any]:
+def run_ramp(
+    svc: Service, step: float, hold: int, seed: int, max_dose: float = 1600.0, chunk: int = 100
+) -> dict[str, Any]:
     """Kraken-style linear ramp: fixed steps, each held ``hold`` requests, stop at the first unhealthy step."""
     rng = np.random.default_rng(seed)
     ea, sa = (100 - ERROR_SLO) / 100, (100 - LATENCY_PERCENT) / 100
@@ -170,10 +181,13 @@ def run_ramp(svc: Service, step: float, hold: int, seed: int, max_dose: float = 
 
 
 def summarise(rows: list[dict[str, Any]], truths: list[float]) -> dict[str, float]:
-    ok = [r["estimate"] is not None and abs(r["estimate"] / t - 1) <= 0.10 for r, t in zip(rows, truths)]
-    return {"accuracy": sum(ok) / len(ok), "requests": float(np.mean([r["requests"] for r in rows])),
-            "requests_p90": float(np.percentile([r["requests"] for r in rows], 90)),
-            "bad": float(np.mean([r["bad"] for r in rows]))}
+    ok = [r["estimate"] is not None and abs(r["estimate"] / t - 1) <= 0.10 for r, t in zip(rows, truths, strict=False)]
+    return {
+        "accuracy": sum(ok) / len(ok),
+        "requests": float(np.mean([r["requests"] for r in rows])),
+        "requests_p90": float(np.percentile([r["requests"] for r in rows], 90)),
+        "bad": float(np.mean([r["bad"] for r in rows])),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,15 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holds", default="250,500,750,1000,2000,4000", help="ramp hold sizes to sweep")
     ap.add_argument("--set", default="", help="override canary tuning, e.g. alpha=0.1,control_share=0.1")
     ap.add_argument("--truth", default="100,1200", help="range of the true breaking points, ms")
-    ap.add_argument("--scaled", type=int, default=8,
-                    help="also run a ramp told the scale: step = truth / SCALED (0: skip)")
+    ap.add_argument(
+        "--scaled", type=int, default=8, help="also run a ramp told the scale: step = truth / SCALED (0: skip)"
+    )
     args = ap.parse_args(argv)
 
     master = random.Random(args.seed)
     t_lo, t_hi = (float(x) for x in args.truth.split(","))
     services = [draw_service(master, t_lo, t_hi) for _ in range(args.runs)]
     truths = [s.breaking_point() for s in services]
-    sp = spec(**{k: (int(v) if v.isdigit() else float(v)) for k, v in (kv.split('=') for kv in args.set.split(',') if kv)})
+    sp = spec(
+        **{k: (int(v) if v.isdigit() else float(v)) for k, v in (kv.split("=") for kv in args.set.split(",") if kv)}
+    )
     t0 = time.perf_counter()
     canary_rows = [run_canary(s, sp, args.seed * 100_003 + i, args.round) for i, s in enumerate(services)]
     t_canary = time.perf_counter() - t0
@@ -202,31 +219,47 @@ def main(argv: list[str] | None = None) -> int:
     for r in canary_rows:
         outcomes[str(r["outcome"])] = outcomes.get(str(r["outcome"]), 0) + 1
 
-    print(f"{args.runs} synthetic services, true breaking points {min(truths):.0f}-{max(truths):.0f} ms "
-          f"(median {float(np.median(truths)):.0f}); canary rounds of {args.round} requests; seed {args.seed}")
-    print(f"canary outcomes: {outcomes}; mean {np.mean([r['rounds'] for r in canary_rows]):.0f} controller rounds "
-          f"(a round offers {args.round} requests; a ramp needs requests/{args.round}); {t_canary:.1f} s of simulation")
+    print(
+        f"{args.runs} synthetic services, true breaking points {min(truths):.0f}-{max(truths):.0f} ms "
+        f"(median {float(np.median(truths)):.0f}); canary rounds of {args.round} requests; seed {args.seed}"
+    )
+    print(
+        f"canary outcomes: {outcomes}; mean {np.mean([r['rounds'] for r in canary_rows]):.0f} controller rounds "
+        f"(a round offers {args.round} requests; a ramp needs requests/{args.round}); {t_canary:.1f} s of simulation"
+    )
     print()
     print(f"{'method':<28} {'within +-10%':>12} {'requests':>10} {'p90 req':>9} {'bad (budget)':>13}")
-    print(f"{'sick canary':<28} {c['accuracy']:>11.1%} {c['requests']:>10.0f} {c['requests_p90']:>9.0f} {c['bad']:>13.1f}")
+    print(
+        f"{'sick canary':<28} {c['accuracy']:>11.1%} {c['requests']:>10.0f} {c['requests_p90']:>9.0f} {c['bad']:>13.1f}"
+    )
+
     def sweep(name: str, step_of: Any, salt: int) -> None:
         ramps = []
         for h in [int(x) for x in args.holds.split(",")]:
-            rows = [run_ramp(s, step_of(t), h, args.seed * salt + i) for i, (s, t) in enumerate(zip(services, truths))]
+            rows = [
+                run_ramp(s, step_of(t), h, args.seed * salt + i)
+                for i, (s, t) in enumerate(zip(services, truths, strict=False))
+            ]
             r = summarise(rows, truths)
             ramps.append((h, r))
-            print(f"{f'{name} x {h}':<28} {r['accuracy']:>11.1%} {r['requests']:>10.0f} "
-                  f"{r['requests_p90']:>9.0f} {r['bad']:>13.1f}")
+            print(
+                f"{f'{name} x {h}':<28} {r['accuracy']:>11.1%} {r['requests']:>10.0f} "
+                f"{r['requests_p90']:>9.0f} {r['bad']:>13.1f}"
+            )
         matched = [(h, r) for h, r in ramps if r["accuracy"] >= min(c["accuracy"], 0.95)]
         if matched:
             h, r = matched[0]
-            verdicts.append(f"{name}: smallest hold at >= {min(c['accuracy'], 0.95):.0%} accuracy is {h} "
-                            f"({r['accuracy']:.1%}): canary/ramp requests = {c['requests'] / r['requests']:.3f} "
-                            f"(target <= 0.333), bad = {c['bad'] / r['bad']:.3f} (target <= 1)")
+            verdicts.append(
+                f"{name}: smallest hold at >= {min(c['accuracy'], 0.95):.0%} accuracy is {h} "
+                f"({r['accuracy']:.1%}): canary/ramp requests = {c['requests'] / r['requests']:.3f} "
+                f"(target <= 0.333), bad = {c['bad'] / r['bad']:.3f} (target <= 1)"
+            )
         else:
             best_h, best = max(ramps, key=lambda hr: hr[1]["accuracy"])
-            verdicts.append(f"{name}: no swept hold reaches {min(c['accuracy'], 0.95):.0%} (best: hold {best_h}, "
-                            f"{best['accuracy']:.1%}, {best['requests']:.0f} requests)")
+            verdicts.append(
+                f"{name}: no swept hold reaches {min(c['accuracy'], 0.95):.0%} (best: hold {best_h}, "
+                f"{best['accuracy']:.1%}, {best['requests']:.0f} requests)"
+            )
 
     verdicts: list[str] = []
     sweep(f"ramp {args.step:g} ms", lambda t: args.step, 200_003)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import fieldlab
 from fieldlab import context
@@ -35,8 +36,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    exp = fieldlab.Experiment("slow-db", {"control": 1, "slow": 1}, traffic=4,
-                              faults={"slow": [{"point": "db.query", "latency_ms": 300}]})
+    exp = fieldlab.Experiment(
+        "slow-db", {"control": 1, "slow": 1}, traffic=4, faults={"slow": [{"point": "db.query", "latency_ms": 300}]}
+    )
     lab = fieldlab.Lab([exp], faults={"enabled": True})
     control = next(f"u{i}" for i in range(100_000) if lab.assign("slow-db", f"u{i}").variant == "control")
 
@@ -88,9 +90,13 @@ def canary_rows(n: int, r: int) -> list[tuple[str, float]]:
     weights = {"control": 0.5, "100ms": 0.5}
     doc = dict(C.CanaryState(key="inv", weights=weights, weights_version=1).to_dict())
     JsonFileStore(state_file).update(lambda cur: dataclasses.replace(cur, seq=1, canaries={"inv": doc}))
-    lab = fieldlab.Lab.from_dict({"lab": {"state": state_file}, "faults": {"enabled": True},
-                                  "canaries": [{"key": "inv", "point": "inv.reserve", "traffic": 2,
-                                                "doses": {"latency_ms": [100]}}]})
+    lab = fieldlab.Lab.from_dict(
+        {
+            "lab": {"state": state_file},
+            "faults": {"enabled": True},
+            "canaries": [{"key": "inv", "point": "inv.reserve", "traffic": 2, "doses": {"latency_ms": [100]}}],
+        }
+    )
     table = C.weight_table(weights)
     outside = next(f"{i:032x}" for i in range(1, 10_000) if C.choose_arm("inv", f"{i:032x}", table, 2) is None)
     in_control = next(f"{i:032x}" for i in range(1, 100_000) if C.choose_arm("inv", f"{i:032x}", table, 2) == "control")
@@ -105,9 +111,11 @@ def canary_rows(n: int, r: int) -> list[tuple[str, float]]:
 
     rows = []
     try:
-        for name, tid, fn in (("canary lab, in a request, point without canary", outside, elsewhere),
-                              ("canary point, request outside the canary", outside, reserve),
-                              ("canary point, request in the canary's control", in_control, reserve)):
+        for name, tid, fn in (
+            ("canary lab, in a request, point without canary", outside, elsewhere),
+            ("canary point, request outside the canary", outside, reserve),
+            ("canary point, request in the canary's control", in_control, reserve),
+        ):
             ctx = context.start(lab, {}, trace_id=tid)
             token = context.bind(ctx)
             try:

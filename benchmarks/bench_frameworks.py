@@ -63,6 +63,7 @@ def _lab() -> Any:
     measures the steady state instead of the warm-up.
     """
     from fieldlab import Experiment, Lab
+
     lab = Lab([Experiment(f"exp-{i}", {"control": 1, "treatment": 1}) for i in range(EXPERIMENTS)])
     for i in range(1, USERS + 1):
         lab.assign_all({"user": f"user-{i}"})
@@ -91,17 +92,21 @@ def make_app(framework: str, mode: str) -> Any:
     _otel()
     with_fieldlab = mode == "otel+fieldlab"
     import fieldlab
+
     if framework == "flask":
         from flask import Flask
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
         app = Flask("bench")
 
         @app.get("/")
         def hello() -> str:
             return f"hello {fieldlab.variant('exp-0', 'none')}"
+
         FlaskInstrumentor().instrument_app(app)
         if with_fieldlab:
             from fieldlab.adapters.flask import FieldLab
+
             FieldLab(app, lab=_lab(), units=UNITS)
         return app
     if framework == "django":
@@ -112,15 +117,25 @@ def make_app(framework: str, mode: str) -> Any:
 
         def hello_view(request: Any) -> HttpResponse:
             return HttpResponse(f"hello {fieldlab.variant('exp-0', 'none')}")
+
         sys.modules[__name__].urlpatterns = [path("", hello_view)]  # type: ignore[attr-defined]
-        settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
-                           INSTALLED_APPS=[], DATABASES={}, USE_TZ=True,
-                           MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"] if with_fieldlab else [],
-                           FIELDLAB={"lab": _lab(), "units": UNITS})
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="bench",
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=__name__,
+            INSTALLED_APPS=[],
+            DATABASES={},
+            USE_TZ=True,
+            MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"] if with_fieldlab else [],
+            FIELDLAB={"lab": _lab(), "units": UNITS},
+        )
         django.setup()
         from opentelemetry.instrumentation.django import DjangoInstrumentor
+
         DjangoInstrumentor().instrument()
         from django.core.wsgi import get_wsgi_application
+
         return get_wsgi_application()
     if framework == "starlette":
         from opentelemetry.instrumentation.starlette import StarletteInstrumentor
@@ -130,9 +145,11 @@ def make_app(framework: str, mode: str) -> Any:
 
         async def hello_async(request: Any) -> PlainTextResponse:
             return PlainTextResponse(f"hello {fieldlab.variant('exp-0', 'none')}")
+
         sapp = Starlette(routes=[Route("/", hello_async)])
         if with_fieldlab:
             from fieldlab.adapters.starlette import FieldLabMiddleware
+
             sapp.add_middleware(FieldLabMiddleware, lab=_lab(), units=UNITS)
         StarletteInstrumentor.instrument_app(sapp)
         return sapp
@@ -140,13 +157,16 @@ def make_app(framework: str, mode: str) -> Any:
         from fastapi import FastAPI
         from fastapi.responses import PlainTextResponse as FastText
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
         fapp = FastAPI()
 
         @fapp.get("/", response_class=FastText)
         async def hello_fast() -> str:
             return f"hello {fieldlab.variant('exp-0', 'none')}"
+
         if with_fieldlab:
             from fieldlab.adapters.fastapi import FieldLabMiddleware as FastMiddleware
+
             fapp.add_middleware(FastMiddleware, lab=_lab(), units=UNITS)
         FastAPIInstrumentor.instrument_app(fapp)
         return fapp
@@ -172,19 +192,58 @@ class Server:
         # so a2/a measures the machine, not a lucky or unlucky seed.
         env = {**os.environ, "BENCH_APP": framework, "BENCH_MODE": mode, "PYTHONHASHSEED": "0"}
         if framework in ("flask", "django"):
-            cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "8", "--keep-alive", "30",
-                   "-b", f"127.0.0.1:{self.port}", "--chdir", str(HERE), "--log-level", "warning", "bench_frameworks:app"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gthread",
+                "-w",
+                "1",
+                "--threads",
+                "8",
+                "--keep-alive",
+                "30",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--chdir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "bench_frameworks:app",
+            ]
         else:
-            cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(HERE),
-                   "--log-level", "warning", "--no-access-log", "bench_frameworks:app"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=_pin(SERVER_CPUS))
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--app-dir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "bench_frameworks:app",
+            ]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_pin(SERVER_CPUS),
+        )
 
     def wait(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"{self.framework}/{self.mode} server died: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise SystemExit(
+                    f"{self.framework}/{self.mode} server died: {self.proc.stderr.read().decode()[-2000:]}"
+                )  # type: ignore[union-attr]
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 c.request("GET", "/", headers={"X-User-Id": "warmup"})
@@ -271,15 +330,24 @@ def _wrk_requests(out: str) -> int:
 
 def load_wrk(port: int, seconds: float, connections: int, lua: str) -> int:
     """Completed requests of one wrk run."""
-    out = subprocess.run(_wrk_command(port, seconds, connections, lua), capture_output=True, text=True, check=True,
-                         preexec_fn=_pin(CLIENT_CPUS)).stdout
+    out = subprocess.run(
+        _wrk_command(port, seconds, connections, lua),
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_pin(CLIENT_CPUS),
+    ).stdout
     return _wrk_requests(out)
 
 
 def load_wrk_together(ports: list[int], seconds: float, connections: int, lua: str) -> list[int]:
     """One wrk per port, all at once: the servers share the same moment of machine load."""
-    procs = [subprocess.Popen(_wrk_command(p, seconds, connections, lua), stdout=subprocess.PIPE, text=True,
-                              preexec_fn=_pin(CLIENT_CPUS)) for p in ports]
+    procs = [
+        subprocess.Popen(
+            _wrk_command(p, seconds, connections, lua), stdout=subprocess.PIPE, text=True, preexec_fn=_pin(CLIENT_CPUS)
+        )
+        for p in ports
+    ]
     return [_wrk_requests(proc.communicate()[0]) for proc in procs]
 
 
@@ -288,6 +356,7 @@ def load_python_together(ports: list[int], seconds: float, connections: int) -> 
 
     def run(i: int) -> None:
         results[i] = load_python(ports[i], seconds, connections)
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ports))]
     for t in threads:
         t.start()
@@ -314,6 +383,7 @@ def load_python(port: int, seconds: float, connections: int) -> int:
             except (OSError, http.client.HTTPException):
                 conn.close()
             n += 1
+
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
     for t in threads:
         t.start()
@@ -332,8 +402,11 @@ def main() -> int:
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--experiments", type=int, default=EXPERIMENTS, help="running experiments in (b) (default 10)")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
-    p.add_argument("--together", action="store_true",
-                   help="load a, b and a2 at the same time (default: one after the other, interleaved, order alternating)")
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="load a, b and a2 at the same time (default: one after the other, interleaved, order alternating)",
+    )
     args = p.parse_args()
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     os.environ["BENCH_EXPERIMENTS"] = str(args.experiments)  # the servers read it
@@ -359,9 +432,12 @@ def main() -> int:
     try:
         for s in servers.values():
             s.wait()
-        print(f"load generator: {'wrk' if use_wrk else 'python keep-alive threads'}, {args.connections} connections, "
-              f"{args.seconds:g} s x {args.rounds} rounds, {'a, b and a2 loaded at the same time' if args.together else 'interleaved one after the other'}; "
-              f"{EXPERIMENTS} running experiments, {USERS} users", file=sys.stderr)
+        print(
+            f"load generator: {'wrk' if use_wrk else 'python keep-alive threads'}, {args.connections} connections, "
+            f"{args.seconds:g} s x {args.rounds} rounds, {'a, b and a2 loaded at the same time' if args.together else 'interleaved one after the other'}; "
+            f"{EXPERIMENTS} running experiments, {USERS} users",
+            file=sys.stderr,
+        )
         for r in range(args.rounds):
             for f in frameworks:
                 pair = [servers[(f, m)] for m in MODES]  # a, b and the control a2
@@ -373,10 +449,13 @@ def main() -> int:
                             load_python(srv.port, args.warmup, 1)
                 if not args.together:
                     counts, elapsed_each, cpu_each = [], [], []
-                    for srv in (pair if r % 2 == 0 else pair[::-1]):
+                    for srv in pair if r % 2 == 0 else pair[::-1]:
                         cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
-                        n = (load_wrk(srv.port, args.seconds, args.connections, lua) if use_wrk  # type: ignore[arg-type]
-                             else load_python(srv.port, args.seconds, args.connections))
+                        n = (
+                            load_wrk(srv.port, args.seconds, args.connections, lua)
+                            if use_wrk  # type: ignore[arg-type]
+                            else load_python(srv.port, args.seconds, args.connections)
+                        )
                         counts.append(n)
                         elapsed_each.append(time.monotonic() - t0)
                         cpu_each.append(cpu_seconds(srv.proc.pid) - cpu0)
@@ -386,18 +465,23 @@ def main() -> int:
                     cpu0 = [cpu_seconds(srv.proc.pid) for srv in pair]
                     t0 = time.monotonic()
                     ports = [srv.port for srv in pair]
-                    counts = (load_wrk_together(ports, args.seconds, args.connections, lua) if use_wrk  # type: ignore[arg-type]
-                              else load_python_together(ports, args.seconds, args.connections))
+                    counts = (
+                        load_wrk_together(ports, args.seconds, args.connections, lua)
+                        if use_wrk  # type: ignore[arg-type]
+                        else load_python_together(ports, args.seconds, args.connections)
+                    )
                     elapsed = time.monotonic() - t0
                     elapsed_each = [elapsed] * len(pair)
-                    cpu_each = [cpu_seconds(srv.proc.pid) - c for srv, c in zip(pair, cpu0)]
-                rates = [n / cpu if cpu > 0 else float("nan") for n, cpu in zip(counts, cpu_each)]
-                for m, n, el, cpu, rate in zip(MODES, counts, elapsed_each, cpu_each, rates):
+                    cpu_each = [cpu_seconds(srv.proc.pid) - c for srv, c in zip(pair, cpu0, strict=False)]
+                rates = [n / cpu if cpu > 0 else float("nan") for n, cpu in zip(counts, cpu_each, strict=False)]
+                for m, n, el, cpu, rate in zip(MODES, counts, elapsed_each, cpu_each, rates, strict=False):
                     wall[(f, m)].append(n / el)
                     per_cpu[(f, m)].append(rate)
                     paired[(f, m)].append(rate / rates[0])
-                    print(f"  round {r + 1}: {f:<10} {m:<14} {n / el:8.0f} req/s  {n / max(cpu, 1e-9):8.0f} req/CPU-s",
-                          file=sys.stderr)
+                    print(
+                        f"  round {r + 1}: {f:<10} {m:<14} {n / el:8.0f} req/s  {n / max(cpu, 1e-9):8.0f} req/CPU-s",
+                        file=sys.stderr,
+                    )
     finally:
         for s in servers.values():
             s.stop()
@@ -405,8 +489,10 @@ def main() -> int:
             if path:
                 os.unlink(path)
     print(f"\n{'':<20} {'requests per second (wall)':^27}   {'requests per CPU-second':^45}")
-    print(f"{'framework':<10} {'server':<9} {'(a) otel':>9} {'(b) +fl':>8} {'b/a':>6}   "
-          f"{'(a) otel':>9} {'(b) +fl':>8} {'b/a':>6} {'quartiles':>11} {'a2/a':>6}")
+    print(
+        f"{'framework':<10} {'server':<9} {'(a) otel':>9} {'(b) +fl':>8} {'b/a':>6}   "
+        f"{'(a) otel':>9} {'(b) +fl':>8} {'b/a':>6} {'quartiles':>11} {'a2/a':>6}"
+    )
     print("-" * 100)
     worst = 1.0
     for f in frameworks:
@@ -418,12 +504,16 @@ def main() -> int:
         a2a = statistics.median(paired[(f, "otel-control")])
         worst = min(worst, ba)
         server = "gunicorn" if f in ("flask", "django") else "uvicorn"
-        print(f"{f:<10} {server:<9} {a:>9.0f} {b:>8.0f} {b / a:>6.3f}   "
-              f"{ca:>9.0f} {cb:>8.0f} {ba:>6.3f} {q[0]:>5.3f}-{q[2]:<5.3f} {a2a:>6.3f}")
-    print(f"\nworst b/a (per CPU-second): {worst:.3f} (target >= 0.95). b/a and a2/a are medians of per-round "
-          "ratios\n(a, b and a2 measured back to back, order alternating); a2 is a second, identical OTel-only "
-          "server,\nso a2/a is what this machine's noise alone does to the ratio. "
-          f"Servers pinned to CPUs {sorted(SERVER_CPUS) or 'any'}, load generator to {sorted(CLIENT_CPUS) or 'any'}.")
+        print(
+            f"{f:<10} {server:<9} {a:>9.0f} {b:>8.0f} {b / a:>6.3f}   "
+            f"{ca:>9.0f} {cb:>8.0f} {ba:>6.3f} {q[0]:>5.3f}-{q[2]:<5.3f} {a2a:>6.3f}"
+        )
+    print(
+        f"\nworst b/a (per CPU-second): {worst:.3f} (target >= 0.95). b/a and a2/a are medians of per-round "
+        "ratios\n(a, b and a2 measured back to back, order alternating); a2 is a second, identical OTel-only "
+        "server,\nso a2/a is what this machine's noise alone does to the ratio. "
+        f"Servers pinned to CPUs {sorted(SERVER_CPUS) or 'any'}, load generator to {sorted(CLIENT_CPUS) or 'any'}."
+    )
     return 0
 
 

@@ -77,7 +77,7 @@ from typing import Any
 
 FRAMEWORKS = ("flask", "starlette")
 ARMS = ("otel", "fieldlab", "floor", "openfeature", "growthbook")
-LETTERS = dict(zip(ARMS, "abcde"))
+LETTERS = dict(zip(ARMS, "abcde", strict=False))
 KINDS = ("returning", "new")
 READS = ("exp-0", "exp-1", "exp-2")
 RETURNING = [f"user-{i}" for i in range(1, 21)]
@@ -86,6 +86,7 @@ GROWTH_EXPERIMENTS = 40
 EVENT = "feature_flag.evaluation"
 #: Exit status of a counting child whose callgrind_control call failed: counted again, instrumented from the start.
 INSTR_FAILED = 3
+
 
 # ----------------------------------------------------------------------------- the request sequence
 def user_ids(kind: str, n: int) -> list[str]:
@@ -129,9 +130,15 @@ def _keys(experiments: int) -> list[str]:
 
 def _lab(experiments: int) -> Any:
     from fieldlab import Lab
-    return Lab.from_dict({"experiments": [
-        {"key": key, "unit": "user", "traffic": 100, "variants": [{"name": "control"}, {"name": "treatment"}]}
-        for key in _keys(experiments)]})
+
+    return Lab.from_dict(
+        {
+            "experiments": [
+                {"key": key, "unit": "user", "traffic": 100, "variants": [{"name": "control"}, {"name": "treatment"}]}
+                for key in _keys(experiments)
+            ]
+        }
+    )
 
 
 class Arm:
@@ -149,6 +156,7 @@ class FloorArm(Arm):
 
     def __init__(self, table_file: str) -> None:
         from opentelemetry import trace
+
         self.table = json.loads(Path(table_file).read_text())
         get_span = trace.get_current_span
 
@@ -157,6 +165,7 @@ class FloorArm(Arm):
             span = get_span()
             span.set_attributes(rec["start"])
             return _STATE.set((span, rec["reads"]))
+
         self.begin = begin
         self.end = _STATE.reset
 
@@ -186,13 +195,22 @@ class OpenFeatureArm(Arm):
             prefix = key + ":"
 
             def split(flag: Any, ctx: Any) -> Any:
-                variant = "control" if mmh3.hash(prefix + (ctx.targeting_key or ""), 0, signed=False) % 10000 < 5000 \
+                variant = (
+                    "control"
+                    if mmh3.hash(prefix + (ctx.targeting_key or ""), 0, signed=False) % 10000 < 5000
                     else "treatment"
+                )
                 return FlagResolutionDetails(value=flag.variants[variant], variant=variant, reason=Reason.SPLIT)
+
             return split
+
         keys = _keys(experiments)
-        flags = {key: InMemoryFlag("control", {"control": "control", "treatment": "treatment"},
-                                   context_evaluator=splitter(key)) for key in keys}
+        flags = {
+            key: InMemoryFlag(
+                "control", {"control": "control", "treatment": "treatment"}, context_evaluator=splitter(key)
+            )
+            for key in keys
+        }
         api.set_provider_and_wait(InMemoryProvider(flags))
         api.add_hooks([TracingHook()])
         client = api.get_client()
@@ -201,6 +219,7 @@ class OpenFeatureArm(Arm):
         def begin(uid: str | None) -> Any:
             ctx = EvaluationContext(targeting_key=uid)
             return _STATE.set({key: evaluate(key, "control", ctx) for key in keys})
+
         self.begin = begin
         self.end = _STATE.reset
 
@@ -214,17 +233,35 @@ class GrowthBookArm(Arm):
     def __init__(self, experiments: int) -> None:
         from growthbook import GrowthBook
         from opentelemetry import trace
+
         keys = _keys(experiments)
-        features = {key: {"defaultValue": "control", "rules": [
-            {"key": key, "variations": ["control", "treatment"], "weights": [0.5, 0.5], "coverage": 1.0,
-             "hashAttribute": "id"}]} for key in keys}
+        features = {
+            key: {
+                "defaultValue": "control",
+                "rules": [
+                    {
+                        "key": key,
+                        "variations": ["control", "treatment"],
+                        "weights": [0.5, 0.5],
+                        "coverage": 1.0,
+                        "hashAttribute": "id",
+                    }
+                ],
+            }
+            for key in keys
+        }
         get_span = trace.get_current_span
 
         def viewed(experiment: Any, result: Any, user_context: Any = None) -> None:
-            get_span().add_event(EVENT, {"feature_flag.key": experiment.key,
-                                         "feature_flag.result.variant": str(result.value),
-                                         "feature_flag.context.id": str(result.hashValue),
-                                         "feature_flag.provider.name": "growthbook"})
+            get_span().add_event(
+                EVENT,
+                {
+                    "feature_flag.key": experiment.key,
+                    "feature_flag.result.variant": str(result.value),
+                    "feature_flag.context.id": str(result.hashValue),
+                    "feature_flag.provider.name": "growthbook",
+                },
+            )
 
         def begin(uid: str | None) -> Any:
             gb = GrowthBook(attributes={"id": uid}, features=features, on_experiment_viewed=viewed)
@@ -234,6 +271,7 @@ class GrowthBookArm(Arm):
             gb, state = token
             _STATE.reset(state)
             gb.destroy()
+
         self.begin = begin
         self.end = end
 
@@ -264,19 +302,23 @@ def make_app(framework: str, arm: str, experiments: int, table: str | None, expo
 
         def read_fieldlab(key: str) -> Any:
             return fieldlab.variant(key, default="control")
+
         read = read_fieldlab
     units = {"user": "header:X-User-Id"}
     if framework == "flask":
         import flask
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
         app = flask.Flask("bench")
 
         @app.get("/")
         def hello() -> str:
             return f"hello {read(READS[0])} {read(READS[1])} {read(READS[2])}"
+
         FlaskInstrumentor().instrument_app(app)
         if arm == "fieldlab":
             from fieldlab.adapters.flask import FieldLab
+
             FieldLab(app, lab=_lab(experiments), units=units)
         elif hooks.begin is not None:
             begin, end = hooks.begin, hooks.end
@@ -286,6 +328,7 @@ def make_app(framework: str, arm: str, experiments: int, table: str | None, expo
 
             def teardown(exc: BaseException | None) -> None:
                 end(flask.g.bench_token)  # type: ignore[misc]
+
             app.before_request(before)
             app.teardown_request(teardown)
         return app
@@ -297,9 +340,11 @@ def make_app(framework: str, arm: str, experiments: int, table: str | None, expo
 
         async def hello_async(request: Any) -> PlainTextResponse:
             return PlainTextResponse(f"hello {read(READS[0])} {read(READS[1])} {read(READS[2])}")
+
         sapp = Starlette(routes=[Route("/", hello_async)])
         if arm == "fieldlab":
             from fieldlab.adapters.starlette import FieldLabMiddleware
+
             sapp.add_middleware(FieldLabMiddleware, lab=_lab(experiments), units=units)  # type: ignore[arg-type, unused-ignore]
         elif hooks.begin is not None:
             sapp.add_middleware(_asgi_middleware(hooks))
@@ -330,17 +375,30 @@ def _asgi_middleware(hooks: Arm) -> Any:
                 await self.app(scope, receive, send)
             finally:
                 end(token)  # type: ignore[misc]
+
     return Middleware
 
 
 def driver(framework: str, app: Any) -> Callable[[list[str]], None]:
     """A function sending one GET / per user id in the list, in process."""
     if framework == "flask":
-        base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SCRIPT_NAME": "", "QUERY_STRING": "",
-                "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-                "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8000", "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": True,
-                "wsgi.multiprocess": False, "wsgi.run_once": False}
+        base = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8000",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> None:
             if not status.startswith("200"):
@@ -357,6 +415,7 @@ def driver(framework: str, app: Any) -> Callable[[list[str]], None]:
                 close = getattr(body, "close", None)
                 if close is not None:
                     close()
+
         return run
 
     loop = asyncio.new_event_loop()
@@ -370,14 +429,25 @@ def driver(framework: str, app: Any) -> Callable[[list[str]], None]:
 
     async def batch(users: list[str]) -> None:
         for uid in users:
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                     "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
-                     "headers": [(b"host", b"127.0.0.1:8000"), (b"x-user-id", uid.encode())],
-                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/",
+                "raw_path": b"/",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"127.0.0.1:8000"), (b"x-user-id", uid.encode())],
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8000),
+            }
             await app(scope, receive, send)
 
     def run_async(users: list[str]) -> None:
         loop.run_until_complete(batch(users))
+
     return run_async
 
 
@@ -392,8 +462,9 @@ def count_child(framework: str, arm: str, kind: str, n: int, experiments: int, t
     if os.environ.get("BENCH_INSTR_ON"):
         # Started with --instr-atstart=no: start-up and warm-up ran uninstrumented (about 5x faster);
         # switch instrumentation on now. The count is the same either way: only sys.call_tracing is collected.
-        done = subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=False,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["callgrind_control", "--instr=on", str(os.getpid())], check=False, capture_output=True, text=True
+        )
         if done.returncode != 0:
             print(f"callgrind_control failed: {done.stdout}{done.stderr}", file=sys.stderr)
             sys.exit(INSTR_FAILED)
@@ -406,6 +477,7 @@ def spans_child(framework: str, arm: str, kind: str, n: int, experiments: int, t
         InMemorySpanExporter,
     )
     from opentelemetry.trace import SpanKind
+
     exporter = InMemorySpanExporter()
     run = driver(framework, make_app(framework, arm, experiments, table, exporter))
     users = user_ids(kind, n)
@@ -413,10 +485,14 @@ def spans_child(framework: str, arm: str, kind: str, n: int, experiments: int, t
     servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
     if len(servers) != len(users):
         raise SystemExit(f"{framework}/{arm}: {len(servers)} server spans for {len(users)} requests")
-    out = [{"user": uid,
+    out = [
+        {
+            "user": uid,
             "attributes": {k: v for k, v in (s.attributes or {}).items() if k.startswith("fieldlab.")},
-            "events": [[e.name, dict(e.attributes or {})] for e in s.events]}
-           for uid, s in zip(users, servers)]
+            "events": [[e.name, dict(e.attributes or {})] for e in s.events],
+        }
+        for uid, s in zip(users, servers, strict=False)
+    ]
     json.dump(out, sys.stdout)
 
 
@@ -425,8 +501,7 @@ def _spans(framework: str, arm: str, kind: str, n: int, experiments: int, table:
     cmd = [sys.executable, __file__, "--spans", framework, arm, kind, str(n), str(experiments)]
     if table:
         cmd.append(table)
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONHASHSEED": "0"})
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     if done.returncode != 0:
         raise SystemExit(f"{framework}/{arm}/{kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
@@ -442,7 +517,7 @@ def floor_table(framework: str, kind: str, n: int, experiments: int, path: Path)
         if len(events) != len(READS):
             raise SystemExit(f"{framework}/fieldlab: {len(events)} {EVENT} events for {len(READS)} reads")
         reads = {}
-        for key, event in zip(READS, events):
+        for key, event in zip(READS, events, strict=False):
             exposed = [name for name in attrs if name.startswith("fieldlab.exposed.") and name.endswith("." + key)]
             if len(exposed) != 1 or event.get("feature_flag.key") != key:
                 raise SystemExit(f"{framework}/fieldlab: cannot tell the exposure of {key} from {attrs} {event}")
@@ -451,7 +526,7 @@ def floor_table(framework: str, kind: str, n: int, experiments: int, path: Path)
         table[req["user"]] = {"start": start, "reads": reads}
     path.write_text(json.dumps(table))
     replayed = _spans(framework, "floor", kind, n, experiments, str(path))
-    for b, c in zip(recorded, replayed):
+    for b, c in zip(recorded, replayed, strict=False):
         if b != c:
             raise SystemExit(f"{framework}: the floor wrote {c}\nbut fieldlab wrote {b}")
 
@@ -464,8 +539,9 @@ def check_peer(framework: str, arm: str, kind: str, experiments: int) -> None:
             raise SystemExit(f"{framework}/{arm}: expected one {EVENT} event per flag, got {req['events']}")
 
 
-def count(jobs: list[tuple[str, str, str, int]], n: int, tables: dict[tuple[str, str, int], Path],
-          parallel: int, tmp: Path) -> dict[tuple[str, str, str, int], float]:
+def count(
+    jobs: list[tuple[str, str, str, int]], n: int, tables: dict[tuple[str, str, int], Path], parallel: int, tmp: Path
+) -> dict[tuple[str, str, str, int], float]:
     """Instructions per counted request of each (framework, arm, kind, experiments), under callgrind."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     counts: dict[tuple[str, str, str, int], float] = {}
@@ -479,15 +555,28 @@ def count(jobs: list[tuple[str, str, str, int]], n: int, tables: dict[tuple[str,
             name = f"{framework}-{arm}-{kind}-{experiments}"
             log = tmp / f"{name}.log"
             late = job not in from_start
-            cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--toggle-collect=sys_call_tracing",
-                   *(["--instr-atstart=no"] if late else []),
-                   f"--callgrind-out-file={tmp / (name + '.out')}", sys.executable, __file__,
-                   "--count", framework, arm, kind, str(n), str(experiments)]
+            cmd = [
+                "valgrind",
+                "--tool=callgrind",
+                "--cache-sim=no",
+                "--toggle-collect=sys_call_tracing",
+                *(["--instr-atstart=no"] if late else []),
+                f"--callgrind-out-file={tmp / (name + '.out')}",
+                sys.executable,
+                __file__,
+                "--count",
+                framework,
+                arm,
+                kind,
+                str(n),
+                str(experiments),
+            ]
             if arm == "floor":
                 cmd.append(str(tables[(framework, kind, experiments)]))
             with log.open("w") as err:
-                proc = subprocess.Popen(cmd, env={**env, "BENCH_INSTR_ON": "1" if late else ""},
-                                        stdout=subprocess.DEVNULL, stderr=err)
+                proc = subprocess.Popen(
+                    cmd, env={**env, "BENCH_INSTR_ON": "1" if late else ""}, stdout=subprocess.DEVNULL, stderr=err
+                )
             running.append((job, log, proc, time.monotonic()))
         time.sleep(0.2)
         for item in list(running):
@@ -496,8 +585,11 @@ def count(jobs: list[tuple[str, str, str, int]], n: int, tables: dict[tuple[str,
                 continue
             running.remove(item)
             if proc.returncode == INSTR_FAILED and job not in from_start:
-                print(f"  {'/'.join(map(str, job))}: callgrind_control failed, counting again instrumented from "
-                      "the start (slower)", file=sys.stderr)
+                print(
+                    f"  {'/'.join(map(str, job))}: callgrind_control failed, counting again instrumented from "
+                    "the start (slower)",
+                    file=sys.stderr,
+                )
                 from_start.add(job)
                 pending.append(job)
                 continue
@@ -505,37 +597,52 @@ def count(jobs: list[tuple[str, str, str, int]], n: int, tables: dict[tuple[str,
             if proc.returncode != 0 or not found:
                 raise SystemExit(f"{'/'.join(map(str, job))} failed under valgrind:\n{log.read_text()[-3000:]}")
             counts[job] = int(found.group(1)) / n
-            print(f"  {job[0]}/{job[1]}/{job[2]}/{job[3]} experiments: {counts[job]:,.0f} instructions per request"
-                  f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+            print(
+                f"  {job[0]}/{job[1]}/{job[2]}/{job[3]} experiments: {counts[job]:,.0f} instructions per request"
+                f" ({time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+            )
     return counts
 
 
-def report(counts: dict[tuple[str, str, str, int], float], frameworks: list[str], n: int,
-           experiments: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"requests": n, "experiments": experiments, "reads": len(READS),
-                               "growth_experiments": GROWTH_EXPERIMENTS, "frameworks": {}}
+def report(
+    counts: dict[tuple[str, str, str, int], float], frameworks: list[str], n: int, experiments: int
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "requests": n,
+        "experiments": experiments,
+        "reads": len(READS),
+        "growth_experiments": GROWTH_EXPERIMENTS,
+        "frameworks": {},
+    }
     for f in frameworks:
         per_kind: dict[str, Any] = {}
         for kind in KINDS:
             instr = {arm: counts[(f, arm, kind, experiments)] for arm in ARMS}
             added = {arm: instr[arm] - instr["otel"] for arm in ARMS[1:]}
             b = added["fieldlab"]
-            ratios = {"fieldlab/floor": b / added["floor"] if added["floor"] else None,
-                      "fieldlab/openfeature": b / added["openfeature"] if added["openfeature"] else None,
-                      "fieldlab/growthbook": b / added["growthbook"] if added["growthbook"] else None}
+            ratios = {
+                "fieldlab/floor": b / added["floor"] if added["floor"] else None,
+                "fieldlab/openfeature": b / added["openfeature"] if added["openfeature"] else None,
+                "fieldlab/growthbook": b / added["growthbook"] if added["growthbook"] else None,
+            }
             per_kind[kind] = {"instructions": instr, "added": added, "ratios": ratios}
         per_kind["growth_per_experiment_new_users"] = {
             arm: (counts[(f, arm, "new", GROWTH_EXPERIMENTS)] - counts[(f, arm, "new", experiments)])
-            / (GROWTH_EXPERIMENTS - experiments) for arm in ("fieldlab", "floor")}
+            / (GROWTH_EXPERIMENTS - experiments)
+            for arm in ("fieldlab", "floor")
+        }
         results["frameworks"][f] = per_kind
     return results
 
 
 def print_table(results: dict[str, Any]) -> None:
     k = 1000.0
-    print(f"\nInstructions per request under callgrind ({results['requests']} counted requests per process, "
-          f"{results['experiments']} running experiments, {results['reads']} read per request), in thousands")
-    head = (f"{'framework':<10} {'users':<10}" + "".join(f" {LETTERS[a] + ') ' + a:>14}" for a in ARMS))
+    print(
+        f"\nInstructions per request under callgrind ({results['requests']} counted requests per process, "
+        f"{results['experiments']} running experiments, {results['reads']} read per request), in thousands"
+    )
+    head = f"{'framework':<10} {'users':<10}" + "".join(f" {LETTERS[a] + ') ' + a:>14}" for a in ARMS)
     print(head)
     print("-" * len(head))
     for f, per_kind in results["frameworks"].items():
@@ -549,12 +656,16 @@ def print_table(results: dict[str, Any]) -> None:
     for f, per_kind in results["frameworks"].items():
         for kind in KINDS:
             r = per_kind[kind]["ratios"]
-            cells = "".join(f" {v:>11.3f}" if v is not None else f" {'-':>11}" for v in
-                            (r["fieldlab/floor"], r["fieldlab/openfeature"], r["fieldlab/growthbook"]))
+            cells = "".join(
+                f" {v:>11.3f}" if v is not None else f" {'-':>11}"
+                for v in (r["fieldlab/floor"], r["fieldlab/openfeature"], r["fieldlab/growthbook"])
+            )
             print(f"{f:<10} {kind:<10}{cells}")
-    print(f"\nGrowth per extra running experiment, new users: (x at {results['growth_experiments']} - x at "
-          f"{results['experiments']}) / {results['growth_experiments'] - results['experiments']} "
-          f"instructions; target for fieldlab (b) <= 2,000; the floor (c) for comparison")
+    print(
+        f"\nGrowth per extra running experiment, new users: (x at {results['growth_experiments']} - x at "
+        f"{results['experiments']}) / {results['growth_experiments'] - results['experiments']} "
+        f"instructions; target for fieldlab (b) <= 2,000; the floor (c) for comparison"
+    )
     for f, per_kind in results["frameworks"].items():
         g = per_kind["growth_per_experiment_new_users"]
         print(f"  {f:<10} b) fieldlab {g['fieldlab']:>8,.0f}    c) floor {g['floor']:>8,.0f}")

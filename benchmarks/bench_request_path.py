@@ -53,14 +53,27 @@ def _driver(framework: str, mode: str) -> Any:
     """A function running ``n`` requests against the app of ``framework``/``mode``."""
     sys.path.insert(0, str(HERE))
     import bench_frameworks as bf
+
     users = bf.USERS
     app = bf.make_app(framework, mode)
     if framework not in ASGI:
-        base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SCRIPT_NAME": "", "QUERY_STRING": "",
-                "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-                "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8000", "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": True,
-                "wsgi.multiprocess": False, "wsgi.run_once": False}
+        base = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8000",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> None:
             if not status.startswith("200"):
@@ -77,6 +90,7 @@ def _driver(framework: str, mode: str) -> Any:
                 close = getattr(body, "close", None)
                 if close is not None:
                     close()
+
         return run
 
     loop = asyncio.new_event_loop()
@@ -90,15 +104,25 @@ def _driver(framework: str, mode: str) -> Any:
 
     async def batch(n: int, offset: int) -> None:
         for i in range(n):
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                     "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
-                     "headers": [(b"host", b"127.0.0.1:8000"),
-                                 (b"x-user-id", f"user-{(offset + i) % users + 1}".encode())],
-                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/",
+                "raw_path": b"/",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"127.0.0.1:8000"), (b"x-user-id", f"user-{(offset + i) % users + 1}".encode())],
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8000),
+            }
             await app(scope, receive, send)
 
     def run_async(n: int, offset: int) -> None:
         loop.run_until_complete(batch(n, offset))
+
     return run_async
 
 
@@ -108,9 +132,11 @@ def child(framework: str, mode: str) -> None:
     run(bench_users(), 0)  # warm-up: every user once, like a server that has been up a while
     if os.environ.get("BENCH_GC_DISABLE"):
         import gc
+
         gc.disable()
     if os.environ.get("BENCH_GC_FREEZE"):
         import gc
+
         gc.collect()
         gc.freeze()
     print("ready", flush=True)
@@ -126,6 +152,7 @@ def count_child(framework: str, mode: str, n: int) -> None:
     run = _driver(framework, mode)
     run(bench_users(), 0)
     import gc
+
     gc.collect()
     sys.call_tracing(run, (n, 0))
 
@@ -135,23 +162,40 @@ def instructions(frameworks: list[str], n: int) -> int:
     import re
     import shutil
     import tempfile
+
     if shutil.which("valgrind") is None:
         print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OTEL_BSP_SCHEDULE_DELAY": "100000000",
-           "OTEL_BSP_MAX_QUEUE_SIZE": "1000000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000"}
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "OTEL_BSP_SCHEDULE_DELAY": "100000000",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "1000000",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1000000",
+    }
     jobs = [(f, m) for f in frameworks for m in MODES[:2]]
     counts: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(0, len(jobs), 2):
             running = []
-            for f, m in jobs[i:i + 2]:
+            for f, m in jobs[i : i + 2]:
                 log = Path(tmp) / f"{f}-{m}.log"
-                cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--toggle-collect=sys_call_tracing",
-                       f"--callgrind-out-file={Path(tmp) / f'{f}-{m}.out'}", sys.executable, __file__,
-                       "--count", f, m, str(n)]
-                running.append(((f, m), log, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                                               stderr=log.open("w"))))
+                cmd = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--cache-sim=no",
+                    "--toggle-collect=sys_call_tracing",
+                    f"--callgrind-out-file={Path(tmp) / f'{f}-{m}.out'}",
+                    sys.executable,
+                    __file__,
+                    "--count",
+                    f,
+                    m,
+                    str(n),
+                ]
+                running.append(
+                    ((f, m), log, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w")))
+                )
             for key, log, proc in running:
                 proc.wait()
                 found = re.search(r"Collected : (\d+)", log.read_text())
@@ -172,6 +216,7 @@ def instructions(frameworks: list[str], n: int) -> int:
 def bench_users() -> int:
     sys.path.insert(0, str(HERE))
     import bench_frameworks as bf
+
     return bf.USERS
 
 
@@ -181,8 +226,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15, help="interleaved batches per configuration (default 15)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--experiments", type=int, default=10, help="running experiments in (b) (default 10)")
-    p.add_argument("--instructions", action="store_true",
-                   help="count instructions per request under callgrind instead of timing (needs valgrind)")
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under callgrind instead of timing (needs valgrind)",
+    )
     p.add_argument("--count", nargs=3, metavar=("FRAMEWORK", "MODE", "N"), help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=300, help="requests counted per configuration with --instructions")
     p.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
@@ -200,8 +248,13 @@ def main() -> int:
     procs = {}
     for f in frameworks:
         for m in MODES:
-            procs[(f, m)] = subprocess.Popen([sys.executable, __file__, "--child", f, m], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, text=True, bufsize=1)
+            procs[(f, m)] = subprocess.Popen(
+                [sys.executable, __file__, "--child", f, m],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
     try:
         for key, proc in procs.items():
             line = proc.stdout.readline().strip()  # type: ignore[union-attr]
@@ -209,8 +262,11 @@ def main() -> int:
                 raise SystemExit(f"{key[0]}/{key[1]} did not start")
         cost: dict[tuple[str, str], list[float]] = {k: [] for k in procs}
         ratios: dict[tuple[str, str], list[float]] = {k: [] for k in procs}
-        print(f"{args.batch} requests per batch x {args.rounds} interleaved rounds; "
-              f"{args.experiments} running experiments", file=sys.stderr)
+        print(
+            f"{args.batch} requests per batch x {args.rounds} interleaved rounds; "
+            f"{args.experiments} running experiments",
+            file=sys.stderr,
+        )
         for r in range(args.rounds):
             for f in frameworks:
                 order = list(MODES) if r % 2 == 0 else list(MODES)[::-1]

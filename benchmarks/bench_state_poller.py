@@ -33,12 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from fieldlab.control.state import Decision, RedisStore, StatePoller  # noqa: E402
+from fieldlab.control.state import Decision, RedisStore, StatePoller
 
 
 def _free_port() -> int:
@@ -51,8 +51,11 @@ def _start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
     exe = shutil.which("redis-server")
     if exe is None:
         sys.exit("redis-server is not installed (Debian: apt-get install -y redis-server)")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -79,9 +82,11 @@ def _row(name: str, reads: list[int], floor: list[int]) -> str:
     def q(xs: list[int], p: float) -> int:
         return xs[min(len(xs) - 1, int(len(xs) * p))]
 
-    return (f"{name:8s} poller read p50 {q(reads, .5):6d}  p99 {q(reads, .99):6d}  max {reads[-1]:9d}   "
-            f"floor p50 {q(floor, .5):5d}  p99 {q(floor, .99):5d}  max {floor[-1]:9d}   "
-            f"added p99 {q(reads, .99) - q(floor, .99):6d} ns")
+    return (
+        f"{name:8s} poller read p50 {q(reads, 0.5):6d}  p99 {q(reads, 0.99):6d}  max {reads[-1]:9d}   "
+        f"floor p50 {q(floor, 0.5):5d}  p99 {q(floor, 0.99):5d}  max {floor[-1]:9d}   "
+        f"added p99 {q(reads, 0.99) - q(floor, 0.99):6d} ns"
+    )
 
 
 def main() -> None:
@@ -106,8 +111,10 @@ def main() -> None:
             return ("checkout", "one-page") in floor_set
 
         half = args.reads // 2
-        print(f"redis-server on 127.0.0.1:{port}, poll interval {args.interval:g} s, socket timeout 0.5 s, "
-              f"{args.reads} reads per phase")
+        print(
+            f"redis-server on 127.0.0.1:{port}, poll interval {args.interval:g} s, socket timeout 0.5 s, "
+            f"{args.reads} reads per phase"
+        )
         results = {}
         results["up"] = (_timed(read, half) + _timed(read, half), _timed(floor, half) + _timed(floor, half))
         proc.send_signal(signal.SIGSTOP)
@@ -127,8 +134,10 @@ def main() -> None:
         results["back"] = (_timed(read, half) + _timed(read, half), _timed(floor, half) + _timed(floor, half))
         for name, (r, f) in results.items():
             print(_row(name, sorted(r), sorted(f)))
-        print(f"status while frozen: {status_frozen}; while killed: {status_killed} (last state kept: paused = "
-              f"{still_paused}); after restart: {poller.status}")
+        print(
+            f"status while frozen: {status_frozen}; while killed: {status_killed} (last state kept: paused = "
+            f"{still_paused}); after restart: {poller.status}"
+        )
     finally:
         if poller is not None:
             poller.stop()

@@ -16,13 +16,12 @@ import os
 import sys
 
 import django
+import shop_core
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-
-import shop_core
 
 if not settings.configured:
     settings.configure(
@@ -43,6 +42,7 @@ if not settings.configured:
     shop_core.setup_telemetry("shop-django")
     django.setup()
     from opentelemetry.instrumentation.django import DjangoInstrumentor
+
     DjangoInstrumentor().instrument()
 
 
@@ -73,8 +73,13 @@ def orders(request):  # type: ignore[no-untyped-def]
     return JsonResponse(payload, status=status)
 
 
-urlpatterns = [path("health", health), path("", catalog), path("search", search), path("checkout", checkout),
-               path("orders", orders)]
+urlpatterns = [
+    path("health", health),
+    path("", catalog),
+    path("search", search),
+    path("checkout", checkout),
+    path("orders", orders),
+]
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
@@ -84,4 +89,5 @@ asgi_application = get_asgi_application()
 
 if __name__ == "__main__":
     from django.core.management import execute_from_command_line
+
     execute_from_command_line(sys.argv if len(sys.argv) > 1 else [sys.argv[0], "runserver", "127.0.0.1:8000"])

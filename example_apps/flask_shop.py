@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
+import shop_core
 from flask import Flask, jsonify, request
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-import shop_core
 from fieldlab.adapters.flask import FieldLab
 
 shop_core.setup_telemetry("shop-flask")

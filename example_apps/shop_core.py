@@ -30,8 +30,17 @@ import fieldlab
 import fieldlab.faults
 from fieldlab import Lab
 
-__all__ = ["CATALOG", "UNITS", "HEADERS", "load_lab", "setup_telemetry", "catalog_page", "search",
-           "start_checkout", "place_order"]
+__all__ = [
+    "CATALOG",
+    "UNITS",
+    "HEADERS",
+    "load_lab",
+    "setup_telemetry",
+    "catalog_page",
+    "search",
+    "start_checkout",
+    "place_order",
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,33 +52,42 @@ HEADERS = ["X-Country"]
 
 CATALOG: list[dict[str, Any]] = [
     {"id": i, "name": name, "price": price, "category": cat, "tags": tags, "sales": sales}
-    for i, (name, price, cat, tags, sales) in enumerate([
-        ("Trail running shoes", 89.0, "shoes", "running trail outdoor sport", 420),
-        ("Road running shoes", 79.0, "shoes", "running road sport", 610),
-        ("Leather boots", 129.0, "shoes", "boots leather winter", 150),
-        ("Canvas sneakers", 45.0, "shoes", "casual sneakers summer", 720),
-        ("Rain jacket", 99.0, "apparel", "jacket rain outdoor waterproof", 300),
-        ("Down jacket", 189.0, "apparel", "jacket winter warm down", 210),
-        ("Merino t-shirt", 39.0, "apparel", "shirt merino sport running", 540),
-        ("Cotton t-shirt", 15.0, "apparel", "shirt cotton casual summer", 980),
-        ("Hiking socks", 12.0, "apparel", "socks hiking outdoor wool", 870),
-        ("Running shorts", 29.0, "apparel", "shorts running sport summer", 400),
-        ("Day backpack", 59.0, "gear", "backpack hiking outdoor travel", 330),
-        ("Travel duffel", 79.0, "gear", "bag travel duffel", 120),
-        ("Water bottle", 19.0, "gear", "bottle hydration outdoor sport", 1200),
-        ("Headlamp", 35.0, "gear", "light headlamp outdoor camping", 260),
-        ("Tent for two", 249.0, "gear", "tent camping outdoor", 80),
-        ("Sleeping bag", 139.0, "gear", "sleeping bag camping warm", 95),
-        ("Trekking poles", 69.0, "gear", "poles hiking trekking outdoor", 140),
-        ("Sunglasses", 49.0, "accessories", "sunglasses summer sport", 510),
-        ("Wool beanie", 22.0, "accessories", "hat beanie wool winter warm", 390),
-        ("Running watch", 199.0, "accessories", "watch running gps sport", 230),
-    ])
+    for i, (name, price, cat, tags, sales) in enumerate(
+        [
+            ("Trail running shoes", 89.0, "shoes", "running trail outdoor sport", 420),
+            ("Road running shoes", 79.0, "shoes", "running road sport", 610),
+            ("Leather boots", 129.0, "shoes", "boots leather winter", 150),
+            ("Canvas sneakers", 45.0, "shoes", "casual sneakers summer", 720),
+            ("Rain jacket", 99.0, "apparel", "jacket rain outdoor waterproof", 300),
+            ("Down jacket", 189.0, "apparel", "jacket winter warm down", 210),
+            ("Merino t-shirt", 39.0, "apparel", "shirt merino sport running", 540),
+            ("Cotton t-shirt", 15.0, "apparel", "shirt cotton casual summer", 980),
+            ("Hiking socks", 12.0, "apparel", "socks hiking outdoor wool", 870),
+            ("Running shorts", 29.0, "apparel", "shorts running sport summer", 400),
+            ("Day backpack", 59.0, "gear", "backpack hiking outdoor travel", 330),
+            ("Travel duffel", 79.0, "gear", "bag travel duffel", 120),
+            ("Water bottle", 19.0, "gear", "bottle hydration outdoor sport", 1200),
+            ("Headlamp", 35.0, "gear", "light headlamp outdoor camping", 260),
+            ("Tent for two", 249.0, "gear", "tent camping outdoor", 80),
+            ("Sleeping bag", 139.0, "gear", "sleeping bag camping warm", 95),
+            ("Trekking poles", 69.0, "gear", "poles hiking trekking outdoor", 140),
+            ("Sunglasses", 49.0, "accessories", "sunglasses summer sport", 510),
+            ("Wool beanie", 22.0, "accessories", "hat beanie wool winter warm", 390),
+            ("Running watch", 199.0, "accessories", "watch running gps sport", 230),
+        ]
+    )
 ]
 _BY_ID = {p["id"]: p for p in CATALOG}
 #: What "semantic" ranking knows that keyword matching does not.
-_SYNONYMS = {"warm": "winter down wool", "rain": "waterproof jacket", "run": "running", "hike": "hiking trekking",
-             "camp": "camping tent", "summer": "shorts sunglasses", "shoe": "shoes sneakers boots"}
+_SYNONYMS = {
+    "warm": "winter down wool",
+    "rain": "waterproof jacket",
+    "run": "running",
+    "hike": "hiking trekking",
+    "camp": "camping tent",
+    "summer": "shorts sunglasses",
+    "shoe": "shoes sneakers boots",
+}
 
 
 def load_lab() -> Lab:
@@ -89,12 +107,17 @@ def setup_telemetry(service: str) -> None:
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
             exporter = OTLPSpanExporter()  # reads the endpoint and headers from the OTEL_* env vars
         except ImportError:
-            print(f"{service}: OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http "
-                  "is not installed; writing spans to a local file instead", flush=True)
+            print(
+                f"{service}: OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http "
+                "is not installed; writing spans to a local file instead",
+                flush=True,
+            )
     if exporter is None:
         from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+
         directory = os.environ.get("FIELDLAB_SPANS_DIR", "fieldlab-spans")
         os.makedirs(directory, exist_ok=True)
         exporter = FileSpanExporter(os.path.join(directory, f"spans-{service}-{os.getpid()}.jsonl"))
@@ -200,4 +223,9 @@ def place_order(item_ids: list[int]) -> tuple[int, dict[str, Any]]:
     subtotal = round(sum(p["price"] for p in items if p), 2)
     threshold = float(fieldlab.param("free-shipping", "threshold", 50.0))
     shipping = 0.0 if subtotal >= threshold else 4.95
-    return 200, {"items": len(items), "subtotal": subtotal, "shipping": shipping, "total": round(subtotal + shipping, 2)}
+    return 200, {
+        "items": len(items),
+        "subtotal": subtotal,
+        "shipping": shipping,
+        "total": round(subtotal + shipping, 2),
+    }

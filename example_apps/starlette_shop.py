@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import shop_core
 from fastapi import Body, Depends, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-import shop_core
 from fieldlab.adapters.fastapi import Assignments, FieldLabMiddleware, assignments
 
 shop_core.setup_telemetry("shop-fastapi")
@@ -55,4 +55,5 @@ def orders(body: dict[str, Any] = Body(default_factory=dict)) -> JSONResponse:
 
 if __name__ == "__main__":
     import uvicorn
+
     uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -29,11 +29,15 @@ def test_issue_examples_are_pinned():
     assert bucket("search-ranking", "ünïcødé") == 6708
     assert bucket("x", "🙂") == 8563
     assert Experiment("e", {"a": 1, "b": 1, "c": 1}, traffic=10).ranges() == {
-        "a": (0, 333), "b": (3333, 3666), "c": (6666, 6999)}
+        "a": (0, 333),
+        "b": (3333, 3666),
+        "c": (6666, 6999),
+    }
 
 
 def test_hash32_matches_mmh3_unsigned():
     import mmh3
+
     assert fieldlab.hash32("checkout-redesign:alice") == mmh3.hash("checkout-redesign:alice", 0, signed=False)
 
 
@@ -59,6 +63,7 @@ def test_bucket_deterministic_and_in_range(salt, unit):
     assert 0 <= b < 10_000
     assert b == bucket(salt, unit)
     import mmh3
+
     assert b == mmh3.hash((salt + ":" + unit).encode("utf-8"), 0, False) % 10_000
 
 
@@ -77,7 +82,7 @@ def test_lab_assign_agrees_with_contract(unit):
 def test_uniformity_chi_square(weights):
     """100k units per variant land in proportion to the weights (alpha = 0.001)."""
     names = [f"v{i}" for i in range(len(weights))]
-    lab = Lab([Experiment("uniform", list(zip(names, weights)))])
+    lab = Lab([Experiment("uniform", list(zip(names, weights, strict=False)))])
     n = 100_000 * len(weights)
     counts = dict.fromkeys(names, 0)
     for i in range(n):
@@ -94,14 +99,18 @@ def test_uniformity_detects_a_biased_split():
 
 
 @settings(max_examples=60)
-@given(weights=st.lists(st.integers(0, 20), min_size=1, max_size=5).filter(lambda w: sum(w) > 0),
-       t1=st.integers(0, 10_000), t2=st.integers(0, 10_000), unit=st.text(min_size=1, max_size=20))
+@given(
+    weights=st.lists(st.integers(0, 20), min_size=1, max_size=5).filter(lambda w: sum(w) > 0),
+    t1=st.integers(0, 10_000),
+    t2=st.integers(0, 10_000),
+    unit=st.text(min_size=1, max_size=20),
+)
 def test_monotone_ramp(weights, t1, t2, unit):
     """Raising traffic only adds units: nobody changes variant or loses it."""
     low, high = sorted((t1, t2))
     names = [f"v{i}" for i in range(len(weights))]
-    a_low = Lab([Experiment("ramp", list(zip(names, weights)), traffic=low / 100)]).assign("ramp", unit)
-    a_high = Lab([Experiment("ramp", list(zip(names, weights)), traffic=high / 100)]).assign("ramp", unit)
+    a_low = Lab([Experiment("ramp", list(zip(names, weights, strict=False)), traffic=low / 100)]).assign("ramp", unit)
+    a_high = Lab([Experiment("ramp", list(zip(names, weights, strict=False)), traffic=high / 100)]).assign("ramp", unit)
     if a_low.variant is not None:
         assert a_high.variant == a_low.variant
 
@@ -118,8 +127,10 @@ def test_independence_of_two_salts():
 
 def test_layer_exclusivity_and_coverage():
     layer = Layer("checkout")
-    exps = [Experiment("left", {"a": 1, "b": 1}, layer="checkout", layer_range=[0, 30]),
-            Experiment("right", {"a": 1, "b": 1}, layer="checkout", layer_range=[30, 100])]
+    exps = [
+        Experiment("left", {"a": 1, "b": 1}, layer="checkout", layer_range=[0, 30]),
+        Experiment("right", {"a": 1, "b": 1}, layer="checkout", layer_range=[30, 100]),
+    ]
     lab = Lab(exps, layers=[layer])
     both = neither = 0
     in_left = 0
@@ -138,8 +149,10 @@ def test_layer_exclusivity_and_coverage():
 
 @given(unit=st.text(min_size=1, max_size=30))
 def test_holdout_exclusion(unit):
-    lab = Lab([Experiment("covered", {"a": 1, "b": 1}), Experiment("free", {"a": 1, "b": 1})],
-              holdouts=[Holdout("h", 20, ["covered"])])
+    lab = Lab(
+        [Experiment("covered", {"a": 1, "b": 1}), Experiment("free", {"a": 1, "b": 1})],
+        holdouts=[Holdout("h", 20, ["covered"])],
+    )
     held = bucket("h", unit) < 2000
     covered, free = lab.assign("covered", unit), lab.assign("free", unit)
     assert (covered.reason == "holdout") == held

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "analysis"))
-from analysis_helpers import make_requests, write_otlp  # noqa: E402
+from analysis_helpers import make_requests, write_otlp
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -28,8 +28,9 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _run(blocked: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _RUNNER, blocked, SRC, *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _RUNNER, blocked, SRC, *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")

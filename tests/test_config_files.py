@@ -30,7 +30,12 @@ def write(tmp_path: Path, text: str, name: str = "lab.toml") -> Path:
 
 def test_example_config_loads():
     lab = Lab.from_file(EXAMPLE, reload_interval=0)
-    assert list(lab.experiments) == ["checkout-redesign", "free-shipping-banner", "search-ranking", "recommendations-v2"]
+    assert list(lab.experiments) == [
+        "checkout-redesign",
+        "free-shipping-banner",
+        "search-ranking",
+        "recommendations-v2",
+    ]
     assert lab.experiments["search-ranking"].variant("bm25").params["page_size"] == 20
     assert lab.layers["checkout"].salt == "checkout-layer-2026"
     assert lab.holdouts["holdout-2026"].percent == 5
@@ -38,8 +43,8 @@ def test_example_config_loads():
 
 def test_toml_json_yaml_give_the_same_lab_and_version(tmp_path):
     import tomllib
-
     import yaml
+
     doc = tomllib.loads(EXAMPLE.read_text("utf-8"))
     j = write(tmp_path, json.dumps(doc), "lab.json")
     y = write(tmp_path, yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), "lab.yaml")
@@ -66,96 +71,137 @@ def test_variant_order_is_explicit_and_kept():
 
 
 BAD_CASES = [
-    ("duplicate experiment key",
-     BASE + BASE,
-     "experiments[1].key: duplicate key 'checkout-redesign'"),
-    ("shared salt between experiments",
-     BASE + '[[experiments]]\nkey = "other"\nsalt = "checkout-redesign"\nvariants = [{name = "a"}]\n',
-     "experiments[1].salt: salt 'checkout-redesign' is also used by experiments[0]"),
-    ("shared salt between a layer and an experiment",
-     BASE + '[[layers]]\nkey = "l"\nsalt = "checkout-redesign"\n',
-     "layers[0].salt: salt 'checkout-redesign' is also used"),
-    ("shared salt between a holdout and a layer",
-     BASE + '[[layers]]\nkey = "l"\n[[holdouts]]\nkey = "h"\nsalt = "l"\npercent = 5\nexperiments = ["checkout-redesign"]\n',
-     "holdouts[0].salt: salt 'l' is also used by layers[0]"),
-    ("overlapping layer ranges",
-     '[[layers]]\nkey = "l"\n'
-     '[[experiments]]\nkey = "a"\nlayer = "l"\nlayer_range = [0, 50]\nvariants = [{name = "x"}]\n'
-     '[[experiments]]\nkey = "b"\nlayer = "l"\nlayer_range = [40, 100]\nvariants = [{name = "x"}]\n',
-     "'b' [40, 100) overlaps 'a' [0, 50) in layer 'l'"),
-    ("unknown layer",
-     '[[experiments]]\nkey = "a"\nlayer = "nope"\nlayer_range = [0, 50]\nvariants = [{name = "x"}]\n',
-     "experiments[0].layer: unknown layer 'nope'"),
-    ("negative weight",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = -1}, {name = "y"}]\n',
-     "experiments[0].variants[0].weight: weight -1 is negative"),
-    ("non-integer weight",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = 0.5}, {name = "y"}]\n',
-     "experiments[0].variants[0].weight: weight 0.5 is not an integer"),
-    ("all-zero weights",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = 0}, {name = "y", weight = 0}]\n',
-     "experiments[0].variants: all weights are zero"),
-    ("traffic above 100",
-     '[[experiments]]\nkey = "a"\ntraffic = 150\nvariants = [{name = "x"}]\n',
-     "experiments[0].traffic: traffic 150 is outside 0-100"),
-    ("traffic below 0",
-     '[[experiments]]\nkey = "a"\ntraffic = -1\nvariants = [{name = "x"}]\n',
-     "experiments[0].traffic: traffic -1 is outside 0-100"),
-    ("traffic with three decimals",
-     '[[experiments]]\nkey = "a"\ntraffic = 12.345\nvariants = [{name = "x"}]\n',
-     "experiments[0].traffic: traffic 12.345 has more than two decimals"),
-    ("unknown control",
-     '[[experiments]]\nkey = "a"\ncontrol = "nope"\nvariants = [{name = "x"}]\n',
-     "experiments[0].control: unknown control variant 'nope'"),
-    ("unknown winner",
-     '[[experiments]]\nkey = "a"\nstatus = "concluded"\nwinner = "nope"\nvariants = [{name = "x"}]\n',
-     "experiments[0].winner: unknown winner 'nope'"),
-    ("concluded without winner",
-     '[[experiments]]\nkey = "a"\nstatus = "concluded"\nvariants = [{name = "x"}]\n',
-     "experiments[0].winner: a concluded experiment needs a winner"),
-    ("unknown operator",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "country", op = "like", value = "D%"}\n',
-     "experiments[0].targeting.op: unknown operator 'like'"),
-    ("unknown operator nested in a group",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\n'
-     'targeting = {any = [{attr = "c", op = "eq", value = "x"}, {not = {attr = "d", op = "matches", value = 1}}]}\n',
-     "experiments[0].targeting.any[1].not.op: unknown operator 'matches'"),
-    ("regex too long",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "p", op = "regex", value = "' + "a" * 300 + '"}\n',
-     "experiments[0].targeting.value: regex is 300 characters, over the limit of 256"),
-    ("regex that does not compile",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "p", op = "regex", value = "(unclosed"}\n',
-     "experiments[0].targeting.value: regex does not compile"),
-    ("bad semver",
-     '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "v", op = "semver_gte", value = "two"}\n',
-     "experiments[0].targeting.value: 'two' is not a semantic version"),
-    ("bad key",
-     '[[experiments]]\nkey = "Checkout Redesign"\nvariants = [{name = "x"}]\n',
-     "experiments[0].key: 'Checkout Redesign' is not a valid experiment key"),
-    ("unknown status",
-     '[[experiments]]\nkey = "a"\nstatus = "live"\nvariants = [{name = "x"}]\n',
-     "experiments[0].status: unknown status 'live'"),
-    ("unknown field",
-     '[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
-     "experiments[0]: unknown or misplaced field"),
-    ("missing variants",
-     '[[experiments]]\nkey = "a"\n',
-     "experiments[0].variants: is missing"),
-    ("holdout of an unknown experiment",
-     BASE + '[[holdouts]]\nkey = "h"\npercent = 5\nexperiments = ["nope"]\n',
-     "holdouts[0].experiments: unknown experiment 'nope'"),
-    ("holdout percent out of range",
-     BASE + '[[holdouts]]\nkey = "h"\npercent = 101\nexperiments = ["checkout-redesign"]\n',
-     "holdouts[0].percent: percent 101 is outside 0-100"),
-    ("unknown top-level section",
-     BASE + '[experiment]\nkey = "x"\n',
-     "(top level): unknown sections ['experiment']"),
-    ("unknown lab setting",
-     BASE + '[lab]\nsecret = "x"\n',
-     "lab: unknown settings ['secret']"),
-    ("syntax error",
-     'experiments = [\n',
-     "(file): cannot parse TOML"),
+    ("duplicate experiment key", BASE + BASE, "experiments[1].key: duplicate key 'checkout-redesign'"),
+    (
+        "shared salt between experiments",
+        BASE + '[[experiments]]\nkey = "other"\nsalt = "checkout-redesign"\nvariants = [{name = "a"}]\n',
+        "experiments[1].salt: salt 'checkout-redesign' is also used by experiments[0]",
+    ),
+    (
+        "shared salt between a layer and an experiment",
+        BASE + '[[layers]]\nkey = "l"\nsalt = "checkout-redesign"\n',
+        "layers[0].salt: salt 'checkout-redesign' is also used",
+    ),
+    (
+        "shared salt between a holdout and a layer",
+        BASE
+        + '[[layers]]\nkey = "l"\n[[holdouts]]\nkey = "h"\nsalt = "l"\npercent = 5\nexperiments = ["checkout-redesign"]\n',
+        "holdouts[0].salt: salt 'l' is also used by layers[0]",
+    ),
+    (
+        "overlapping layer ranges",
+        '[[layers]]\nkey = "l"\n'
+        '[[experiments]]\nkey = "a"\nlayer = "l"\nlayer_range = [0, 50]\nvariants = [{name = "x"}]\n'
+        '[[experiments]]\nkey = "b"\nlayer = "l"\nlayer_range = [40, 100]\nvariants = [{name = "x"}]\n',
+        "'b' [40, 100) overlaps 'a' [0, 50) in layer 'l'",
+    ),
+    (
+        "unknown layer",
+        '[[experiments]]\nkey = "a"\nlayer = "nope"\nlayer_range = [0, 50]\nvariants = [{name = "x"}]\n',
+        "experiments[0].layer: unknown layer 'nope'",
+    ),
+    (
+        "negative weight",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = -1}, {name = "y"}]\n',
+        "experiments[0].variants[0].weight: weight -1 is negative",
+    ),
+    (
+        "non-integer weight",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = 0.5}, {name = "y"}]\n',
+        "experiments[0].variants[0].weight: weight 0.5 is not an integer",
+    ),
+    (
+        "all-zero weights",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x", weight = 0}, {name = "y", weight = 0}]\n',
+        "experiments[0].variants: all weights are zero",
+    ),
+    (
+        "traffic above 100",
+        '[[experiments]]\nkey = "a"\ntraffic = 150\nvariants = [{name = "x"}]\n',
+        "experiments[0].traffic: traffic 150 is outside 0-100",
+    ),
+    (
+        "traffic below 0",
+        '[[experiments]]\nkey = "a"\ntraffic = -1\nvariants = [{name = "x"}]\n',
+        "experiments[0].traffic: traffic -1 is outside 0-100",
+    ),
+    (
+        "traffic with three decimals",
+        '[[experiments]]\nkey = "a"\ntraffic = 12.345\nvariants = [{name = "x"}]\n',
+        "experiments[0].traffic: traffic 12.345 has more than two decimals",
+    ),
+    (
+        "unknown control",
+        '[[experiments]]\nkey = "a"\ncontrol = "nope"\nvariants = [{name = "x"}]\n',
+        "experiments[0].control: unknown control variant 'nope'",
+    ),
+    (
+        "unknown winner",
+        '[[experiments]]\nkey = "a"\nstatus = "concluded"\nwinner = "nope"\nvariants = [{name = "x"}]\n',
+        "experiments[0].winner: unknown winner 'nope'",
+    ),
+    (
+        "concluded without winner",
+        '[[experiments]]\nkey = "a"\nstatus = "concluded"\nvariants = [{name = "x"}]\n',
+        "experiments[0].winner: a concluded experiment needs a winner",
+    ),
+    (
+        "unknown operator",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "country", op = "like", value = "D%"}\n',
+        "experiments[0].targeting.op: unknown operator 'like'",
+    ),
+    (
+        "unknown operator nested in a group",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\n'
+        'targeting = {any = [{attr = "c", op = "eq", value = "x"}, {not = {attr = "d", op = "matches", value = 1}}]}\n',
+        "experiments[0].targeting.any[1].not.op: unknown operator 'matches'",
+    ),
+    (
+        "regex too long",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "p", op = "regex", value = "'
+        + "a" * 300
+        + '"}\n',
+        "experiments[0].targeting.value: regex is 300 characters, over the limit of 256",
+    ),
+    (
+        "regex that does not compile",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "p", op = "regex", value = "(unclosed"}\n',
+        "experiments[0].targeting.value: regex does not compile",
+    ),
+    (
+        "bad semver",
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\ntargeting = {attr = "v", op = "semver_gte", value = "two"}\n',
+        "experiments[0].targeting.value: 'two' is not a semantic version",
+    ),
+    (
+        "bad key",
+        '[[experiments]]\nkey = "Checkout Redesign"\nvariants = [{name = "x"}]\n',
+        "experiments[0].key: 'Checkout Redesign' is not a valid experiment key",
+    ),
+    (
+        "unknown status",
+        '[[experiments]]\nkey = "a"\nstatus = "live"\nvariants = [{name = "x"}]\n',
+        "experiments[0].status: unknown status 'live'",
+    ),
+    (
+        "unknown field",
+        '[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
+        "experiments[0]: unknown or misplaced field",
+    ),
+    ("missing variants", '[[experiments]]\nkey = "a"\n', "experiments[0].variants: is missing"),
+    (
+        "holdout of an unknown experiment",
+        BASE + '[[holdouts]]\nkey = "h"\npercent = 5\nexperiments = ["nope"]\n',
+        "holdouts[0].experiments: unknown experiment 'nope'",
+    ),
+    (
+        "holdout percent out of range",
+        BASE + '[[holdouts]]\nkey = "h"\npercent = 101\nexperiments = ["checkout-redesign"]\n',
+        "holdouts[0].percent: percent 101 is outside 0-100",
+    ),
+    ("unknown top-level section", BASE + '[experiment]\nkey = "x"\n', "(top level): unknown sections ['experiment']"),
+    ("unknown lab setting", BASE + '[lab]\nsecret = "x"\n', "lab: unknown settings ['secret']"),
+    ("syntax error", "experiments = [\n", "(file): cannot parse TOML"),
 ]
 
 
@@ -178,13 +224,16 @@ def test_python_api_validates_too():
     with pytest.raises(ConfigError, match="salt 'e' is also used"):
         Lab([Experiment("e", {"a": 1})], holdouts=[Holdout("h", 1, ["e"], salt="e")])
     with pytest.raises(ConfigError, match="different unit kinds"):
-        Lab([Experiment("a", {"x": 1}, unit="user"), Experiment("b", {"x": 1}, unit="visitor")],
-            holdouts=[Holdout("h", 1, ["a", "b"])])
+        Lab(
+            [Experiment("a", {"x": 1}, unit="user"), Experiment("b", {"x": 1}, unit="visitor")],
+            holdouts=[Holdout("h", 1, ["a", "b"])],
+        )
     Lab([Experiment("e", {"a": 1}, layer="l", layer_range=(0, 50))], layers=[Layer("l")])
 
 
 def test_yaml_needs_pyyaml_message(tmp_path, monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def no_yaml(name, *args, **kwargs):
@@ -198,6 +247,7 @@ def test_yaml_needs_pyyaml_message(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ hot reload
+
 
 def _rewrite(path: Path, text: str) -> None:
     """Replace the file atomically with a new mtime, as an editor or deploy would."""
@@ -294,8 +344,10 @@ def test_watcher_restarts_in_a_forked_child(tmp_path):
 def test_import_starts_no_thread():
     import subprocess
     import sys
-    code = ("import threading, fieldlab; "
-            "lab = fieldlab.Lab.from_file(%r); print(threading.active_count())") % str(EXAMPLE)
+
+    code = (
+        f"import threading, fieldlab; lab = fieldlab.Lab.from_file({str(EXAMPLE)!r}); print(threading.active_count())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
 
@@ -323,8 +375,13 @@ def test_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path):
 
 
 def test_duplicate_key_in_json_is_an_error_naming_the_field_path(tmp_path):
-    path = write(tmp_path, json.dumps({"experiments": [{"key": "a", "variants": [{"name": "x"}]}]})
-                 .replace('"key": "a"', '"key": "a", "traffic": 5, "traffic": 50'), "lab.json")
+    path = write(
+        tmp_path,
+        json.dumps({"experiments": [{"key": "a", "variants": [{"name": "x"}]}]}).replace(
+            '"key": "a"', '"key": "a", "traffic": 5, "traffic": 50'
+        ),
+        "lab.json",
+    )
     message = load_error(path)
     assert "experiments[0].traffic: key 'traffic' is given more than once" in message and "keep one" in message
     top = write(tmp_path, '{"lab": {}, "experiments": [], "lab": {"reload_interval": 1}}', "top.json")
@@ -333,8 +390,12 @@ def test_duplicate_key_in_json_is_an_error_naming_the_field_path(tmp_path):
 
 def test_duplicate_key_in_yaml_is_an_error_naming_path_and_lines(tmp_path):
     pytest.importorskip("yaml")
-    path = write(tmp_path, "experiments:\n  - key: a\n    traffic: 5\n    variants:\n      - name: x\n"
-                 "        weight: 1\n        weight: 3\n", "lab.yaml")
+    path = write(
+        tmp_path,
+        "experiments:\n  - key: a\n    traffic: 5\n    variants:\n      - name: x\n"
+        "        weight: 1\n        weight: 3\n",
+        "lab.yaml",
+    )
     message = load_error(path)
     assert "experiments[0].variants[0].weight: key 'weight' is given more than once (lines 6 and 7)" in message
 
@@ -342,14 +403,20 @@ def test_duplicate_key_in_yaml_is_an_error_naming_path_and_lines(tmp_path):
 def test_yaml_merge_keys_may_still_override(tmp_path):
     """`<<: *defaults` then the same key is YAML's way to override, not a duplicate."""
     pytest.importorskip("yaml")
-    path = write(tmp_path, "experiments:\n  - &base {key: b, traffic: 5, salt: s1, variants: [{name: x}]}\n"
-                 "  - <<: *base\n    key: a\n    traffic: 50\n    salt: s2\n", "lab.yaml")
+    path = write(
+        tmp_path,
+        "experiments:\n  - &base {key: b, traffic: 5, salt: s1, variants: [{name: x}]}\n"
+        "  - <<: *base\n    key: a\n    traffic: 50\n    salt: s2\n",
+        "lab.yaml",
+    )
     lab = Lab.from_file(path, reload_interval=0)
     assert (lab.experiments["a"].traffic, lab.experiments["b"].traffic) == (50, 5)
 
 
 def test_duplicate_key_in_toml_is_one_line_with_the_file_and_the_fix(tmp_path):
-    path = write(tmp_path, BASE.replace('key = "checkout-redesign"', 'key = "checkout-redesign"\ntraffic = 5\ntraffic = 6'))
+    path = write(
+        tmp_path, BASE.replace('key = "checkout-redesign"', 'key = "checkout-redesign"\ntraffic = 5\ntraffic = 6')
+    )
     message = load_error(path)
     assert "(file): cannot parse TOML: Cannot overwrite a value (at line 5" in message
     assert "remove the duplicate" in message
@@ -373,24 +440,37 @@ def test_surrogate_escape_in_json_config_is_a_config_error(tmp_path):
     if yaml_available():
         yaml_text = 'experiments:\n  - key: a\n    variants: [{name: "\\U0000dfff"}]\n'
         assert 'experiments[0].variants[0].name: "\\udfff" holds a lone surrogate' in load_error(
-            write(tmp_path, yaml_text, "lab.yaml"))
+            write(tmp_path, yaml_text, "lab.yaml")
+        )
     key_text = '{"experiments": [{"key": "a", "variants": [{"name": "x", "params": {"\\udcff": 1}}]}]}'
-    assert "experiments[0].variants[0].params: key \"\\udcff\" holds a lone surrogate" in load_error(
-        write(tmp_path, key_text, "key.json"))
+    assert 'experiments[0].variants[0].params: key "\\udcff" holds a lone surrogate' in load_error(
+        write(tmp_path, key_text, "key.json")
+    )
 
 
-@pytest.mark.parametrize("text,expected", [
-    ('[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
-     "experiments[0]: unknown or misplaced field 'trafic'; did you mean 'traffic'?"),
-    ('[[experiments]]\nkey = "a"\nvariants = [{nmae = "x"}]\n',
-     "experiments[0].variants[0]: unknown keys ['nmae']; did you mean 'name'?"),
-    (BASE + '[lab]\nreload_intervall = 3\n',
-     "lab: unknown settings ['reload_intervall']; did you mean 'reload_interval'?"),
-    (BASE + '[[holdout]]\nkey = "h"\n',
-     "(top level): unknown sections ['holdout']; did you mean 'holdouts'?"),
-    (BASE + '[[holdouts]]\nkey = "h"\npercnt = 5\nexperiments = ["checkout-redesign"]\n',
-     "holdouts[0]: unknown or misplaced field 'percnt'; did you mean 'percent'?"),
-], ids=["experiment field", "variant key", "lab setting", "section", "holdout field"])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            '[[experiments]]\nkey = "a"\ntrafic = 5\nvariants = [{name = "x"}]\n',
+            "experiments[0]: unknown or misplaced field 'trafic'; did you mean 'traffic'?",
+        ),
+        (
+            '[[experiments]]\nkey = "a"\nvariants = [{nmae = "x"}]\n',
+            "experiments[0].variants[0]: unknown keys ['nmae']; did you mean 'name'?",
+        ),
+        (
+            BASE + "[lab]\nreload_intervall = 3\n",
+            "lab: unknown settings ['reload_intervall']; did you mean 'reload_interval'?",
+        ),
+        (BASE + '[[holdout]]\nkey = "h"\n', "(top level): unknown sections ['holdout']; did you mean 'holdouts'?"),
+        (
+            BASE + '[[holdouts]]\nkey = "h"\npercnt = 5\nexperiments = ["checkout-redesign"]\n',
+            "holdouts[0]: unknown or misplaced field 'percnt'; did you mean 'percent'?",
+        ),
+    ],
+    ids=["experiment field", "variant key", "lab setting", "section", "holdout field"],
+)
 def test_misspelt_field_names_the_closest_valid_name(tmp_path, text, expected):
     message = load_error(write(tmp_path, text))
     assert expected in message and "__init__" not in message and "keyword argument" not in message

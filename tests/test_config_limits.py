@@ -33,6 +33,7 @@ def write(tmp_path: Path, text: str, name: str = "lab.toml") -> Path:
 
 # ------------------------------------------------------------- numeric settings
 
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "0.001", "3601"])
 def test_reload_interval_nan_inf_huge_or_negative_is_refused_not_accepted(tmp_path: Path, value: str) -> None:
     """`reload_interval = nan/inf/1e308/-1` validated, then stopped the watcher (OverflowError) and the kill switch."""
@@ -57,26 +58,50 @@ def test_valid_reload_intervals_still_load(tmp_path: Path) -> None:
 
 NUMERIC_FIELDS = [
     ("traffic", '[[experiments]]\nkey = "a"\ntraffic = {v}\nvariants = [{{name = "x"}}]\n', "experiments[0].traffic"),
-    ("weight", '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", weight = {v}}}]\n', "experiments[0].variants[0].weight"),
-    ("layer_range", '[[layers]]\nkey = "l"\n[[experiments]]\nkey = "a"\nlayer = "l"\nlayer_range = [0, {v}]\n'
-                    'variants = [{{name = "x"}}]\n', "experiments[0].layer_range[1]"),
-    ("holdout percent", '[[experiments]]\nkey = "a"\nvariants = [{{name = "x"}}]\n[[holdouts]]\nkey = "h"\n'
-                        'percent = {v}\nexperiments = ["a"]\n', "holdouts[0].percent"),
-    ("max_blast_radius", '[faults]\nmax_blast_radius = {v}\n', "faults.max_blast_radius"),
-    ("max_active", '[faults]\nmax_active = {v}\n', "faults.max_active"),
-    ("fault rate", '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = 1, '
-                   'rate = {v}}}]}}]\n', "faults[0].rate"),
-    ("latency_ms", '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = {v}}}]}}]\n',
-     "faults[0].latency_ms"),
-    ("jitter_ms", '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = 1, '
-                  'jitter_ms = {v}}}]}}]\n', "faults[0].jitter_ms"),
+    (
+        "weight",
+        '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", weight = {v}}}]\n',
+        "experiments[0].variants[0].weight",
+    ),
+    (
+        "layer_range",
+        '[[layers]]\nkey = "l"\n[[experiments]]\nkey = "a"\nlayer = "l"\nlayer_range = [0, {v}]\n'
+        'variants = [{{name = "x"}}]\n',
+        "experiments[0].layer_range[1]",
+    ),
+    (
+        "holdout percent",
+        '[[experiments]]\nkey = "a"\nvariants = [{{name = "x"}}]\n[[holdouts]]\nkey = "h"\n'
+        'percent = {v}\nexperiments = ["a"]\n',
+        "holdouts[0].percent",
+    ),
+    ("max_blast_radius", "[faults]\nmax_blast_radius = {v}\n", "faults.max_blast_radius"),
+    ("max_active", "[faults]\nmax_active = {v}\n", "faults.max_active"),
+    (
+        "fault rate",
+        '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = 1, '
+        "rate = {v}}}]}}]\n",
+        "faults[0].rate",
+    ),
+    (
+        "latency_ms",
+        '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = {v}}}]}}]\n',
+        "faults[0].latency_ms",
+    ),
+    (
+        "jitter_ms",
+        '[[experiments]]\nkey = "a"\nvariants = [{{name = "x", faults = [{{point = "p", latency_ms = 1, '
+        "jitter_ms = {v}}}]}}]\n",
+        "faults[0].jitter_ms",
+    ),
 ]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1"])
 @pytest.mark.parametrize("name,template,field", NUMERIC_FIELDS, ids=[f[0] for f in NUMERIC_FIELDS])
-def test_every_numeric_setting_refuses_non_finite_and_out_of_range(tmp_path: Path, name: str, template: str,
-                                                                   field: str, value: str) -> None:
+def test_every_numeric_setting_refuses_non_finite_and_out_of_range(
+    tmp_path: Path, name: str, template: str, field: str, value: str
+) -> None:
     path = write(tmp_path, template.format(v=value))
     with pytest.raises(ConfigError) as info:
         Lab.from_file(path, reload_interval=0)
@@ -84,6 +109,7 @@ def test_every_numeric_setting_refuses_non_finite_and_out_of_range(tmp_path: Pat
 
 
 # ------------------------------------------------------------------- size limits
+
 
 def _variants_toml(n: int) -> str:
     rows = ",\n".join(f'  {{ name = "v{i}" }}' for i in range(n))
@@ -103,8 +129,11 @@ def test_variant_shares_are_linear_in_the_number_of_variants() -> None:
     """The quadratic path itself: the blast radius of 1,000 fault variants is computed once per experiment."""
     from fieldlab import _fault_kinds
 
-    exp = Experiment("many", [(f"v{i}", 1) for i in range(1000)],
-                     faults={f"v{i}": [{"point": "p", "latency_ms": 1}] for i in range(1000)})
+    exp = Experiment(
+        "many",
+        [(f"v{i}", 1) for i in range(1000)],
+        faults={f"v{i}": [{"point": "p", "latency_ms": 1}] for i in range(1000)},
+    )
     calls = 0
     real = Experiment.ranges
 
@@ -129,8 +158,11 @@ def test_too_many_experiments_is_a_config_error_naming_the_limit(tmp_path: Path)
     n = config_mod.MAX_EXPERIMENTS + 1
     text = "".join(f'[[experiments]]\nkey = "e{i}"\nvariants = [{{name = "x"}}]\n' for i in range(n))
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match=rf"experiments: {n:,} experiments, above the limit of "
-                                          rf"{config_mod.MAX_EXPERIMENTS:,} per config"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"experiments: {n:,} experiments, above the limit of "
+        rf"{config_mod.MAX_EXPERIMENTS:,} per config",
+    ):
         Lab.from_file(path, reload_interval=0)
 
 
@@ -160,6 +192,7 @@ def test_reloading_an_absurd_file_keeps_the_last_good_config(tmp_path: Path) -> 
 
 # -------------------------------------------------------------------------- regex
 
+
 def test_catastrophic_regex_matches_in_linear_time() -> None:
     """`^/(a+)+$` validated and a 26-character path took 2.9 s on the request path (backtracking)."""
     pred = compile_condition({"attr": "path", "op": "regex", "value": "^/(a+)+$"})
@@ -178,7 +211,9 @@ def test_long_subject_is_never_cut_short_into_a_false_match() -> None:
 
 @pytest.mark.parametrize("pattern", [r"^/(a)\1$", r"^/(?=shop)", r"(?<!x)y"])
 def test_regex_features_that_need_backtracking_are_refused_at_load(tmp_path: Path, pattern: str) -> None:
-    text = ('[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\n'
-            f"targeting = {{attr = \"path\", op = \"regex\", value = '{pattern}'}}\n")
+    text = (
+        '[[experiments]]\nkey = "a"\nvariants = [{name = "x"}]\n'
+        f'targeting = {{attr = "path", op = "regex", value = \'{pattern}\'}}\n'
+    )
     with pytest.raises(ConfigError, match=r"experiments\[0\]\.targeting\.value: regex does not compile as RE2"):
         Lab.from_file(write(tmp_path, text), reload_interval=0)

@@ -15,10 +15,14 @@ from fieldlab import Experiment, Lab, context
 
 @pytest.fixture
 def lab() -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}, params={"treatment": {"steps": 1}}),
-                Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign"),
-                Experiment("per-request", {"a": 1, "b": 1}, unit="request"),
-                Experiment("old", {"a": 1, "b": 1}, status="concluded", winner="b")])
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}, params={"treatment": {"steps": 1}}),
+            Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign"),
+            Experiment("per-request", {"a": 1, "b": 1}, unit="request"),
+            Experiment("old", {"a": 1, "b": 1}, status="concluded", winner="b"),
+        ]
+    )
 
 
 def user_in(lab: Lab, key: str, variant: str) -> str:
@@ -46,7 +50,7 @@ def test_reading_marks_exposed_and_on_assign_is_exposed_up_front(lab: Lab) -> No
         assert fieldlab.choose("checkout-redesign", {"treatment": "new"}, "old") == "new"
         assert "checkout-redesign" in ctx.exposed
         assert fieldlab.variant("old") == "b"  # a concluded winner is served ...
-        assert "old" not in ctx.exposed        # ... but is no exposure
+        assert "old" not in ctx.exposed  # ... but is no exposure
         assert fieldlab.variant("missing", "d") == "d"
     finally:
         context.reset(token)
@@ -62,7 +66,8 @@ def test_threads_tasks_and_threadpools_see_their_own_request(lab: Lab) -> None:
             await asyncio.sleep(0)
             in_task = await asyncio.create_task(asyncio.sleep(0, fieldlab.variant("checkout-redesign")))
             in_pool = await asyncio.get_running_loop().run_in_executor(
-                None, contextvars.copy_context().run, fieldlab.variant, "checkout-redesign")
+                None, contextvars.copy_context().run, fieldlab.variant, "checkout-redesign"
+            )
             in_to_thread = await asyncio.to_thread(fieldlab.variant, "checkout-redesign")
             return user, in_task, in_pool, in_to_thread
         finally:
@@ -70,6 +75,7 @@ def test_threads_tasks_and_threadpools_see_their_own_request(lab: Lab) -> None:
 
     async def main() -> list[tuple[str, str | None, str | None, str | None]]:
         return await asyncio.gather(*(one(u) for u in users))
+
     for user, *seen in asyncio.run(main()):
         assert seen == [lab.assign("checkout-redesign", user).variant] * 3
 
@@ -79,11 +85,14 @@ def test_threads_tasks_and_threadpools_see_their_own_request(lab: Lab) -> None:
         token = context.bind(context.start(lab, {"user": user}))
         try:
             ctx = contextvars.copy_context()
-            t = threading.Thread(target=ctx.run, args=(lambda: results.__setitem__(user, fieldlab.variant("checkout-redesign")),))
+            t = threading.Thread(
+                target=ctx.run, args=(lambda: results.__setitem__(user, fieldlab.variant("checkout-redesign")),)
+            )
             t.start()
             t.join()
         finally:
             context.reset(token)
+
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(request, users))
     assert results == {u: lab.assign("checkout-redesign", u).variant for u in users}
@@ -94,6 +103,7 @@ def test_failing_hooks_are_swallowed(lab: Lab) -> None:
 
     def boom(*args: object) -> None:
         raise RuntimeError("hook down")
+
     ctx.on_expose = boom
     ctx.on_event = boom
     ctx.on_fault = boom
@@ -110,8 +120,11 @@ def test_failing_hooks_are_swallowed(lab: Lab) -> None:
 def test_rebind_unit_reassigns_only_that_kind(lab: Lab) -> None:
     ctx = context.start(lab, {"user": "x", "request": "0" * 31 + "1"})
     before = ctx.assignments["checkout-redesign"]
-    tid = next(f"{i:032x}" for i in range(2, 10_000) if lab.assign("per-request", f"{i:032x}").variant
-               != ctx.assignments["per-request"].variant)
+    tid = next(
+        f"{i:032x}"
+        for i in range(2, 10_000)
+        if lab.assign("per-request", f"{i:032x}").variant != ctx.assignments["per-request"].variant
+    )
     ctx.rebind_unit("request", tid)
     assert ctx.assignments["per-request"] == lab.assign("per-request", tid)
     assert ctx.assignments["checkout-redesign"] is before

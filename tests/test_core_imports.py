@@ -10,9 +10,16 @@ FRAMEWORKS = ("flask", "django", "starlette", "fastapi", "werkzeug", "uvicorn", 
 
 
 def loaded_after(code: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
-                          "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "\nimport sys, json\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -25,7 +25,7 @@ def unknown_names(text: str) -> list[str]:
         if name in CONSTANTS or name in PREFIXES:
             continue
         prefix = next((p for p in PREFIXES if name.startswith(p)), None)
-        if prefix and KEY.match(name[len(prefix):]):
+        if prefix and KEY.match(name[len(prefix) :]):
             continue
         bad.append(name)
     return bad

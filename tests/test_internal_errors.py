@@ -17,8 +17,15 @@ def test_stats_is_public_and_lists_every_process_wide_counter() -> None:
     assert "stats" in fieldlab.__all__
     counters = fieldlab.stats()
     assert isinstance(counters, dict) and all(isinstance(v, int) for v in counters.values())
-    for name in ("request.resolver_errors", "request.baggage_rejected", "faults.injected", "faults.errors",
-                 "context.hook_errors", "killswitch.poll_errors", "telemetry.recorder_errors"):
+    for name in (
+        "request.resolver_errors",
+        "request.baggage_rejected",
+        "faults.injected",
+        "faults.errors",
+        "context.hook_errors",
+        "killswitch.poll_errors",
+        "telemetry.recorder_errors",
+    ):
         assert name in counters, name
 
 
@@ -27,7 +34,9 @@ def test_the_module_views_are_the_same_counters_as_fieldlab_stats() -> None:
     failures.failed("resolver_errors", "stats-view-test")
     faults._internal_error("stats-view-test")
     after = fieldlab.stats()
-    assert after["request.resolver_errors"] == before["request.resolver_errors"] + 1 == _request.stats["resolver_errors"]
+    assert (
+        after["request.resolver_errors"] == before["request.resolver_errors"] + 1 == _request.stats["resolver_errors"]
+    )
     assert after["faults.errors"] == before["faults.errors"] + 1 == faults.stats()["errors"]
 
 
@@ -58,6 +67,7 @@ def test_the_helper_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     class BrokenLogger(logging.Logger):
         def warning(self, *a: Any, **k: Any) -> None:
             raise RuntimeError("logging down")
+
     _internal.failed("test", "broken_logger", "never-raises", "message %s", "x", logger=BrokenLogger("x"))
     assert fieldlab.stats()["test.broken_logger"] == 1
 

@@ -21,8 +21,14 @@ def find_unit(pred, prefix="u"):
 
 
 def test_reasons_in_evaluation_order():
-    exp = Experiment("e", {"control": 1, "treatment": 1}, traffic=50, layer="l", layer_range=[0, 50],
-                     targeting={"attr": "country", "op": "eq", "value": "DE"})
+    exp = Experiment(
+        "e",
+        {"control": 1, "treatment": 1},
+        traffic=50,
+        layer="l",
+        layer_range=[0, 50],
+        targeting={"attr": "country", "op": "eq", "value": "DE"},
+    )
     lab = Lab([exp], layers=[Layer("l")], holdouts=[Holdout("h", 10, ["e"])], secret=SECRET)
     de = {"country": "DE"}
     held = find_unit(lambda u: bucket("h", u) < 1000)
@@ -45,9 +51,14 @@ def test_reasons_in_evaluation_order():
 
 
 def test_status_paused_draft_concluded():
-    lab = Lab([Experiment("p", {"a": 1, "b": 1}, status="paused"),
-               Experiment("d", {"a": 1, "b": 1}, status="draft"),
-               Experiment("c", {"a": 1, "b": 1}, status="concluded", winner="b")], secret=SECRET)
+    lab = Lab(
+        [
+            Experiment("p", {"a": 1, "b": 1}, status="paused"),
+            Experiment("d", {"a": 1, "b": 1}, status="draft"),
+            Experiment("c", {"a": 1, "b": 1}, status="concluded", winner="b"),
+        ],
+        secret=SECRET,
+    )
     assert lab.assign("p", "alice").reason == "paused"
     assert lab.assign("p", "alice", overrides=[make_token(SECRET, "p", "b", 60)]).reason == "paused"
     assert lab.assign("d", "alice").reason == "paused"
@@ -58,7 +69,13 @@ def test_status_paused_draft_concluded():
 
 
 def test_params_and_int_units():
-    lab = Lab([Experiment("search", {"control": 1, "big": 1}, params={"control": {"page_size": 10}, "big": {"page_size": 20}})])
+    lab = Lab(
+        [
+            Experiment(
+                "search", {"control": 1, "big": 1}, params={"control": {"page_size": 10}, "big": {"page_size": 20}}
+            )
+        ]
+    )
     for unit in (42, "42"):
         a = lab.assign("search", unit)
         assert a.bucket == bucket("search", "42")
@@ -68,27 +85,34 @@ def test_params_and_int_units():
         a.params["page_size"] = 1  # read-only
 
 
-@pytest.mark.parametrize("rule,attrs,expected", [
-    ({"attr": "country", "op": "in", "value": ["DE", "FR"]}, {"country": "FR"}, True),
-    ({"attr": "country", "op": "not_in", "value": ["DE", "FR"]}, {"country": "FR"}, False),
-    ({"attr": "country", "op": "ne", "value": "DE"}, {}, False),
-    ({"attr": "age", "op": "gte", "value": 18}, {"age": "21"}, True),
-    ({"attr": "age", "op": "lt", "value": 18}, {"age": "abc"}, False),
-    ({"attr": "plan", "op": "eq", "value": "pro"}, {"plan": "pro"}, True),
-    ({"attr": "id", "op": "eq", "value": "7"}, {"id": 7}, True),
-    ({"attr": "v", "op": "semver_gte", "value": "2.3.0"}, {"v": "2.10.0"}, True),
-    ({"attr": "v", "op": "semver_gte", "value": "2.3.0"}, {"v": "2.3.0-rc.1"}, False),
-    ({"attr": "v", "op": "semver_lt", "value": "2.3.0"}, {"v": "2.3.0-rc.1"}, True),
-    ({"attr": "v", "op": "semver_eq", "value": "2.3"}, {"v": "2.3.0"}, True),
-    ({"attr": "beta", "op": "exists"}, {"beta": False}, True),
-    ({"attr": "beta", "op": "not_exists"}, {"beta": False}, False),
-    ({"attr": "path", "op": "regex", "value": "^/shop/"}, {"path": "/shop/cart"}, True),
-    ({"attr": "tags", "op": "contains", "value": "vip"}, {"tags": ["vip", "x"]}, True),
-    ({"all": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]}, {"a": 1, "b": 2}, True),
-    ({"all": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]}, {"a": 1}, False),
-    ({"any": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]}, {"b": 2}, True),
-    ({"not": {"attr": "a", "op": "eq", "value": 1}}, {"a": 2}, True),
-])
+@pytest.mark.parametrize(
+    "rule,attrs,expected",
+    [
+        ({"attr": "country", "op": "in", "value": ["DE", "FR"]}, {"country": "FR"}, True),
+        ({"attr": "country", "op": "not_in", "value": ["DE", "FR"]}, {"country": "FR"}, False),
+        ({"attr": "country", "op": "ne", "value": "DE"}, {}, False),
+        ({"attr": "age", "op": "gte", "value": 18}, {"age": "21"}, True),
+        ({"attr": "age", "op": "lt", "value": 18}, {"age": "abc"}, False),
+        ({"attr": "plan", "op": "eq", "value": "pro"}, {"plan": "pro"}, True),
+        ({"attr": "id", "op": "eq", "value": "7"}, {"id": 7}, True),
+        ({"attr": "v", "op": "semver_gte", "value": "2.3.0"}, {"v": "2.10.0"}, True),
+        ({"attr": "v", "op": "semver_gte", "value": "2.3.0"}, {"v": "2.3.0-rc.1"}, False),
+        ({"attr": "v", "op": "semver_lt", "value": "2.3.0"}, {"v": "2.3.0-rc.1"}, True),
+        ({"attr": "v", "op": "semver_eq", "value": "2.3"}, {"v": "2.3.0"}, True),
+        ({"attr": "beta", "op": "exists"}, {"beta": False}, True),
+        ({"attr": "beta", "op": "not_exists"}, {"beta": False}, False),
+        ({"attr": "path", "op": "regex", "value": "^/shop/"}, {"path": "/shop/cart"}, True),
+        ({"attr": "tags", "op": "contains", "value": "vip"}, {"tags": ["vip", "x"]}, True),
+        (
+            {"all": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]},
+            {"a": 1, "b": 2},
+            True,
+        ),
+        ({"all": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]}, {"a": 1}, False),
+        ({"any": [{"attr": "a", "op": "eq", "value": 1}, {"attr": "b", "op": "eq", "value": 2}]}, {"b": 2}, True),
+        ({"not": {"attr": "a", "op": "eq", "value": 1}}, {"a": 2}, True),
+    ],
+)
 def test_targeting_operators(rule, attrs, expected):
     lab = Lab([Experiment("t", {"only": 1}, targeting=rule)])
     assert (lab.assign("t", "alice", attrs).reason == "split") is expected
@@ -104,7 +128,10 @@ def test_override_tokens_cannot_be_forged():
     head, payload, sig = good.split(".")
     import base64
     import json
-    tampered_payload = base64.urlsafe_b64encode(json.dumps({"e": "e", "v": "treatment", "x": 2 ** 40}).encode()).rstrip(b"=").decode()
+
+    tampered_payload = (
+        base64.urlsafe_b64encode(json.dumps({"e": "e", "v": "treatment", "x": 2**40}).encode()).rstrip(b"=").decode()
+    )
     for bad in (forged_secret, expired, f"{head}.{tampered_payload}.{sig}", "treatment", "", "fl1..", "x" * 5000):
         assert lab.assign("e", u, overrides=[bad]).variant == "control", bad
     assert lab.stats["overrides_rejected"] == 7
@@ -128,8 +155,9 @@ def test_verified_overrides_only_from_tokens():
 
 
 def test_internal_error_is_reason_error_and_never_raises(caplog):
-    lab = Lab([Experiment("e", {"a": 1, "b": 1}, targeting={"attr": "x", "op": "eq", "value": 1}),
-               Experiment("f", {"a": 1})])
+    lab = Lab(
+        [Experiment("e", {"a": 1, "b": 1}, targeting={"attr": "x", "op": "eq", "value": 1}), Experiment("f", {"a": 1})]
+    )
 
     class Exploding(dict):
         def get(self, *a):
@@ -149,8 +177,13 @@ def test_internal_error_is_reason_error_and_never_raises(caplog):
 
 
 def test_assign_all_uses_each_experiments_unit_kind():
-    lab = Lab([Experiment("by-user", {"a": 1, "b": 1}), Experiment("by-visitor", {"a": 1, "b": 1}, unit="visitor"),
-               Experiment("by-request", {"a": 1, "b": 1}, unit="request")])
+    lab = Lab(
+        [
+            Experiment("by-user", {"a": 1, "b": 1}),
+            Experiment("by-visitor", {"a": 1, "b": 1}, unit="visitor"),
+            Experiment("by-request", {"a": 1, "b": 1}, unit="request"),
+        ]
+    )
     out = lab.assign_all({"user": "alice", "visitor": "v-1"})
     assert out["by-user"].bucket == bucket("by-user", "alice")
     assert out["by-visitor"].bucket == bucket("by-visitor", "v-1")
@@ -209,6 +242,7 @@ def test_memory_per_running_experiment_is_bounded_whatever_the_units_seen():
 
 def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
     from fieldlab import Assignment
+
     lab = Lab([Experiment("e", {"a": 1, "b": 1}, traffic=50)])
     seen = set()
     for i in range(200):
@@ -216,8 +250,13 @@ def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
         assert type(got) is Assignment
         b = bucket("e", f"u{i}")
         assert got.bucket == b
-        expected = Assignment("e", got.variant, b, "split" if got.variant else "traffic",
-                              lab.experiments["e"].variant(got.variant).params if got.variant else None)
+        expected = Assignment(
+            "e",
+            got.variant,
+            b,
+            "split" if got.variant else "traffic",
+            lab.experiments["e"].variant(got.variant).params if got.variant else None,
+        )
         assert got == expected and got.in_experiment == (got.variant is not None) and got.params == expected.params
         with pytest.raises(AttributeError):
             got.variant = "b"
@@ -227,6 +266,7 @@ def test_split_outcomes_made_per_evaluation_are_plain_immutable_assignments():
 
 def test_make_token_errors_name_the_parameter_not_a_cli_flag():
     import fieldlab
+
     lab = Lab([Experiment("e", {"a": 1, "b": 1})], secret=SECRET)
     with pytest.raises(fieldlab.ConfigError) as info:
         lab.make_token("nope", "a", 60)

@@ -51,15 +51,20 @@ ALLOWED_SDK_IMPORTS = {
     "telemetry.py": {"from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase"},
     # fieldlab.otel.configure_tracing sets up the SDK for the user's app (its whole job), and its span-file
     # exporter implements the SDK's public SpanExporter interface.
-    "otel.py": {"from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult",
-                "from opentelemetry.sdk.resources import Resource",
-                "from opentelemetry.sdk.trace import TracerProvider",
-                "from opentelemetry.sdk.trace.export import BatchSpanProcessor"},
+    "otel.py": {
+        "from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult",
+        "from opentelemetry.sdk.resources import Resource",
+        "from opentelemetry.sdk.trace import TracerProvider",
+        "from opentelemetry.sdk.trace.export import BatchSpanProcessor",
+    },
     # the pytest plugin's span-capturing fixture runs a real SDK provider with a public SpanProcessor.
     "testing.py": {"from opentelemetry.sdk.trace import SpanProcessor, TracerProvider"},
 }
-SDK_IMPORT = re.compile(r"^\s*(from\s+opentelemetry\.sdk\b.*|import\s+opentelemetry\.sdk\b.*)$"
-                        r"|import_module\(\s*['\"]opentelemetry\.sdk", re.MULTILINE)
+SDK_IMPORT = re.compile(
+    r"^\s*(from\s+opentelemetry\.sdk\b.*|import\s+opentelemetry\.sdk\b.*)$"
+    r"|import_module\(\s*['\"]opentelemetry\.sdk",
+    re.MULTILINE,
+)
 
 
 def _sources() -> list[Path]:
@@ -77,8 +82,11 @@ def private_names(text: str) -> list[tuple[int, str, str]]:
 
 
 def test_src_names_no_private_api_of_another_library() -> None:
-    problems = [f"{path.relative_to(SRC)}:{n}: {line}  <- {what}"
-                for path in _sources() for n, line, what in private_names(path.read_text(encoding="utf-8"))]
+    problems = [
+        f"{path.relative_to(SRC)}:{n}: {line}  <- {what}"
+        for path in _sources()
+        for n, line, what in private_names(path.read_text(encoding="utf-8"))
+    ]
     assert not problems, "private names of other libraries in src/:\n" + "\n".join(problems)
 
 
@@ -89,34 +97,42 @@ def test_src_imports_the_otel_sdk_only_where_a_public_sdk_class_is_needed() -> N
         for m in SDK_IMPORT.finditer(path.read_text(encoding="utf-8")):
             if m.group(0).strip() not in allowed:
                 problems.append(f"{path.relative_to(SRC)}: {m.group(0).strip()}")
-    assert not problems, "OpenTelemetry SDK imports in src/ (use the API; see ALLOWED_SDK_IMPORTS):\n" + "\n".join(problems)
+    assert not problems, "OpenTelemetry SDK imports in src/ (use the API; see ALLOWED_SDK_IMPORTS):\n" + "\n".join(
+        problems
+    )
 
 
-@pytest.mark.parametrize("line", [
-    "target = getattr(span, '_attributes', None)",
-    'provider = getattr(trace, "_TRACER_PROVIDER", None)',
-    "d = target._dict",
-    "span._add_event(event)",
-    "if span._end_time is not None:",
-    "limits = span._limits",
-    "from flask.globals import _cv_request",
-    "from opentelemetry.trace.propagation import _SPAN_KEY",
-    "runtime = otel_context._RUNTIME_CONTEXT",
-    "provider = trace._TRACER_PROVIDER",
-    "event = object.__new__(_Event)",
-    "from starlette.middleware import _helper",
-    "from django.utils import (_private, public)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "target = getattr(span, '_attributes', None)",
+        'provider = getattr(trace, "_TRACER_PROVIDER", None)',
+        "d = target._dict",
+        "span._add_event(event)",
+        "if span._end_time is not None:",
+        "limits = span._limits",
+        "from flask.globals import _cv_request",
+        "from opentelemetry.trace.propagation import _SPAN_KEY",
+        "runtime = otel_context._RUNTIME_CONTEXT",
+        "provider = trace._TRACER_PROVIDER",
+        "event = object.__new__(_Event)",
+        "from starlette.middleware import _helper",
+        "from django.utils import (_private, public)",
+    ],
+)
 def test_the_scan_finds_each_kind_of_private_name(line: str) -> None:
     assert private_names(line), line
 
 
-@pytest.mark.parametrize("line", [
-    "span.set_attributes(attrs)",
-    "if ctx._fault_injected:",  # fieldlab's own
-    "from . import _request",
-    "return flask.request.environ",
-    "held = getattr(span, 'attributes', None)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "span.set_attributes(attrs)",
+        "if ctx._fault_injected:",  # fieldlab's own
+        "from . import _request",
+        "return flask.request.environ",
+        "held = getattr(span, 'attributes', None)",
+    ],
+)
 def test_the_scan_leaves_public_and_own_names_alone(line: str) -> None:
     assert not private_names(line), line

@@ -29,8 +29,11 @@ READ = ("exp-000", "exp-117", "exp-199")  # what the view reads: exposed during 
 
 
 def many_experiments(n: int = 200, **settings: Any) -> Lab:
-    return Lab([Experiment(f"exp-{i:03d}", {"control": 1, "treatment": 1}) for i in range(n)],
-               secret="limit", settings=settings)
+    return Lab(
+        [Experiment(f"exp-{i:03d}", {"control": 1, "treatment": 1}) for i in range(n)],
+        secret="limit",
+        settings=settings,
+    )
 
 
 def shop(order: str, lab: Lab, provider: TracerProvider) -> flask.Flask:
@@ -59,7 +62,8 @@ def memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 @pytest.mark.parametrize("order", ["otel_outer", "fieldlab_outer"])
 def test_200_experiments_push_out_no_attribute_of_the_instrumentation(
-        order: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    order: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", raising=False)
     monkeypatch.delenv("OTEL_ATTRIBUTE_COUNT_LIMIT", raising=False)
     lab = many_experiments()
@@ -74,7 +78,7 @@ def test_200_experiments_push_out_no_attribute_of_the_instrumentation(
     spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert len(spans) == 2
     left_out = 0
-    for span, user in zip(spans, ("ada", "grace")):
+    for span, user in zip(spans, ("ada", "grace"), strict=False):
         attrs = dict(span.attributes)
         assert span.dropped_attributes == 0
         assert len(attrs) <= 128
@@ -92,7 +96,7 @@ def test_200_experiments_push_out_no_attribute_of_the_instrumentation(
         # every assignment recoverable, and what is written is right
         everything = {key: lab.assign(key, user).variant for key in lab.experiments}
         assert A.unpack_assignments(attrs[A.ASSIGNMENTS]) == everything
-        written = {k[len(A.VARIANT_PREFIX):]: v for k, v in attrs.items() if k.startswith(A.VARIANT_PREFIX)}
+        written = {k[len(A.VARIANT_PREFIX) :]: v for k, v in attrs.items() if k.startswith(A.VARIANT_PREFIX)}
         assert written.items() <= everything.items() and 50 < len(written) < 200
         left_out += 200 - len(written)
     assert telemetry.stats["attributes_left_out"] - left_before == left_out

@@ -84,15 +84,18 @@ def test_choose_picks_by_variant() -> None:
 
 def test_registering_a_variant_twice_is_a_clear_error() -> None:
     with pytest.raises(FieldLabError, match="already has an implementation"):
+
         @render.variant("treatment")
         def again(cart: list[str]) -> str:
             return ""
+
     with pytest.raises(FieldLabError, match="experiment key"):
         fieldlab.switch("")(lambda: None)
 
 
 def test_switch_argument_mistakes_are_config_errors_naming_the_argument_like_fault_points() -> None:
     from fieldlab import ConfigError, faults
+
     with pytest.raises(ConfigError) as info:
         fieldlab.switch("")(lambda: None)
     assert info.value.path == "switch(key)" and info.value.fix
@@ -132,6 +135,7 @@ def render_typo_new() -> str:
 def test_unknown_experiment_key_is_warned_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     """variant/param/choose/assignment/@switch on a key the config lacks: default, WARNING once per key, counted."""
     import logging
+
     lab = _fresh_lab()
     reads = [
         lambda: fieldlab.variant("checkout-redesing", default="d"),
@@ -162,6 +166,7 @@ def test_unknown_key_flood_keeps_the_log_set_bounded(caplog: pytest.LogCaptureFi
     import logging
 
     from fieldlab.lab import UNKNOWN_KEYS_LOGGED
+
     lab = _fresh_lab()
     ctx = context.start(lab, {"user": "alice"})
     with caplog.at_level(logging.WARNING, logger="fieldlab"):
@@ -177,6 +182,7 @@ def test_unknown_key_flood_keeps_the_log_set_bounded(caplog: pytest.LogCaptureFi
 def test_unknown_key_outside_a_request_is_the_default_without_a_report(caplog: pytest.LogCaptureFixture) -> None:
     """Outside a request there is no lab to check against: the default, silently (documented)."""
     import logging
+
     with caplog.at_level(logging.WARNING, logger="fieldlab"):
         assert fieldlab.variant("checkout-redesing", default="d") == "d"
         assert render_typo() == "default"

@@ -12,14 +12,20 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from fieldlab import Experiment, Holdout, Layer, Lab, context, telemetry
+from fieldlab import Experiment, Holdout, Lab, Layer, context, telemetry
 from fieldlab import attributes as A
 
 
 def make_lab(**kw: Any) -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
-                Experiment("search", {"a": 1, "b": 1}, layer="ranking", layer_range=(0, 100))],
-               layers=[Layer("ranking")], holdouts=[Holdout("hold", 50, ["checkout-redesign"])], **kw)
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
+            Experiment("search", {"a": 1, "b": 1}, layer="ranking", layer_range=(0, 100)),
+        ],
+        layers=[Layer("ranking")],
+        holdouts=[Holdout("hold", 50, ["checkout-redesign"])],
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -87,7 +93,9 @@ def test_override_is_recorded_as_forced_with_static_reason(tracer: Any) -> None:
     t, exporter = tracer
     lab = make_lab(secret="s")
     user = next(f"u{i}" for i in range(1000) if lab.assign("checkout-redesign", f"u{i}").variant == "control")
-    ctx = context.start(lab, {"user": user}, overrides=lab.verify_overrides([lab.make_token("checkout-redesign", "treatment", 60)]))
+    ctx = context.start(
+        lab, {"user": user}, overrides=lab.verify_overrides([lab.make_token("checkout-redesign", "treatment", 60)])
+    )
     telemetry.Recorder(lab).hook(ctx)
     token = context.bind(ctx)
     try:
@@ -128,6 +136,7 @@ print(sum(isinstance(p, telemetry.FieldLabSpanProcessor) for p in procs))
 def test_processor_is_added_once_lazily_when_the_provider_appears_later() -> None:
     import subprocess
     import sys
+
     out = subprocess.run([sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "1"
 
@@ -142,6 +151,7 @@ def test_request_inside_the_instrumentation_writes_each_exposure_at_the_time_of_
     from opentelemetry import trace
 
     from fieldlab import _request
+
     t, exporter = tracer
     lab = make_lab()
     user = _user_in(lab, "checkout-redesign")
@@ -178,6 +188,7 @@ def test_an_exposure_after_the_span_ended_is_not_written_and_never_raises(tracer
     from opentelemetry import trace
 
     from fieldlab import _request
+
     t, exporter = tracer
     lab = make_lab()
     cfg = _request.AdapterConfig(lab, units={"user": "header:X-U"})

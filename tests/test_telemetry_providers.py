@@ -41,8 +41,12 @@ class ApiOnlySpan(trace.Span):
         self.recorded_events: list[tuple[str, dict[str, Any], int]] = []
         self.ended = False
         rnd = random.Random()
-        self._context = trace.SpanContext(rnd.getrandbits(128), rnd.getrandbits(64), is_remote=False,
-                                          trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+        self._context = trace.SpanContext(
+            rnd.getrandbits(128),
+            rnd.getrandbits(64),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
 
     def get_span_context(self) -> trace.SpanContext:
         return self._context
@@ -68,8 +72,9 @@ class ApiOnlySpan(trace.Span):
     def set_status(self, status: Any, description: str | None = None) -> None:
         pass
 
-    def record_exception(self, exception: BaseException, attributes: Any = None, timestamp: int | None = None,
-                         escaped: bool = False) -> None:
+    def record_exception(
+        self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False
+    ) -> None:
         pass
 
     def end(self, end_time: int | None = None) -> None:
@@ -80,18 +85,34 @@ class ApiOnlyTracer(trace.Tracer):
     def __init__(self, spans: list[ApiOnlySpan]) -> None:
         self.spans = spans
 
-    def start_span(self, name: str, context: Any = None, kind: SpanKind = SpanKind.INTERNAL, attributes: Any = None,
-                   links: Any = None, start_time: int | None = None, record_exception: bool = True,
-                   set_status_on_exception: bool = True) -> ApiOnlySpan:
+    def start_span(
+        self,
+        name: str,
+        context: Any = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> ApiOnlySpan:
         span = ApiOnlySpan(name, kind, attributes)
         self.spans.append(span)
         return span
 
     @contextlib.contextmanager
-    def start_as_current_span(self, name: str, context: Any = None, kind: SpanKind = SpanKind.INTERNAL,
-                              attributes: Any = None, links: Any = None, start_time: int | None = None,
-                              record_exception: bool = True, set_status_on_exception: bool = True,
-                              end_on_exit: bool = True) -> Iterator[ApiOnlySpan]:
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Any = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[ApiOnlySpan]:
         span = self.start_span(name, context, kind, attributes)
         with trace.use_span(span, end_on_exit=end_on_exit):
             yield span
@@ -106,10 +127,15 @@ class ApiOnlyTracerProvider(trace.TracerProvider):
 
 
 def make_lab() -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
-                Experiment("search", {"a": 1, "b": 1}),
-                Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign")],
-               holdouts=[Holdout("hold", 30, ["search"])], secret="providers")
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
+            Experiment("search", {"a": 1, "b": 1}),
+            Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign"),
+        ],
+        holdouts=[Holdout("hold", 30, ["search"])],
+        secret="providers",
+    )
 
 
 def shop(environ: Any, start_response: Any) -> list[bytes]:
@@ -119,8 +145,9 @@ def shop(environ: Any, start_response: Any) -> list[bytes]:
 
 
 def run(provider: Any, lab: Lab, user: str, *, override: str | None = None) -> bytes:
-    app = OpenTelemetryMiddleware(FieldLabMiddleware(shop, lab=lab, units={"user": "header:X-User-Id"}),
-                                  tracer_provider=provider)
+    app = OpenTelemetryMiddleware(
+        FieldLabMiddleware(shop, lab=lab, units={"user": "header:X-User-Id"}), tracer_provider=provider
+    )
     headers = {"X-User-Id": user}
     if override:
         headers["X-Fieldlab-Override"] = override
@@ -167,11 +194,13 @@ def test_fieldlab_writes_the_same_attributes_and_events_through_an_api_only_trac
     assert attrs[A.CONFIG_VERSION] == lab.version and A.unit_attr("user") in attrs
     assert attrs[A.exposed_attr("banner")] is True and attrs[A.exposed_attr("checkout-redesign")] is True
     assert attrs[A.variant_attr("checkout-redesign")] == (
-        forced if who == "forced" else lab.assign("checkout-redesign", user).variant)
+        forced if who == "forced" else lab.assign("checkout-redesign", user).variant
+    )
     assert attrs.get(A.forced_attr("checkout-redesign")) is (True if who == "forced" else None)
     assert attrs.get(A.holdout_attr("hold")) is (True if who == "held out" else None)
-    assert [f[1][A.FLAG_KEY] for f in flags] == sorted(k[len(A.EXPOSED_PREFIX):] for k in attrs
-                                                        if k.startswith(A.EXPOSED_PREFIX))
+    assert [f[1][A.FLAG_KEY] for f in flags] == sorted(
+        k[len(A.EXPOSED_PREFIX) :] for k in attrs if k.startswith(A.EXPOSED_PREFIX)
+    )
     # through the public calls only, one set_attributes for the start, each exposure as it happens
     assert span.calls[0][0] == "set_attributes" and A.CONFIG_VERSION in span.calls[0][1]
     assert {c[0] for c in span.calls} <= {"set_attributes", "set_attribute", "add_event"}

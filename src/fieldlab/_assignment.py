@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["Assignment", "REASONS", "SPLIT", "OVERRIDE", "HOLDOUT", "TARGETING", "LAYER", "TRAFFIC",
-           "PAUSED", "CONCLUDED", "NO_UNIT", "ERROR", "GUARDRAIL"]
+__all__ = [
+    "Assignment",
+    "REASONS",
+    "SPLIT",
+    "OVERRIDE",
+    "HOLDOUT",
+    "TARGETING",
+    "LAYER",
+    "TRAFFIC",
+    "PAUSED",
+    "CONCLUDED",
+    "NO_UNIT",
+    "ERROR",
+    "GUARDRAIL",
+]
 
-SPLIT = "split"            # in the experiment; the variant comes from the bucket
-OVERRIDE = "override"      # a signed QA token forced the variant
-HOLDOUT = "holdout"        # the unit is in a holdout that covers this experiment
-TARGETING = "targeting"    # the attributes did not match the targeting rule
-LAYER = "layer"            # the unit's layer bucket belongs to another experiment
-TRAFFIC = "traffic"        # the bucket lies outside the traffic share
-PAUSED = "paused"          # draft or paused: nobody is in it
-CONCLUDED = "concluded"    # everyone gets the declared winner; not an exposure
-NO_UNIT = "no_unit"        # no unit id: not in the experiment, never a random fallback
-ERROR = "error"            # something failed inside fieldlab: the default path
-GUARDRAIL = "guardrail"    # the split chose a variant the guardrails paused: the unit gets control
+SPLIT = "split"  # in the experiment; the variant comes from the bucket
+OVERRIDE = "override"  # a signed QA token forced the variant
+HOLDOUT = "holdout"  # the unit is in a holdout that covers this experiment
+TARGETING = "targeting"  # the attributes did not match the targeting rule
+LAYER = "layer"  # the unit's layer bucket belongs to another experiment
+TRAFFIC = "traffic"  # the bucket lies outside the traffic share
+PAUSED = "paused"  # draft or paused: nobody is in it
+CONCLUDED = "concluded"  # everyone gets the declared winner; not an exposure
+NO_UNIT = "no_unit"  # no unit id: not in the experiment, never a random fallback
+ERROR = "error"  # something failed inside fieldlab: the default path
+GUARDRAIL = "guardrail"  # the split chose a variant the guardrails paused: the unit gets control
 
 REASONS = (SPLIT, OVERRIDE, HOLDOUT, TARGETING, LAYER, TRAFFIC, PAUSED, CONCLUDED, NO_UNIT, ERROR, GUARDRAIL)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -46,9 +60,16 @@ class Assignment:
     in_experiment: bool
     paused: str | None
 
-    def __init__(self, experiment: str, variant: str | None, bucket: int | None, reason: str,
-                 params: Mapping[str, Any] | None = None, holdout: str | None = None,
-                 paused: str | None = None) -> None:
+    def __init__(
+        self,
+        experiment: str,
+        variant: str | None,
+        bucket: int | None,
+        reason: str,
+        params: Mapping[str, Any] | None = None,
+        holdout: str | None = None,
+        paused: str | None = None,
+    ) -> None:
         set_ = object.__setattr__
         set_(self, "experiment", experiment)
         set_(self, "variant", variant)
@@ -84,14 +105,22 @@ class Assignment:
         if not isinstance(other, Assignment):
             return NotImplemented
         return (self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused) == (
-            other.experiment, other.variant, other.bucket, other.reason, other.holdout, other.paused)
+            other.experiment,
+            other.variant,
+            other.bucket,
+            other.reason,
+            other.holdout,
+            other.paused,
+        )
 
     def __hash__(self) -> int:
         return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused))
 
     def __repr__(self) -> str:
-        return (f"Assignment(experiment={self.experiment!r}, variant={self.variant!r}, "
-                f"bucket={self.bucket!r}, reason={self.reason!r})")
+        return (
+            f"Assignment(experiment={self.experiment!r}, variant={self.variant!r}, "
+            f"bucket={self.bucket!r}, reason={self.reason!r})"
+        )
 
 
 class _Unsealed(Assignment):

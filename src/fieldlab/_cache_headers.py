@@ -111,8 +111,8 @@ def needs(read_kinds: Iterable[str], sources: Mapping[str, str], new_kinds: Iter
         source = sources.get(kind, OPAQUE)
         if source == COOKIE:
             name = "Cookie"
-        elif source.startswith(_HEADER_PREFIX) and _TOKEN.match(source[len(_HEADER_PREFIX):].strip()):
-            name = source[len(_HEADER_PREFIX):].strip()
+        elif source.startswith(_HEADER_PREFIX) and _TOKEN.match(source[len(_HEADER_PREFIX) :].strip()):
+            name = source[len(_HEADER_PREFIX) :].strip()
         else:
             private = True
             continue
@@ -177,14 +177,19 @@ def merge_cache_control(existing: str | Iterable[str] | None, private: bool) -> 
         return ", ".join(items)
     if any(item.strip().lower() == "private" for item in items):
         return ", ".join(items)
-    kept = [item for item, name in zip(items, names) if name not in ("public", "private")]
+    kept = [item for item, name in zip(items, names, strict=False) if name not in ("public", "private")]
     kept.append("private")
     return ", ".join(kept)
 
 
-def response_headers(read_kinds: Iterable[str], sources: Mapping[str, str], *, new_kinds: Iterable[str] = (),
-                     vary: str | Iterable[str] | None = None,
-                     cache_control: str | Iterable[str] | None = None) -> dict[str, str]:
+def response_headers(
+    read_kinds: Iterable[str],
+    sources: Mapping[str, str],
+    *,
+    new_kinds: Iterable[str] = (),
+    vary: str | Iterable[str] | None = None,
+    cache_control: str | Iterable[str] | None = None,
+) -> dict[str, str]:
     """The ``Vary`` / ``Cache-Control`` values to set on a response (replacing the existing ones).
 
     ``read_kinds`` are the unit kinds of the experiments the request's code read

@@ -22,18 +22,33 @@ import math
 import os
 import re
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from .config import check_settings
 from .errors import ConfigError
 from .experiments import Experiment, Holdout, _check_percent
 
 __all__ = [
-    "FaultSpec", "FaultEntry", "FaultPlan", "compile_plan", "parse_fault", "blast_radius", "variant_shares",
-    "KINDS", "HTTP_POINT", "POINT_NAME_RE", "EXCEPTION_NAME_RE", "DEFAULT_MAX_BLAST_RADIUS", "DEFAULT_MAX_ACTIVE", "MAX_MAX_ACTIVE", "MAX_LATENCY_MS",
-    "FAULT_SETTINGS_KEYS", "state_path",
+    "FaultSpec",
+    "FaultEntry",
+    "FaultPlan",
+    "compile_plan",
+    "parse_fault",
+    "blast_radius",
+    "variant_shares",
+    "KINDS",
+    "HTTP_POINT",
+    "POINT_NAME_RE",
+    "EXCEPTION_NAME_RE",
+    "DEFAULT_MAX_BLAST_RADIUS",
+    "DEFAULT_MAX_ACTIVE",
+    "MAX_MAX_ACTIVE",
+    "MAX_LATENCY_MS",
+    "FAULT_SETTINGS_KEYS",
+    "state_path",
 ]
 
 KINDS = ("latency", "exception", "abort")
@@ -90,13 +105,21 @@ class FaultSpec:
 def _number(entry: Mapping[str, Any], key: str, path: str, *, positive: bool = False) -> float:
     value = entry[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{path}.{key}", f"{value!r} is not a number", f"write {key} as milliseconds, e.g. {key} = 300")
+        raise ConfigError(
+            f"{path}.{key}", f"{value!r} is not a number", f"write {key} as milliseconds, e.g. {key} = 300"
+        )
     if value < 0 or (positive and value == 0):
-        raise ConfigError(f"{path}.{key}", f"{value} is {'not positive' if value == 0 else 'negative'}",
-                          f"use a {'positive' if positive else 'non-negative'} number of milliseconds")
+        raise ConfigError(
+            f"{path}.{key}",
+            f"{value} is {'not positive' if value == 0 else 'negative'}",
+            f"use a {'positive' if positive else 'non-negative'} number of milliseconds",
+        )
     if value > MAX_LATENCY_MS:
-        raise ConfigError(f"{path}.{key}", f"{value} ms is above the {MAX_LATENCY_MS:g} ms limit of one delay",
-                          "use a shorter delay, or an abort (status = 503) to simulate an outage")
+        raise ConfigError(
+            f"{path}.{key}",
+            f"{value} ms is above the {MAX_LATENCY_MS:g} ms limit of one delay",
+            "use a shorter delay, or an abort (status = 503) to simulate an outage",
+        )
     return float(value)
 
 
@@ -112,62 +135,85 @@ def _infer_kind(entry: Mapping[str, Any], path: str) -> str:
         return "exception"
     if set(entry) & _LATENCY_KEYS:
         return "latency"
-    raise ConfigError(path, "cannot tell the fault kind", "give latency_ms (latency), exception = \"name\" "
-                      "(exception) or status = 503 (abort), or set kind explicitly")
+    raise ConfigError(
+        path,
+        "cannot tell the fault kind",
+        'give latency_ms (latency), exception = "name" (exception) or status = 503 (abort), or set kind explicitly',
+    )
 
 
 def parse_fault(entry: Any, path: str) -> FaultSpec:
     """Validate one fault entry; raises :class:`ConfigError` naming ``path`` and the fix."""
     if not isinstance(entry, Mapping):
-        raise ConfigError(path, f"expected a table/object, got {type(entry).__name__}",
-                          'write {point = "db.query", latency_ms = 300}')
+        raise ConfigError(
+            path, f"expected a table/object, got {type(entry).__name__}", 'write {point = "db.query", latency_ms = 300}'
+        )
     kind = _infer_kind(entry, path)
     unknown = set(entry) - _KEYS[kind]
     if unknown:
-        raise ConfigError(path, f"unknown keys {sorted(unknown)} for a {kind} fault",
-                          f"a {kind} fault has {', '.join(sorted(_KEYS[kind]))}")
+        raise ConfigError(
+            path,
+            f"unknown keys {sorted(unknown)} for a {kind} fault",
+            f"a {kind} fault has {', '.join(sorted(_KEYS[kind]))}",
+        )
     point = entry.get("point", HTTP_POINT if kind == "abort" else None)
     if point is None:
         raise ConfigError(f"{path}.point", "is missing", 'name the fault point from the code, e.g. point = "db.query"')
     if not isinstance(point, str) or not POINT_NAME_RE.match(point):
-        raise ConfigError(f"{path}.point", f"{point!r} is not a valid point name",
-                          "use 1-128 letters, digits, '.', '_', '-', ':' or '/'")
+        raise ConfigError(
+            f"{path}.point",
+            f"{point!r} is not a valid point name",
+            "use 1-128 letters, digits, '.', '_', '-', ':' or '/'",
+        )
     if kind == "abort" and point != HTTP_POINT:
-        raise ConfigError(f"{path}.point", f"an abort answers the HTTP request before the app runs, so its point is "
-                          f"{HTTP_POINT!r}, not {point!r}",
-                          f'write point = "{HTTP_POINT}" (or leave it out), or use an exception fault at {point!r}')
+        raise ConfigError(
+            f"{path}.point",
+            f"an abort answers the HTTP request before the app runs, so its point is {HTTP_POINT!r}, not {point!r}",
+            f'write point = "{HTTP_POINT}" (or leave it out), or use an exception fault at {point!r}',
+        )
     if kind != "abort" and point == HTTP_POINT:
-        raise ConfigError(f"{path}.point", f"point {HTTP_POINT!r} is reserved for aborts",
-                          "name a fault point from the code, e.g. point = \"db.query\"")
+        raise ConfigError(
+            f"{path}.point",
+            f"point {HTTP_POINT!r} is reserved for aborts",
+            'name a fault point from the code, e.g. point = "db.query"',
+        )
     rate = entry.get("rate", 100)
     rate = _check_percent(rate, f"{path}.rate", "rate")
     salt = entry.get("salt")
     if salt is not None and (not isinstance(salt, str) or not salt):
-        raise ConfigError(f"{path}.salt", f"salt {salt!r} must be a non-empty string",
-                          "give a string, or leave it out to use '<experiment>:<variant>:fault'")
+        raise ConfigError(
+            f"{path}.salt",
+            f"salt {salt!r} must be a non-empty string",
+            "give a string, or leave it out to use '<experiment>:<variant>:fault'",
+        )
     desc = entry.get("description")
     if desc is not None and not isinstance(desc, str):
-        raise ConfigError(f"{path}.description", "must be a string", "write description = \"...\"")
+        raise ConfigError(f"{path}.description", "must be a string", 'write description = "..."')
     common: dict[str, Any] = {"kind": kind, "point": point, "rate_bp": int(round(rate * 100)), "salt": salt}
     if kind == "latency":
         return FaultSpec(**common, **_parse_latency(entry, path))
     if kind == "exception":
         name = entry.get("exception", "InjectedFault")
         if not isinstance(name, str) or not EXCEPTION_NAME_RE.match(name):
-            raise ConfigError(f"{path}.exception", f"{name!r} is not a valid exception name",
-                              "use the name the app registered with fieldlab.faults.register_exception, "
-                              "or InjectedFault")
+            raise ConfigError(
+                f"{path}.exception",
+                f"{name!r} is not a valid exception name",
+                "use the name the app registered with fieldlab.faults.register_exception, or InjectedFault",
+            )
         message = entry.get("message")
         if message is not None and not isinstance(message, str):
-            raise ConfigError(f"{path}.message", "must be a string", "write message = \"...\"")
+            raise ConfigError(f"{path}.message", "must be a string", 'write message = "..."')
         return FaultSpec(**common, exception=name, message=message)
     status = entry.get("status", 503)
     if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-        raise ConfigError(f"{path}.status", f"{status!r} is not an HTTP error status",
-                          "use a status from 400 to 599, e.g. status = 503")
+        raise ConfigError(
+            f"{path}.status",
+            f"{status!r} is not an HTTP error status",
+            "use a status from 400 to 599, e.g. status = 503",
+        )
     body = entry.get("body")
     if body is not None and (not isinstance(body, str) or len(body) > _MAX_BODY):
-        raise ConfigError(f"{path}.body", "must be a string of at most 64 KiB", "write body = \"service unavailable\"")
+        raise ConfigError(f"{path}.body", "must be a string of at most 64 KiB", 'write body = "service unavailable"')
     return FaultSpec(**common, status=status, body=body)
 
 
@@ -180,22 +226,36 @@ def _parse_latency(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
     elif "latency_ms" in has:
         inferred = "fixed"
     else:
-        raise ConfigError(path, "a latency fault needs a delay",
-                          "write latency_ms = 300, or min_ms and max_ms, or median_ms and p99_ms")
+        raise ConfigError(
+            path,
+            "a latency fault needs a delay",
+            "write latency_ms = 300, or min_ms and max_ms, or median_ms and p99_ms",
+        )
     dist = entry.get("distribution", inferred)
     if dist not in _DISTRIBUTIONS:
-        raise ConfigError(f"{path}.distribution", f"unknown distribution {dist!r}", f"use one of {', '.join(_DISTRIBUTIONS)}")
+        raise ConfigError(
+            f"{path}.distribution", f"unknown distribution {dist!r}", f"use one of {', '.join(_DISTRIBUTIONS)}"
+        )
     if dist != inferred:
-        raise ConfigError(f"{path}.distribution", f"distribution {dist!r} does not match the keys given ({sorted(has)})",
-                          "fixed takes latency_ms; uniform takes min_ms and max_ms; lognormal takes median_ms and "
-                          "p99_ms (and max_ms as a cap)")
-    allowed = {"fixed": {"latency_ms"}, "uniform": {"min_ms", "max_ms"},
-               "lognormal": {"median_ms", "p99_ms", "max_ms"}}[dist]
+        raise ConfigError(
+            f"{path}.distribution",
+            f"distribution {dist!r} does not match the keys given ({sorted(has)})",
+            "fixed takes latency_ms; uniform takes min_ms and max_ms; lognormal takes median_ms and "
+            "p99_ms (and max_ms as a cap)",
+        )
+    allowed = {
+        "fixed": {"latency_ms"},
+        "uniform": {"min_ms", "max_ms"},
+        "lognormal": {"median_ms", "p99_ms", "max_ms"},
+    }[dist]
     extra = has - allowed
     if extra:
-        raise ConfigError(path, f"{sorted(extra)} do not go with a {dist} latency",
-                          "fixed takes latency_ms; uniform takes min_ms and max_ms; lognormal takes median_ms and "
-                          "p99_ms (and max_ms as a cap)")
+        raise ConfigError(
+            path,
+            f"{sorted(extra)} do not go with a {dist} latency",
+            "fixed takes latency_ms; uniform takes min_ms and max_ms; lognormal takes median_ms and "
+            "p99_ms (and max_ms as a cap)",
+        )
     out: dict[str, Any] = {"distribution": dist}
     if "jitter_ms" in entry:
         out["jitter_ms"] = _number(entry, "jitter_ms", path)
@@ -216,8 +276,9 @@ def _parse_latency(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
         median = _number(entry, "median_ms", path, positive=True)
         p99 = _number(entry, "p99_ms", path, positive=True)
         if p99 < median:
-            raise ConfigError(f"{path}.p99_ms", f"p99_ms {p99:g} is below median_ms {median:g}",
-                              "write p99_ms >= median_ms")
+            raise ConfigError(
+                f"{path}.p99_ms", f"p99_ms {p99:g} is below median_ms {median:g}", "write p99_ms >= median_ms"
+            )
         out.update(median_ms=median, p99_ms=p99)
         if "max_ms" in entry:
             out["max_ms"] = _number(entry, "max_ms", path)
@@ -243,7 +304,7 @@ def variant_shares(exp: Experiment, holdouts: Sequence[Holdout]) -> dict[str, fl
     is not counted, so this is an upper bound. Linear in the number of variants.
     """
     factor = _experiment_factor(exp, holdouts)
-    return {v.name: (hi - lo) / 10000 * factor for v, (lo, hi) in zip(exp.variants, exp._ranges)}
+    return {v.name: (hi - lo) / 10000 * factor for v, (lo, hi) in zip(exp.variants, exp._ranges, strict=False)}
 
 
 def blast_radius(experiments: Sequence[Experiment], holdouts: Sequence[Holdout] = ()) -> dict[tuple[str, str], float]:
@@ -296,13 +357,30 @@ class FaultPlan:
     the rest of the state.
     """
 
-    __slots__ = ("enabled", "max_blast_radius", "max_active", "by_point", "radius", "total_radius",
-                 "shares", "state_file", "reload_interval", "code_admitted")
+    __slots__ = (
+        "enabled",
+        "max_blast_radius",
+        "max_active",
+        "by_point",
+        "radius",
+        "total_radius",
+        "shares",
+        "state_file",
+        "reload_interval",
+        "code_admitted",
+    )
 
-    def __init__(self, enabled: bool, max_blast_radius: float, max_active: int,
-                 by_point: Mapping[str, tuple[FaultEntry, ...]],
-                 radius: Mapping[tuple[str, str], float], shares: Mapping[tuple[str, str], float],
-                 state_file: str | None, reload_interval: float | None) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        max_blast_radius: float,
+        max_active: int,
+        by_point: Mapping[str, tuple[FaultEntry, ...]],
+        radius: Mapping[tuple[str, str], float],
+        shares: Mapping[tuple[str, str], float],
+        state_file: str | None,
+        reload_interval: float | None,
+    ) -> None:
         self.enabled = enabled
         self.max_blast_radius = max_blast_radius
         self.max_active = max_active
@@ -319,8 +397,9 @@ class FaultPlan:
 def _settings(faults: Mapping[str, Any]) -> tuple[bool, float, int]:
     unknown = set(faults) - FAULT_SETTINGS_KEYS
     if unknown:
-        raise ConfigError("faults", f"unknown settings {sorted(unknown)}",
-                          f"use only {', '.join(sorted(FAULT_SETTINGS_KEYS))}")
+        raise ConfigError(
+            "faults", f"unknown settings {sorted(unknown)}", f"use only {', '.join(sorted(FAULT_SETTINGS_KEYS))}"
+        )
     enabled = faults.get("enabled", False)
     if not isinstance(enabled, bool):
         raise ConfigError("faults.enabled", f"{enabled!r} is not true or false", "write enabled = true")
@@ -328,13 +407,21 @@ def _settings(faults: Mapping[str, Any]) -> tuple[bool, float, int]:
     cap = _check_percent(cap, "faults.max_blast_radius", "max_blast_radius")
     max_active = faults.get("max_active", DEFAULT_MAX_ACTIVE)
     if isinstance(max_active, bool) or not isinstance(max_active, int) or not 1 <= max_active <= MAX_MAX_ACTIVE:
-        raise ConfigError("faults.max_active", f"{max_active!r} is not a whole number from 1 to {MAX_MAX_ACTIVE:,}",
-                          f"write max_active = {DEFAULT_MAX_ACTIVE} (faults in progress at once, per process)")
+        raise ConfigError(
+            "faults.max_active",
+            f"{max_active!r} is not a whole number from 1 to {MAX_MAX_ACTIVE:,}",
+            f"write max_active = {DEFAULT_MAX_ACTIVE} (faults in progress at once, per process)",
+        )
     return enabled, cap, max_active
 
 
-def compile_plan(experiments: Sequence[Experiment], holdouts: Sequence[Holdout], settings: Mapping[str, Any],
-                 faults: Mapping[str, Any] | None, source: str | None) -> FaultPlan:
+def compile_plan(
+    experiments: Sequence[Experiment],
+    holdouts: Sequence[Holdout],
+    settings: Mapping[str, Any],
+    faults: Mapping[str, Any] | None,
+    source: str | None,
+) -> FaultPlan:
     """Validate every fault entry and the blast radius, and index the faults by point.
 
     Raises :class:`ConfigError` naming the field path (or, for the blast
@@ -357,14 +444,28 @@ def compile_plan(experiments: Sequence[Experiment], holdouts: Sequence[Holdout],
     radius = blast_radius(experiments, holdouts)
     total = sum(radius.values())
     if total * 100 > cap + 1e-9:
-        parts = ", ".join(f"{e}/{v} {share * 100:.4g}%" for (e, v), share in sorted(radius.items(), key=lambda x: -x[1]))
-        raise ConfigError("faults.max_blast_radius",
-                          f"fault variants could reach {total * 100:.4g}% of units, above the cap of {cap:g}% "
-                          f"(experiments: {parts})",
-                          "lower the traffic or weight of those fault variants, or raise [faults] max_blast_radius")
-    shares = {(e.key, name): share for e in experiments if e.status == "running"
-              for name, share in variant_shares(e, holdouts).items()}
+        parts = ", ".join(
+            f"{e}/{v} {share * 100:.4g}%" for (e, v), share in sorted(radius.items(), key=lambda x: -x[1])
+        )
+        raise ConfigError(
+            "faults.max_blast_radius",
+            f"fault variants could reach {total * 100:.4g}% of units, above the cap of {cap:g}% (experiments: {parts})",
+            "lower the traffic or weight of those fault variants, or raise [faults] max_blast_radius",
+        )
+    shares = {
+        (e.key, name): share
+        for e in experiments
+        if e.status == "running"
+        for name, share in variant_shares(e, holdouts).items()
+    }
     interval = settings.get("reload_interval")
-    return FaultPlan(enabled, cap, max_active, MappingProxyType({p: tuple(x) for p, x in by_point.items()}),
-                     MappingProxyType(radius), MappingProxyType(shares), state_path(source, settings),
-                     float(interval) if isinstance(interval, (int, float)) and not isinstance(interval, bool) else None)
+    return FaultPlan(
+        enabled,
+        cap,
+        max_active,
+        MappingProxyType({p: tuple(x) for p, x in by_point.items()}),
+        MappingProxyType(radius),
+        MappingProxyType(shares),
+        state_path(source, settings),
+        float(interval) if isinstance(interval, (int, float)) and not isinstance(interval, bool) else None,
+    )

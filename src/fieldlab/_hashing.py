@@ -24,15 +24,17 @@ BUCKETS = 10_000
 _mmh3_hash = mmh3.hash
 
 
-def _utf8(s: str) -> "str | bytes":
+def _utf8(s: str) -> str | bytes:
     """``s`` as MurmurHash may take it: ASCII as is, other text as its UTF-8 bytes (ValueError without any)."""
     if s.isascii():
         return s
     try:
         return s.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{s!r} is not valid Unicode text (it holds a lone surrogate), so it has no "
-                         "UTF-8 bytes to hash; pass the text the client sent, decoded as UTF-8") from None
+        raise ValueError(
+            f"{s!r} is not valid Unicode text (it holds a lone surrogate), so it has no "
+            "UTF-8 bytes to hash; pass the text the client sent, decoded as UTF-8"
+        ) from None
 
 
 def hash32(s: str) -> int:
@@ -54,7 +56,7 @@ def traffic_basis_points(traffic: float) -> int:
     return int(round(float(traffic) * 100))
 
 
-def variant_boundaries(weights: "list[int] | tuple[int, ...]", traffic_bp: int) -> list[tuple[int, int]]:
+def variant_boundaries(weights: list[int] | tuple[int, ...], traffic_bp: int) -> list[tuple[int, int]]:
     """The bucket range ``[lo, hi)`` of each variant.
 
     ``B_i = 10000 * C_i // W`` where ``C_i`` is the sum of the weights before
@@ -69,7 +71,4 @@ def variant_boundaries(weights: "list[int] | tuple[int, ...]", traffic_bp: int) 
         starts.append(BUCKETS * acc // total)
         acc += w
     starts.append(BUCKETS)
-    return [
-        (starts[i], starts[i] + (starts[i + 1] - starts[i]) * traffic_bp // BUCKETS)
-        for i in range(len(weights))
-    ]
+    return [(starts[i], starts[i] + (starts[i + 1] - starts[i]) * traffic_bp // BUCKETS) for i in range(len(weights))]

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["counters", "count", "log_once", "failed", "stats", "reset", "MAX_TAGS"]
 
@@ -70,8 +71,9 @@ def log_once(tag: str, msg: str, *args: Any, logger: logging.Logger = LOG, exc_i
         pass
 
 
-def failed(group: str, name: str, tag: str, msg: str, *args: Any, logger: logging.Logger = LOG,
-           exc_info: bool = True) -> None:
+def failed(
+    group: str, name: str, tag: str, msg: str, *args: Any, logger: logging.Logger = LOG, exc_info: bool = True
+) -> None:
     """An internal failure: count ``group.name`` and log ``msg`` once per ``tag`` (with the traceback); never raises.
 
     Call it from the ``except`` block that caught the failure.
@@ -83,8 +85,11 @@ def failed(group: str, name: str, tag: str, msg: str, *args: Any, logger: loggin
 def stats() -> dict[str, int]:
     """Every process-wide counter, as ``{"<group>.<name>": value}``, sorted by name."""
     with _lock:
-        return {f"{group}.{name}": value for group, found in sorted(_groups.items())
-                for name, value in sorted(found.items())}
+        return {
+            f"{group}.{name}": value
+            for group, found in sorted(_groups.items())
+            for name, value in sorted(found.items())
+        }
 
 
 def reset(group: str) -> None:

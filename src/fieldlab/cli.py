@@ -12,7 +12,8 @@ import importlib
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from ._units import is_unit_text
@@ -21,8 +22,13 @@ from .errors import ConfigError, FieldLabError
 __all__ = ["main", "build_parser", "EXTRAS", "missing_extra_message"]
 
 # Modules that add their own subcommands; each has add_parsers(subparsers).
-_PLUGINS = ("fieldlab.analysis.cli", "fieldlab.demo", "fieldlab.killswitch", "fieldlab.control.cli",
-            "fieldlab.control.canary_cli")
+_PLUGINS = (
+    "fieldlab.analysis.cli",
+    "fieldlab.demo",
+    "fieldlab.killswitch",
+    "fieldlab.control.cli",
+    "fieldlab.control.canary_cli",
+)
 
 
 class CommandError(FieldLabError):
@@ -31,8 +37,13 @@ class CommandError(FieldLabError):
 
 #: Optional dependency (top-level module) -> the extra that installs it.
 EXTRAS = {
-    "numpy": "analysis", "scipy": "analysis", "chdb": "analysis", "clickhouse_connect": "clickhouse",
-    "yaml": "yaml", "redis": "redis", "opentelemetry": "otel",
+    "numpy": "analysis",
+    "scipy": "analysis",
+    "chdb": "analysis",
+    "clickhouse_connect": "clickhouse",
+    "yaml": "yaml",
+    "redis": "redis",
+    "opentelemetry": "otel",
 }
 
 
@@ -47,29 +58,39 @@ def missing_extra_message(exc: ImportError) -> str:
 
 def _load_lab(path: str, **kw: Any):
     from .lab import Lab
+
     return Lab.from_file(path, reload_interval=0, **kw)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     lab = _load_lab(args.config)
     n = len(lab.experiments)
-    print(f"{args.config}: valid, config version {lab.version}: {n} experiment{'s' * (n != 1)}, "
-          f"{len(lab.layers)} layer(s), {len(lab.holdouts)} holdout(s)")
+    print(
+        f"{args.config}: valid, config version {lab.version}: {n} experiment{'s' * (n != 1)}, "
+        f"{len(lab.layers)} layer(s), {len(lab.holdouts)} holdout(s)"
+    )
     for exp in lab.experiments.values():
         ranges = ", ".join(f"{name} [{lo}, {hi})" for name, (lo, hi) in exp.ranges().items())
-        extra = f" layer {exp.layer} [{exp.layer_range[0] / 100:g}%, {exp.layer_range[1] / 100:g}%)" if exp.layer else ""
+        extra = (
+            f" layer {exp.layer} [{exp.layer_range[0] / 100:g}%, {exp.layer_range[1] / 100:g}%)" if exp.layer else ""
+        )
         print(f"  {exp.key}: {exp.status}, unit {exp.unit}, traffic {exp.traffic:g}%{extra}: {ranges}")
     plan = lab._state.fault_plan
     if plan.radius:
         from .faults import blast_radius
+
         radius = blast_radius(lab)
         parts = ", ".join(f"{name} {share:.2f}%" for name, share in radius["variants"].items())
-        print(f"  faults: {'enabled' if plan.enabled else 'disabled (set [faults] enabled = true)'}; "
-              f"blast radius {radius['total']:.2f}% of a {radius['cap']:g}% cap ({parts})")
+        print(
+            f"  faults: {'enabled' if plan.enabled else 'disabled (set [faults] enabled = true)'}; "
+            f"blast radius {radius['total']:.2f}% of a {radius['cap']:g}% cap ({parts})"
+        )
     g = lab._state.guardrails.lab
     pairs = ", ".join(f"{w.name} at {w.burn_rate:g}x" for w in g.windows)
-    print(f"  guardrails: service SLO {g.service_slo:g} %, windows {pairs}, {g.min_units} units per arm; "
-          f"state {lab._state.state_url or '(none)'}")
+    print(
+        f"  guardrails: service SLO {g.service_slo:g} %, windows {pairs}, {g.min_units} units per arm; "
+        f"state {lab._state.state_url or '(none)'}"
+    )
     return 0
 
 
@@ -90,8 +111,9 @@ def _check_unit(uid: str, where: str) -> str:
     """``uid`` if it is text with a UTF-8 form; else a CommandError (bytes that are not UTF-8 have no bucket)."""
     if not is_unit_text(uid):
         shown = uid.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise CommandError(f"{where}: unit id '{shown}' is not valid UTF-8, so it has no bucket; "
-                           "pass the id as UTF-8 text")
+        raise CommandError(
+            f"{where}: unit id '{shown}' is not valid UTF-8, so it has no bucket; pass the id as UTF-8 text"
+        )
     return uid
 
 
@@ -123,6 +145,7 @@ def _cmd_assign(args: argparse.Namespace) -> int:
 
 def _cmd_token(args: argparse.Namespace) -> int:
     from .overrides import parse_duration
+
     lab = _load_lab(args.config)
     if lab.secret is None:
         env = lab.settings.get("secret_env", "FIELDLAB_SECRET")
@@ -137,14 +160,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .sql import clickhouse_expression
+
     lab = _load_lab(args.config)
     if args.experiment not in lab.experiments:
-        raise CommandError(f"unknown experiment {args.experiment!r}; the config has {', '.join(sorted(lab.experiments))}")
+        raise CommandError(
+            f"unknown experiment {args.experiment!r}; the config has {', '.join(sorted(lab.experiments))}"
+        )
     exp = lab.experiments[args.experiment]
     if args.sql:
         if exp.targeting:
-            print(f"note: {exp.key} has targeting, which SQL over unit ids cannot reproduce; "
-                  "the expression covers status, holdouts, layer and traffic", file=sys.stderr)
+            print(
+                f"note: {exp.key} has targeting, which SQL over unit ids cannot reproduce; "
+                "the expression covers status, holdouts, layer and traffic",
+                file=sys.stderr,
+            )
         print(clickhouse_expression(lab, exp.key, args.sql))
         return 0
     if not args.units:
@@ -159,8 +188,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             try:
                 uid = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise CommandError(f"{name}: line {number}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                   "save the units file as UTF-8") from None
+                raise CommandError(
+                    f"{name}: line {number}: not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
+                    "save the units file as UTF-8"
+                ) from None
             if not uid:
                 continue
             _check_unit(uid, f"--units {args.units} line {number}")
@@ -173,8 +204,9 @@ _skipped: dict[str, str] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fieldlab", description="Deterministic experiments in production, "
-                                     "measured from your traces.")
+    parser = argparse.ArgumentParser(
+        prog="fieldlab", description="Deterministic experiments in production, measured from your traces."
+    )
     parser.add_argument("--version", action="version", version=f"fieldlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

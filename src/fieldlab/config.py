@@ -12,16 +12,33 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ConfigError, suggest_names
 
 __all__ = [
-    "read_config_file", "read_config_bytes", "parse_format", "content_version", "check_document", "check_number",
-    "check_reload_interval", "check_settings", "check_state_setting", "check_limits", "TOP_LEVEL_KEYS",
-    "SETTINGS_KEYS", "MAX_CONFIG_BYTES", "MAX_EXPERIMENTS", "MAX_LAYERS", "MAX_HOLDOUTS", "MIN_RELOAD_INTERVAL",
+    "read_config_file",
+    "read_config_bytes",
+    "parse_format",
+    "content_version",
+    "check_document",
+    "check_number",
+    "check_reload_interval",
+    "check_settings",
+    "check_state_setting",
+    "check_limits",
+    "TOP_LEVEL_KEYS",
+    "SETTINGS_KEYS",
+    "MAX_CONFIG_BYTES",
+    "MAX_EXPERIMENTS",
+    "MAX_LAYERS",
+    "MAX_HOLDOUTS",
+    "MIN_RELOAD_INTERVAL",
     "MAX_RELOAD_INTERVAL",
-    "DEFAULT_STATE_POLL_INTERVAL", "MIN_STATE_POLL_INTERVAL", "MAX_STATE_POLL_INTERVAL",
+    "DEFAULT_STATE_POLL_INTERVAL",
+    "MIN_STATE_POLL_INTERVAL",
+    "MAX_STATE_POLL_INTERVAL",
 ]
 
 try:  # Python 3.11+
@@ -30,9 +47,20 @@ except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
 TOP_LEVEL_KEYS = frozenset({"lab", "experiments", "layers", "holdouts", "faults", "guardrails", "canaries"})
-SETTINGS_KEYS = frozenset({"secret_env", "reload_interval", "unit_ids", "unit_hash_key_env", "trust_baggage",
-                           "state_file", "state", "state_poll_interval", "span_attribute_limit",
-                           "span_attribute_headroom"})
+SETTINGS_KEYS = frozenset(
+    {
+        "secret_env",
+        "reload_interval",
+        "unit_ids",
+        "unit_hash_key_env",
+        "trust_baggage",
+        "state_file",
+        "state",
+        "state_poll_interval",
+        "span_attribute_limit",
+        "span_attribute_headroom",
+    }
+)
 
 #: Limits of one configuration. A file beyond them is refused with a ConfigError naming the limit (on a
 #: reload, the last good config stays), so a runaway generator cannot exhaust a process's memory. An
@@ -50,8 +78,7 @@ MIN_STATE_POLL_INTERVAL = 0.01
 MAX_STATE_POLL_INTERVAL = 60.0
 
 
-def check_number(value: Any, path: str, *, lo: float, hi: float, what: str, fix: str,
-                 integer: bool = False) -> float:
+def check_number(value: Any, path: str, *, lo: float, hi: float, what: str, fix: str, integer: bool = False) -> float:
     """``value`` as a finite number within ``[lo, hi]``; else a ConfigError naming ``path`` and ``fix``.
 
     NaN and infinities are refused explicitly: they compare false with every
@@ -70,8 +97,10 @@ def check_number(value: Any, path: str, *, lo: float, hi: float, what: str, fix:
 
 def check_reload_interval(value: Any, path: str = "lab.reload_interval") -> float:
     """A valid ``reload_interval``: 0 (off) or MIN_RELOAD_INTERVAL..MAX_RELOAD_INTERVAL seconds."""
-    fix = (f"set {path.rsplit('.', 1)[-1]} to 0 (no reloading) or to seconds from {MIN_RELOAD_INTERVAL:g} "
-           f"to {MAX_RELOAD_INTERVAL:g}, e.g. 5")
+    fix = (
+        f"set {path.rsplit('.', 1)[-1]} to 0 (no reloading) or to seconds from {MIN_RELOAD_INTERVAL:g} "
+        f"to {MAX_RELOAD_INTERVAL:g}, e.g. 5"
+    )
     seconds = check_number(value, path, lo=0, hi=MAX_RELOAD_INTERVAL, what="reload_interval", fix=fix)
     if 0 < seconds < MIN_RELOAD_INTERVAL:
         raise ConfigError(path, f"reload_interval {seconds:g} is below {MIN_RELOAD_INTERVAL:g} s", fix)
@@ -83,10 +112,15 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     if "reload_interval" in settings:
         check_reload_interval(settings["reload_interval"])
     if "state_poll_interval" in settings:
-        check_number(settings["state_poll_interval"], "lab.state_poll_interval", lo=MIN_STATE_POLL_INTERVAL,
-                     hi=MAX_STATE_POLL_INTERVAL, what="state_poll_interval",
-                     fix=f"give seconds from {MIN_STATE_POLL_INTERVAL:g} to {MAX_STATE_POLL_INTERVAL:g} "
-                     f"(default {DEFAULT_STATE_POLL_INTERVAL:g}: pauses take effect within one interval)")
+        check_number(
+            settings["state_poll_interval"],
+            "lab.state_poll_interval",
+            lo=MIN_STATE_POLL_INTERVAL,
+            hi=MAX_STATE_POLL_INTERVAL,
+            what="state_poll_interval",
+            fix=f"give seconds from {MIN_STATE_POLL_INTERVAL:g} to {MAX_STATE_POLL_INTERVAL:g} "
+            f"(default {DEFAULT_STATE_POLL_INTERVAL:g}: pauses take effect within one interval)",
+        )
     check_state_setting(settings)
 
 
@@ -96,8 +130,11 @@ def check_state_setting(settings: Mapping[str, Any]) -> str | None:
     ``state_file`` is its older name (the kill switch's file): either may be given, not both.
     """
     if "state" in settings and "state_file" in settings:
-        raise ConfigError("lab.state", "both state and state_file are set",
-                          "keep state (state_file is its older name, for the same JSON file)")
+        raise ConfigError(
+            "lab.state",
+            "both state and state_file are set",
+            "keep state (state_file is its older name, for the same JSON file)",
+        )
     key = "state" if "state" in settings else "state_file"
     if key not in settings:
         return None
@@ -120,8 +157,11 @@ def check_limits(doc: Mapping[str, Any]) -> None:
     for name, limit in (("experiments", MAX_EXPERIMENTS), ("layers", MAX_LAYERS), ("holdouts", MAX_HOLDOUTS)):
         items = doc.get(name)
         if isinstance(items, (list, tuple)) and len(items) > limit:
-            raise ConfigError(name, f"{len(items):,} {name}, above the limit of {limit:,} per config",
-                              f"split the config, or remove concluded {name}")
+            raise ConfigError(
+                name,
+                f"{len(items):,} {name}, above the limit of {limit:,} per config",
+                f"split the config, or remove concluded {name}",
+            )
 
 
 def parse_format(path: str) -> str:
@@ -132,8 +172,12 @@ def parse_format(path: str) -> str:
         return "json"
     if ext in (".yaml", ".yml"):
         return "yaml"
-    raise ConfigError("(file)", f"cannot tell the format of {os.path.basename(path)!r}",
-                      "name the file .toml, .json, .yaml or .yml", source=path)
+    raise ConfigError(
+        "(file)",
+        f"cannot tell the format of {os.path.basename(path)!r}",
+        "name the file .toml, .json, .yaml or .yml",
+        source=path,
+    )
 
 
 def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
@@ -151,8 +195,12 @@ def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
             try:
                 import yaml  # type: ignore[import-untyped]
             except ModuleNotFoundError:
-                raise ConfigError("(file)", "YAML needs PyYAML, which is not installed",
-                                  "pip install 'fieldlab[yaml]', or use TOML or JSON", source=source) from None
+                raise ConfigError(
+                    "(file)",
+                    "YAML needs PyYAML, which is not installed",
+                    "pip install 'fieldlab[yaml]', or use TOML or JSON",
+                    source=source,
+                ) from None
             loader = _yaml_loader()(text)  # a SafeLoader that marks duplicate keys (what yaml.load does)
             try:
                 doc = loader.get_single_data()
@@ -162,8 +210,9 @@ def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
     except ConfigError:
         raise
     except UnicodeDecodeError as exc:
-        raise ConfigError("(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})", "save the file as UTF-8",
-                          source=source) from None
+        raise ConfigError(
+            "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})", "save the file as UTF-8", source=source
+        ) from None
     except Exception as exc:  # parser errors carry line numbers in their text
         problem, fix = _parse_error(exc, fmt)
         raise ConfigError("(file)", f"cannot parse {fmt.upper()}: {problem}", fix, source=source) from None
@@ -175,12 +224,20 @@ def parse_bytes(data: bytes, fmt: str, source: str) -> dict[str, Any]:
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise ConfigError("(top level)", f"expected a table/object, got {type(doc).__name__}",
-                          "start the file with experiments, layers, holdouts and lab sections", source=source)
+        raise ConfigError(
+            "(top level)",
+            f"expected a table/object, got {type(doc).__name__}",
+            "start the file with experiments, layers, holdouts and lab sections",
+            source=source,
+        )
     unknown = set(doc) - TOP_LEVEL_KEYS
     if unknown:
-        raise ConfigError("(top level)", f"unknown sections {sorted(unknown, key=str)}",
-                          suggest_names(sorted(unknown, key=str), TOP_LEVEL_KEYS, "sections"), source=source)
+        raise ConfigError(
+            "(top level)",
+            f"unknown sections {sorted(unknown, key=str)}",
+            suggest_names(sorted(unknown, key=str), TOP_LEVEL_KEYS, "sections"),
+            source=source,
+        )
     try:
         check_limits(doc)
     except ConfigError as exc:
@@ -309,17 +366,21 @@ def check_document(doc: Any) -> None:
             if isinstance(value, _Duplicated):
                 key, where = value.duplicates[0]
                 shown = _text(key) if isinstance(key, str) else repr(key)
-                raise ConfigError(f"{path}.{shown}" if path else shown,
-                                  f"key {shown!r} is given more than once{where}; the parser would keep only the last",
-                                  "keep one of them")
+                raise ConfigError(
+                    f"{path}.{shown}" if path else shown,
+                    f"key {shown!r} is given more than once{where}; the parser would keep only the last",
+                    "keep one of them",
+                )
             items = list(value.items())
             for key, item in reversed(items):
                 shown = _text(key) if isinstance(key, str) else str(key)
                 sub = f"{path}.{shown}" if path else shown
                 if _bad_text(key):
-                    raise ConfigError(path or "(top level)", f'key "{shown}" holds a lone surrogate escape, '
-                                      "which is not a Unicode character",
-                                      "write the character itself rather than an escape")
+                    raise ConfigError(
+                        path or "(top level)",
+                        f'key "{shown}" holds a lone surrogate escape, which is not a Unicode character',
+                        "write the character itself rather than an escape",
+                    )
                 stack.append((item, sub))
         elif isinstance(value, list):
             if id(value) in seen:
@@ -328,9 +389,11 @@ def check_document(doc: Any) -> None:
             for i in range(len(value) - 1, -1, -1):
                 stack.append((value[i], f"{path}[{i}]"))
         elif _bad_text(value):
-            raise ConfigError(path or "(top level)", f'"{_text(value)}" holds a lone surrogate escape, '
-                              "which is not a Unicode character",
-                              "write the character itself rather than an escape")
+            raise ConfigError(
+                path or "(top level)",
+                f'"{_text(value)}" holds a lone surrogate escape, which is not a Unicode character',
+                "write the character itself rather than an escape",
+            )
 
 
 def read_config_bytes(path: str) -> bytes:
@@ -339,10 +402,16 @@ def read_config_bytes(path: str) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError("(file)", f"cannot read: {exc.strerror}", "check the path and permissions", source=path) from None
+        raise ConfigError(
+            "(file)", f"cannot read: {exc.strerror}", "check the path and permissions", source=path
+        ) from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError("(file)", f"larger than the limit of {MAX_CONFIG_BYTES // (1024 * 1024)} MiB per config file",
-                          "split the config, or remove concluded experiments", source=path)
+        raise ConfigError(
+            "(file)",
+            f"larger than the limit of {MAX_CONFIG_BYTES // (1024 * 1024)} MiB per config file",
+            "split the config, or remove concluded experiments",
+            source=path,
+        )
     return data
 
 

@@ -61,8 +61,16 @@ class PreparedRequest:
     attributes, per experiment.
     """
 
-    def __init__(self, units: dict[str, str | None], assignments: dict[str, Assignment], held_out: list[str],
-                 exposed: frozenset[str], version: str, base_attrs: dict[str, Any], unit_values: dict[str, str]) -> None:
+    def __init__(
+        self,
+        units: dict[str, str | None],
+        assignments: dict[str, Assignment],
+        held_out: list[str],
+        exposed: frozenset[str],
+        version: str,
+        base_attrs: dict[str, Any],
+        unit_values: dict[str, str],
+    ) -> None:
         self.units = units
         self.assignments = assignments
         self.held_out = held_out
@@ -100,11 +108,20 @@ class RequestContext:
     set on the context itself.
     """
 
-    def __init__(self, lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
-                 overrides: VerifiedOverrides | None = None, trace_id: str | None = None, *,
-                 copy: bool = True, assignments: dict[str, Assignment] | None = None,
-                 version: str | None = None, recorder: Recorder | None = None,
-                 prepared: PreparedRequest | None = None) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        units: Mapping[str, str | None],
+        attributes: Mapping[str, Any] | None = None,
+        overrides: VerifiedOverrides | None = None,
+        trace_id: str | None = None,
+        *,
+        copy: bool = True,
+        assignments: dict[str, Assignment] | None = None,
+        version: str | None = None,
+        recorder: Recorder | None = None,
+        prepared: PreparedRequest | None = None,
+    ) -> None:
         self.lab = lab
         # copy=False: the caller hands over fresh dicts it will not touch again (the request path)
         self.units: dict[str, str | None] = dict(units) if copy else units  # type: ignore[assignment]
@@ -166,8 +183,9 @@ class RequestContext:
         self.on_fault: Callable[[RequestContext], None] | None = None
 
     @classmethod
-    def from_prepared(cls, lab: Lab, attributes: dict[str, Any], prepared: PreparedRequest,
-                      recorder: Recorder | None) -> RequestContext:
+    def from_prepared(
+        cls, lab: Lab, attributes: dict[str, Any], prepared: PreparedRequest, recorder: Recorder | None
+    ) -> RequestContext:
         """A context for units whose evaluation was prepared earlier: no evaluation, nothing copied."""
         return cls(lab, prepared.units, attributes, copy=False, recorder=recorder, prepared=prepared)
 
@@ -290,16 +308,20 @@ def _held_out(lab: Lab, assignments: Mapping[str, Assignment]) -> list[str]:
     return sorted({a.holdout for a in assignments.values() if a.holdout})
 
 
-
-
 def _hook_failed(kind: str) -> None:
     """A telemetry hook failed: counted as ``context.hook_errors``, logged once per kind; the request goes on."""
-    _internal.failed("context", "hook_errors", kind, "fieldlab: a telemetry %s hook failed; requests go on unrecorded",
-                     kind)
+    _internal.failed(
+        "context", "hook_errors", kind, "fieldlab: a telemetry %s hook failed; requests go on unrecorded", kind
+    )
 
 
-def start(lab: Lab, units: Mapping[str, str | None], attributes: Mapping[str, Any] | None = None,
-          overrides: VerifiedOverrides | None = None, trace_id: str | None = None) -> RequestContext:
+def start(
+    lab: Lab,
+    units: Mapping[str, str | None],
+    attributes: Mapping[str, Any] | None = None,
+    overrides: VerifiedOverrides | None = None,
+    trace_id: str | None = None,
+) -> RequestContext:
     """Evaluate a request's experiments; does not bind the context (see :func:`bind`)."""
     return RequestContext(lab, units, attributes, overrides, trace_id)
 

@@ -32,9 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from . import attributes as A
 from .analysis.model import Span
@@ -50,19 +51,36 @@ APPS = {
     "django-asgi": ("uvicorn", "django_shop:asgi_application"),
     "fastapi": ("uvicorn", "starlette_shop:app"),
 }
-_QUERIES = ["warm jacket", "running shoes", "rain", "hiking socks", "camp tent", "summer", "wool hat", "backpack",
-            "sport watch", "shoe", "bottle", "winter boots"]
+_QUERIES = [
+    "warm jacket",
+    "running shoes",
+    "rain",
+    "hiking socks",
+    "camp tent",
+    "summer",
+    "wool hat",
+    "backpack",
+    "sport watch",
+    "shoe",
+    "bottle",
+    "winter boots",
+]
 
 
 def find_examples(explicit: str | None = None) -> Path:
     """The ``example_apps`` directory: ``--examples``, ``./example_apps``, or the one next to this source tree."""
-    candidates = [Path(explicit)] if explicit else [Path.cwd() / "example_apps",
-                                                   Path(__file__).resolve().parents[2] / "example_apps"]
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else [Path.cwd() / "example_apps", Path(__file__).resolve().parents[2] / "example_apps"]
+    )
     for c in candidates:
         if (c / "shop_core.py").is_file() and (c / "shop.toml").is_file():
             return c.resolve()
-    raise FieldLabError("cannot find example_apps/ (with shop_core.py and shop.toml); run the demo from the "
-                        "fieldlab source tree or pass --examples PATH")
+    raise FieldLabError(
+        "cannot find example_apps/ (with shop_core.py and shop.toml); run the demo from the "
+        "fieldlab source tree or pass --examples PATH"
+    )
 
 
 def _free_port() -> int:
@@ -73,36 +91,87 @@ def _free_port() -> int:
 
 def _server_command(server: str, target: str, examples: Path, port: int, workers: int) -> list[str]:
     if server == "gunicorn":
-        return [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--chdir",
-                str(examples), "--log-level", "warning", "--graceful-timeout", "5", target]
-    return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--app-dir", str(examples),
-            "--log-level", "warning", "--no-access-log", target]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(examples),
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "5",
+            target,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--app-dir",
+        str(examples),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        target,
+    ]
 
 
 def _check_installed(server: str, app: str) -> None:
     import importlib.util
-    needed = [server, "opentelemetry.sdk", "opentelemetry.exporter.otlp.json.file",
-              {"flask": "flask", "django": "django", "django-asgi": "django", "fastapi": "fastapi"}[app]]
+
+    needed = [
+        server,
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.json.file",
+        {"flask": "flask", "django": "django", "django-asgi": "django", "fastapi": "fastapi"}[app],
+    ]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise FieldLabError(f"the demo needs {', '.join(missing)}; install them with "
-                            f"pip install 'fieldlab[otel,{app.split('-')[0]}]' {server}")
+        raise FieldLabError(
+            f"the demo needs {', '.join(missing)}; install them with "
+            f"pip install 'fieldlab[otel,{app.split('-')[0]}]' {server}"
+        )
 
 
 class _Server:
-    def __init__(self, app: str, examples: Path, spans_dir: Path, workers: int, log: Path,
-                 config: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: str,
+        examples: Path,
+        spans_dir: Path,
+        workers: int,
+        log: Path,
+        config: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.server, target = APPS[app]
         self.port = _free_port()
-        env = {**os.environ, "FIELDLAB_SPANS_DIR": str(spans_dir),
-               "FIELDLAB_CONFIG": str(config or examples / "shop.toml")}
+        env = {
+            **os.environ,
+            "FIELDLAB_SPANS_DIR": str(spans_dir),
+            "FIELDLAB_CONFIG": str(config or examples / "shop.toml"),
+        }
         for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             env.pop(name, None)  # the demo reads its own file back
         self.log = log
         with open(log, "wb") as fh:
             cmd = _server_command(self.server, target, examples, self.port, workers)
-            self.proc = subprocess.Popen(cmd[:-1] + list(extra_args) + cmd[-1:], env=env,
-                                         cwd=str(examples), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd[:-1] + list(extra_args) + cmd[-1:],
+                env=env,
+                cwd=str(examples),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -194,7 +263,7 @@ class _Visitor:
         flow = self.call("GET", "/checkout") or {}
         convert = 0.62 if flow.get("layout") == "one-page" else 0.5
         if rng.random() < convert:
-            items = [p["id"] for p in found[:rng.randint(1, 2)]]
+            items = [p["id"] for p in found[: rng.randint(1, 2)]]
             self.call("POST", "/orders", {"items": items})
         self.conn.close()
 
@@ -203,19 +272,23 @@ def _progress(done: int, total: int, requests: int, started: float, stream: Text
     width = 30
     filled = int(width * done / max(total, 1))
     rate = requests / max(time.monotonic() - started, 1e-6)
-    stream.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors, "
-                 f"{requests} requests ({rate:.0f}/s)")
+    stream.write(
+        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors, {requests} requests ({rate:.0f}/s)"
+    )
     stream.flush()
 
 
-def drive(port: int, visitors: int, concurrency: int, seed: int, stream: TextIO,
-          stop: threading.Event | None = None) -> tuple[int, int]:
+def drive(
+    port: int, visitors: int, concurrency: int, seed: int, stream: TextIO, stop: threading.Event | None = None
+) -> tuple[int, int]:
     """Simulate ``visitors`` browsing sessions (the rest skipped once ``stop`` is set); returns (requests, server
     errors)."""
     rng = random.Random(seed)
     pool = max(1, int(visitors * 0.6))
-    plans = [(f"demo-user-{rng.randrange(pool)}" if rng.random() < 0.75 else None, rng.randrange(2**32))
-             for _ in range(visitors)]
+    plans = [
+        (f"demo-user-{rng.randrange(pool)}" if rng.random() < 0.75 else None, rng.randrange(2**32))
+        for _ in range(visitors)
+    ]
     lock = threading.Lock()
     totals = {"done": 0, "requests": 0, "errors": 0}
     started = time.monotonic()
@@ -271,16 +344,20 @@ def count_variants(spans: Iterable[Span], unit_kinds: dict[str, str]) -> dict[st
         for key, value in attrs.items():
             if not key.startswith(A.VARIANT_PREFIX):
                 continue
-            exp = key[len(A.VARIANT_PREFIX):]
-            row = counts.setdefault(exp, {}).setdefault(value, {"requests": 0, "units": set(), "exposed": 0, "orders": 0})
+            exp = key[len(A.VARIANT_PREFIX) :]
+            row = counts.setdefault(exp, {}).setdefault(
+                value, {"requests": 0, "units": set(), "exposed": 0, "orders": 0}
+            )
             row["requests"] += 1
             unit = attrs.get(A.unit_attr(unit_kinds.get(exp, "user")))
             if unit:
                 row["units"].add(unit)
             row["exposed"] += attrs.get(A.exposed_attr(exp)) == "true"
             row["orders"] += is_order
-    return {exp: {v: {**row, "units": len(row["units"])} for v, row in sorted(variants.items())}
-            for exp, variants in sorted(counts.items())}
+    return {
+        exp: {v: {**row, "units": len(row["units"])} for v, row in sorted(variants.items())}
+        for exp, variants in sorted(counts.items())
+    }
 
 
 def _print_table(counts: dict[str, dict[str, dict[str, int]]], holdouts: dict[str, int], out: TextIO) -> None:
@@ -288,15 +365,26 @@ def _print_table(counts: dict[str, dict[str, dict[str, int]]], holdouts: dict[st
     out.write("-" * 72 + "\n")
     for exp, variants in counts.items():
         for i, (name, row) in enumerate(variants.items()):
-            out.write(f"{exp if i == 0 else '':<20} {name:<16} {row['requests']:>9} {row['units']:>7} "
-                      f"{row['exposed']:>8} {row['orders']:>7}\n")
+            out.write(
+                f"{exp if i == 0 else '':<20} {name:<16} {row['requests']:>9} {row['units']:>7} "
+                f"{row['exposed']:>8} {row['orders']:>7}\n"
+            )
     for h, n in sorted(holdouts.items()):
         out.write(f"{'holdout ' + h:<37} {n:>9} requests held out\n")
 
 
-def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_dir: str = "fieldlab-demo",
-             seed: int = 1, workers: int = 2, examples: str | None = None, analyze: bool = True,
-             stream: TextIO | None = None, guardrails: bool = False) -> dict[str, Any]:
+def run_demo(
+    app: str = "flask",
+    visitors: int = 600,
+    concurrency: int = 8,
+    out_dir: str = "fieldlab-demo",
+    seed: int = 1,
+    workers: int = 2,
+    examples: str | None = None,
+    analyze: bool = True,
+    stream: TextIO | None = None,
+    guardrails: bool = False,
+) -> dict[str, Any]:
     """Run the whole demo; returns the counts (also printed)."""
     out = sys.stdout
     err = stream or sys.stderr
@@ -313,6 +401,7 @@ def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_
     for old in spans_dir.glob("*.jsonl"):
         old.unlink()  # counts describe this run only
     from .lab import Lab
+
     lab = Lab.from_file(examples_dir / "shop.toml", reload_interval=0)
     t0 = time.monotonic()
     err.write(f"fieldlab demo: starting the {app} shop under {server_kind} ({target}) ...\n")
@@ -331,19 +420,37 @@ def run_demo(app: str = "flask", visitors: int = 600, concurrency: int = 8, out_
     for s in spans:
         for key, value in s.attrs.items():
             if key.startswith(A.HOLDOUT_PREFIX) and value == "true":
-                h = key[len(A.HOLDOUT_PREFIX):]
+                h = key[len(A.HOLDOUT_PREFIX) :]
                 holdouts[h] = holdouts.get(h, 0) + 1
-    out.write(f"\n{requests_made} requests ({errors} server errors), {len(spans)} server spans read back from "
-              f"{len(files)} file(s) in {spans_dir} (config {lab.version})\n")
+    out.write(
+        f"\n{requests_made} requests ({errors} server errors), {len(spans)} server spans read back from "
+        f"{len(files)} file(s) in {spans_dir} (config {lab.version})\n"
+    )
     _print_table(counts, holdouts, out)
-    result: dict[str, Any] = {"requests": requests_made, "errors": errors, "server_spans": len(spans), "counts": counts,
-                              "holdouts": holdouts, "spans_dir": str(spans_dir)}
+    result: dict[str, Any] = {
+        "requests": requests_made,
+        "errors": errors,
+        "server_spans": len(spans),
+        "counts": counts,
+        "holdouts": holdouts,
+        "spans_dir": str(spans_dir),
+    }
     if analyze:
         result["report"] = _analyze(spans_dir, examples_dir / "shop.toml", out_path / "report.html", out, err)
     if guardrails:  # the guardrail scene (fieldlab.control.scene): a variant goes bad, the controller pauses it
         from .control.scene import run_scene
-        result["guardrails"] = run_scene(app, examples_dir, out_path, workers=workers, concurrency=concurrency,
-                                         seed=seed + 1, out=out, err=err, analyze=analyze)
+
+        result["guardrails"] = run_scene(
+            app,
+            examples_dir,
+            out_path,
+            workers=workers,
+            concurrency=concurrency,
+            seed=seed + 1,
+            out=out,
+            err=err,
+            analyze=analyze,
+        )
     out.write(f"\ndone in {time.monotonic() - t0:.1f} s. Spans: {spans_dir}\n")
     out.flush()
     return result
@@ -372,18 +479,28 @@ def _analyze(spans_dir: Path, config: Path, html: Path, out: TextIO, err: TextIO
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.canary:  # the sick canary against the shop (fieldlab.control.canary_demo)
         from .control.canary_demo import run_canary_demo
+
         run_canary_demo(args.out, examples=args.examples, workers=args.workers, as_json=args.json)
         return 0
-    run_demo(app=args.app, visitors=args.visitors, concurrency=args.concurrency, out_dir=args.out, seed=args.seed,
-             workers=args.workers, examples=args.examples, analyze=not args.no_analysis,
-             guardrails=not args.no_guardrails)
+    run_demo(
+        app=args.app,
+        visitors=args.visitors,
+        concurrency=args.concurrency,
+        out_dir=args.out,
+        seed=args.seed,
+        workers=args.workers,
+        examples=args.examples,
+        analyze=not args.no_analysis,
+        guardrails=not args.no_guardrails,
+    )
     return 0
 
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``fieldlab demo`` with the CLI."""
-    p = subparsers.add_parser("demo", help="run an example shop on 127.0.0.1, simulate visitors, count variants "
-                              "from the spans")
+    p = subparsers.add_parser(
+        "demo", help="run an example shop on 127.0.0.1, simulate visitors, count variants from the spans"
+    )
     p.add_argument("--app", choices=sorted(APPS), default="flask", help="which example shop (default flask)")
     p.add_argument("--visitors", type=int, default=600, help="simulated browsing sessions (default 600)")
     p.add_argument("--concurrency", type=int, default=8, help="visitors at a time (default 8)")
@@ -392,9 +509,15 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated visitors")
     p.add_argument("--examples", help="path of example_apps/ (default: found next to the source tree)")
     p.add_argument("--no-analysis", action="store_true", help="skip fieldlab.analysis and report.html")
-    p.add_argument("--no-guardrails", action="store_true",
-                   help="skip the guardrail scene (a variant goes bad, the controller pauses it)")
-    p.add_argument("--canary", action="store_true", help="run the sick canary against the shop: find the "
-                   "inventory latency at which checkout breaks")
+    p.add_argument(
+        "--no-guardrails",
+        action="store_true",
+        help="skip the guardrail scene (a variant goes bad, the controller pauses it)",
+    )
+    p.add_argument(
+        "--canary",
+        action="store_true",
+        help="run the sick canary against the shop: find the inventory latency at which checkout breaks",
+    )
     p.add_argument("--json", action="store_true", help="with --canary: the result as JSON (breaking_point_ms, bracket)")
     p.set_defaults(func=_cmd_demo)

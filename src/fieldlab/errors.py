@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["FieldLabError", "ConfigError", "suggest_names"]
 
@@ -28,7 +29,7 @@ class ConfigError(FieldLabError, ValueError):
         where = f"{source}: {path}" if source else path
         super().__init__(f"{where}: {problem}; {fix}")
 
-    def with_source(self, source: str) -> "ConfigError":
+    def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.path, self.problem, self.fix, source=source)
 
 

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._hashing import traffic_basis_points, variant_boundaries
 from .errors import ConfigError, suggest_names
 from .targeting import Predicate, compile_condition
 
 __all__ = [
-    "Variant", "Experiment", "Layer", "Holdout", "STATUSES", "UNIT_KINDS", "KEY_PATTERN", "MAX_VARIANTS", "MAX_WEIGHT",
+    "Variant",
+    "Experiment",
+    "Layer",
+    "Holdout",
+    "STATUSES",
+    "UNIT_KINDS",
+    "KEY_PATTERN",
+    "MAX_VARIANTS",
+    "MAX_WEIGHT",
 ]
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -35,8 +44,9 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 def _check_key(value: Any, path: str, what: str) -> str:
     if not isinstance(value, str) or not KEY_PATTERN.match(value):
-        raise ConfigError(path, f"{value!r} is not a valid {what} key",
-                          "use 1-64 lowercase letters, digits, '_' or '-'")
+        raise ConfigError(
+            path, f"{value!r} is not a valid {what} key", "use 1-64 lowercase letters, digits, '_' or '-'"
+        )
     return value
 
 
@@ -44,7 +54,9 @@ def _check_salt(value: Any, default: str, path: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"salt {value!r} must be a non-empty string", "give a string salt, or leave it out to use the key")
+        raise ConfigError(
+            path, f"salt {value!r} must be a non-empty string", "give a string salt, or leave it out to use the key"
+        )
     return value
 
 
@@ -56,8 +68,9 @@ def _check_percent(value: Any, path: str, what: str = "traffic") -> float:
     if not 0 <= value <= 100:
         raise ConfigError(path, f"{what} {value} is outside 0-100", f"set {what} to a percentage from 0 to 100")
     if abs(value * 100 - round(value * 100)) > 1e-6:
-        raise ConfigError(path, f"{what} {value} has more than two decimals",
-                          f"round {what} to two decimals (one bucket is 0.01%)")
+        raise ConfigError(
+            path, f"{what} {value} has more than two decimals", f"round {what} to two decimals (one bucket is 0.01%)"
+        )
     return float(value)
 
 
@@ -81,11 +94,17 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
     elif isinstance(variants, (list, tuple)):
         raw = variants
     else:
-        raise ConfigError(path, f"expected an ordered mapping or a list, got {type(variants).__name__}",
-                          'pass {"control": 1, "treatment": 1} or [("control", 1), ("treatment", 1)]')
+        raise ConfigError(
+            path,
+            f"expected an ordered mapping or a list, got {type(variants).__name__}",
+            'pass {"control": 1, "treatment": 1} or [("control", 1), ("treatment", 1)]',
+        )
     if len(raw) > MAX_VARIANTS:
-        raise ConfigError(path, f"{len(raw):,} variants, above the limit of {MAX_VARIANTS:,} per experiment",
-                          "use fewer variants (each needs enough units to measure), or split the experiment")
+        raise ConfigError(
+            path,
+            f"{len(raw):,} variants, above the limit of {MAX_VARIANTS:,} per experiment",
+            "use fewer variants (each needs enough units to measure), or split the experiment",
+        )
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"
         if isinstance(item, Variant):
@@ -94,9 +113,11 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
         if isinstance(item, Mapping):
             unknown = set(item) - {"name", "weight", "params", "faults"}
             if unknown:
-                raise ConfigError(where, f"unknown keys {sorted(unknown, key=str)}",
-                                  suggest_names(sorted(unknown, key=str), ("name", "weight", "params", "faults"),
-                                                "a variant has"))
+                raise ConfigError(
+                    where,
+                    f"unknown keys {sorted(unknown, key=str)}",
+                    suggest_names(sorted(unknown, key=str), ("name", "weight", "params", "faults"), "a variant has"),
+                )
             name, weight = item.get("name"), item.get("weight", 1)
             vparams, vfaults = item.get("params") or {}, tuple(item.get("faults") or ())
         elif isinstance(item, (list, tuple)) and len(item) == 2:
@@ -112,13 +133,19 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
             if isinstance(weight, float) and weight.is_integer():
                 weight = int(weight)
             else:
-                raise ConfigError(f"{where}.weight", f"weight {weight!r} is not an integer",
-                                  "use whole-number weights, e.g. 1 and 1 for 50/50, or 9 and 1 for 90/10")
+                raise ConfigError(
+                    f"{where}.weight",
+                    f"weight {weight!r} is not an integer",
+                    "use whole-number weights, e.g. 1 and 1 for 50/50, or 9 and 1 for 90/10",
+                )
         if weight < 0:
             raise ConfigError(f"{where}.weight", f"weight {weight} is negative", "use a weight of 0 or more")
         if weight > MAX_WEIGHT:
-            raise ConfigError(f"{where}.weight", f"weight {weight:,} is above the limit of {MAX_WEIGHT:,}",
-                              "weights are relative: use small whole numbers, e.g. 9 and 1 for 90/10")
+            raise ConfigError(
+                f"{where}.weight",
+                f"weight {weight:,} is above the limit of {MAX_WEIGHT:,}",
+                "weights are relative: use small whole numbers, e.g. 9 and 1 for 90/10",
+            )
         if not isinstance(vparams, Mapping):
             raise ConfigError(f"{where}.params", "params must be a table/object", "write params = {page_size = 20}")
         items.append(Variant(name, weight, vparams, vfaults))
@@ -126,7 +153,9 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
         names = {v.name for v in items}
         for vname in params:
             if vname not in names:
-                raise ConfigError(f"{path}", f"params given for unknown variant {vname!r}", f"use one of {sorted(names)}")
+                raise ConfigError(
+                    f"{path}", f"params given for unknown variant {vname!r}", f"use one of {sorted(names)}"
+                )
         items = [Variant(v.name, v.weight, {**v.params, **dict(params.get(v.name) or {})}, v.faults) for v in items]
     if len(items) < 1:
         raise ConfigError(path, "an experiment needs at least one variant", "list the control and its alternatives")
@@ -148,9 +177,25 @@ class Experiment:
     """
 
     __slots__ = (
-        "key", "variants", "traffic", "salt", "unit", "control", "layer", "layer_range",
-        "targeting", "status", "winner", "owner", "description", "exposure", "faults", "guardrails",
-        "_predicate", "_ranges", "_path",
+        "key",
+        "variants",
+        "traffic",
+        "salt",
+        "unit",
+        "control",
+        "layer",
+        "layer_range",
+        "targeting",
+        "status",
+        "winner",
+        "owner",
+        "description",
+        "exposure",
+        "faults",
+        "guardrails",
+        "_predicate",
+        "_ranges",
+        "_path",
     )
 
     def __init__(
@@ -181,28 +226,38 @@ class Experiment:
         self.variants = _coerce_variants(variants, params, f"{path}.variants")
         if faults:
             if not isinstance(faults, Mapping):
-                raise ConfigError(f"{path}.faults", "faults must map a variant name to a list of faults",
-                                  'write faults = {slow = [{point = "db.query", latency_ms = 300}]}')
+                raise ConfigError(
+                    f"{path}.faults",
+                    "faults must map a variant name to a list of faults",
+                    'write faults = {slow = [{point = "db.query", latency_ms = 300}]}',
+                )
             by_name = {v.name: v for v in self.variants}
             for vname, vfaults in faults.items():
                 if vname not in by_name:
-                    raise ConfigError(f"{path}.faults", f"faults given for unknown variant {vname!r}",
-                                      f"use one of {sorted(by_name)}")
+                    raise ConfigError(
+                        f"{path}.faults", f"faults given for unknown variant {vname!r}", f"use one of {sorted(by_name)}"
+                    )
                 v = by_name[vname]
                 by_name[vname] = Variant(v.name, v.weight, v.params, tuple(v.faults) + tuple(vfaults))
             self.variants = tuple(by_name[v.name] for v in self.variants)
         self.faults = {v.name: v.faults for v in self.variants if v.faults}
         if guardrails is not None and not isinstance(guardrails, Mapping):
-            raise ConfigError(f"{path}.guardrails", f"expected a table, got {type(guardrails).__name__}",
-                              "write [experiments.guardrails] with error_slo, latency_slo, metrics, action")
+            raise ConfigError(
+                f"{path}.guardrails",
+                f"expected a table, got {type(guardrails).__name__}",
+                "write [experiments.guardrails] with error_slo, latency_slo, metrics, action",
+            )
         #: The ``[experiments.guardrails]`` table as given; the Lab validates it with the lab-wide
         #: ``[guardrails]`` defaults (see :mod:`fieldlab.control.settings`).
         self.guardrails: Mapping[str, Any] | None = MappingProxyType(dict(guardrails)) if guardrails else None
         self.traffic = _check_percent(traffic, f"{path}.traffic")
         self.salt = _check_salt(salt, self.key, f"{path}.salt")
         if not isinstance(unit, str) or not KEY_PATTERN.match(unit):
-            raise ConfigError(f"{path}.unit", f"unit kind {unit!r} is not valid",
-                              f"use one of {', '.join(UNIT_KINDS)} or a custom lowercase name")
+            raise ConfigError(
+                f"{path}.unit",
+                f"unit kind {unit!r} is not valid",
+                f"use one of {', '.join(UNIT_KINDS)} or a custom lowercase name",
+            )
         self.unit = unit
         names = [v.name for v in self.variants]
         self.control = control if control is not None else names[0]
@@ -213,7 +268,9 @@ class Experiment:
         self.status = status
         if status == "concluded":
             if winner is None:
-                raise ConfigError(f"{path}.winner", "a concluded experiment needs a winner", f"set winner to one of {names}")
+                raise ConfigError(
+                    f"{path}.winner", "a concluded experiment needs a winner", f"set winner to one of {names}"
+                )
         if winner is not None and winner not in names:
             raise ConfigError(f"{path}.winner", f"unknown winner {winner!r}", f"use one of {names}")
         self.winner = winner
@@ -223,17 +280,25 @@ class Experiment:
         self.owner = owner
         self.description = description
         if (layer is None) != (layer_range is None):
-            raise ConfigError(f"{path}.layer_range" if layer else f"{path}.layer",
-                              "layer and layer_range go together",
-                              "set both: layer = \"checkout\" and layer_range = [0, 50]")
+            raise ConfigError(
+                f"{path}.layer_range" if layer else f"{path}.layer",
+                "layer and layer_range go together",
+                'set both: layer = "checkout" and layer_range = [0, 50]',
+            )
         self.layer = _check_key(layer, f"{path}.layer", "layer") if layer is not None else None
         if layer_range is not None:
             if not isinstance(layer_range, (list, tuple)) or len(layer_range) != 2:
-                raise ConfigError(f"{path}.layer_range", f"{layer_range!r} is not [start, end)", "write layer_range = [0, 50]")
+                raise ConfigError(
+                    f"{path}.layer_range", f"{layer_range!r} is not [start, end)", "write layer_range = [0, 50]"
+                )
             start = _check_percent(layer_range[0], f"{path}.layer_range[0]", "layer_range start")
             end = _check_percent(layer_range[1], f"{path}.layer_range[1]", "layer_range end")
             if start >= end:
-                raise ConfigError(f"{path}.layer_range", f"start {start} is not below end {end}", "write [start, end) with start < end")
+                raise ConfigError(
+                    f"{path}.layer_range",
+                    f"start {start} is not below end {end}",
+                    "write [start, end) with start < end",
+                )
             self.layer_range: tuple[int, int] | None = (traffic_basis_points(start), traffic_basis_points(end))
         else:
             self.layer_range = None
@@ -251,7 +316,7 @@ class Experiment:
 
     def ranges(self) -> dict[str, tuple[int, int]]:
         """Bucket range ``[lo, hi)`` of each variant at the current traffic."""
-        return {v.name: r for v, r in zip(self.variants, self._ranges)}
+        return {v.name: r for v, r in zip(self.variants, self._ranges, strict=False)}
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -262,10 +327,21 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "key": self.key,
-            "variants": [{"name": v.name, "weight": v.weight, **({"params": dict(v.params)} if v.params else {}),
-                          **({"faults": [dict(f) for f in v.faults]} if v.faults else {})} for v in self.variants],
-            "traffic": self.traffic, "salt": self.salt, "unit": self.unit, "control": self.control,
-            "status": self.status, "exposure": self.exposure,
+            "variants": [
+                {
+                    "name": v.name,
+                    "weight": v.weight,
+                    **({"params": dict(v.params)} if v.params else {}),
+                    **({"faults": [dict(f) for f in v.faults]} if v.faults else {}),
+                }
+                for v in self.variants
+            ],
+            "traffic": self.traffic,
+            "salt": self.salt,
+            "unit": self.unit,
+            "control": self.control,
+            "status": self.status,
+            "exposure": self.exposure,
         }
         for name in ("layer", "targeting", "winner", "owner", "description"):
             value = getattr(self, name)
@@ -286,7 +362,9 @@ class Layer:
 
     __slots__ = ("key", "salt", "description")
 
-    def __init__(self, key: str, salt: str | None = None, description: str | None = None, *, _path: str | None = None) -> None:
+    def __init__(
+        self, key: str, salt: str | None = None, description: str | None = None, *, _path: str | None = None
+    ) -> None:
         path = _path or f"layer {key!r}"
         self.key = _check_key(key, f"{path}.key", "layer")
         self.salt = _check_salt(salt, self.key, f"{path}.salt")
@@ -304,24 +382,38 @@ class Holdout:
 
     __slots__ = ("key", "salt", "percent", "experiments", "description", "threshold")
 
-    def __init__(self, key: str, percent: float, experiments: Sequence[str], salt: str | None = None,
-                 description: str | None = None, *, _path: str | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        percent: float,
+        experiments: Sequence[str],
+        salt: str | None = None,
+        description: str | None = None,
+        *,
+        _path: str | None = None,
+    ) -> None:
         path = _path or f"holdout {key!r}"
         self.key = _check_key(key, f"{path}.key", "holdout")
         self.salt = _check_salt(salt, self.key, f"{path}.salt")
         self.percent = _check_percent(percent, f"{path}.percent", "percent")
         if isinstance(experiments, str) or not isinstance(experiments, (list, tuple)) or not experiments:
-            raise ConfigError(f"{path}.experiments", "expected a non-empty list of experiment keys",
-                              'write experiments = ["checkout-redesign"]')
+            raise ConfigError(
+                f"{path}.experiments",
+                "expected a non-empty list of experiment keys",
+                'write experiments = ["checkout-redesign"]',
+            )
         self.experiments = tuple(experiments)
         self.description = description
         self.threshold = traffic_basis_points(self.percent)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "salt": self.salt, "percent": self.percent, "experiments": list(self.experiments),
-                **({"description": self.description} if self.description else {})}
+        return {
+            "key": self.key,
+            "salt": self.salt,
+            "percent": self.percent,
+            "experiments": list(self.experiments),
+            **({"description": self.description} if self.description else {}),
+        }
 
     def __repr__(self) -> str:
         return f"Holdout({self.key!r}, percent={self.percent}, experiments={list(self.experiments)})"
-
-

@@ -57,24 +57,42 @@ import os
 import statistics
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from opentelemetry import trace as _otel_trace
 
-from . import _internal
+from . import _internal, killswitch
 from . import attributes as A
-from . import killswitch
-from ._fault_kinds import (EXCEPTION_NAME_RE, HTTP_POINT, MAX_LATENCY_MS, POINT_NAME_RE, FaultEntry, FaultPlan,
-                           FaultSpec, parse_fault)
-from ._hashing import BUCKETS, bucket, hash32
 from ._assignment import OVERRIDE, SPLIT
+from ._fault_kinds import (
+    EXCEPTION_NAME_RE,
+    HTTP_POINT,
+    MAX_LATENCY_MS,
+    POINT_NAME_RE,
+    FaultEntry,
+    FaultPlan,
+    FaultSpec,
+    parse_fault,
+)
+from ._hashing import BUCKETS, bucket, hash32
 from .context import RequestContext, current
 from .control.canary_runtime import arms_at
 from .errors import ConfigError
 
 __all__ = [
-    "fault_point", "inject", "InjectedFault", "register_exception", "unregister_exception", "abort_for",
-    "stats", "reset_stats", "active", "blast_radius", "FAULTS_ENV", "HTTP_POINT",
+    "fault_point",
+    "inject",
+    "InjectedFault",
+    "register_exception",
+    "unregister_exception",
+    "abort_for",
+    "stats",
+    "reset_stats",
+    "active",
+    "blast_radius",
+    "FAULTS_ENV",
+    "HTTP_POINT",
 ]
 
 _log = logging.getLogger("fieldlab.faults")
@@ -85,7 +103,7 @@ FAULTS_ENV = "FIELDLAB_FAULTS"
 _OFF_VALUES = frozenset({"off", "0", "false", "no", "disabled"})
 _Z99 = statistics.NormalDist().inv_cdf(0.99)
 _NORMAL = statistics.NormalDist()
-_TWO32 = float(2 ** 32)
+_TWO32 = float(2**32)
 
 
 class InjectedFault(Exception):
@@ -94,8 +112,14 @@ class InjectedFault(Exception):
     Carries ``point``, ``experiment`` and ``variant`` so handlers and logs can tell it apart.
     """
 
-    def __init__(self, message: str = "fieldlab injected fault", *, point: str | None = None,
-                 experiment: str | None = None, variant: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "fieldlab injected fault",
+        *,
+        point: str | None = None,
+        experiment: str | None = None,
+        variant: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.point = point
         self.experiment = experiment
@@ -120,15 +144,24 @@ def register_exception(name: str, exc: type[Exception] | Callable[[str], Excepti
     ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) are refused.
     """
     if not isinstance(name, str) or not EXCEPTION_NAME_RE.match(name) or name in _BUILTIN_NAMES:
-        raise ConfigError("register_exception(name)", f"{name!r} is not a usable exception name",
-                          "use letters, digits, '_', '.', '-' (and not InjectedFault, which is built in)")
+        raise ConfigError(
+            "register_exception(name)",
+            f"{name!r} is not a usable exception name",
+            "use letters, digits, '_', '.', '-' (and not InjectedFault, which is built in)",
+        )
     if isinstance(exc, type):
         if not issubclass(exc, Exception):
-            raise ConfigError("register_exception(exc)", f"{exc.__name__} is not an Exception subclass",
-                              "register an Exception subclass; SystemExit and KeyboardInterrupt are refused")
+            raise ConfigError(
+                "register_exception(exc)",
+                f"{exc.__name__} is not an Exception subclass",
+                "register an Exception subclass; SystemExit and KeyboardInterrupt are refused",
+            )
     elif not callable(exc):
-        raise ConfigError("register_exception(exc)", f"{exc!r} is neither an exception class nor a factory",
-                          "pass e.g. TimeoutError, or lambda msg: MyError(msg, code=504)")
+        raise ConfigError(
+            "register_exception(exc)",
+            f"{exc!r} is neither an exception class nor a factory",
+            "pass e.g. TimeoutError, or lambda msg: MyError(msg, code=504)",
+        )
     _REGISTRY[name] = exc
 
 
@@ -139,9 +172,19 @@ def unregister_exception(name: str) -> None:
 
 
 # ------------------------------------------------------------------- counters
-_STATS_KEYS = ("injected", "skipped_disabled", "skipped_env", "skipped_killed", "skipped_paused",
-               "skipped_max_active", "skipped_over_cap", "skipped_no_trace", "skipped_in_event_loop", "skipped_unknown_exception",
-               "errors")
+_STATS_KEYS = (
+    "injected",
+    "skipped_disabled",
+    "skipped_env",
+    "skipped_killed",
+    "skipped_paused",
+    "skipped_max_active",
+    "skipped_over_cap",
+    "skipped_no_trace",
+    "skipped_in_event_loop",
+    "skipped_unknown_exception",
+    "errors",
+)
 #: Process-wide counters, also in ``fieldlab.stats()`` as ``faults.<name>``.
 _stats: dict[str, int] = _internal.counters("faults", _STATS_KEYS)
 _lock = threading.Lock()
@@ -183,8 +226,9 @@ def _log_once(tag: str, msg: str, *args: Any) -> None:
 
 
 def _internal_error(where: str) -> None:
-    _internal.failed("faults", "errors", where, "fieldlab: fault engine failed in %s; no fault injected", where,
-                     logger=_log)
+    _internal.failed(
+        "faults", "errors", where, "fieldlab: fault engine failed in %s; no fault injected", where, logger=_log
+    )
 
 
 def _release(n: int) -> None:
@@ -235,11 +279,19 @@ def blast_radius(lab: Any) -> dict[str, Any]:
     """
     plan: FaultPlan = lab._state.fault_plan
     admitted = _code_admitted(plan)
-    code = {f"{e}/{v}": plan.shares.get((e, v), 0.0) * 100 for (e, v) in _CODE_VARIANTS
-            if (e, v) in admitted and (e, v) not in plan.radius}
+    code = {
+        f"{e}/{v}": plan.shares.get((e, v), 0.0) * 100
+        for (e, v) in _CODE_VARIANTS
+        if (e, v) in admitted and (e, v) not in plan.radius
+    }
     refused = [f"{e}/{v}" for (e, v) in _CODE_VARIANTS if (e, v) not in admitted]
-    return {"variants": {f"{e}/{v}": share * 100 for (e, v), share in plan.radius.items()}, "code": code,
-            "refused": refused, "total": plan.total_radius * 100 + sum(code.values()), "cap": plan.max_blast_radius}
+    return {
+        "variants": {f"{e}/{v}": share * 100 for (e, v), share in plan.radius.items()},
+        "code": code,
+        "refused": refused,
+        "total": plan.total_radius * 100 + sum(code.values()),
+        "cap": plan.max_blast_radius,
+    }
 
 
 # ------------------------------------------------------------------ decisions
@@ -248,8 +300,7 @@ class _Hit:
 
     __slots__ = ("experiment", "variant", "spec", "delay_ms", "attrs")
 
-    def __init__(self, experiment: str, variant: str, spec: FaultSpec, delay_ms: float,
-                 attrs: dict[str, Any]) -> None:
+    def __init__(self, experiment: str, variant: str, spec: FaultSpec, delay_ms: float, attrs: dict[str, Any]) -> None:
         self.experiment, self.variant, self.spec, self.delay_ms, self.attrs = experiment, variant, spec, delay_ms, attrs
 
 
@@ -304,8 +355,7 @@ def _draw_delay(spec: FaultSpec, salt: str, key: str, point: str, seq: int) -> f
     return min(max(delay, 0.0), MAX_LATENCY_MS)
 
 
-def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]
-                ) -> list[tuple[FaultEntry, bool]]:
+def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -> list[tuple[FaultEntry, bool]]:
     """Faults at ``point`` whose variant the request is in by split or signed override; flag: defined in code."""
     plan: FaultPlan = ctx.lab._state.fault_plan
     found = []
@@ -318,8 +368,7 @@ def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]
     return found
 
 
-def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
-            mode: str) -> list[_Hit]:
+def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str) -> list[_Hit]:
     """The faults to inject now at ``point`` (``mode``: sync, async or abort), each with a slot taken and recorded."""
     global _active
     cands = _candidates(ctx, point, code)
@@ -346,8 +395,12 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
         if spec.rate_bp < BUCKETS:
             if key is None:
                 _count("skipped_no_trace")
-                _log_once("no_trace", "fieldlab: fault at %r has a rate but the request has no trace id; "
-                          "skipped (start a span before fieldlab, or use rate = 100)", point)
+                _log_once(
+                    "no_trace",
+                    "fieldlab: fault at %r has a rate but the request has no trace id; "
+                    "skipped (start a span before fieldlab, or use rate = 100)",
+                    point,
+                )
                 continue
             if bucket(salt, key) >= spec.rate_bp:
                 continue
@@ -374,9 +427,15 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
                 continue
         if from_code and (exp_key, variant) not in _code_admitted(plan):
             _count("skipped_over_cap")
-            _log_once(f"cap:{exp_key}/{variant}", "fieldlab: inject() fault for %s/%s would take the blast "
-                      "radius of the config's and the code's fault variants together above the cap of %g%%; "
-                      "skipped (see fieldlab.faults.blast_radius(lab))", exp_key, variant, plan.max_blast_radius)
+            _log_once(
+                f"cap:{exp_key}/{variant}",
+                "fieldlab: inject() fault for %s/%s would take the blast "
+                "radius of the config's and the code's fault variants together above the cap of %g%%; "
+                "skipped (see fieldlab.faults.blast_radius(lab))",
+                exp_key,
+                variant,
+                plan.max_blast_radius,
+            )
             continue
         delay = 0.0
         if kind == "latency":
@@ -389,15 +448,23 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
                         in_loop = False
                 if in_loop:
                     _count("skipped_in_event_loop")
-                    _log_once(f"loop:{point}", "fieldlab: latency fault at %r reached from sync code on an "
-                              "event-loop thread; skipped so the loop is not blocked (use `async with "
-                              "fieldlab.fault_point(...)` or decorate the async function)", point)
+                    _log_once(
+                        f"loop:{point}",
+                        "fieldlab: latency fault at %r reached from sync code on an "
+                        "event-loop thread; skipped so the loop is not blocked (use `async with "
+                        "fieldlab.fault_point(...)` or decorate the async function)",
+                        point,
+                    )
                     continue
             delay = _draw_delay(spec, salt, key if key is not None else _unit_key(ctx), point, seq)
         elif kind == "exception" and spec.exception not in _REGISTRY:
             _count("skipped_unknown_exception")
-            _log_once(f"exc:{spec.exception}", "fieldlab: exception fault names %r, which the app has not "
-                      "registered (fieldlab.faults.register_exception); skipped", spec.exception)
+            _log_once(
+                f"exc:{spec.exception}",
+                "fieldlab: exception fault names %r, which the app has not "
+                "registered (fieldlab.faults.register_exception); skipped",
+                spec.exception,
+            )
             continue
         with _lock:
             full = _active >= plan.max_active
@@ -407,8 +474,12 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...],
             _count("skipped_max_active")
             continue
         _count("injected")
-        attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: kind, A.FAULT_EXPERIMENT: exp_key,
-                                 A.FAULT_VARIANT: variant}
+        attrs: dict[str, Any] = {
+            A.FAULT_POINT: point,
+            A.FAULT_KIND: kind,
+            A.FAULT_EXPERIMENT: exp_key,
+            A.FAULT_VARIANT: variant,
+        }
         if kind == "latency":
             attrs[A.FAULT_DELAY_MS] = round(delay, 3)
         elif kind == "exception":
@@ -483,8 +554,13 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
             continue
         _count("injected")
         ctx.annotate({A.canary_attr(key): label})
-        attrs: dict[str, Any] = {A.FAULT_POINT: point, A.FAULT_KIND: "latency", A.FAULT_CANARY: key,
-                                 A.FAULT_VARIANT: label, A.FAULT_DELAY_MS: dose}
+        attrs: dict[str, Any] = {
+            A.FAULT_POINT: point,
+            A.FAULT_KIND: "latency",
+            A.FAULT_CANARY: key,
+            A.FAULT_VARIANT: label,
+            A.FAULT_DELAY_MS: dose,
+        }
         hit = _Hit(key, label, _canary_spec(point, dose), dose, attrs)
         hits.append(hit)
         _record(ctx, hit)
@@ -517,8 +593,9 @@ def _make_exception(hit: _Hit, point: str) -> BaseException | None:
 _NOTHING: tuple[float, None, int] = (0.0, None, 0)
 
 
-def _prepare(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
-             ) -> tuple[float, BaseException | None, int]:
+def _prepare(
+    ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str
+) -> tuple[float, BaseException | None, int]:
     """Decide and prepare: total delay, exception to raise (or None), slots held. Never raises."""
     hits: list[_Hit] = []
     try:
@@ -638,12 +715,14 @@ class FaultPoint:
     def __call__(self, fn: F) -> F:
         name, code = self.name, self.code
         if inspect.iscoroutinefunction(fn):
+
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 ctx = current()
                 if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                     await _enter_async(ctx, name, code)
                 return await fn(*args, **kwargs)
+
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
@@ -652,9 +731,10 @@ class FaultPoint:
             if ctx is not None and (code or name in ctx.lab._state.fault_plan.by_point or ctx.lab._state.canaries):
                 _enter_sync(ctx, name, code)
             return fn(*args, **kwargs)
+
         return wrapper  # type: ignore[return-value]
 
-    def __enter__(self) -> "FaultPoint":
+    def __enter__(self) -> FaultPoint:
         ctx = current()
         if ctx is not None:
             _enter_sync(ctx, self.name, self.code)
@@ -663,7 +743,7 @@ class FaultPoint:
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    async def __aenter__(self) -> "FaultPoint":
+    async def __aenter__(self) -> FaultPoint:
         ctx = current()
         if ctx is not None:
             await _enter_async(ctx, self.name, self.code)
@@ -688,8 +768,11 @@ def fault_point(name: str) -> FaultPoint:
     p = _POINTS.get(name)
     if p is None:
         if not isinstance(name, str) or not POINT_NAME_RE.match(name) or name == HTTP_POINT:
-            raise ConfigError(f"fault_point({name!r})", "not a valid point name",
-                              f"use 1-128 letters, digits, '.', '_', '-', ':' or '/' ({HTTP_POINT!r} is for aborts)")
+            raise ConfigError(
+                f"fault_point({name!r})",
+                "not a valid point name",
+                f"use 1-128 letters, digits, '.', '_', '-', ':' or '/' ({HTTP_POINT!r} is for aborts)",
+            )
         p = _POINTS.setdefault(name, FaultPoint(name))
     return p
 
@@ -716,8 +799,11 @@ def inject(experiment: str, variant: str, *, point: str | None = None, **fault: 
         raise ConfigError(label, "experiment and variant must be strings", "name the experiment and its variant")
     entry = dict(fault)
     if entry.get("kind") == "abort" or "status" in entry or "body" in entry:
-        raise ConfigError(label, "aborts answer the HTTP request before the app runs, so code cannot inject them",
-                          "configure aborts in the config (point = \"http\"); use exception= here")
+        raise ConfigError(
+            label,
+            "aborts answer the HTTP request before the app runs, so code cannot inject them",
+            'configure aborts in the config (point = "http"); use exception= here',
+        )
     entry["point"] = point or "inject"
     spec = parse_fault(entry, label)
     salt = spec.salt or f"{experiment}:{variant}:fault"
@@ -759,5 +845,3 @@ class _Inject:
 
     async def __aexit__(self, *exc: Any) -> None:
         return None
-
-

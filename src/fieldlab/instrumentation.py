@@ -69,9 +69,12 @@ def parse_units(text: str, where: str = UNITS_ENV) -> dict[str, str]:
         kind, spec = kind.strip(), spec.strip()
         how, colon, name = spec.partition(":")
         if not sep or not kind or not colon or how.strip().lower() not in ("header", "cookie") or not name.strip():
-            raise ConfigError(where, f"cannot read {part!r} as a unit resolver",
-                              'write kind=header:NAME or kind=cookie:NAME, comma-separated, e.g. '
-                              '"user=header:X-User-Id,visitor=cookie:vid"')
+            raise ConfigError(
+                where,
+                f"cannot read {part!r} as a unit resolver",
+                "write kind=header:NAME or kind=cookie:NAME, comma-separated, e.g. "
+                '"user=header:X-User-Id,visitor=cookie:vid"',
+            )
         if kind in units:
             raise ConfigError(where, f"unit kind {kind!r} is given twice", "name each unit kind once")
         units[kind] = spec
@@ -87,7 +90,7 @@ class _Settings:
 
 _lock = threading.RLock()
 _settings: _Settings | None = None
-_patches: list[tuple[type, str, Any]] = []     # (class, attribute, original) to put back
+_patches: list[tuple[type, str, Any]] = []  # (class, attribute, original) to put back
 _flask_apps: weakref.WeakKeyDictionary[Any, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
 _flask_failed: weakref.WeakSet[Any] = weakref.WeakSet()
 _asgi_apps: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -108,13 +111,17 @@ class FieldLabInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _log.error("fieldlab: not added to the apps: %s", exc)
             return
         if settings is None:
-            _log.warning("fieldlab: %s is not set; the instrumentor adds nothing (set it to the lab's config file)",
-                         CONFIG_ENV)
+            _log.warning(
+                "fieldlab: %s is not set; the instrumentor adds nothing (set it to the lab's config file)", CONFIG_ENV
+            )
             return
         with _lock:
             _settings = settings
-            for framework, patch in (("flask", _patch_flask), ("starlette", _patch_starlette),
-                                     ("django", _patch_django)):
+            for framework, patch in (
+                ("flask", _patch_flask),
+                ("starlette", _patch_starlette),
+                ("django", _patch_django),
+            ):
                 if importlib.util.find_spec(framework) is not None:
                     try:
                         patch()
@@ -153,8 +160,11 @@ def _load_settings(kwargs: Mapping[str, Any]) -> _Settings | None:
             return None
         lab = Lab.from_file(path)
     elif not isinstance(lab, Lab):
-        raise ConfigError("lab", f"expected a fieldlab.Lab, got {type(lab).__name__}",
-                          f"pass lab=Lab.from_file(...) or set {CONFIG_ENV}")
+        raise ConfigError(
+            "lab",
+            f"expected a fieldlab.Lab, got {type(lab).__name__}",
+            f"pass lab=Lab.from_file(...) or set {CONFIG_ENV}",
+        )
     if units is None and os.environ.get(UNITS_ENV, "").strip():
         units = parse_units(os.environ[UNITS_ENV])
     return _Settings(lab, units, options)
@@ -198,8 +208,9 @@ def _add_to_flask(app: Any) -> None:
             _flask_failed.add(app)
             _log.warning("fieldlab: could not add fieldlab to Flask app %r", app.name, exc_info=True)
             return
-        _flask_apps[app] = {attr: [fn for fn in getattr(app, attr).get(None, []) if fn not in before[attr]]
-                            for attr in hooks}
+        _flask_apps[app] = {
+            attr: [fn for fn in getattr(app, attr).get(None, []) if fn not in before[attr]] for attr in hooks
+        }
 
 
 # -------------------------------------------------------------------------------------- Starlette, FastAPI
@@ -253,8 +264,9 @@ def _build_with_fieldlab(original: Any) -> Any:
 def _has_fieldlab(app: Any) -> bool:
     from .adapters.asgi import FieldLabMiddleware
 
-    return any(isinstance(m.cls, type) and issubclass(m.cls, (FieldLabMiddleware, _AutoASGI))
-               for m in app.user_middleware)
+    return any(
+        isinstance(m.cls, type) and issubclass(m.cls, (FieldLabMiddleware, _AutoASGI)) for m in app.user_middleware
+    )
 
 
 def _add_to_asgi(app: Any) -> None:
@@ -265,12 +277,20 @@ def _add_to_asgi(app: Any) -> None:
         if settings is None or app in _asgi_apps:
             return
         try:
-            _AutoASGI(_noop_app, lab=settings.lab, units=settings.units, **settings.options)  # fail here, not per request
+            _AutoASGI(
+                _noop_app, lab=settings.lab, units=settings.units, **settings.options
+            )  # fail here, not per request
         except Exception:
             _log.warning("fieldlab: could not add fieldlab to %r", app, exc_info=True)
             return
-        app.user_middleware.append(Middleware(_AutoASGI, lab=settings.lab, units=settings.units,  # type: ignore[arg-type]
-                                              **settings.options))
+        app.user_middleware.append(
+            Middleware(
+                _AutoASGI,
+                lab=settings.lab,
+                units=settings.units,  # type: ignore[arg-type]
+                **settings.options,
+            )
+        )
         _asgi_apps.add(app)
 
 

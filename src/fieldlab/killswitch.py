@@ -43,16 +43,27 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from . import _internal
 from ._fault_kinds import state_path
 from .errors import FieldLabError
 
 __all__ = [
-    "KillState", "read_state", "write_state", "kill", "unkill", "is_killed", "watch",
-    "add_parsers", "DEFAULT_INTERVAL", "MAX_CHECK_INTERVAL", "MIN_CHECK_INTERVAL", "check_interval",
+    "KillState",
+    "read_state",
+    "write_state",
+    "kill",
+    "unkill",
+    "is_killed",
+    "watch",
+    "add_parsers",
+    "DEFAULT_INTERVAL",
+    "MAX_CHECK_INTERVAL",
+    "MIN_CHECK_INTERVAL",
+    "check_interval",
 ]
 
 _log = logging.getLogger("fieldlab.faults")
@@ -94,9 +105,9 @@ class KillState:
         return {"version": _FORMAT_VERSION, "all": self.all, "experiments": dict(sorted(self.experiments.items()))}
 
     @classmethod
-    def from_json(cls, doc: Any) -> "KillState":
+    def from_json(cls, doc: Any) -> KillState:
         if not isinstance(doc, dict) or not isinstance(doc.get("experiments", {}), dict):
-            raise ValueError("expected {\"all\": ..., \"experiments\": {...}}")
+            raise ValueError('expected {"all": ..., "experiments": {...}}')
         all_ = doc.get("all")
         if all_ is not None and not isinstance(all_, dict):
             all_ = {"reason": str(all_)} if all_ else None
@@ -145,6 +156,7 @@ def _config_info(config: str, warn: bool = True) -> tuple[str, list[str] | None,
     file, so a kill works in the middle of a bad deploy.
     """
     from .config import read_config_file
+
     if not os.path.isfile(config):
         raise FieldLabError(f"no config file at {config}; pass the file the processes load (--config)")
     try:
@@ -174,13 +186,15 @@ def _user() -> str:
 
 def _store(spec: str) -> Any:
     from .control.state import open_store
+
     return open_store(spec)
 
 
 def _kill_state(state: Any) -> KillState:
     """The kill-switch view of a lab state (``fieldlab.control.state.LabState``)."""
-    return KillState(state.all.to_json() if state.all is not None else None,
-                     {k: m.to_json() for k, m in state.killed.items()})
+    return KillState(
+        state.all.to_json() if state.all is not None else None, {k: m.to_json() for k, m in state.killed.items()}
+    )
 
 
 def _record(spec: str, decision: Any) -> KillState:
@@ -190,6 +204,7 @@ def _record(spec: str, decision: Any) -> KillState:
     pauses, alerts, the decision history (where the kill is logged) and the controller's report.
     """
     from .control.state import StateFormatError
+
     store = _store(spec)
     try:
         try:
@@ -204,8 +219,9 @@ def _record(spec: str, decision: Any) -> KillState:
         store.close()
 
 
-def kill(config: str, experiment: str | None = None, *, all: bool = False, reason: str | None = None,
-         force: bool = False) -> KillState:
+def kill(
+    config: str, experiment: str | None = None, *, all: bool = False, reason: str | None = None, force: bool = False
+) -> KillState:
     """Stop the faults of ``experiment`` (or of every experiment with ``all=True``) for the config file ``config``.
 
     An experiment the config does not declare is refused (a typo would kill
@@ -213,24 +229,48 @@ def kill(config: str, experiment: str | None = None, *, all: bool = False, reaso
     history (cause ``operator``). Returns the new state.
     """
     from .control.state import Decision
+
     if (experiment is None) == (not all):
         raise FieldLabError("name one EXPERIMENT or pass --all")
     spec, keys, _ = _config_info(config)
     if experiment is not None and keys is not None and experiment not in keys and not force:
-        raise FieldLabError(f"unknown experiment {experiment!r} in {config} (it has {', '.join(sorted(keys)) or 'none'}); "
-                            "check the key, or pass --force to kill it anyway")
-    return _record(spec, Decision("halt_faults", None if all else str(experiment), None, "operator", reason or "",
-                                  _user(), _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
+        raise FieldLabError(
+            f"unknown experiment {experiment!r} in {config} (it has {', '.join(sorted(keys)) or 'none'}); "
+            "check the key, or pass --force to kill it anyway"
+        )
+    return _record(
+        spec,
+        Decision(
+            "halt_faults",
+            None if all else str(experiment),
+            None,
+            "operator",
+            reason or "",
+            _user(),
+            _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ),
+    )
 
 
 def unkill(config: str, experiment: str | None = None, *, all: bool = False) -> KillState:
     """Lift the kill of ``experiment``, or with ``all=True`` every kill. Returns the new state."""
     from .control.state import Decision
+
     if (experiment is None) == (not all):
         raise FieldLabError("name one EXPERIMENT or pass --all")
     spec, _, _ = _config_info(config)
-    return _record(spec, Decision("resume_faults", None if all else str(experiment), None, "operator", "",
-                                  _user(), _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    return _record(
+        spec,
+        Decision(
+            "resume_faults",
+            None if all else str(experiment),
+            None,
+            "operator",
+            "",
+            _user(),
+            _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ),
+    )
 
 
 # ------------------------------------------------------------------ runtime
@@ -272,8 +312,12 @@ class _Watch:
             except (OSError, ValueError) as exc:
                 _internal.count("killswitch", "unreadable_states")
                 if self.error is None:
-                    _log.error("fieldlab: kill-switch state %s is unreadable (%s); ALL faults are off until it is "
-                               "fixed or removed", self.path, exc)
+                    _log.error(
+                        "fieldlab: kill-switch state %s is unreadable (%s); ALL faults are off until it is "
+                        "fixed or removed",
+                        self.path,
+                        exc,
+                    )
                 self.sig, self.all, self.error = sig, True, str(exc)
                 return
             if self.error is not None:
@@ -282,12 +326,20 @@ class _Watch:
             self.sig, self.error = sig, None
             self.all, self.killed = state.all is not None, frozenset(state.experiments)
             if was != (self.all, self.killed):
-                _log.warning("fieldlab: fault kill switch now %s", "ALL" if self.all else
-                             (", ".join(sorted(self.killed)) or "off"))
+                _log.warning(
+                    "fieldlab: fault kill switch now %s",
+                    "ALL" if self.all else (", ".join(sorted(self.killed)) or "off"),
+                )
         except Exception:  # never let a poll raise into a request: fail closed
             self.all = True
-            _internal.failed("killswitch", "poll_errors", self.path, "fieldlab: reading the kill-switch state %s "
-                             "failed; ALL faults are off until it reads again", self.path, logger=_log)
+            _internal.failed(
+                "killswitch",
+                "poll_errors",
+                self.path,
+                "fieldlab: reading the kill-switch state %s failed; ALL faults are off until it reads again",
+                self.path,
+                logger=_log,
+            )
         finally:
             self.lock.release()
 
@@ -340,8 +392,10 @@ def _iter_lines(state: KillState) -> Iterator[str]:
         a = state.all
         yield f"ALL faults killed ({a.get('at', '?')} by {a.get('by', '?')}{': ' + a['reason'] if a.get('reason') else ''})"
     for key, info in sorted(state.experiments.items()):
-        yield (f"faults of {key!r} killed ({info.get('at', '?')} by {info.get('by', '?')}"
-               f"{': ' + info['reason'] if info.get('reason') else ''})")
+        yield (
+            f"faults of {key!r} killed ({info.get('at', '?')} by {info.get('by', '?')}"
+            f"{': ' + info['reason'] if info.get('reason') else ''})"
+        )
     if state.all is None and not state.experiments:
         yield "no kills in force: faults follow the config"
 

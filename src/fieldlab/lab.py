@@ -35,19 +35,41 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from ._hashing import BUCKETS, bucket
 from . import _internal
-from ._assignment import (CONCLUDED, ERROR, GUARDRAIL, HOLDOUT, LAYER, NO_UNIT, OVERRIDE, PAUSED, SPLIT, TARGETING,
-                          Assignment, bucket_outcome)
+from ._assignment import (
+    CONCLUDED,
+    ERROR,
+    GUARDRAIL,
+    HOLDOUT,
+    LAYER,
+    NO_UNIT,
+    OVERRIDE,
+    PAUSED,
+    SPLIT,
+    TARGETING,
+    Assignment,
+    bucket_outcome,
+)
 from ._fault_kinds import FaultPlan, compile_plan, state_path
+from ._hashing import BUCKETS, bucket
 from ._units import is_unit_text
 from ._watcher import ConfigWatcher
+from .config import (
+    DEFAULT_STATE_POLL_INTERVAL,
+    SETTINGS_KEYS,
+    check_document,
+    check_reload_interval,
+    content_version,
+    parse_bytes,
+    parse_format,
+    read_config_bytes,
+    read_config_file,
+)
 from .control.canary_config import canaries_of
-from .config import (DEFAULT_STATE_POLL_INTERVAL, SETTINGS_KEYS, check_document, check_reload_interval, content_version, parse_bytes, parse_format,
-                     read_config_bytes, read_config_file)
 from .control.settings import GuardrailsConfig, parse_experiment_guardrails, parse_lab_guardrails
 from .errors import ConfigError, suggest_names
 from .experiments import Experiment, Holdout, Layer
@@ -57,7 +79,7 @@ __all__ = ["Lab"]
 
 _log = logging.getLogger("fieldlab")
 #: Every live Lab of the process (weakly held): fieldlab.testing refreshes them when it forces variants.
-_LABS: "weakref.WeakSet[Lab]" = weakref.WeakSet()
+_LABS: weakref.WeakSet[Lab] = weakref.WeakSet()
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_SECRET_ENV = "FIELDLAB_SECRET"
 DEFAULT_RELOAD_INTERVAL = 5.0
@@ -74,9 +96,26 @@ class _Compiled:
     :meth:`split` makes it per evaluation: nothing grows with the units seen.
     """
 
-    __slots__ = ("key", "exp", "unit", "salt", "running", "status", "predicate", "layer_salt", "layer_lo",
-                 "layer_hi", "holdouts", "ranges", "forced", "fixed", "no_unit", "bad_unit", "not_targeted",
-                 "other_layer")
+    __slots__ = (
+        "key",
+        "exp",
+        "unit",
+        "salt",
+        "running",
+        "status",
+        "predicate",
+        "layer_salt",
+        "layer_lo",
+        "layer_hi",
+        "holdouts",
+        "ranges",
+        "forced",
+        "fixed",
+        "no_unit",
+        "bad_unit",
+        "not_targeted",
+        "other_layer",
+    )
 
     def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
         key = exp.key
@@ -87,10 +126,13 @@ class _Compiled:
         self.layer_salt = layer.salt if layer else None
         self.layer_lo, self.layer_hi = exp.layer_range or (0, BUCKETS)
         #: (salt, threshold, outcome) of each holdout that covers this experiment
-        self.holdouts = tuple((h.salt, h.threshold, Assignment(key, None, None, HOLDOUT, None, h.key))
-                              for h in holdouts if h.threshold > 0)
+        self.holdouts = tuple(
+            (h.salt, h.threshold, Assignment(key, None, None, HOLDOUT, None, h.key))
+            for h in holdouts
+            if h.threshold > 0
+        )
         #: [lo, hi) bucket range, name and params of each variant
-        self.ranges = tuple((lo, hi, v.name, v.params) for v, (lo, hi) in zip(exp.variants, exp._ranges))
+        self.ranges = tuple((lo, hi, v.name, v.params) for v, (lo, hi) in zip(exp.variants, exp._ranges, strict=False))
         self.forced = {v.name: Assignment(key, v.name, None, OVERRIDE, v.params) for v in exp.variants}
         if exp.status == "concluded":
             assert exp.winner is not None  # a concluded experiment names its winner (validated)
@@ -111,7 +153,9 @@ class _Compiled:
                 return bucket_outcome(self.key, name, b, params)
         return bucket_outcome(self.key, None, b, _EMPTY)
 
-    def evaluate(self, unit: Any, attributes: Mapping[str, Any] | None, overrides: Mapping[str, str] | None) -> Assignment:
+    def evaluate(
+        self, unit: Any, attributes: Mapping[str, Any] | None, overrides: Mapping[str, str] | None
+    ) -> Assignment:
         """The evaluation order of :mod:`fieldlab._assignment`, step by step."""
         forced = self.forced.get(overrides[self.key]) if overrides and self.key in overrides else None
         if not self.running:
@@ -137,18 +181,41 @@ class _Compiled:
 class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
-    __slots__ = ("experiments", "layers", "holdouts", "compiled", "version", "settings", "faults", "source",
-                 "fault_plan", "guardrails", "state_url", "state_poll_interval", "canaries")
+    __slots__ = (
+        "experiments",
+        "layers",
+        "holdouts",
+        "compiled",
+        "version",
+        "settings",
+        "faults",
+        "source",
+        "fault_plan",
+        "guardrails",
+        "state_url",
+        "state_poll_interval",
+        "canaries",
+    )
 
-    def __init__(self, experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout],
-                 settings: Mapping[str, Any], faults: Mapping[str, Any] | None, version: str | None,
-                 source: str | None, guardrails: Mapping[str, Any] | None = None, canaries: Any = None) -> None:
+    def __init__(
+        self,
+        experiments: Sequence[Experiment],
+        layers: Sequence[Layer],
+        holdouts: Sequence[Holdout],
+        settings: Mapping[str, Any],
+        faults: Mapping[str, Any] | None,
+        version: str | None,
+        source: str | None,
+        guardrails: Mapping[str, Any] | None = None,
+        canaries: Any = None,
+    ) -> None:
         _validate_together(experiments, layers, holdouts)
         # Fault entries, [faults] settings and the blast-radius cap (fieldlab.faults).
         self.fault_plan: FaultPlan = compile_plan(experiments, holdouts, settings, faults, source)
         # [guardrails] and each [experiments.guardrails], and the state store every process follows.
         self.guardrails, self.state_url, self.state_poll_interval = _guardrails_of(
-            experiments, guardrails, settings, source)
+            experiments, guardrails, settings, source
+        )
         # [[canaries]] (fieldlab.control.canary_config): validated, their traffic inside the same cap.
         self.canaries = canaries_of(canaries, self.fault_plan, [e.key for e in experiments])
         self.experiments = MappingProxyType({e.key: e for e in experiments})
@@ -161,30 +228,42 @@ class _State:
         for h in holdouts:
             for key in h.experiments:
                 covering.setdefault(key, []).append(h)
-        self.compiled = {e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
-                         for e in experiments}
-        self.version = version or content_version({
-            "experiments": [e.to_dict() for e in experiments], "layers": [x.to_dict() for x in layers],
-            "holdouts": [h.to_dict() for h in holdouts], "faults": dict(faults or {}),
-            **({"guardrails": dict(guardrails)} if guardrails else {}),
-            **({"canaries": [c.to_dict() for c in self.canaries]} if self.canaries else {}),
-        })
+        self.compiled = {
+            e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
+            for e in experiments
+        }
+        self.version = version or content_version(
+            {
+                "experiments": [e.to_dict() for e in experiments],
+                "layers": [x.to_dict() for x in layers],
+                "holdouts": [h.to_dict() for h in holdouts],
+                "faults": dict(faults or {}),
+                **({"guardrails": dict(guardrails)} if guardrails else {}),
+                **({"canaries": [c.to_dict() for c in self.canaries]} if self.canaries else {}),
+            }
+        )
 
 
-def _guardrails_of(experiments: Sequence[Experiment], doc: Mapping[str, Any] | None, settings: Mapping[str, Any],
-                   source: str | None) -> tuple[GuardrailsConfig, str | None, float]:
+def _guardrails_of(
+    experiments: Sequence[Experiment], doc: Mapping[str, Any] | None, settings: Mapping[str, Any], source: str | None
+) -> tuple[GuardrailsConfig, str | None, float]:
     """The validated guardrails, the state store to follow (a Redis URL, an absolute path, or None) and its
     poll interval (``[lab] state_poll_interval``, default 1 s)."""
     lab = parse_lab_guardrails(doc)
-    exps = {e.key: parse_experiment_guardrails(e.guardrails, f"{getattr(e, '_path', None) or e.key}.guardrails", lab)
-            for e in experiments}
+    exps = {
+        e.key: parse_experiment_guardrails(e.guardrails, f"{getattr(e, '_path', None) or e.key}.guardrails", lab)
+        for e in experiments
+    }
     url = state_path(source, settings)
     spec = settings.get("state")
     if url is None and isinstance(spec, str) and "://" in spec:
         url = spec.strip()
         if importlib.util.find_spec("redis") is None:
-            raise ConfigError("lab.state", f"{url!r} is a Redis store, and the redis package is not installed",
-                              "pip install 'fieldlab[redis]', or use a state file")
+            raise ConfigError(
+                "lab.state",
+                f"{url!r} is a Redis store, and the redis package is not installed",
+                "pip install 'fieldlab[redis]', or use a state file",
+            )
     interval = float(settings.get("state_poll_interval", DEFAULT_STATE_POLL_INTERVAL))
     return GuardrailsConfig(lab, exps), url, interval
 
@@ -192,7 +271,10 @@ def _guardrails_of(experiments: Sequence[Experiment], doc: Mapping[str, Any] | N
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
     """Rules that involve more than one object."""
     groups: tuple[tuple[str, Sequence[Experiment | Layer | Holdout]], ...] = (
-        ("experiments", experiments), ("layers", layers), ("holdouts", holdouts))
+        ("experiments", experiments),
+        ("layers", layers),
+        ("holdouts", holdouts),
+    )
     _check_keys_and_salts(groups)
     _check_layers(experiments, layers)
     _check_holdouts(experiments, holdouts)
@@ -204,22 +286,30 @@ def _check_keys_and_salts(groups: tuple[tuple[str, Sequence[Experiment | Layer |
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.key in seen:
-                raise ConfigError(f"{kind}[{i}].key", f"duplicate key {item.key!r} (also {kind}[{seen[item.key]}])",
-                                  "give each one its own key")
+                raise ConfigError(
+                    f"{kind}[{i}].key",
+                    f"duplicate key {item.key!r} (also {kind}[{seen[item.key]}])",
+                    "give each one its own key",
+                )
             seen[item.key] = i
     salts: dict[str, str] = {}
     for kind, items in groups:
         for i, item in enumerate(items):
             where = f"{kind}[{i}]"
             if not is_unit_text(item.salt):  # it is hashed with every unit: it must have UTF-8 bytes
-                raise ConfigError(f"{where}.salt" if item.salt != item.key else f"{where}.key",
-                                  f"{item.salt!r} is not valid Unicode text (it holds a lone surrogate), so it "
-                                  "has no UTF-8 bytes to hash", "use plain text (for example ASCII letters, "
-                                  "digits and '-')")
+                raise ConfigError(
+                    f"{where}.salt" if item.salt != item.key else f"{where}.key",
+                    f"{item.salt!r} is not valid Unicode text (it holds a lone surrogate), so it "
+                    "has no UTF-8 bytes to hash",
+                    "use plain text (for example ASCII letters, digits and '-')",
+                )
             if item.salt in salts:
-                raise ConfigError(f"{where}.salt", f"salt {item.salt!r} is also used by {salts[item.salt]}; the two "
-                                  "would draw identical populations, so their effects could not be separated",
-                                  "give each experiment, layer and holdout its own salt")
+                raise ConfigError(
+                    f"{where}.salt",
+                    f"salt {item.salt!r} is also used by {salts[item.salt]}; the two "
+                    "would draw identical populations, so their effects could not be separated",
+                    "give each experiment, layer and holdout its own salt",
+                )
             salts[item.salt] = f"{where} ({item.key!r})"
 
 
@@ -230,17 +320,22 @@ def _check_layers(experiments: Sequence[Experiment], layers: Sequence[Layer]) ->
     for i, e in enumerate(experiments):
         if e.layer is not None:
             if e.layer not in layer_keys:
-                raise ConfigError(f"experiments[{i}].layer", f"unknown layer {e.layer!r}",
-                                  f"declare it under [[layers]] or use one of {sorted(layer_keys)}")
+                raise ConfigError(
+                    f"experiments[{i}].layer",
+                    f"unknown layer {e.layer!r}",
+                    f"declare it under [[layers]] or use one of {sorted(layer_keys)}",
+                )
             by_layer.setdefault(e.layer, []).append((i, e))
     for layer_key, members in by_layer.items():
         members.sort(key=lambda m: m[1].layer_range)  # type: ignore[arg-type, return-value]
-        for (i, a), (j, b) in zip(members, members[1:]):
+        for (i, a), (j, b) in zip(members, members[1:], strict=False):
             if b.layer_range[0] < a.layer_range[1]:  # type: ignore[index]
-                raise ConfigError(f"experiments[{j}].layer_range",
-                                  f"{b.key!r} [{b.layer_range[0] / 100:g}, {b.layer_range[1] / 100:g}) overlaps "  # type: ignore[index]
-                                  f"{a.key!r} [{a.layer_range[0] / 100:g}, {a.layer_range[1] / 100:g}) in layer {layer_key!r}",  # type: ignore[index]
-                                  "give experiments in one layer disjoint ranges")
+                raise ConfigError(
+                    f"experiments[{j}].layer_range",
+                    f"{b.key!r} [{b.layer_range[0] / 100:g}, {b.layer_range[1] / 100:g}) overlaps "  # type: ignore[index]
+                    f"{a.key!r} [{a.layer_range[0] / 100:g}, {a.layer_range[1] / 100:g}) in layer {layer_key!r}",  # type: ignore[index]
+                    "give experiments in one layer disjoint ranges",
+                )
 
 
 def _check_holdouts(experiments: Sequence[Experiment], holdouts: Sequence[Holdout]) -> None:
@@ -250,12 +345,18 @@ def _check_holdouts(experiments: Sequence[Experiment], holdouts: Sequence[Holdou
         kinds = set()
         for key in h.experiments:
             if key not in exp_by_key:
-                raise ConfigError(f"holdouts[{i}].experiments", f"unknown experiment {key!r}",
-                                  f"use keys of declared experiments: {sorted(exp_by_key)}")
+                raise ConfigError(
+                    f"holdouts[{i}].experiments",
+                    f"unknown experiment {key!r}",
+                    f"use keys of declared experiments: {sorted(exp_by_key)}",
+                )
             kinds.add(exp_by_key[key].unit)
         if len(kinds) > 1:
-            raise ConfigError(f"holdouts[{i}].experiments", f"covers experiments with different unit kinds {sorted(kinds)}",
-                              "hold out experiments of one unit kind per holdout")
+            raise ConfigError(
+                f"holdouts[{i}].experiments",
+                f"covers experiments with different unit kinds {sorted(kinds)}",
+                "hold out experiments of one unit kind per holdout",
+            )
 
 
 def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | None) -> _State:
@@ -273,32 +374,45 @@ def _build_from_doc(doc: Mapping[str, Any], version: str | None, source: str | N
         unknown = [name for name in data if name not in fields]
         if unknown:
             shown = ", ".join(repr(name) for name in unknown)
-            raise ConfigError(path, f"unknown or misplaced field{'s' * (len(unknown) > 1)} {shown}",
-                              suggest_names(unknown, fields, f"{cls.__name__.lower()} fields"))
+            raise ConfigError(
+                path,
+                f"unknown or misplaced field{'s' * (len(unknown) > 1)} {shown}",
+                suggest_names(unknown, fields, f"{cls.__name__.lower()} fields"),
+            )
         for field in required:
             if field not in data:
                 raise ConfigError(f"{path}.{field}", "is missing", f"add {field} = ...")
         try:
             return cls(**data, _path=path)
         except TypeError as exc:
-            raise ConfigError(path, f"unknown or misplaced field ({exc})",
-                              "check the field names in the README's config reference") from None
+            raise ConfigError(
+                path, f"unknown or misplaced field ({exc})", "check the field names in the README's config reference"
+            ) from None
 
-    experiments = [construct(Experiment, e, f"experiments[{i}]", ("key", "variants")) for i, e in enumerate(items("experiments"))]
+    experiments = [
+        construct(Experiment, e, f"experiments[{i}]", ("key", "variants")) for i, e in enumerate(items("experiments"))
+    ]
     layers = [construct(Layer, x, f"layers[{i}]", ("key",)) for i, x in enumerate(items("layers"))]
-    holdouts = [construct(Holdout, h, f"holdouts[{i}]", ("key", "percent", "experiments")) for i, h in enumerate(items("holdouts"))]
+    holdouts = [
+        construct(Holdout, h, f"holdouts[{i}]", ("key", "percent", "experiments"))
+        for i, h in enumerate(items("holdouts"))
+    ]
     settings = doc.get("lab") or {}
     if not isinstance(settings, Mapping):
         raise ConfigError("lab", "expected a table/object", "write a [lab] table")
     unknown = set(settings) - SETTINGS_KEYS
     if unknown:
-        raise ConfigError("lab", f"unknown settings {sorted(unknown, key=str)}",
-                          suggest_names(sorted(unknown, key=str), SETTINGS_KEYS, "settings"))
+        raise ConfigError(
+            "lab",
+            f"unknown settings {sorted(unknown, key=str)}",
+            suggest_names(sorted(unknown, key=str), SETTINGS_KEYS, "settings"),
+        )
     faults = doc.get("faults")
     if faults is not None and not isinstance(faults, Mapping):
         raise ConfigError("faults", "expected a table/object", "write a [faults] table with enabled = true")
-    return _State(experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"),
-                  doc.get("canaries"))
+    return _State(
+        experiments, layers, holdouts, settings, faults, version, source, doc.get("guardrails"), doc.get("canaries")
+    )
 
 
 _FIELDS: dict[type, frozenset[str]] = {}
@@ -309,8 +423,9 @@ def _fields(cls: type) -> frozenset[str]:
     fields = _FIELDS.get(cls)
     if fields is None:
         params = inspect.signature(cls).parameters.values()
-        fields = _FIELDS[cls] = frozenset(p.name for p in params if not p.name.startswith("_")
-                                          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        fields = _FIELDS[cls] = frozenset(
+            p.name for p in params if not p.name.startswith("_") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
     return fields
 
 
@@ -332,10 +447,17 @@ class Lab:
     'control'
     """
 
-    def __init__(self, experiments: Iterable[Experiment] = (), layers: Iterable[Layer] = (),
-                 holdouts: Iterable[Holdout] = (), *, secret: str | bytes | None = None,
-                 faults: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
-                 guardrails: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        experiments: Iterable[Experiment] = (),
+        layers: Iterable[Layer] = (),
+        holdouts: Iterable[Holdout] = (),
+        *,
+        secret: str | bytes | None = None,
+        faults: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        guardrails: Mapping[str, Any] | None = None,
+    ) -> None:
         state = _State(list(experiments), list(layers), list(holdouts), settings or {}, faults, None, None, guardrails)
         self._init(state, secret, path=None, reload_interval=0)
 
@@ -356,8 +478,14 @@ class Lab:
         self.config_error: str | None = None
         #: ``invalid_units`` counts evaluations (``assign``) and requests (``assign_all``) whose unit id was
         #: not valid Unicode text; each such unit got no variant, reason ``no_unit``.
-        self.stats: dict[str, int] = {"errors": 0, "reloads": 0, "reload_failures": 0, "overrides_rejected": 0,
-                                      "invalid_units": 0, "unknown_experiments": 0}
+        self.stats: dict[str, int] = {
+            "errors": 0,
+            "reloads": 0,
+            "reload_failures": 0,
+            "overrides_rejected": 0,
+            "invalid_units": 0,
+            "unknown_experiments": 0,
+        }
         # The lab state this Lab follows (pauses, kills; fieldlab.control.runtime): the last snapshot, and
         # experiment -> variants paused (empty unless something is paused: the hot path tests only that).
         self._control: Any = None
@@ -369,15 +497,18 @@ class Lab:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> "Lab":
+    def from_dict(cls, doc: Mapping[str, Any], *, secret: str | bytes | None = None, source: str = "<dict>") -> Lab:
         """A Lab from plain data shaped like a config file."""
         try:
             try:
                 version = content_version(doc)
             except UnicodeEncodeError:  # a lone surrogate: name its field path rather than show a traceback
                 check_document(doc)
-                raise ConfigError("(document)", "a string holds a lone surrogate escape, which is not a Unicode "
-                                  "character", "write the character itself rather than an escape") from None
+                raise ConfigError(
+                    "(document)",
+                    "a string holds a lone surrogate escape, which is not a Unicode character",
+                    "write the character itself rather than an escape",
+                ) from None
             state = _build_from_doc(doc, version, source)
         except ConfigError as exc:
             raise exc.with_source(source) from None
@@ -386,8 +517,9 @@ class Lab:
         return lab
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, secret: str | bytes | None = None,
-                  reload_interval: float | None = None) -> "Lab":
+    def from_file(
+        cls, path: str | os.PathLike[str], *, secret: str | bytes | None = None, reload_interval: float | None = None
+    ) -> Lab:
         """A Lab from a TOML/JSON/YAML file, reloaded every ``reload_interval`` seconds (0: never).
 
         The interval defaults to the file's ``lab.reload_interval``, else 5 s.
@@ -407,10 +539,14 @@ class Lab:
         """The state a reload would put in force from ``data``; ConfigError when it must not replace this one."""
         doc = parse_bytes(data, parse_format(path), path)
         if doc.get("experiments") is None and self._state.experiments:
-            raise ConfigError("experiments", f"the new file declares no experiments, while the config in force has "
-                              f"{len(self._state.experiments)}; an empty or partly written file is never applied",
-                              "to remove every experiment write experiments = [] explicitly; replace config files "
-                              "atomically (write a temporary file, then rename it over the config)", source=path)
+            raise ConfigError(
+                "experiments",
+                f"the new file declares no experiments, while the config in force has "
+                f"{len(self._state.experiments)}; an empty or partly written file is never applied",
+                "to remove every experiment write experiments = [] explicitly; replace config files "
+                "atomically (write a temporary file, then rename it over the config)",
+                source=path,
+            )
         try:
             return _build_from_doc(doc, content_version(doc), path)
         except ConfigError as exc:
@@ -421,8 +557,9 @@ class Lab:
         try:  # stat before reading: a change during the read shows up at the next poll
             st = os.stat(path)
         except OSError as exc:
-            raise ConfigError("(file)", f"cannot read: {exc.strerror}", "check the path and permissions",
-                              source=path) from None
+            raise ConfigError(
+                "(file)", f"cannot read: {exc.strerror}", "check the path and permissions", source=path
+            ) from None
         doc, _raw = read_config_file(path)
         try:
             state = _build_from_doc(doc, content_version(doc), path)
@@ -482,8 +619,13 @@ class Lab:
         return s.encode("utf-8") if isinstance(s, str) else s
 
     # --------------------------------------------------------------- evaluation
-    def assign(self, key: str, unit: Any, attributes: Mapping[str, Any] | None = None,
-               overrides: VerifiedOverrides | Iterable[str] | None = None) -> Assignment:
+    def assign(
+        self,
+        key: str,
+        unit: Any,
+        attributes: Mapping[str, Any] | None = None,
+        overrides: VerifiedOverrides | Iterable[str] | None = None,
+    ) -> Assignment:
         """The variant of experiment ``key`` for ``unit``; never raises.
 
         ``attributes`` feed targeting. ``overrides`` are either raw override
@@ -511,14 +653,24 @@ class Lab:
         except Exception as exc:
             return self._failed(key, exc)
 
-    def assign_all(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
-                   overrides: VerifiedOverrides | Iterable[str] | None = None) -> dict[str, Assignment]:
+    def assign_all(
+        self,
+        units: Mapping[str, Any],
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        overrides: VerifiedOverrides | Iterable[str] | None = None,
+    ) -> dict[str, Assignment]:
         """Evaluate every experiment for a request's units (``{"user": "alice", ...}``); never raises."""
         return self.assign_all_with_version(units, attributes, overrides=overrides)[1]
 
-    def assign_all_with_version(self, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
-                                overrides: VerifiedOverrides | Iterable[str] | None = None,
-                                unit_kind: str | None = None) -> tuple[str, dict[str, Assignment]]:
+    def assign_all_with_version(
+        self,
+        units: Mapping[str, Any],
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        overrides: VerifiedOverrides | Iterable[str] | None = None,
+        unit_kind: str | None = None,
+    ) -> tuple[str, dict[str, Assignment]]:
         """:meth:`assign_all` and the version of the configuration that made those assignments.
 
         Both come from one snapshot of the configuration, so a reload between
@@ -568,16 +720,25 @@ class Lab:
         """A signed override token (see :mod:`fieldlab.overrides`); ConfigError naming the argument when unknown."""
         exp = self.experiments.get(experiment)
         if exp is None:
-            raise ConfigError("experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}")
+            raise ConfigError(
+                "experiment", f"unknown experiment {experiment!r}", f"use one of {sorted(self.experiments)}"
+            )
         if variant not in exp.variant_names:
-            raise ConfigError("variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}")
+            raise ConfigError(
+                "variant", f"unknown variant {variant!r} of {experiment!r}", f"use one of {exp.variant_names}"
+            )
         return make_token(self.secret or b"", experiment, variant, ttl_seconds)
 
     def _failed(self, key: str, exc: BaseException) -> Assignment:
         """An internal failure while evaluating ``key``: reason error, counted in ``stats["errors"]``, logged once."""
         self.stats["errors"] += 1
-        _internal.log_once(f"lab:error:{key!r:.128}", "fieldlab: assigning %r failed (%r); using the default path",
-                           key, exc, exc_info=True)
+        _internal.log_once(
+            f"lab:error:{key!r:.128}",
+            "fieldlab: assigning %r failed (%r); using the default path",
+            key,
+            exc,
+            exc_info=True,
+        )
         return Assignment(key, None, None, ERROR)
 
     def _unknown_key(self, key: Any) -> None:
@@ -597,8 +758,11 @@ class Lab:
             if len(logged) >= UNKNOWN_KEYS_LOGGED:
                 if not self._unknown_overflow:  # one last line, then silence
                     self._unknown_overflow = True
-                    _log.warning("fieldlab: more than %d distinct unknown experiment keys; further ones are only "
-                                 "counted in lab.stats['unknown_experiments']", UNKNOWN_KEYS_LOGGED)
+                    _log.warning(
+                        "fieldlab: more than %d distinct unknown experiment keys; further ones are only "
+                        "counted in lab.stats['unknown_experiments']",
+                        UNKNOWN_KEYS_LOGGED,
+                    )
                 return
             logged.add(key)
             known = list(self._state.experiments)
@@ -610,9 +774,12 @@ class Lab:
 
     def _invalid_unit(self) -> None:
         self.stats["invalid_units"] += 1
-        _internal.log_once("lab:invalid_unit", "fieldlab: a unit id is not valid Unicode text (a lone surrogate, "
-                           "e.g. bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
-                           "lab.stats['invalid_units']")
+        _internal.log_once(
+            "lab:invalid_unit",
+            "fieldlab: a unit id is not valid Unicode text (a lone surrogate, "
+            "e.g. bytes that are not UTF-8); it gets no variant (reason no_unit). Counted in "
+            "lab.stats['invalid_units']",
+        )
 
     # --------------------------------------------------------------- guardrails
     # The hook of fieldlab.control: the state poller hands each new snapshot to _follow_state (from its
@@ -635,7 +802,9 @@ class Lab:
         key = (state.state_url, state.state_poll_interval)
         if key == self._following:
             return
-        from .control import runtime, state as control_state
+        from .control import runtime
+        from .control import state as control_state
+
         runtime.unfollow(self)
         self._following = key
         self._control = None
@@ -664,7 +833,7 @@ class Lab:
         with self._lock:
             state = self._state
             found: dict[str, set[str]] = {}
-            for key, variant in (snapshot.paused if snapshot is not None else ()):
+            for key, variant in snapshot.paused if snapshot is not None else ():
                 exp = state.experiments.get(key)
                 if exp is not None and variant != exp.control and variant in exp.variant_names:
                     found.setdefault(key, set()).add(variant)
@@ -672,8 +841,11 @@ class Lab:
             if paused == dict(self._paused):
                 return
             self._paused = MappingProxyType(paused) if paused else _EMPTY
-        _log.log(level, "fieldlab: paused by the guardrails: %s", ", ".join(
-            f"{k}/{v}" for k, vs in sorted(paused.items()) for v in sorted(vs)) or "nothing")
+        _log.log(
+            level,
+            "fieldlab: paused by the guardrails: %s",
+            ", ".join(f"{k}/{v}" for k, vs in sorted(paused.items()) for v in sorted(vs)) or "nothing",
+        )
 
     def _guardrail(self, a: Assignment, paused: Mapping[str, frozenset[str]] | None = None) -> Assignment:
         """``a``, or control with reason ``guardrail`` when the split drew a paused variant."""
@@ -683,8 +855,9 @@ class Lab:
         exp = self._state.experiments.get(a.experiment)
         if exp is None:
             return a
-        return Assignment(a.experiment, exp.control, a.bucket, GUARDRAIL, exp.variant(exp.control).params,
-                          paused=a.variant)
+        return Assignment(
+            a.experiment, exp.control, a.bucket, GUARDRAIL, exp.variant(exp.control).params, paused=a.variant
+        )
 
     # ------------------------------------------------------------------ reload
 
@@ -752,8 +925,12 @@ class Lab:
             try:
                 callback(self)
             except Exception:  # a listener must not stop the watcher
-                _internal.failed("lab", "reload_listener_errors", "reload_listener",
-                                 "fieldlab: a reload listener failed; the new config is in force")
+                _internal.failed(
+                    "lab",
+                    "reload_listener_errors",
+                    "reload_listener",
+                    "fieldlab: a reload listener failed; the new config is in force",
+                )
 
     def _reload_failed(self, message: str, sig: tuple[int, int] | None) -> bool:
         """Keep the config in force and report ``message`` (once while it stays the same); with ``_lock`` held."""
@@ -770,6 +947,7 @@ class Lab:
         self._poller_pending = False
         if self._follows_store():
             from .control import runtime
+
             runtime.start(self)
 
     def close(self) -> None:
@@ -778,6 +956,7 @@ class Lab:
             self._watcher.close()
         if self._follows_store():
             from .control import runtime
+
             runtime.unfollow(self)
             self._following = (None, 0.0)
 

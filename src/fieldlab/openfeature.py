@@ -77,8 +77,12 @@ class FieldLabProvider(AbstractProvider):
         super().__init__()
         if not isinstance(lab, Lab):
             from .errors import ConfigError
-            raise ConfigError("lab", f"expected a fieldlab.Lab, got {type(lab).__name__}",
-                              "pass FieldLabProvider(Lab.from_file('lab.toml'))")
+
+            raise ConfigError(
+                "lab",
+                f"expected a fieldlab.Lab, got {type(lab).__name__}",
+                "pass FieldLabProvider(Lab.from_file('lab.toml'))",
+            )
         self.lab = lab
         self._listening = False
 
@@ -96,30 +100,37 @@ class FieldLabProvider(AbstractProvider):
         if getattr(self, "_on_emit", None) is None:  # not attached (shut down or never registered)
             return
         try:
-            self.emit_provider_configuration_changed(ProviderEventDetails(
-                flags_changed=sorted(lab.experiments), message=f"fieldlab config {lab.version}"))
+            self.emit_provider_configuration_changed(
+                ProviderEventDetails(flags_changed=sorted(lab.experiments), message=f"fieldlab config {lab.version}")
+            )
         except Exception:
             _log.warning("fieldlab: an OpenFeature configuration-changed handler failed", exc_info=True)
 
     # ------------------------------------------------------------ resolution
-    def resolve_boolean_details(self, flag_key: str, default_value: bool,
-                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[bool]:
+    def resolve_boolean_details(
+        self, flag_key: str, default_value: bool, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[bool]:
         return self._resolve(flag_key, default_value, evaluation_context, bool)
 
-    def resolve_string_details(self, flag_key: str, default_value: str,
-                               evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[str]:
+    def resolve_string_details(
+        self, flag_key: str, default_value: str, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[str]:
         return self._resolve(flag_key, default_value, evaluation_context, str)
 
-    def resolve_integer_details(self, flag_key: str, default_value: int,
-                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[int]:
+    def resolve_integer_details(
+        self, flag_key: str, default_value: int, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[int]:
         return self._resolve(flag_key, default_value, evaluation_context, int)
 
-    def resolve_float_details(self, flag_key: str, default_value: float,
-                              evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[float]:
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
         return self._resolve(flag_key, default_value, evaluation_context, float)
 
     def resolve_object_details(
-        self, flag_key: str, default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
+        self,
+        flag_key: str,
+        default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[Sequence[FlagValueType] | Mapping[str, FlagValueType]]:
         return self._resolve(flag_key, default_value, evaluation_context, dict)
@@ -128,8 +139,12 @@ class FieldLabProvider(AbstractProvider):
         lab = self.lab
         exp = lab.experiments.get(key)
         if exp is None:
-            return FlagResolutionDetails(value=default, reason=Reason.ERROR, error_code=ErrorCode.FLAG_NOT_FOUND,
-                                         error_message=f"no experiment {key!r} in the fieldlab config")
+            return FlagResolutionDetails(
+                value=default,
+                reason=Reason.ERROR,
+                error_code=ErrorCode.FLAG_NOT_FOUND,
+                error_message=f"no experiment {key!r} in the fieldlab config",
+            )
         a, version = self._assignment(key, exp.unit, ec)
         if a is None:  # the request began before a reload added this key: it has no assignment for it
             a = Assignment(key, None, None, "no_unit")
@@ -137,19 +152,28 @@ class FieldLabProvider(AbstractProvider):
         reason = REASONS.get(a.reason, Reason.UNKNOWN.value)
         if a.variant is None:
             if a.reason == "error":
-                return FlagResolutionDetails(value=default, reason=Reason.ERROR, error_code=ErrorCode.GENERAL,
-                                             error_message="fieldlab could not evaluate this experiment",
-                                             flag_metadata=meta)
+                return FlagResolutionDetails(
+                    value=default,
+                    reason=Reason.ERROR,
+                    error_code=ErrorCode.GENERAL,
+                    error_message="fieldlab could not evaluate this experiment",
+                    flag_metadata=meta,
+                )
             return FlagResolutionDetails(value=default, reason=reason, flag_metadata=meta)
         try:
             value = _value(a, kind)
         except _TypeMismatch as exc:
-            return FlagResolutionDetails(value=default, reason=Reason.ERROR, error_code=ErrorCode.TYPE_MISMATCH,
-                                         error_message=str(exc), variant=a.variant, flag_metadata=meta)
+            return FlagResolutionDetails(
+                value=default,
+                reason=Reason.ERROR,
+                error_code=ErrorCode.TYPE_MISMATCH,
+                error_message=str(exc),
+                variant=a.variant,
+                flag_metadata=meta,
+            )
         return FlagResolutionDetails(value=value, reason=reason, variant=a.variant, flag_metadata=meta)
 
-    def _assignment(self, key: str, unit_kind: str,
-                    ec: EvaluationContext | None) -> tuple[Assignment | None, str]:
+    def _assignment(self, key: str, unit_kind: str, ec: EvaluationContext | None) -> tuple[Assignment | None, str]:
         """The assignment and the version of the configuration that made it."""
         ctx = current()
         if ctx is not None and ctx.lab is self.lab:
@@ -200,5 +224,6 @@ def _value(a: Assignment, kind: type) -> Any:
             return kind(text)
         except ValueError:
             pass
-    raise _TypeMismatch(f"variant {name!r} is not a {kind.__name__}; give it a 'value' parameter "
-                        f"or read the flag as a string")
+    raise _TypeMismatch(
+        f"variant {name!r} is not a {kind.__name__}; give it a 'value' parameter or read the flag as a string"
+    )

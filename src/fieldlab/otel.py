@@ -109,9 +109,14 @@ class SpanFilesExporter(SpanExporter):  # type: ignore[misc,valid-type]
         return True
 
 
-def configure_tracing(service_name: str | None = None, *, exporter: str | None = None,
-                      directory: str | os.PathLike[str] | None = None, endpoint: str | None = None,
-                      span_exporter: Any = None) -> Any:
+def configure_tracing(
+    service_name: str | None = None,
+    *,
+    exporter: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    endpoint: str | None = None,
+    span_exporter: Any = None,
+) -> Any:
     """Set up the OpenTelemetry SDK for this process and return its ``TracerProvider``.
 
     ``exporter`` is ``"otlp"`` or ``"files"`` (see the module docs);
@@ -144,8 +149,11 @@ def configure_tracing(service_name: str | None = None, *, exporter: str | None =
         elif kind == "files":
             span_exporter = SpanFilesExporter(directory, service)
         else:
-            raise ConfigError("exporter", f"unknown exporter {kind!r}",
-                              'use "otlp" or "files", or pass span_exporter=<an SDK SpanExporter>')
+            raise ConfigError(
+                "exporter",
+                f"unknown exporter {kind!r}",
+                'use "otlp" or "files", or pass span_exporter=<an SDK SpanExporter>',
+            )
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": service})))

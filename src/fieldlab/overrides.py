@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import FieldLabError
 
@@ -46,7 +46,9 @@ def sign(secret: str | bytes, message: str) -> str:
     return _b64(hmac.new(_key(secret), message.encode("utf-8"), hashlib.sha256).digest())
 
 
-def make_token(secret: str | bytes, experiment: str, variant: str, ttl_seconds: float, *, now: float | None = None) -> str:
+def make_token(
+    secret: str | bytes, experiment: str, variant: str, ttl_seconds: float, *, now: float | None = None
+) -> str:
     """A token forcing ``variant`` of ``experiment`` until ``ttl_seconds`` from now."""
     if not secret:
         raise FieldLabError("no secret configured; set lab.secret_env (or FIELDLAB_SECRET) to sign override tokens")
@@ -94,7 +96,9 @@ class VerifiedOverrides(Mapping[str, str]):
         self.rejected = 0
 
     @classmethod
-    def from_tokens(cls, secret: str | bytes | None, tokens: Iterable[str], *, now: float | None = None) -> "VerifiedOverrides":
+    def from_tokens(
+        cls, secret: str | bytes | None, tokens: Iterable[str], *, now: float | None = None
+    ) -> VerifiedOverrides:
         out = cls()
         for token in tokens:
             result = verify_token(secret, token, now=now)

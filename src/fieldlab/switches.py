@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from .context import variant as _variant
 from .errors import ConfigError
@@ -39,8 +40,11 @@ class Switch(Generic[F]):
 
     def __init__(self, key: str, default: F) -> None:
         if not isinstance(key, str) or not key:
-            raise ConfigError("switch(key)", f"expected an experiment key string, got {key!r}",
-                              "pass the key of an experiment in the config")
+            raise ConfigError(
+                "switch(key)",
+                f"expected an experiment key string, got {key!r}",
+                "pass the key of an experiment in the config",
+            )
         if not callable(default):
             raise ConfigError(f"switch({key!r})", f"{default!r} is not callable", "decorate a function")
         self.key = key
@@ -50,15 +54,22 @@ class Switch(Generic[F]):
     def variant(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the implementation for variant ``name``; returns the function unchanged."""
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"switch({self.key!r}).variant(name)", f"expected a variant name string, got {name!r}",
-                              "pass the name of a variant of the experiment")
+            raise ConfigError(
+                f"switch({self.key!r}).variant(name)",
+                f"expected a variant name string, got {name!r}",
+                "pass the name of a variant of the experiment",
+            )
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self.implementations:
-                raise ConfigError(f"switch({self.key!r}).variant({name!r})", f"variant {name!r} already has an "
-                                  f"implementation ({self.implementations[name].__qualname__})", "register each variant once")
+                raise ConfigError(
+                    f"switch({self.key!r}).variant({name!r})",
+                    f"variant {name!r} already has an implementation ({self.implementations[name].__qualname__})",
+                    "register each variant once",
+                )
             self.implementations[name] = fn
             return fn
+
         return register
 
     def resolve(self) -> Callable[..., Any]:
@@ -79,20 +90,26 @@ def switch(key: str) -> Callable[[F], F]:
     one, so frameworks that inspect views see the right kind) carrying
     ``.variant(name)``, ``.key``, ``.implementations`` and ``.switch``.
     """
+
     def decorate(fn: F) -> F:
         sw = Switch(key, fn)
         resolve = sw.resolve
         if inspect.iscoroutinefunction(fn):
+
             async def dispatch_async(*args: Any, **kwargs: Any) -> Any:
                 return await resolve()(*args, **kwargs)
+
             wrapper: Any = functools.wraps(fn)(dispatch_async)
         else:
+
             def dispatch(*args: Any, **kwargs: Any) -> Any:
                 return resolve()(*args, **kwargs)
+
             wrapper = functools.wraps(fn)(dispatch)
         wrapper.variant = sw.variant
         wrapper.key = key
         wrapper.implementations = sw.implementations
         wrapper.switch = sw
         return wrapper  # type: ignore[no-any-return]
+
     return decorate

@@ -22,7 +22,8 @@ refused at load with a ConfigError. Without RE2 installed, a config using
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -118,21 +119,30 @@ def compile_condition(spec: Any, path: str = "targeting") -> Predicate:
     bad rule is caught at load, never during a request.
     """
     if not isinstance(spec, Mapping):
-        raise ConfigError(path, f"expected a table/object, got {type(spec).__name__}",
-                          'write a condition like {attr = "country", op = "eq", value = "DE"}')
+        raise ConfigError(
+            path,
+            f"expected a table/object, got {type(spec).__name__}",
+            'write a condition like {attr = "country", op = "eq", value = "DE"}',
+        )
     groups = [k for k in ("all", "any", "not") if k in spec]
     if groups:
         if len(spec) != 1:
-            raise ConfigError(path, f"a group ({groups[0]}) cannot have other keys {sorted(set(spec) - {groups[0]})}",
-                              "put each condition in its own table inside the group")
+            raise ConfigError(
+                path,
+                f"a group ({groups[0]}) cannot have other keys {sorted(set(spec) - {groups[0]})}",
+                "put each condition in its own table inside the group",
+            )
         kind = groups[0]
         if kind == "not":
             inner = compile_condition(spec["not"], f"{path}.not")
             return lambda attrs: not inner(attrs)
         items = spec[kind]
         if not isinstance(items, (list, tuple)) or not items:
-            raise ConfigError(f"{path}.{kind}", "expected a non-empty list of conditions",
-                              f"list one or more conditions under {kind!r}")
+            raise ConfigError(
+                f"{path}.{kind}",
+                "expected a non-empty list of conditions",
+                f"list one or more conditions under {kind!r}",
+            )
         parts = tuple(compile_condition(c, f"{path}.{kind}[{i}]") for i, c in enumerate(items))
         if kind == "all":
             return lambda attrs: all(p(attrs) for p in parts)
@@ -140,11 +150,16 @@ def compile_condition(spec: Any, path: str = "targeting") -> Predicate:
 
     unknown_keys = set(spec) - {"attr", "op", "value"}
     if unknown_keys:
-        raise ConfigError(path, f"unknown keys {sorted(unknown_keys)}",
-                          "a condition has 'attr', 'op' and 'value', or is a group 'all'/'any'/'not'")
+        raise ConfigError(
+            path,
+            f"unknown keys {sorted(unknown_keys)}",
+            "a condition has 'attr', 'op' and 'value', or is a group 'all'/'any'/'not'",
+        )
     attr = spec.get("attr")
     if not isinstance(attr, str) or not attr:
-        raise ConfigError(f"{path}.attr", "missing or not a string", "name the attribute to test, e.g. attr = \"country\"")
+        raise ConfigError(
+            f"{path}.attr", "missing or not a string", 'name the attribute to test, e.g. attr = "country"'
+        )
     op = spec.get("op", "eq")
     if op not in OPERATORS:
         raise ConfigError(f"{path}.op", f"unknown operator {op!r}", f"use one of {', '.join(sorted(OPERATORS))}")
@@ -174,7 +189,8 @@ def _prepare(op: str, value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"operator {op!r} needs a list", 'write value = ["a", "b"]')
         return frozenset(v if isinstance(v, str) else str(v) for v in value) | frozenset(
-            v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool))
+            v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
     if op in ("gt", "gte", "lt", "lte"):
         n = _number(value)
         if n is None:
@@ -189,19 +205,27 @@ def _prepare(op: str, value: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(path, "a regex must be a string", 'write value = "^/shop/"')
         if len(value) > MAX_REGEX_LENGTH:
-            raise ConfigError(path, f"regex is {len(value)} characters, over the limit of {MAX_REGEX_LENGTH}",
-                              "shorten the pattern or use 'in'/'eq'")
+            raise ConfigError(
+                path,
+                f"regex is {len(value)} characters, over the limit of {MAX_REGEX_LENGTH}",
+                "shorten the pattern or use 'in'/'eq'",
+            )
         return _compile_linear(value, path)
     if op in ("eq", "ne") and not isinstance(value, (str, int, float, bool)):
-        raise ConfigError(path, f"operator {op!r} compares one scalar, got {type(value).__name__}", "use 'in' for lists")
+        raise ConfigError(
+            path, f"operator {op!r} compares one scalar, got {type(value).__name__}", "use 'in' for lists"
+        )
     return value
 
 
 def _compile_linear(pattern: str, path: str) -> Any:
     """Compile ``pattern`` with RE2 (linear-time matching); a ConfigError when it is not valid RE2 syntax."""
     if _re2 is None:
-        raise ConfigError(path, "the regex operator needs RE2 (package google-re2), which is not installed",
-                          "pip install google-re2, or use 'eq', 'in' or 'contains'")
+        raise ConfigError(
+            path,
+            "the regex operator needs RE2 (package google-re2), which is not installed",
+            "pip install google-re2, or use 'eq', 'in' or 'contains'",
+        )
     options = _re2.Options()
     options.log_errors = False  # the error goes into the ConfigError, not to stderr
     try:
@@ -210,6 +234,9 @@ def _compile_linear(pattern: str, path: str) -> Any:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ConfigError(path, f"regex does not compile as RE2: {reason}",
-                          "fix the pattern; RE2 has no backreferences (\\1) or lookaround ((?=...), (?<=...)), "
-                          "which keeps matching linear in the input") from None
+        raise ConfigError(
+            path,
+            f"regex does not compile as RE2: {reason}",
+            "fix the pattern; RE2 has no backreferences (\\1) or lookaround ((?=...), (?<=...)), "
+            "which keeps matching linear in the input",
+        ) from None

@@ -89,8 +89,7 @@ EXPOSURE_RESERVE = 16
 #: What recording could not do, by kind; requests go on regardless. ``attributes_left_out`` counts
 #: fieldlab attributes that did not make it onto their span for lack of room, ``spans_over_limit``
 #: the spans whose assignments did not all fit at the start of the request.
-stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0, "attributes_left_out": 0,
-                         "spans_over_limit": 0}
+stats: dict[str, int] = {"recorder_errors": 0, "processor_errors": 0, "attributes_left_out": 0, "spans_over_limit": 0}
 _logged: set[str] = set()
 
 
@@ -195,9 +194,11 @@ class Recorder:
         self._hasher = UnitHasher(unit_hash_key(lab))
         #: the span attribute count limit (None: none) and the slots fieldlab leaves free below it
         self.attribute_limit = span_attribute_limit(lab)
-        self.attribute_headroom = _count(lab.settings.get("span_attribute_headroom", DEFAULT_SPAN_ATTRIBUTE_HEADROOM),
-                                         "lab.span_attribute_headroom",
-                                         "set it to the attribute slots to keep free for others, e.g. 16")
+        self.attribute_headroom = _count(
+            lab.settings.get("span_attribute_headroom", DEFAULT_SPAN_ATTRIBUTE_HEADROOM),
+            "lab.span_attribute_headroom",
+            "set it to the attribute slots to keep free for others, e.g. 16",
+        )
 
     # ------------------------------------------------------------------ values
     def unit_value(self, kind: str, unit_id: str | None) -> str | None:
@@ -294,7 +295,9 @@ class Recorder:
                 "so no attribute of another instrumentation was dropped, and %s holds every variant of the "
                 "request. Raise OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT (and lab.span_attribute_limit when the tracer "
                 "provider sets SpanLimits in code) to keep them all; counted in fieldlab.telemetry.stats",
-                count, A.ASSIGNMENTS)
+                count,
+                A.ASSIGNMENTS,
+            )
 
     # ----------------------------------------------------------------- writing
     def hook(self, ctx: RequestContext) -> None:
@@ -337,8 +340,13 @@ class Recorder:
         """
         first: list[dict[str, Any]] = [{A.CONFIG_VERSION: ctx.version}]
         first += [{A.unit_attr(kind): v} for kind, v in self._unit_values(ctx).items()]
-        packed = A.pack_assignments({key: a.variant for key, a in ctx.assignments.items()  # type: ignore[misc]
-                                     if a.in_experiment})
+        packed = A.pack_assignments(
+            {
+                key: a.variant
+                for key, a in ctx.assignments.items()  # type: ignore[misc]
+                if a.in_experiment
+            }
+        )
         first.append({A.ASSIGNMENTS: packed})
         if ctx.fault_injected:
             first.append({A.FAULT_INJECTED: True})
@@ -371,7 +379,7 @@ class Recorder:
             else:
                 left_out += len(group)
         skipped: set[str] = set()
-        for key, group in zip(other_keys, others):
+        for key, group in zip(other_keys, others, strict=False):
             if len(chosen) + len(group) <= room - EXPOSURE_RESERVE:
                 chosen.update(group)
             else:

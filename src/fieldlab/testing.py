@@ -80,26 +80,35 @@ def _forced_for(lab: Lab, key: str) -> Assignment | None:
         if exp is None:
             return None
         if name not in exp.variant_names:
-            forcing.problems.add(f"experiment {key!r} has no variant {name!r} (its variants: "
-                                 f"{', '.join(exp.variant_names)})")
+            forcing.problems.add(
+                f"experiment {key!r} has no variant {name!r} (its variants: {', '.join(exp.variant_names)})"
+            )
             return None
         forcing.used.add(key)
         return Assignment(key, name, None, OVERRIDE, exp.variant(name).params)
     return None
 
 
-def _assign(self: Lab, key: str, unit: Any, attributes: Mapping[str, Any] | None = None,
-            overrides: Any = None) -> Assignment:
+def _assign(
+    self: Lab, key: str, unit: Any, attributes: Mapping[str, Any] | None = None, overrides: Any = None
+) -> Assignment:
     forced = _forced_for(self, key)
     if forced is not None:
         return forced
     return _originals["assign"](self, key, unit, attributes, overrides)  # type: ignore[no-any-return]
 
 
-def _assign_all_with_version(self: Lab, units: Mapping[str, Any], attributes: Mapping[str, Any] | None = None, *,
-                             overrides: Any = None, unit_kind: str | None = None) -> tuple[str, dict[str, Assignment]]:
-    version, out = _originals["assign_all_with_version"](self, units, attributes, overrides=overrides,
-                                                         unit_kind=unit_kind)
+def _assign_all_with_version(
+    self: Lab,
+    units: Mapping[str, Any],
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    overrides: Any = None,
+    unit_kind: str | None = None,
+) -> tuple[str, dict[str, Assignment]]:
+    version, out = _originals["assign_all_with_version"](
+        self, units, attributes, overrides=overrides, unit_kind=unit_kind
+    )
     for key in list(out):
         forced = _forced_for(self, key)
         if forced is not None:
@@ -129,8 +138,11 @@ class ForcedVariants:
     def force(self, experiment: str, variant: str) -> ForcedVariants:
         """Force ``experiment`` to ``variant`` (from now on, for this forcing)."""
         if not isinstance(experiment, str) or not isinstance(variant, str):
-            raise ConfigError("fieldlab marker", f"cannot force {experiment!r} to {variant!r}",
-                              'name experiments and variants as strings: @pytest.mark.fieldlab(**{"key": "variant"})')
+            raise ConfigError(
+                "fieldlab marker",
+                f"cannot force {experiment!r} to {variant!r}",
+                'name experiments and variants as strings: @pytest.mark.fieldlab(**{"key": "variant"})',
+            )
         with _lock:
             self.variants[experiment] = variant
             if self._on:
@@ -176,8 +188,9 @@ class ForcedVariants:
         self.stop()
 
     @contextmanager
-    def request(self, lab: Lab, units: Mapping[str, str | None] | None = None,
-                attributes: Mapping[str, Any] | None = None) -> Iterator[RequestContext]:
+    def request(
+        self, lab: Lab, units: Mapping[str, str | None] | None = None, attributes: Mapping[str, Any] | None = None
+    ) -> Iterator[RequestContext]:
         """Bind a request context for code under test that runs outside any web request.
 
         ``fieldlab.variant()`` and friends then answer as in a request of
@@ -226,14 +239,16 @@ class CapturedSpans:
     def variants(self) -> list[dict[str, str]]:
         """Per fieldlab span, in finishing order: experiment key -> variant."""
         n = len(A.VARIANT_PREFIX)
-        return [{k[n:]: v for k, v in (s.attributes or {}).items() if k.startswith(A.VARIANT_PREFIX)}
-                for s in self.spans]
+        return [
+            {k[n:]: v for k, v in (s.attributes or {}).items() if k.startswith(A.VARIANT_PREFIX)} for s in self.spans
+        ]
 
     def exposed(self) -> list[set[str]]:
         """Per fieldlab span, in finishing order: the experiments the code read."""
         n = len(A.EXPOSED_PREFIX)
-        return [{k[n:] for k, v in (s.attributes or {}).items() if k.startswith(A.EXPOSED_PREFIX) and v}
-                for s in self.spans]
+        return [
+            {k[n:] for k, v in (s.attributes or {}).items() if k.startswith(A.EXPOSED_PREFIX) and v} for s in self.spans
+        ]
 
     def clear(self) -> None:
         with self._lock:
@@ -249,8 +264,9 @@ class CapturedSpans:
 def _written_by_fieldlab(span: Any) -> bool:
     if any(k.startswith(A.PREFIX) for k in (span.attributes or {})):
         return True
-    return any(e.name == A.FLAG_EVENT and (e.attributes or {}).get(A.FLAG_PROVIDER) == A.PROVIDER_NAME
-               for e in span.events)
+    return any(
+        e.name == A.FLAG_EVENT and (e.attributes or {}).get(A.FLAG_PROVIDER) == A.PROVIDER_NAME for e in span.events
+    )
 
 
 _captures: list[CapturedSpans] = []
@@ -274,8 +290,10 @@ def _ensure_capture_processor() -> None:
         trace.set_tracer_provider(TracerProvider())
         provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        pytest.fail("fieldlab_spans needs the OpenTelemetry SDK's TracerProvider as the global provider; "
-                    f"this process set a {type(provider).__name__}")
+        pytest.fail(
+            "fieldlab_spans needs the OpenTelemetry SDK's TracerProvider as the global provider; "
+            f"this process set a {type(provider).__name__}"
+        )
     processor = _Capture()
     provider.add_span_processor(processor)
     _capture_processor.append(processor)
@@ -284,8 +302,10 @@ def _ensure_capture_processor() -> None:
 # ---------------------------------------------------------------------------------------------- pytest
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
-        "markers", 'fieldlab(**variants): force fieldlab variants for this test, e.g. '
-        '@pytest.mark.fieldlab(**{"checkout-redesign": "one-page"})')
+        "markers",
+        "fieldlab(**variants): force fieldlab variants for this test, e.g. "
+        '@pytest.mark.fieldlab(**{"checkout-redesign": "one-page"})',
+    )
 
 
 def _marker_variants(node: Any) -> dict[str, str]:
@@ -293,8 +313,10 @@ def _marker_variants(node: Any) -> dict[str, str]:
     for mark in reversed(list(node.iter_markers("fieldlab"))):  # outermost first: the closest marker wins
         if mark.args:
             if len(mark.args) != 1 or not isinstance(mark.args[0], Mapping):
-                pytest.fail(f"@pytest.mark.fieldlab takes experiment=variant keywords or one dict, got {mark.args!r}",
-                            pytrace=False)
+                pytest.fail(
+                    f"@pytest.mark.fieldlab takes experiment=variant keywords or one dict, got {mark.args!r}",
+                    pytrace=False,
+                )
             merged.update(mark.args[0])
         merged.update(mark.kwargs)
     return merged

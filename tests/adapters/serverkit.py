@@ -21,7 +21,6 @@ from typing import Any
 
 import requests
 
-
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 LAB_PATH = HERE / "lab.toml"
@@ -36,33 +35,73 @@ def free_port() -> int:
 class Server:
     """One app under a real server, started on a free port, spans in ``span_dir``."""
 
-    def __init__(self, server: str, target: str, span_dir: Path, env: dict[str, str] | None = None,
-                 workers: int = 1) -> None:
+    def __init__(
+        self, server: str, target: str, span_dir: Path, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
         self.server, self.target, self.span_dir = server, target, span_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "FIELDLAB_TEST_SPANS": str(span_dir), "FIELDLAB_TEST_LAB": str(LAB_PATH),
-                    "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        self.env = {
+            **os.environ,
+            "FIELDLAB_TEST_SPANS": str(span_dir),
+            "FIELDLAB_TEST_LAB": str(LAB_PATH),
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        }
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = span_dir / "server.log"
 
     def command(self) -> list[str]:
         if self.server == "gunicorn":
-            return [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--chdir", str(HERE),
-                    "--log-level", "warning", "--graceful-timeout", "2", self.target]
+            return [
+                str(BIN / "gunicorn"),
+                "-w",
+                str(self.workers),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--chdir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "--graceful-timeout",
+                "2",
+                self.target,
+            ]
         # A long keep-alive: uvicorn closes a connection 5 s after its last response by default, and a test
         # client driving hundreds of requests on two shared cores can take that long to send its next one
         # on that connection; the close then races the request and the client reads a reset (ReadError).
-        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(HERE),
-                "--log-level", "warning", "--no-access-log", "--workers", str(self.workers),
-                "--timeout-keep-alive", "120", self.target]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--app-dir",
+            str(HERE),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--workers",
+            str(self.workers),
+            "--timeout-keep-alive",
+            "120",
+            self.target,
+        ]
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.span_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), env=self.env, cwd=str(HERE), stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                cwd=str(HERE),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -136,10 +175,19 @@ def read_spans(directory: Path) -> list[dict[str, Any]]:
             for rs in doc.get("resourceSpans", []):
                 for ss in rs.get("scopeSpans", []):
                     for s in ss.get("spans", []):
-                        out.append({"trace_id": s["traceId"], "span_id": s["spanId"], "name": s["name"],
-                                    "kind": s.get("kind"), "attrs": _attrs(s.get("attributes")),
-                                    "events": [{"name": e["name"], "attrs": _attrs(e.get("attributes"))}
-                                               for e in s.get("events", [])]})
+                        out.append(
+                            {
+                                "trace_id": s["traceId"],
+                                "span_id": s["spanId"],
+                                "name": s["name"],
+                                "kind": s.get("kind"),
+                                "attrs": _attrs(s.get("attributes")),
+                                "events": [
+                                    {"name": e["name"], "attrs": _attrs(e.get("attributes"))}
+                                    for e in s.get("events", [])
+                                ],
+                            }
+                        )
     return out
 
 
@@ -178,13 +226,12 @@ class MemoryOtel:
 
     def server_spans(self) -> list[Any]:
         from opentelemetry.trace import SpanKind
+
         return [s for s in self.exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
 
 
 def fieldlab_attrs(attrs: Any, prefix: str) -> dict[str, Any]:
     return {k: v for k, v in dict(attrs).items() if k.startswith(prefix)}
-
-
 
 
 def memory_otel() -> MemoryOtel:

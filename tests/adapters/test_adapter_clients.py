@@ -8,11 +8,12 @@ resolvers and recorders, cookies over https, and configuration errors.
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 import contextvars
+import os
 import threading
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -31,21 +32,35 @@ SECRET = "s3cret-for-tests"
 
 
 def make_lab(**settings: Any) -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}, params={"treatment": {"steps": 1}}),
-                Experiment("search-ranking", {"control": 1, "semantic": 1}),
-                Experiment("de-only", {"control": 1, "local": 1}, targeting={"attr": "x-country", "op": "eq", "value": "DE"}),
-                Experiment("vip", {"control": 1, "gold": 1}, targeting={"attr": "tier", "op": "eq", "value": "vip"}),
-                Experiment("per-org", {"control": 1, "treatment": 1}, unit="org")],
-               holdouts=[Holdout("hold", 10, ["search-ranking"])], secret=SECRET, settings=settings)
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}, params={"treatment": {"steps": 1}}),
+            Experiment("search-ranking", {"control": 1, "semantic": 1}),
+            Experiment(
+                "de-only", {"control": 1, "local": 1}, targeting={"attr": "x-country", "op": "eq", "value": "DE"}
+            ),
+            Experiment("vip", {"control": 1, "gold": 1}, targeting={"attr": "tier", "op": "eq", "value": "vip"}),
+            Experiment("per-org", {"control": 1, "treatment": 1}, unit="org"),
+        ],
+        holdouts=[Holdout("hold", 10, ["search-ranking"])],
+        secret=SECRET,
+        settings=settings,
+    )
 
 
 def view_payload() -> dict[str, Any]:
-    return {"checkout": fieldlab.variant("checkout-redesign", "none"), "steps": fieldlab.param("checkout-redesign", "steps", 3),
-            "de": fieldlab.variant("de-only"), "vip": fieldlab.variant("vip"), "org": fieldlab.variant("per-org")}
+    return {
+        "checkout": fieldlab.variant("checkout-redesign", "none"),
+        "steps": fieldlab.param("checkout-redesign", "steps", 3),
+        "de": fieldlab.variant("de-only"),
+        "vip": fieldlab.variant("vip"),
+        "org": fieldlab.variant("per-org"),
+    }
 
 
 def wsgi_view(environ: dict, start_response: Callable[..., Any]) -> list[bytes]:
     import json
+
     body = json.dumps(view_payload()).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
@@ -103,8 +118,12 @@ def test_unit_hash_key_from_env(otel: Any, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_targeting_attributes_from_header_allow_list_and_callable(otel: Any) -> None:
     lab = make_lab()
-    user = next(f"t{i}" for i in range(1000) if lab.assign("vip", f"t{i}", {"tier": "vip"}).variant == "gold"
-                and lab.assign("de-only", f"t{i}", {"x-country": "DE"}).variant == "local")
+    user = next(
+        f"t{i}"
+        for i in range(1000)
+        if lab.assign("vip", f"t{i}", {"tier": "vip"}).variant == "gold"
+        and lab.assign("de-only", f"t{i}", {"x-country": "DE"}).variant == "local"
+    )
     client = wsgi_client(lab, headers=["X-Country"], attributes=lambda environ: {"tier": environ.get("HTTP_X_TIER")})
     assert client.get("/", headers={"X-User-Id": user, "X-Country": "DE", "X-Tier": "vip"}).json["de"] == "local"
     assert client.get("/", headers={"X-User-Id": user, "X-Country": "DE", "X-Tier": "vip"}).json["vip"] == "gold"
@@ -119,7 +138,10 @@ def test_signed_override_forces_a_variant_and_forged_ones_do_nothing(otel: Any) 
     user = next(f"o{i}" for i in range(1000) if lab.assign("checkout-redesign", f"o{i}").variant == "control")
     token = lab.make_token("checkout-redesign", "treatment", 600)
     client = wsgi_client(lab)
-    assert client.get("/", headers={"X-User-Id": user, "X-Fieldlab-Override": f"junk, {token}"}).json["checkout"] == "treatment"
+    assert (
+        client.get("/", headers={"X-User-Id": user, "X-Fieldlab-Override": f"junk, {token}"}).json["checkout"]
+        == "treatment"
+    )
     attrs = dict(only_span(otel).attributes)
     assert attrs[A.forced_attr("checkout-redesign")] is True
     otel.clear()
@@ -128,8 +150,11 @@ def test_signed_override_forces_a_variant_and_forged_ones_do_nothing(otel: Any) 
     client.delete_cookie("fieldlab_override")
     otel.clear()
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    for headers in ({"X-Fieldlab-Override": forged}, {"X-Fieldlab-Override": "checkout-redesign=treatment"},
-                    {"Cookie": "fieldlab_override=checkout-redesign%3Dtreatment"}):
+    for headers in (
+        {"X-Fieldlab-Override": forged},
+        {"X-Fieldlab-Override": "checkout-redesign=treatment"},
+        {"Cookie": "fieldlab_override=checkout-redesign%3Dtreatment"},
+    ):
         assert client.get("/", headers={"X-User-Id": user, **headers}).json["checkout"] == "control"
     assert not any(A.forced_attr("checkout-redesign") in s.attributes for s in otel.server_spans())
 
@@ -147,7 +172,12 @@ def test_baggage_is_ignored_unless_trusted_and_signed(otel: Any) -> None:
     trusted = wsgi_client(lab, trust_baggage=True)
     assert untrusted.get("/", headers={"X-User-Id": user, "baggage": good}).json["checkout"] == "control"
     assert trusted.get("/", headers={"X-User-Id": user, "baggage": forged}).json["checkout"] == "control"
-    assert trusted.get("/", headers={"X-User-Id": user, "baggage": "fieldlab=checkout-redesign%3Dtreatment"}).json["checkout"] == "control"
+    assert (
+        trusted.get("/", headers={"X-User-Id": user, "baggage": "fieldlab=checkout-redesign%3Dtreatment"}).json[
+            "checkout"
+        ]
+        == "control"
+    )
     assert trusted.get("/", headers={"X-User-Id": user, "baggage": good}).json["checkout"] == "treatment"
 
 
@@ -160,8 +190,10 @@ def test_outbound_baggage_is_signed_and_verifies(otel: Any) -> None:
         fieldlab.variant("checkout-redesign")
         start_response("200 OK", [])
         return [b""]
-    WerkzeugClient(fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"},
-                                              propagate_baggage=True)).get("/", headers={"X-User-Id": "carol"})
+
+    WerkzeugClient(
+        fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"}, propagate_baggage=True)
+    ).get("/", headers={"X-User-Id": "carol"})
     carried = _request.verify_baggage(lab.secret, seen["baggage"])
     assert carried is not None
     assert carried["checkout-redesign"] == lab.assign("checkout-redesign", "carol").variant
@@ -174,6 +206,7 @@ def test_a_raising_resolver_and_attribute_callable_take_the_default_path(otel: A
 
     def boom(request: Any) -> str:
         raise RuntimeError("resolver down")
+
     client = wsgi_client(lab, units={"user": boom, "org": "header:X-Org"}, attributes=boom)
     r = client.get("/", headers={"X-Org": "acme"})
     assert r.status_code == 200
@@ -186,6 +219,7 @@ def test_a_raising_resolver_and_attribute_callable_take_the_default_path(otel: A
 def test_a_failing_recorder_never_reaches_the_request(otel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(self: Any, ctx: Any, span: Any) -> None:
         raise RuntimeError("recorder down")
+
     monkeypatch.setattr(telemetry.Recorder, "attach", broken)
     lab = make_lab()
     for outer in (False, True):
@@ -195,7 +229,9 @@ def test_a_failing_recorder_never_reaches_the_request(otel: Any, monkeypatch: py
 
 
 def test_fault_abort_and_events_reach_the_server_span(otel: Any) -> None:
-    outage = Experiment("outage", {"up": 1, "down": 1}, traffic=4, faults={"down": [{"status": 503, "body": "injected"}]})
+    outage = Experiment(
+        "outage", {"up": 1, "down": 1}, traffic=4, faults={"down": [{"status": 503, "body": "injected"}]}
+    )
     lab = Lab([outage], faults={"enabled": True}, secret=SECRET)
     victim = next(f"u{i}" for i in range(100_000) if lab.assign("outage", f"u{i}").variant == "down")
     fine = next(f"u{i}" for i in range(100_000) if lab.assign("outage", f"u{i}").variant is None)
@@ -206,9 +242,13 @@ def test_fault_abort_and_events_reach_the_server_span(otel: Any) -> None:
         ctx.fault_injected = True
         start_response("200 OK", [])
         return [b"ok"]
+
     for outer in (False, True):
-        inner = fl_wsgi.FieldLabMiddleware(OtelWSGI(app), lab=lab, units={"user": "header:X-User-Id"}) if outer else \
-            OtelWSGI(fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"}))
+        inner = (
+            fl_wsgi.FieldLabMiddleware(OtelWSGI(app), lab=lab, units={"user": "header:X-User-Id"})
+            if outer
+            else OtelWSGI(fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"}))
+        )
         client = WerkzeugClient(inner)
         r = client.get("/", headers={"X-User-Id": victim})
         assert (r.status_code, r.data) == (503, b"injected")
@@ -239,8 +279,11 @@ def test_request_unit_uses_the_traceparent_without_a_span() -> None:
         seen["ctx"] = fieldlab.current()
         start_response("200 OK", [])
         return [b""]
+
     tid = "4bf92f3577b34da6a3ce929d0e0e4736"
-    WerkzeugClient(fl_wsgi.FieldLabMiddleware(app, lab=lab)).get("/", headers={"traceparent": f"00-{tid}-00f067aa0ba902b7-01"})
+    WerkzeugClient(fl_wsgi.FieldLabMiddleware(app, lab=lab)).get(
+        "/", headers={"traceparent": f"00-{tid}-00f067aa0ba902b7-01"}
+    )
     assert seen["ctx"].units["request"] == tid
     assert seen["ctx"].assignments["per-request"] == lab.assign("per-request", tid)
 
@@ -269,8 +312,10 @@ def test_threads_with_a_copied_context_see_the_request() -> None:
         bare.join()
         start_response("200 OK", [])
         return [b""]
+
     WerkzeugClient(fl_wsgi.FieldLabMiddleware(app, lab=lab, units={"user": "header:X-User-Id"})).get(
-        "/", headers={"X-User-Id": "erin"})
+        "/", headers={"X-User-Id": "erin"}
+    )
     assert seen == [lab.assign("checkout-redesign", "erin").variant, "outside"]
     assert fieldlab.variant("checkout-redesign", "after") == "after"
 
@@ -278,6 +323,7 @@ def test_threads_with_a_copied_context_see_the_request() -> None:
 # --------------------------------------------------------------------------- ASGI
 async def asgi_view(scope: dict, receive: Any, send: Any) -> None:
     import json
+
     if scope["type"] == "lifespan":
         return
     await asyncio.sleep(0)
@@ -292,11 +338,16 @@ async def asgi_view(scope: dict, receive: Any, send: Any) -> None:
 def test_asgi_middleware_with_concurrent_requests(otel: Any, outer: bool) -> None:
     lab = make_lab()
     opts = {"lab": lab, "units": {"user": "header:X-User-Id"}, "request_class": None}
-    app = fl_asgi.FieldLabMiddleware(OtelASGI(asgi_view), **opts) if outer else OtelASGI(fl_asgi.FieldLabMiddleware(asgi_view, **opts))
+    app = (
+        fl_asgi.FieldLabMiddleware(OtelASGI(asgi_view), **opts)
+        if outer
+        else OtelASGI(fl_asgi.FieldLabMiddleware(asgi_view, **opts))
+    )
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             return await asyncio.gather(*(client.get("/", headers={"X-User-Id": f"a{i}"}) for i in range(100)))
+
     responses = asyncio.run(run())
     for i, r in enumerate(responses):
         expected = lab.assign("checkout-redesign", f"a{i}").variant
@@ -312,27 +363,40 @@ def test_asgi_middleware_with_concurrent_requests(otel: Any, outer: bool) -> Non
 def test_asgi_reads_raw_headers_overrides_and_reuses_evaluations_by_raw_id(otel: Any) -> None:
     """ASGI looks prepared evaluations up by the raw header bytes; overrides (header or cookie) still win."""
     lab = Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1})], secret=SECRET)
-    mw = fl_asgi.FieldLabMiddleware(OtelASGI(asgi_view), lab=lab, units={"user": "header:X-User-Id"}, request_class=None)
+    mw = fl_asgi.FieldLabMiddleware(
+        OtelASGI(asgi_view), lab=lab, units={"user": "header:X-User-Id"}, request_class=None
+    )
     user = next(f"x{i}" for i in range(1000) if lab.assign("checkout-redesign", f"x{i}").variant == "control")
     token = lab.make_token("checkout-redesign", "treatment", 600)
 
     async def run() -> list[str]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://t") as client:
             seen = []
-            for headers in ({"X-User-Id": user}, {"X-User-Id": user},
-                            {"X-User-Id": user, "X-Fieldlab-Override": token},
-                            {"X-User-Id": user, "Cookie": f"theme=dark; fieldlab_override={token}"},
-                            {"X-User-Id": user, "Cookie": "fieldlab_override=checkout-redesign%3Dtreatment"},
-                            {"X-User-Id": user, "Cookie": "theme=dark"}):
+            for headers in (
+                {"X-User-Id": user},
+                {"X-User-Id": user},
+                {"X-User-Id": user, "X-Fieldlab-Override": token},
+                {"X-User-Id": user, "Cookie": f"theme=dark; fieldlab_override={token}"},
+                {"X-User-Id": user, "Cookie": "fieldlab_override=checkout-redesign%3Dtreatment"},
+                {"X-User-Id": user, "Cookie": "theme=dark"},
+            ):
                 seen.append((await client.get("/", headers=headers)).json()["checkout"])
             return seen
+
     assert asyncio.run(run()) == ["control", "control", "treatment", "treatment", "control", "control"]
     cache = mw.config.cache
     assert cache is not None and cache.get(user) is not None  # one evaluation, found by the id
     spans = otel.server_spans()
     plain = [dict(spans[i].attributes) for i in (0, 1, 5)]
     assert plain[0] == plain[1] == plain[2]  # a raw-id hit writes what the first request wrote
-    assert [A.forced_attr("checkout-redesign") in s.attributes for s in spans] == [False, False, True, True, False, False]
+    assert [A.forced_attr("checkout-redesign") in s.attributes for s in spans] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_asgi_passes_websocket_and_lifespan_through() -> None:
@@ -340,6 +404,7 @@ def test_asgi_passes_websocket_and_lifespan_through() -> None:
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         seen.append((scope["type"], fieldlab.current()))
+
     mw = fl_asgi.FieldLabMiddleware(app, lab=make_lab())
     for kind in ("lifespan", "websocket"):
         asyncio.run(mw({"type": kind}, None, None))
@@ -355,22 +420,26 @@ def test_repeat_units_reuse_their_evaluation_and_stay_exact(otel: Any, tmp_path:
     users = [f"r{i}" for i in range(30)]
     for _ in range(2):
         for u in users:
-            assert client.get("/", headers={"X-User-Id": u}).json["checkout"] == lab.assign("checkout-redesign", u).variant
+            assert (
+                client.get("/", headers={"X-User-Id": u}).json["checkout"] == lab.assign("checkout-redesign", u).variant
+            )
     cache = client.application.config.cache
     assert cache is not None and len(cache) == len(users)
     spans = otel.server_spans()
     by_user: dict[str, list[Any]] = {}
     for s in spans:
         by_user.setdefault(s.attributes[A.unit_attr("user")], []).append(
-            (dict(s.attributes), [(e.name, dict(e.attributes)) for e in s.events]))
+            (dict(s.attributes), [(e.name, dict(e.attributes)) for e in s.events])
+        )
     assert all(len(v) == 2 and v[0] == v[1] for v in by_user.values())  # a cache hit writes what a miss wrote
     assert all(v[0][1] and v[0][1][0][0] == A.FLAG_EVENT for v in by_user.values())
     control = next(u for u in users if lab.assign("checkout-redesign", u).variant == "control")
     token = lab.make_token("checkout-redesign", "treatment", 60)
     assert client.get("/", headers={"X-User-Id": control, "X-Fieldlab-Override": token}).json["checkout"] == "treatment"
     assert client.get("/", headers={"X-User-Id": control}).json["checkout"] == "control"  # the override was not cached
-    config.write_text('[[experiments]]\nkey = "checkout-redesign"\nvariants = ["control", "treatment"]\n'
-                      'salt = "fresh-population"\n')
+    config.write_text(
+        '[[experiments]]\nkey = "checkout-redesign"\nvariants = ["control", "treatment"]\nsalt = "fresh-population"\n'
+    )
     os.utime(config, (time.time() + 5, time.time() + 5))
     assert lab.reload()
     for u in users:

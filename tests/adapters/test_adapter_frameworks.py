@@ -16,9 +16,14 @@ SECRET = "framework-secret"
 
 
 def make_lab() -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
-                Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign"),
-                Experiment("by-session", {"a": 1, "b": 1}, unit="session")], secret=SECRET)
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
+            Experiment("banner", {"off": 1, "on": 1}, exposure="on_assign"),
+            Experiment("by-session", {"a": 1, "b": 1}, unit="session"),
+        ],
+        secret=SECRET,
+    )
 
 
 @fieldlab.switch("checkout-redesign")
@@ -52,7 +57,7 @@ def check_span(otel: Any, lab: Lab, user: str) -> None:
     assert attrs[A.variant_attr("banner")] == lab.assign("banner", user).variant
     assert attrs[A.unit_attr("user")] == telemetry.UnitHasher(SECRET.encode())(user)
     flag_keys = sorted(e.attributes[A.FLAG_KEY] for e in spans[0].events if e.name == A.FLAG_EVENT)
-    exposed = sorted(k[len(A.EXPOSED_PREFIX):] for k in attrs if k.startswith(A.EXPOSED_PREFIX))
+    exposed = sorted(k[len(A.EXPOSED_PREFIX) :] for k in attrs if k.startswith(A.EXPOSED_PREFIX))
     assert flag_keys == exposed and {"banner", "checkout-redesign"} <= set(exposed)
 
 
@@ -61,12 +66,18 @@ def flask_app(order: str, lab: Lab) -> Any:
     import flask
 
     from fieldlab.adapters.flask import FieldLab
+
     app = flask.Flask(f"shop-{order}")
     app.secret_key = "k"
 
     @app.get("/")
     def index() -> Any:
-        return {"layout": layout(), "variant": fieldlab.variant("checkout-redesign"), "session": fieldlab.variant("by-session")}
+        return {
+            "layout": layout(),
+            "variant": fieldlab.variant("checkout-redesign"),
+            "session": fieldlab.variant("by-session"),
+        }
+
     if order == "otel_outer":
         FlaskInstrumentor().instrument_app(app)
         FieldLab(app, lab=lab, units={"user": lambda r: r.headers.get("X-User-Id")})
@@ -100,13 +111,21 @@ def test_flask_extension(otel: Any, order: str) -> None:
 def _django() -> Any:
     import django
     from django.conf import settings
+
     if not settings.configured:
         settings.configure(
-            SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, DATABASES={}, INSTALLED_APPS=[],
-            MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"], USE_TZ=True,
-            FIELDLAB={"lab": f"{__name__}.DJANGO_LAB", "units": {"user": "header:X-User-Id"}})
+            SECRET_KEY="test",
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=__name__,
+            DATABASES={},
+            INSTALLED_APPS=[],
+            MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"],
+            USE_TZ=True,
+            FIELDLAB={"lab": f"{__name__}.DJANGO_LAB", "units": {"user": "header:X-User-Id"}},
+        )
         django.setup()
         from opentelemetry.instrumentation.django import DjangoInstrumentor
+
         DjangoInstrumentor().instrument()
     return settings
 
@@ -116,16 +135,19 @@ DJANGO_LAB = make_lab()
 
 def _dj_view(request: Any) -> Any:
     from django.http import JsonResponse
+
     return JsonResponse({"layout": layout(), "variant": fieldlab.variant("checkout-redesign")})
 
 
 async def _dj_async_view(request: Any) -> Any:
     from django.http import JsonResponse
+
     return JsonResponse({"layout": await alayout(), "variant": fieldlab.variant("checkout-redesign")})
 
 
 def _urls() -> list[Any]:
     from django.urls import path
+
     return [path("sync", _dj_view), path("async", _dj_async_view)]
 
 
@@ -140,6 +162,7 @@ def __getattr__(name: str) -> Any:  # Django reads urlpatterns lazily from ROOT_
 def test_django_middleware(otel: Any, order: str, view: str) -> None:
     settings = _django()
     from django.test import AsyncClient, Client, override_settings
+
     fl = "fieldlab.adapters.django.FieldLabMiddleware"
     others = [m for m in settings.MIDDLEWARE if m != fl]
     middleware = [*others, fl] if order == "otel_outer" else [fl, *others]
@@ -160,6 +183,7 @@ def test_django_config_errors_name_the_setting() -> None:
     from django.test import override_settings
 
     from fieldlab.adapters.django import FieldLabMiddleware
+
     with override_settings(FIELDLAB={}):
         with pytest.raises(ConfigError, match="settings.FIELDLAB"):
             FieldLabMiddleware(lambda r: r)
@@ -184,11 +208,18 @@ def test_starlette_middleware(otel: Any, order: str) -> None:
     from starlette.testclient import TestClient
 
     from fieldlab.adapters.starlette import FieldLabMiddleware
+
     lab = make_lab()
 
     async def index(request: Request) -> JSONResponse:
-        return JSONResponse({"layout": await alayout(), "variant": fieldlab.variant("checkout-redesign"),
-                             "session": fieldlab.variant("by-session")})
+        return JSONResponse(
+            {
+                "layout": await alayout(),
+                "variant": fieldlab.variant("checkout-redesign"),
+                "session": fieldlab.variant("by-session"),
+            }
+        )
+
     units = {"user": lambda request: request.headers.get("X-User-Id")}
     if order == "otel_outer":
         app = Starlette(routes=[Route("/", index)])
@@ -217,13 +248,19 @@ def test_fastapi_dependency(otel: Any, order: str) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     from fieldlab.adapters.fastapi import Assignments, FieldLabMiddleware, assignments
+
     lab = make_lab()
     app = FastAPI()
 
     @app.get("/")
     def index(ab: Assignments = Depends(assignments)) -> dict[str, Any]:
-        return {"variant": ab.variant("checkout-redesign"), "layout": layout(), "all": dict(ab),
-                "choice": ab.choose("checkout-redesign", {"treatment": "T"}, "C")}
+        return {
+            "variant": ab.variant("checkout-redesign"),
+            "layout": layout(),
+            "all": dict(ab),
+            "choice": ab.choose("checkout-redesign", {"treatment": "T"}, "C"),
+        }
+
     opts = {"lab": lab, "units": {"user": "header:X-User-Id"}}
     if order == "otel_outer":
         app.add_middleware(FieldLabMiddleware, **opts)

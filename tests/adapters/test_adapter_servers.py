@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -26,21 +27,51 @@ READ_KEYS = ("checkout-redesign", "search-ranking", "price-a", "price-b", "de-on
 # (id, server, target, env): every framework, both orders, provider set before and after.
 SERVERS = [
     ("flask-otel-outer", "gunicorn", "webapps.flask_app:app", {"FIELDLAB_TEST_ORDER": "otel_outer"}),
-    ("flask-fieldlab-outer", "gunicorn", "webapps.flask_app:app",
-     {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"}),
-    ("wsgi-otel-outer", "gunicorn", "webapps.wsgi_app:app", {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_PROVIDER": "after"}),
+    (
+        "flask-fieldlab-outer",
+        "gunicorn",
+        "webapps.flask_app:app",
+        {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
+    (
+        "wsgi-otel-outer",
+        "gunicorn",
+        "webapps.wsgi_app:app",
+        {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
     ("wsgi-fieldlab-outer", "gunicorn", "webapps.wsgi_app:app", {"FIELDLAB_TEST_ORDER": "fieldlab_outer"}),
     ("django-wsgi-otel-outer", "gunicorn", "webapps.django_app:application", {"FIELDLAB_TEST_ORDER": "otel_outer"}),
-    ("django-wsgi-fieldlab-outer", "gunicorn", "webapps.django_app:application",
-     {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"}),
-    ("django-asgi-otel-outer", "uvicorn", "webapps.django_app:application",
-     {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_DJANGO": "asgi", "FIELDLAB_TEST_PROVIDER": "after"}),
-    ("django-asgi-fieldlab-outer", "uvicorn", "webapps.django_app:application",
-     {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_DJANGO": "asgi"}),
+    (
+        "django-wsgi-fieldlab-outer",
+        "gunicorn",
+        "webapps.django_app:application",
+        {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
+    (
+        "django-asgi-otel-outer",
+        "uvicorn",
+        "webapps.django_app:application",
+        {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_DJANGO": "asgi", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
+    (
+        "django-asgi-fieldlab-outer",
+        "uvicorn",
+        "webapps.django_app:application",
+        {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_DJANGO": "asgi"},
+    ),
     ("starlette-otel-outer", "uvicorn", "webapps.starlette_app:app", {"FIELDLAB_TEST_ORDER": "otel_outer"}),
-    ("starlette-fieldlab-outer", "uvicorn", "webapps.starlette_app:app",
-     {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"}),
-    ("fastapi-otel-outer", "uvicorn", "webapps.fastapi_app:app", {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_PROVIDER": "after"}),
+    (
+        "starlette-fieldlab-outer",
+        "uvicorn",
+        "webapps.starlette_app:app",
+        {"FIELDLAB_TEST_ORDER": "fieldlab_outer", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
+    (
+        "fastapi-otel-outer",
+        "uvicorn",
+        "webapps.fastapi_app:app",
+        {"FIELDLAB_TEST_ORDER": "otel_outer", "FIELDLAB_TEST_PROVIDER": "after"},
+    ),
     ("fastapi-fieldlab-outer", "uvicorn", "webapps.fastapi_app:app", {"FIELDLAB_TEST_ORDER": "fieldlab_outer"}),
 ]
 
@@ -62,8 +93,7 @@ def _cookie(response: Any, name: str) -> str | None:
     return None
 
 
-def _check(lab: Lab, sent: dict[str, Any], payload: dict[str, Any], visitor: str | None,
-           span: dict[str, Any]) -> None:
+def _check(lab: Lab, sent: dict[str, Any], payload: dict[str, Any], visitor: str | None, span: dict[str, Any]) -> None:
     """One request: the response and its server span match the lab's prediction exactly."""
     tid = payload["trace_id"]
     units = {"user": sent["user"], "team": sent.get("team"), "visitor": visitor, "request": tid}
@@ -75,12 +105,12 @@ def _check(lab: Lab, sent: dict[str, Any], payload: dict[str, Any], visitor: str
     assert payload["variants"] == {k: predicted[k].variant for k in READ_KEYS}
     assert payload["render"] == ("one-page" if predicted["checkout-redesign"].variant == "treatment" else "classic")
     a = span["attrs"]
-    variants = {k[len(A.VARIANT_PREFIX):]: v for k, v in a.items() if k.startswith(A.VARIANT_PREFIX)}
+    variants = {k[len(A.VARIANT_PREFIX) :]: v for k, v in a.items() if k.startswith(A.VARIANT_PREFIX)}
     assert variants == {k: p.variant for k, p in predicted.items() if p.in_experiment}, sent
-    exposed = {k[len(A.EXPOSED_PREFIX):] for k, v in a.items() if k.startswith(A.EXPOSED_PREFIX) and v is True}
+    exposed = {k[len(A.EXPOSED_PREFIX) :] for k, v in a.items() if k.startswith(A.EXPOSED_PREFIX) and v is True}
     on_assign = {k for k, e in lab.experiments.items() if e.exposure == "on_assign"}
     assert exposed == {k for k in (*READ_KEYS, *on_assign) if predicted[k].in_experiment}
-    holdouts = {k[len(A.HOLDOUT_PREFIX):] for k in a if k.startswith(A.HOLDOUT_PREFIX)}
+    holdouts = {k[len(A.HOLDOUT_PREFIX) :] for k in a if k.startswith(A.HOLDOUT_PREFIX)}
     assert holdouts == {p.holdout for p in predicted.values() if p.holdout}
     assert not any(k.startswith(A.FORCED_PREFIX) for k in a)
     assert a[A.unit_attr("user")] == sent["user"]  # the test lab writes raw ids
@@ -152,17 +182,18 @@ CONCURRENT = [s for s in SERVERS if s[1] == "uvicorn" and s[0].endswith("otel-ou
 
 
 @pytest.mark.parametrize("spec", CONCURRENT[:2], ids=[s[0] for s in CONCURRENT[:2]])
-def test_500_concurrent_requests_each_see_their_own_assignments(spec: Any, test_lab: Lab,
-                                                                  tmp_path: Path) -> None:
+def test_500_concurrent_requests_each_see_their_own_assignments(spec: Any, test_lab: Lab, tmp_path: Path) -> None:
     name, kind, target, env = spec
     srv = Server(kind, target, tmp_path / name, env).start()
     try:
+
         async def run() -> list[tuple[str, httpx.Response]]:
             limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
             async with httpx.AsyncClient(base_url=srv.url, limits=limits, timeout=60) as client:
                 users = [f"conc-{i}" for i in range(500)]
                 responses = await asyncio.gather(*(client.get("/shop", headers={"X-User-Id": u}) for u in users))
-                return list(zip(users, responses))
+                return list(zip(users, responses, strict=False))
+
         try:
             pairs = asyncio.run(run())
         except httpx.HTTPError as exc:

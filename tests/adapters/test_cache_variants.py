@@ -40,8 +40,10 @@ LAB = {
     ],
 }
 #: a session experiment: Flask and Starlette keep fieldlab's session id in the framework's session cookie
-LAB_SESSION = {"lab": {"reload_interval": 0},
-               "experiments": [{"key": "colour", "unit": "session", "variants": ["blue", "green"]}]}
+LAB_SESSION = {
+    "lab": {"reload_interval": 0},
+    "experiments": [{"key": "colour", "unit": "session", "variants": ["blue", "green"]}],
+}
 UNITS: dict[str, Any] = {"user": "header:X-User-Id", "account": None}  # account: a callable, set per framework
 PAGES = {"/quote": "home-quote", "/welcome": "welcome", "/sidebar": "sidebar", "/colour": "colour"}
 
@@ -111,6 +113,7 @@ def flask_fetch(lab: Lab, **options: Any) -> Fetch:
     def fetch(path: str, headers: dict[str, str]) -> Response:
         r = client.get(path, headers=headers)
         return r.status_code, list(r.headers.items()), r.get_data(as_text=True)
+
     return fetch
 
 
@@ -127,6 +130,7 @@ def wsgi_fetch(lab: Lab, **options: Any) -> Fetch:
     def fetch(path: str, headers: dict[str, str]) -> Response:
         r = client.get(path, headers=headers)
         return r.status_code, list(r.headers.items()), r.get_data(as_text=True)
+
     return fetch
 
 
@@ -143,6 +147,7 @@ def starlette_fetch(lab: Lab, **options: Any) -> Fetch:
         client.cookies.clear()  # the visitor's cookies are in ``headers``
         r = client.get(path, headers=headers)
         return r.status_code, list(r.headers.multi_items()), r.text
+
     return fetch
 
 
@@ -188,8 +193,11 @@ def test_a_shared_cache_serves_each_unit_its_own_variant(framework: str) -> None
     lab = Lab.from_dict(LAB)
     cache = SharedCache(FRAMEWORKS[framework](lab))
     got = drive(lab, cache)
-    assert got == {"/quote": {"pages": 90, "wrong": 0}, "/welcome": {"pages": 30, "wrong": 0},
-                   "/sidebar": {"pages": 30, "wrong": 0}}
+    assert got == {
+        "/quote": {"pages": 90, "wrong": 0},
+        "/welcome": {"pages": 30, "wrong": 0},
+        "/sidebar": {"pages": 30, "wrong": 0},
+    }
     assert cache.hits > 0  # returning visitors are served from the cache: it is a real cache
     assert [names for names, _, _ in cache.entries["/quote"]][0] == ("cookie",)
     assert [names for names, _, _ in cache.entries["/welcome"]][0] == ("x-user-id",)

@@ -27,18 +27,34 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _env(tmp_path: Path, **env: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
-            "DJBLOG_DB": str(tmp_path / "blog.sqlite3"), **env}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
+        "DJBLOG_DB": str(tmp_path / "blog.sqlite3"),
+        **env,
+    }
 
 
 def manage_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "django", "check", "--settings=webapps.djblog.settings"],
-                          cwd=HERE, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings=webapps.djblog.settings"],
+        cwd=HERE,
+        env=_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def scenario(tmp_path: Path, name: str, **env: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "webapps.djblog.scenarios", name], cwd=HERE,
-                          env=_env(tmp_path, **env), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "webapps.djblog.scenarios", name],
+        cwd=HERE,
+        env=_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -48,22 +64,27 @@ def ids(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- system checks
-@pytest.mark.parametrize(("env", "expected", "fails"), [
-    ({}, [], False),
-    ({"DJBLOG_FIELDLAB": "missing"}, ["fieldlab.E001"], True),
-    ({"DJBLOG_FIELDLAB": "not_dict"}, ["fieldlab.E002"], True),
-    ({"DJBLOG_FIELDLAB": "unknown_key"}, ["fieldlab.E002", "fieldlab.W004"], True),
-    ({"DJBLOG_FIELDLAB": "bad_create"}, ["fieldlab.E002"], True),
-    ({"DJBLOG_FIELDLAB": "bad_lab"}, ["fieldlab.E003"], True),
-    ({"DJBLOG_ORDER": "fieldlab_first"}, ["fieldlab.E004", "fieldlab.E005"], True),
-    ({"DJBLOG_ORDER": "fieldlab_first", "DJBLOG_FIELDLAB": "no_session_exp"}, [], False),  # no user/session unit
-    ({"DJBLOG_ORDER": "no_auth"}, ["fieldlab.W002", "fieldlab.W003"], False),
-    ({"DJBLOG_ORDER": "none"}, ["fieldlab.W001"], False),
-    ({"DJBLOG_ORDER": "twice"}, ["fieldlab.W005"], False),
-    ({"DJBLOG_FIELDLAB": "no_create"}, ["fieldlab.W004"], False),
-], ids=lambda v: "-".join(v.values()) if isinstance(v, dict) else None)
-def test_manage_py_check_reports_fieldlab_wiring_mistakes(tmp_path: Path, env: dict[str, str], expected: list[str],
-                                                          fails: bool) -> None:
+@pytest.mark.parametrize(
+    ("env", "expected", "fails"),
+    [
+        ({}, [], False),
+        ({"DJBLOG_FIELDLAB": "missing"}, ["fieldlab.E001"], True),
+        ({"DJBLOG_FIELDLAB": "not_dict"}, ["fieldlab.E002"], True),
+        ({"DJBLOG_FIELDLAB": "unknown_key"}, ["fieldlab.E002", "fieldlab.W004"], True),
+        ({"DJBLOG_FIELDLAB": "bad_create"}, ["fieldlab.E002"], True),
+        ({"DJBLOG_FIELDLAB": "bad_lab"}, ["fieldlab.E003"], True),
+        ({"DJBLOG_ORDER": "fieldlab_first"}, ["fieldlab.E004", "fieldlab.E005"], True),
+        ({"DJBLOG_ORDER": "fieldlab_first", "DJBLOG_FIELDLAB": "no_session_exp"}, [], False),  # no user/session unit
+        ({"DJBLOG_ORDER": "no_auth"}, ["fieldlab.W002", "fieldlab.W003"], False),
+        ({"DJBLOG_ORDER": "none"}, ["fieldlab.W001"], False),
+        ({"DJBLOG_ORDER": "twice"}, ["fieldlab.W005"], False),
+        ({"DJBLOG_FIELDLAB": "no_create"}, ["fieldlab.W004"], False),
+    ],
+    ids=lambda v: "-".join(v.values()) if isinstance(v, dict) else None,
+)
+def test_manage_py_check_reports_fieldlab_wiring_mistakes(
+    tmp_path: Path, env: dict[str, str], expected: list[str], fails: bool
+) -> None:
     done = manage_check(tmp_path, **env)
     out = done.stdout + done.stderr
     assert ids(out) == expected, out
@@ -75,8 +96,10 @@ def test_manage_py_check_reports_fieldlab_wiring_mistakes(tmp_path: Path, env: d
 def test_check_messages_name_the_problem_and_the_fix(tmp_path: Path) -> None:
     out = manage_check(tmp_path, DJBLOG_ORDER="fieldlab_first").stderr
     assert "comes before AuthenticationMiddleware" in out and "(welcome)" in out and "reason no_unit" in out
-    assert "HINT: move 'fieldlab.adapters.django.FieldLabMiddleware' after " \
-           "'django.contrib.auth.middleware.AuthenticationMiddleware'" in out
+    assert (
+        "HINT: move 'fieldlab.adapters.django.FieldLabMiddleware' after "
+        "'django.contrib.auth.middleware.AuthenticationMiddleware'" in out
+    )
     bad = manage_check(tmp_path, DJBLOG_FIELDLAB="bad_lab").stderr
     assert "experiments[0].traffic" in bad and "outside 0-100" in bad  # the ConfigError text
 
@@ -95,21 +118,37 @@ def test_without_the_app_manage_py_check_cannot_see_fieldlab(tmp_path: Path) -> 
 
 def test_silenced_checks_stay_silent(tmp_path: Path) -> None:
     settings = tmp_path / "silenced_settings.py"
-    settings.write_text("from webapps.djblog.settings import *  # noqa: F403\n"
-                        "SILENCED_SYSTEM_CHECKS = ['fieldlab.W004']\n")
-    done = subprocess.run([sys.executable, "-m", "django", "check", "--settings=silenced_settings"], cwd=HERE,
-                          env={**_env(tmp_path, DJBLOG_FIELDLAB="no_create"),
-                               "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), str(tmp_path)])},
-                          capture_output=True, text=True, timeout=120)
+    settings.write_text(
+        "from webapps.djblog.settings import *  # noqa: F403\nSILENCED_SYSTEM_CHECKS = ['fieldlab.W004']\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings=silenced_settings"],
+        cwd=HERE,
+        env={
+            **_env(tmp_path, DJBLOG_FIELDLAB="no_create"),
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), str(tmp_path)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ids(done.stdout + done.stderr) == [] and "1 silenced" in done.stdout
 
 
 @pytest.mark.parametrize("app", ["1", "0"])
 def test_wiring_mistakes_are_logged_at_gunicorn_start_up(tmp_path: Path, app: str) -> None:
     # gunicorn runs no Django checks: the middleware logs fieldlab's findings once when it is built
-    server = Server("gunicorn", "webapps.djblog.wsgi:application", tmp_path / "spans",
-                    env={"DJBLOG_APP": app, "DJBLOG_ORDER": "fieldlab_first", "DJBLOG_DB": str(tmp_path / "b.db"),
-                         "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)])})
+    server = Server(
+        "gunicorn",
+        "webapps.djblog.wsgi:application",
+        tmp_path / "spans",
+        env={
+            "DJBLOG_APP": app,
+            "DJBLOG_ORDER": "fieldlab_first",
+            "DJBLOG_DB": str(tmp_path / "b.db"),
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
+        },
+    )
     server.start()
     try:
         assert requests.get(server.url + "/health", timeout=10).status_code == 200
@@ -140,14 +179,25 @@ def test_template_tags_read_variants_and_expose_them(tmp_path: Path) -> None:
     assert lazy["page"]["variant"] == first["expect_quote"] and lazy["span"]["fieldlab.exposed.home-quote"] is True
 
 
-@pytest.mark.parametrize(("runner", "target"), [("gunicorn", "webapps.djblog.wsgi:application"),
-                                              ("uvicorn", "webapps.djblog.asgi:application")])
+@pytest.mark.parametrize(
+    ("runner", "target"),
+    [("gunicorn", "webapps.djblog.wsgi:application"), ("uvicorn", "webapps.djblog.asgi:application")],
+)
 def test_template_tags_and_session_unit_under_a_real_server(tmp_path: Path, runner: str, target: str) -> None:
-    server = Server(runner, target, tmp_path / "spans",
-                    env={"DJBLOG_DB": str(tmp_path / "b.db"), "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)])})
-    migrate = subprocess.run([sys.executable, "-m", "django", "migrate", "--settings=webapps.djblog.settings", "-v0"],
-                             cwd=HERE, env=_env(tmp_path, DJBLOG_DB=str(tmp_path / "b.db")), capture_output=True,
-                             text=True, timeout=120)
+    server = Server(
+        runner,
+        target,
+        tmp_path / "spans",
+        env={"DJBLOG_DB": str(tmp_path / "b.db"), "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)])},
+    )
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--settings=webapps.djblog.settings", "-v0"],
+        cwd=HERE,
+        env=_env(tmp_path, DJBLOG_DB=str(tmp_path / "b.db")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert migrate.returncode == 0, migrate.stderr
     server.start()
     lab = Lab.from_file(BLOG_LAB, reload_interval=0)
@@ -179,8 +229,10 @@ def test_template_tag_outside_a_request_and_bad_syntax() -> None:
     from fieldlab import Experiment, context
 
     engine = Engine(libraries={"fieldlab": "fieldlab.adapters.django_app.templatetags.fieldlab"})
-    tpl = engine.from_string('{% load fieldlab %}[{% variant "exp" %}][{% variant "exp" default=danger %}]'
-                             '[{% param "exp" "size" default=fallback %}]{% variant "exp" as v %}[{{ v }}]')
+    tpl = engine.from_string(
+        '{% load fieldlab %}[{% variant "exp" %}][{% variant "exp" default=danger %}]'
+        '[{% param "exp" "size" default=fallback %}]{% variant "exp" as v %}[{{ v }}]'
+    )
     # outside a request: the defaults, autoescaped like any output
     assert tpl.render(Context({"fallback": "f", "danger": "<b>"})) == "[][&lt;b&gt;][f][None]"
     lab = Lab([Experiment("exp", {"a": 1}, unit="user", params={"a": {"size": "L"}})])
@@ -192,7 +244,7 @@ def test_template_tag_outside_a_request_and_bad_syntax() -> None:
         assert fieldlab.current() is ctx
     finally:
         context.reset(token)
-    for bad in ('{% variant %}', '{% variant "a" "b" %}', '{% variant "a" colour="x" %}', '{% param "a" %}'):
+    for bad in ("{% variant %}", '{% variant "a" "b" %}', '{% variant "a" colour="x" %}', '{% param "a" %}'):
         with pytest.raises(TemplateSyntaxError, match="usage"):
             engine.from_string("{% load fieldlab %}" + bad)
 
@@ -235,8 +287,9 @@ def test_vary_on_variants_under_cache_page_serves_each_visitor_their_own_variant
 
 
 @pytest.mark.parametrize(("fieldlab", "safe"), [("no_session_exp", True), ("no_session_exp_no_headers", False)])
-def test_per_site_cache_middleware_serves_each_visitor_their_own_variant(tmp_path: Path, fieldlab: str,
-                                                                       safe: bool) -> None:
+def test_per_site_cache_middleware_serves_each_visitor_their_own_variant(
+    tmp_path: Path, fieldlab: str, safe: bool
+) -> None:
     # a visitor experiment on a view that never touches the session: only fieldlab's headers key the cache
     got = scenario(tmp_path, "sitecache", DJBLOG_ORDER="sitecache", DJBLOG_FIELDLAB=fieldlab)
     assert got["pages"] == 60

@@ -57,11 +57,15 @@ def test_shop_serves_and_records_its_experiments(name: str, server: str, target:
                     assert order.status_code == 200 and order.json()["subtotal"] == 178.0
                 assert http.post(shop.url + "/orders", json={"items": [999]}, headers=h, timeout=10).status_code == 400
             # the slow-inventory fault experiment: its users' orders go through the fault point
-            slow_users = [u for u in (f"buyer-{i}" for i in range(2000)) if lab.assign("slow-inventory", u).variant == "slow"][:3]
+            slow_users = [
+                u for u in (f"buyer-{i}" for i in range(2000)) if lab.assign("slow-inventory", u).variant == "slow"
+            ][:3]
             assert slow_users
             for user in slow_users:
                 for _ in range(2):
-                    order = http.post(shop.url + "/orders", json={"items": [2]}, headers={"X-User-Id": user}, timeout=10)
+                    order = http.post(
+                        shop.url + "/orders", json={"items": [2]}, headers={"X-User-Id": user}, timeout=10
+                    )
                     assert order.status_code in (200, 504)
     finally:
         shop.stop()  # flushes the batch span processor
@@ -71,8 +75,9 @@ def test_shop_serves_and_records_its_experiments(name: str, server: str, target:
     for s in faulted:
         assert s["attrs"][A.variant_attr("slow-inventory")] == "slow"
     fault_events = [e for s in all_spans for e in s["events"] if e["name"] == A.FAULT_EVENT]
-    assert any(e["attrs"][A.FAULT_POINT] == "inventory.reserve" and e["attrs"][A.FAULT_KIND] == "latency"
-               for e in fault_events)
+    assert any(
+        e["attrs"][A.FAULT_POINT] == "inventory.reserve" and e["attrs"][A.FAULT_KIND] == "latency" for e in fault_events
+    )
     spans = [s for s in all_spans if s["kind"] == 2 and A.CONFIG_VERSION in s["attrs"]]
     hasher = telemetry.UnitHasher(telemetry.unit_hash_key(lab))
     by_user: dict[str, list[dict[str, Any]]] = {}
@@ -86,7 +91,9 @@ def test_shop_serves_and_records_its_experiments(name: str, server: str, target:
             for key in ("checkout-redesign", "free-shipping", "search-ranking"):
                 a = lab.assign(key, user)
                 assert s["attrs"].get(A.variant_attr(key)) == (a.variant if a.in_experiment else None)
-            assert s["attrs"].get(A.holdout_attr("ux-holdout"), False) == bool(lab.assign("search-ranking", user).holdout)
+            assert s["attrs"].get(A.holdout_attr("ux-holdout"), False) == bool(
+                lab.assign("search-ranking", user).holdout
+            )
             assert s["attrs"][A.exposed_attr("catalog-badges")] is True  # on_assign
         held += bool(lab.assign("search-ranking", user).holdout)
     assert all(user not in repr(spans) for user in users)  # hashed, never raw
@@ -97,9 +104,11 @@ def test_demo_runs_a_real_server_and_counts_from_its_spans(tmp_path: Path) -> No
     import io
 
     from fieldlab.demo import run_demo
+
     progress = io.StringIO()
-    result = run_demo(app="fastapi", visitors=40, concurrency=4, out_dir=str(tmp_path / "demo"), analyze=False,
-                      stream=progress)
+    result = run_demo(
+        app="fastapi", visitors=40, concurrency=4, out_dir=str(tmp_path / "demo"), analyze=False, stream=progress
+    )
     assert "40/40 visitors" in progress.getvalue()
     assert result["requests"] > 40
     assert result["errors"] <= 2  # only injected inventory timeouts (5 % of the 2 % slow-inventory users' orders)
@@ -115,5 +124,6 @@ def test_demo_runs_a_real_server_and_counts_from_its_spans(tmp_path: Path) -> No
 
 def test_demo_is_a_cli_subcommand() -> None:
     from fieldlab.cli import build_parser
+
     args = build_parser().parse_args(["demo", "--visitors", "5", "--app", "django"])
     assert args.visitors == 5 and args.app == "django" and callable(args.func)

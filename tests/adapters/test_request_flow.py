@@ -19,8 +19,12 @@ from fieldlab.adapters import wsgi as fl_wsgi
 
 
 def _per_request_lab() -> Lab:
-    return Lab([Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
-                Experiment("per-request", {"a": 1, "b": 1}, unit="request")])
+    return Lab(
+        [
+            Experiment("checkout-redesign", {"control": 1, "treatment": 1}),
+            Experiment("per-request", {"a": 1, "b": 1}, unit="request"),
+        ]
+    )
 
 
 def _app(seen: dict[str, Any]) -> Callable[..., Any]:
@@ -29,6 +33,7 @@ def _app(seen: dict[str, Any]) -> Callable[..., Any]:
         seen["variant"] = fieldlab.variant("per-request")
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
+
     return app
 
 
@@ -38,6 +43,7 @@ def _counting(lab: Lab, calls: list[dict[str, Any]]) -> None:
     def assign_all_with_version(units: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append({"units": dict(units), **kwargs})
         return real(units, *args, **kwargs)
+
     lab.assign_all_with_version = assign_all_with_version  # type: ignore[method-assign]
 
 
@@ -49,8 +55,11 @@ def test_the_request_unit_is_never_assigned_with_an_id_other_than_the_spans_trac
     _counting(lab, calls)
     seen: dict[str, Any] = {}
     units = {"user": "header:X-User-Id"}
-    app = (fl_wsgi.FieldLabMiddleware(OtelWSGI(_app(seen)), lab=lab, units=units) if outer
-           else OtelWSGI(fl_wsgi.FieldLabMiddleware(_app(seen), lab=lab, units=units)))
+    app = (
+        fl_wsgi.FieldLabMiddleware(OtelWSGI(_app(seen)), lab=lab, units=units)
+        if outer
+        else OtelWSGI(fl_wsgi.FieldLabMiddleware(_app(seen), lab=lab, units=units))
+    )
     assert WerkzeugClient(app).get("/", headers={"X-User-Id": "ann"}).status_code == 200
     (span,) = otel.server_spans()
     tid = format(span.context.trace_id, "032x")
@@ -62,10 +71,14 @@ def test_the_request_unit_is_never_assigned_with_an_id_other_than_the_spans_trac
     assert span.attributes[A.variant_attr("per-request")] == seen["variant"]
 
 
-@pytest.mark.parametrize("make", [
-    lambda lab, **kw: fl_wsgi.FieldLabMiddleware(lambda e, s: [], lab=lab, **kw),
-    lambda lab, **kw: fl_asgi.FieldLabMiddleware(lambda s, r, se: None, lab=lab, **kw),
-], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lab, **kw: fl_wsgi.FieldLabMiddleware(lambda e, s: [], lab=lab, **kw),
+        lambda lab, **kw: fl_asgi.FieldLabMiddleware(lambda s, r, se: None, lab=lab, **kw),
+    ],
+    ids=["wsgi", "asgi"],
+)
 def test_a_misspelt_adapter_option_is_a_config_error_naming_the_closest(make: Callable[..., Any]) -> None:
     """Before, a typo came back as a raw TypeError from AdapterConfig."""
     with pytest.raises(ConfigError, match="did you mean 'units'"):
@@ -84,8 +97,18 @@ def test_one_request_builder_name_and_the_old_asgi_name_still_works() -> None:
 
 
 def test_options_list_what_every_adapter_takes() -> None:
-    assert Options.names() == ("units", "headers", "attributes", "unit_ids", "trust_baggage", "propagate_baggage",
-                               "visitor_cookie", "override_header", "override_cookie", "cache_headers")
+    assert Options.names() == (
+        "units",
+        "headers",
+        "attributes",
+        "unit_ids",
+        "trust_baggage",
+        "propagate_baggage",
+        "visitor_cookie",
+        "override_header",
+        "override_cookie",
+        "cache_headers",
+    )
 
 
 def test_public_modules_export_no_request_path_internals() -> None:

@@ -11,15 +11,25 @@ from fieldlab import Experiment, Lab
 from fieldlab import attributes as A
 from fieldlab.adapters.jinja import TEMPLATE_GLOBALS, install_globals
 
-TEMPLATE = ('<p id="quote">{{ variant("home-quote", "control") }}</p>'
-            '<p id="words">{{ param("home-quote", "words", 0) }}</p>'
-            '<p id="other">{{ variant("other", "none") }}</p>')
+TEMPLATE = (
+    '<p id="quote">{{ variant("home-quote", "control") }}</p>'
+    '<p id="words">{{ param("home-quote", "words", 0) }}</p>'
+    '<p id="other">{{ variant("other", "none") }}</p>'
+)
 
 
 def make_lab() -> Lab:
-    return Lab([Experiment("home-quote", {"control": 1, "short": 1}, unit="user",
-                           params={"control": {"words": 40}, "short": {"words": 12}}),
-                Experiment("other", {"x": 1, "y": 1}, unit="user")])
+    return Lab(
+        [
+            Experiment(
+                "home-quote",
+                {"control": 1, "short": 1},
+                unit="user",
+                params={"control": {"words": 40}, "short": {"words": 12}},
+            ),
+            Experiment("other", {"x": 1, "y": 1}, unit="user"),
+        ]
+    )
 
 
 def expected(lab: Lab, user: str) -> str:
@@ -30,7 +40,7 @@ def expected(lab: Lab, user: str) -> str:
 def exposed_keys(otel: Any) -> list[str]:
     spans = otel.server_spans()
     assert len(spans) == 1
-    return sorted(k[len(A.EXPOSED_PREFIX):] for k in dict(spans[0].attributes) if k.startswith(A.EXPOSED_PREFIX))
+    return sorted(k[len(A.EXPOSED_PREFIX) :] for k in dict(spans[0].attributes) if k.startswith(A.EXPOSED_PREFIX))
 
 
 def test_flask_templates_get_variant_and_param(otel: Any) -> None:
@@ -38,6 +48,7 @@ def test_flask_templates_get_variant_and_param(otel: Any) -> None:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     from fieldlab.adapters.flask import FieldLab
+
     lab = make_lab()
     app = flask.Flask("templates")
     FlaskInstrumentor().instrument_app(app)
@@ -62,6 +73,7 @@ def test_flask_keeps_an_app_global_of_the_same_name(caplog: pytest.LogCaptureFix
     import flask
 
     from fieldlab.adapters.flask import FieldLab
+
     app = flask.Flask("own-global")
     app.add_template_global(lambda: "mine", "variant")
     with caplog.at_level(logging.WARNING, logger="fieldlab"):
@@ -83,8 +95,9 @@ def test_starlette_jinja2_templates(otel: Any) -> None:
     from fieldlab.adapters.starlette import FieldLabMiddleware
 
     lab = make_lab()
-    templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.DictLoader({"home.html": TEMPLATE}),
-                                                       autoescape=True))
+    templates = Jinja2Templates(
+        env=jinja2.Environment(loader=jinja2.DictLoader({"home.html": TEMPLATE}), autoescape=True)
+    )
     assert install_globals(templates.env) == ["variant", "param"]
 
     async def home(request: Request) -> Any:

@@ -29,9 +29,13 @@ from fieldlab.adapters.asgi import FieldLabMiddleware as AsgiMiddleware
 from fieldlab.adapters.flask import FieldLab
 from fieldlab.adapters.wsgi import FieldLabMiddleware as WsgiMiddleware
 
-LAB = {"lab": {"reload_interval": 0},
-       "experiments": [{"key": "welcome", "unit": "user", "variants": ["plain", "warm"]},
-                       {"key": "colour", "unit": "session", "variants": ["blue", "green"]}]}
+LAB = {
+    "lab": {"reload_interval": 0},
+    "experiments": [
+        {"key": "welcome", "unit": "user", "variants": ["plain", "warm"]},
+        {"key": "colour", "unit": "session", "variants": ["blue", "green"]},
+    ],
+}
 REQUESTS = UNRESOLVED_AFTER + 50
 
 
@@ -48,6 +52,7 @@ def flask_app(secret: bool = True, **options: Any) -> flask.Flask:
     @app.get("/")
     def page() -> str:
         return str(fieldlab.variant("welcome", "none"))
+
     FieldLab(app, lab=Lab.from_dict(LAB), **options)
     return app
 
@@ -134,7 +139,8 @@ def starlette_client(*, auth: HeaderAuth | None, twice: bool = False) -> TestCli
 
 
 def test_starlette_without_authentication_middleware_warns_on_the_first_request(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, "fieldlab")
     client = starlette_client(auth=None)
     client.get("/", headers={"X-User-Id": "u1"})
@@ -179,6 +185,7 @@ def test_starlette_middleware_added_twice_warns_once_and_assigns_once(caplog: py
 
 def test_wsgi_middleware_wrapped_twice_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     from werkzeug.test import Client
+
     caplog.set_level(logging.WARNING, "fieldlab")
     lab = Lab.from_dict(LAB)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from fieldlab import attributes as A
 
@@ -31,22 +32,34 @@ def write_otlp(path: str, reqs: Iterable[Mapping[str, Any]], *, batch: int = 128
     if os.path.exists(path):
         os.remove(path)
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
-    provider.add_span_processor(BatchSpanProcessor(FileSpanExporter(path), max_export_batch_size=batch,
-                                                   max_queue_size=1 << 20, schedule_delay_millis=60_000))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            FileSpanExporter(path), max_export_batch_size=batch, max_queue_size=1 << 20, schedule_delay_millis=60_000
+        )
+    )
     tracer = provider.get_tracer("fieldlab-tests")
     for i, r in enumerate(reqs):
         start = int(r.get("start", T0 + i * 1_000_000))
         end = start + int(r["dur_ms"] * 1e6)
-        span = tracer.start_span(r.get("name", "GET /"), kind=r.get("kind", SpanKind.SERVER), start_time=start,
-                                 attributes=dict(r.get("attrs", {})))
+        span = tracer.start_span(
+            r.get("name", "GET /"),
+            kind=r.get("kind", SpanKind.SERVER),
+            start_time=start,
+            attributes=dict(r.get("attrs", {})),
+        )
         if r.get("event"):
             span.add_event(A.FLAG_EVENT, {A.FLAG_KEY: "x", A.FLAG_VARIANT: "y"}, timestamp=start + 10)
         if child_spans:
             from opentelemetry import trace
 
             ctx = trace.set_span_in_context(span)
-            child = tracer.start_span("db.query", context=ctx, kind=SpanKind.CLIENT, start_time=start + 1000,
-                                      attributes={"fieldlab.variant.decoy": "nope"})
+            child = tracer.start_span(
+                "db.query",
+                context=ctx,
+                kind=SpanKind.CLIENT,
+                start_time=start + 1000,
+                attributes={"fieldlab.variant.decoy": "nope"},
+            )
             child.end(end_time=end - 1000 if end - 1000 > start + 1000 else start + 1001)
         if r.get("error"):
             span.set_status(Status(StatusCode.ERROR, "boom"))
@@ -56,17 +69,29 @@ def write_otlp(path: str, reqs: Iterable[Mapping[str, Any]], *, batch: int = 128
     return path
 
 
-def make_requests(n_units: int, *, experiment: str = "exp", variants=("control", "treatment"), weights=None,
-                  reqs_per_unit=(1, 6), error_rate: Mapping[str, float] | None = None,
-                  latency_ms: Mapping[str, float] | None = None, conversion: Mapping[str, float] | None = None,
-                  exposed_share: float = 1.0, forced_share: float = 0.0, unit_kind: str = "user", seed: int = 7,
-                  value_attr: str | None = None, drop: Mapping[str, float] | None = None) -> list[Req]:
+def make_requests(
+    n_units: int,
+    *,
+    experiment: str = "exp",
+    variants=("control", "treatment"),
+    weights=None,
+    reqs_per_unit=(1, 6),
+    error_rate: Mapping[str, float] | None = None,
+    latency_ms: Mapping[str, float] | None = None,
+    conversion: Mapping[str, float] | None = None,
+    exposed_share: float = 1.0,
+    forced_share: float = 0.0,
+    unit_kind: str = "user",
+    seed: int = 7,
+    value_attr: str | None = None,
+    drop: Mapping[str, float] | None = None,
+) -> list[Req]:
     """Synthetic traffic: units get a variant at random, then make a few requests each."""
     rnd = random.Random(seed)
     weights = weights or [1] * len(variants)
     out: list[Req] = []
     t = T0
-    for u in range(n_units):
+    for _u in range(n_units):
         v = rnd.choices(variants, weights)[0]
         if drop and rnd.random() < drop.get(v, 0):
             continue
@@ -131,8 +156,14 @@ ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
 """
 
 _KIND_NEW = {1: "Internal", 2: "Server", 3: "Client", 4: "Producer", 5: "Consumer", 0: "Unspecified"}
-_KIND_OLD = {1: "SPAN_KIND_INTERNAL", 2: "SPAN_KIND_SERVER", 3: "SPAN_KIND_CLIENT", 4: "SPAN_KIND_PRODUCER",
-             5: "SPAN_KIND_CONSUMER", 0: "SPAN_KIND_UNSPECIFIED"}
+_KIND_OLD = {
+    1: "SPAN_KIND_INTERNAL",
+    2: "SPAN_KIND_SERVER",
+    3: "SPAN_KIND_CLIENT",
+    4: "SPAN_KIND_PRODUCER",
+    5: "SPAN_KIND_CONSUMER",
+    0: "SPAN_KIND_UNSPECIFIED",
+}
 
 
 def _val(v: Mapping[str, Any]) -> str:
@@ -175,27 +206,45 @@ def load_into_otel_traces(session: Any, table: str, otlp_path: str, *, alternate
                         if old:
                             status = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}[code]
                         start, end = int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"])
-                        rows.append({
-                            "Timestamp": start, "TraceId": sp["traceId"], "SpanId": sp["spanId"],
-                            "ParentSpanId": sp.get("parentSpanId", ""), "TraceState": "", "SpanName": sp["name"],
-                            "SpanKind": (_KIND_OLD if old else _KIND_NEW)[kind], "ServiceName": res.get("service.name", ""),
-                            "ResourceAttributes": res, "ScopeName": ss.get("scope", {}).get("name", ""), "ScopeVersion": "",
-                            "SpanAttributes": {a["key"]: _val(a["value"]) for a in sp.get("attributes", [])},
-                            "Duration": end - start, "StatusCode": status, "StatusMessage": "",
-                            "Events.Timestamp": [_ts(int(e["timeUnixNano"])) for e in sp.get("events", [])],
-                            "Events.Name": [e["name"] for e in sp.get("events", [])],
-                            "Events.Attributes": [{a["key"]: _val(a["value"]) for a in e.get("attributes", [])}
-                                                  for e in sp.get("events", [])],
-                            "Links.TraceId": [], "Links.SpanId": [], "Links.TraceState": [], "Links.Attributes": [],
-                        })
+                        rows.append(
+                            {
+                                "Timestamp": start,
+                                "TraceId": sp["traceId"],
+                                "SpanId": sp["spanId"],
+                                "ParentSpanId": sp.get("parentSpanId", ""),
+                                "TraceState": "",
+                                "SpanName": sp["name"],
+                                "SpanKind": (_KIND_OLD if old else _KIND_NEW)[kind],
+                                "ServiceName": res.get("service.name", ""),
+                                "ResourceAttributes": res,
+                                "ScopeName": ss.get("scope", {}).get("name", ""),
+                                "ScopeVersion": "",
+                                "SpanAttributes": {a["key"]: _val(a["value"]) for a in sp.get("attributes", [])},
+                                "Duration": end - start,
+                                "StatusCode": status,
+                                "StatusMessage": "",
+                                "Events.Timestamp": [_ts(int(e["timeUnixNano"])) for e in sp.get("events", [])],
+                                "Events.Name": [e["name"] for e in sp.get("events", [])],
+                                "Events.Attributes": [
+                                    {a["key"]: _val(a["value"]) for a in e.get("attributes", [])}
+                                    for e in sp.get("events", [])
+                                ],
+                                "Links.TraceId": [],
+                                "Links.SpanId": [],
+                                "Links.TraceState": [],
+                                "Links.Attributes": [],
+                            }
+                        )
     tmp = otlp_path + ".rows.jsonl"
     with open(tmp, "w") as f:
         for r in rows:
             r = dict(r)
             r["Timestamp"] = _ts(r["Timestamp"])
             f.write(json.dumps(r) + "\n")
-    session.query(f"INSERT INTO {table} SELECT * FROM file('{os.path.abspath(tmp)}', 'JSONEachRow') "
-                  "SETTINGS date_time_input_format = 'best_effort'")
+    session.query(
+        f"INSERT INTO {table} SELECT * FROM file('{os.path.abspath(tmp)}', 'JSONEachRow') "
+        "SETTINGS date_time_input_format = 'best_effort'"
+    )
     return len(rows)
 
 

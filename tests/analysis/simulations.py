@@ -50,8 +50,8 @@ def simulate(reps=1000, looks=20, block=100, kind="mean", effect=0.0, alpha=0.05
             req[arm] += np.stack([y.sum(1), x.sum(1)], axis=1)
             ybar, xbar = s[:, 0] / n, s[:, 1] / n
             r = s[:, 0] / s[:, 1]
-            syy = (s[:, 2] - n * ybar ** 2) / (n - 1)
-            sxx = (s[:, 3] - n * xbar ** 2) / (n - 1)
+            syy = (s[:, 2] - n * ybar**2) / (n - 1)
+            sxx = (s[:, 3] - n * xbar**2) / (n - 1)
             sxy = (s[:, 4] - n * xbar * ybar) / (n - 1)
             est[arm] = r
             var[arm] = np.maximum(syy - 2 * r * sxy + r * r * sxx, 0) / (n * xbar * xbar)
@@ -67,9 +67,16 @@ def simulate(reps=1000, looks=20, block=100, kind="mean", effect=0.0, alpha=0.05
         request_level = np.abs(pt - pc) > z * np.sqrt(vr)
     else:
         request_level = naive_final
-    return {"sequential_any_look": seq_any.mean(), "sequential_final_look": seq_final.mean(),
-            "naive_any_look": naive_any.mean(), "fixed_final_look": naive_final.mean(),
-            "request_level_final": request_level.mean(), "reps": reps, "looks": looks, "units_per_arm": looks * block}
+    return {
+        "sequential_any_look": seq_any.mean(),
+        "sequential_final_look": seq_final.mean(),
+        "naive_any_look": naive_any.mean(),
+        "fixed_final_look": naive_final.mean(),
+        "request_level_final": request_level.mean(),
+        "reps": reps,
+        "looks": looks,
+        "units_per_arm": looks * block,
+    }
 
 
 def theory_power_fixed(effect, sd, n_per_arm, alpha=0.05):
@@ -94,5 +101,11 @@ if __name__ == "__main__":  # pragma: no cover - prints the docs table
     print("power fixed: theory", round(theory_power_fixed(eff, 1, 2000), 4), "measured", r["fixed_final_look"])
     eff2 = 0.12
     r2 = simulate(effect=eff2, seed=6)
-    print("power seq final: theory", round(theory_power_sequential_final(eff2, 1, 2000), 4), "measured",
-          r2["sequential_final_look"], "any look", r2["sequential_any_look"])
+    print(
+        "power seq final: theory",
+        round(theory_power_sequential_final(eff2, 1, 2000), 4),
+        "measured",
+        r2["sequential_final_look"],
+        "any look",
+        r2["sequential_any_look"],
+    )

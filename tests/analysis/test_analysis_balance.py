@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from analysis_helpers import write_otlp
+
 from fieldlab import attributes as A
 from fieldlab.analysis.balance import _check, _collect, balance
 from fieldlab.analysis.core import load_config
@@ -33,7 +33,9 @@ def preperiod(tmp_path_factory):
     for u in range(2000):
         n = 150 if u % 100 == 0 else rnd.randint(1, 3)
         for _ in range(n):
-            reqs.append(dict(attrs={A.unit_attr("user"): f"user-{u}", A.HTTP_STATUS_CODE: 200}, dur_ms=rnd.uniform(5, 30)))
+            reqs.append(
+                dict(attrs={A.unit_attr("user"): f"user-{u}", A.HTTP_STATUS_CODE: 200}, dur_ms=rnd.uniform(5, 30))
+            )
     path = str(tmp_path_factory.mktemp("pre") / "pre.jsonl")
     return write_otlp(path, reqs, child_spans=False, batch=512)
 
@@ -76,8 +78,11 @@ def test_most_salts_are_balanced(preperiod, tmp_path):
 
 
 def test_hashed_ids_cannot_be_rebucketed(tmp_path, capsys):
-    path = write_otlp(str(tmp_path / "h.jsonl"),
-                      [dict(attrs={A.unit_attr("user"): "h1:00112233445566ff"}, dur_ms=3.0)], child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "h.jsonl"),
+        [dict(attrs={A.unit_attr("user"): "h1:00112233445566ff"}, dur_ms=3.0)],
+        child_spans=False,
+    )
     assert main(["balance", _config(tmp_path, "a"), "newexp", path]) == 2
     err = capsys.readouterr().err
     assert "hashed unit ids" in err and "raw" in err and "\n" not in err.strip()
@@ -90,8 +95,8 @@ def test_unknown_experiment(preperiod, tmp_path, capsys):
 
 def test_unit_totals_agree_across_engines_and_the_clickhouse_table(preperiod, tmp_path):
     import numpy as np
-
     from analysis_helpers import OTEL_TRACES_DDL, chdb_session, load_into_otel_traces
+
     from fieldlab.analysis.sources import ClickHouseSource, parse_metric
 
     metrics = (parse_metric(A.HTTP_STATUS_CODE), parse_metric(f"{A.HTTP_STATUS_CODE}=200"))

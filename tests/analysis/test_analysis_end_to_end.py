@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from analysis_helpers import make_requests, write_otlp
+
 from fieldlab import attributes as A
 from fieldlab.analysis import analyze, write_html
 from fieldlab.cli import main
@@ -45,7 +45,9 @@ def _independent_counts(path, key):
                         v = at[A.variant_attr(key)]["stringValue"]
                         u = units.setdefault(at[A.unit_attr("user")]["stringValue"], [v, 0, 0, False])
                         u[1] += 1
-                        u[2] += (sp.get("status", {}).get("code") == 2) or int(at[A.HTTP_STATUS_CODE]["intValue"]) >= 500
+                        u[2] += (sp.get("status", {}).get("code") == 2) or int(
+                            at[A.HTTP_STATUS_CODE]["intValue"]
+                        ) >= 500
                         u[3] = u[3] or A.exposed_attr(key) in at
     out: dict = {}
     for v, n, e, exposed in units.values():
@@ -60,8 +62,21 @@ def _independent_counts(path, key):
 def test_cli_json_has_the_documented_keys_and_correct_numbers(ab_file, tmp_path, capsys):
     cfg = _config(tmp_path)
     html = tmp_path / "report.html"
-    rc = main(["analyze", ab_file, "--config", cfg, "--json", "--metric", "app.checkout.completed=true",
-               "--metric", "app.cart.value", "--html", str(html)])
+    rc = main(
+        [
+            "analyze",
+            ab_file,
+            "--config",
+            cfg,
+            "--json",
+            "--metric",
+            "app.checkout.completed=true",
+            "--metric",
+            "app.cart.value",
+            "--html",
+            str(html),
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     e = res["experiments"]["checkout"]
@@ -79,7 +94,9 @@ def test_cli_json_has_the_documented_keys_and_correct_numbers(ab_file, tmp_path,
         assert c["ci_low"] <= c["estimate"] <= c["ci_high"]
         assert 0 <= c["p_value"] <= 1
     er = e["comparisons"]["treatment"]["error_rate"]
-    assert er["estimate"] == pytest.approx(e["variants"]["treatment"]["error_rate"] - e["variants"]["control"]["error_rate"])
+    assert er["estimate"] == pytest.approx(
+        e["variants"]["treatment"]["error_rate"] - e["variants"]["control"]["error_rate"]
+    )
     # 5 % vs 2 % errors and 24 vs 20 ms: the guardrail is breached, and said so in words
     assert e["verdict"] == "guardrail breached: error_rate worse"
     assert e["forced_requests_excluded"] > 0
@@ -95,8 +112,11 @@ def test_cli_json_has_the_documented_keys_and_correct_numbers(ab_file, tmp_path,
 
 
 def test_srm_makes_the_experiment_invalid_before_any_effect(tmp_path, capsys):
-    path = write_otlp(str(tmp_path / "srm.jsonl"), make_requests(
-        3000, experiment="checkout", drop={"treatment": 0.15}, reqs_per_unit=(1, 2), seed=3), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "srm.jsonl"),
+        make_requests(3000, experiment="checkout", drop={"treatment": 0.15}, reqs_per_unit=(1, 2), seed=3),
+        child_spans=False,
+    )
     res = analyze(path, _config(tmp_path))
     e = res["experiments"]["checkout"]
     assert e["srm"]["mismatch"] is True and e["srm"]["p_value"] < 0.001
@@ -108,9 +128,18 @@ def test_srm_makes_the_experiment_invalid_before_any_effect(tmp_path, capsys):
 
 
 def test_treatment_better_on_a_conversion(tmp_path):
-    path = write_otlp(str(tmp_path / "conv.jsonl"), make_requests(
-        4000, experiment="checkout", conversion={"control": 0.10, "treatment": 0.20}, reqs_per_unit=(1, 2),
-        error_rate={"control": 0.01, "treatment": 0.01}, seed=4), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "conv.jsonl"),
+        make_requests(
+            4000,
+            experiment="checkout",
+            conversion={"control": 0.10, "treatment": 0.20},
+            reqs_per_unit=(1, 2),
+            error_rate={"control": 0.01, "treatment": 0.01},
+            seed=4,
+        ),
+        child_spans=False,
+    )
     res = analyze(path, _config(tmp_path), metrics=["app.checkout.completed=true"])
     e = res["experiments"]["checkout"]
     assert e["verdict"] == "treatment better on app.checkout.completed=true"
@@ -127,8 +156,11 @@ def test_treatment_better_on_a_conversion(tmp_path):
 
 
 def test_three_variants_use_holm_and_no_config_says_so(tmp_path):
-    path = write_otlp(str(tmp_path / "three.jsonl"), make_requests(
-        2400, experiment="search", variants=("control", "a", "b"), reqs_per_unit=(1, 2), seed=5), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "three.jsonl"),
+        make_requests(2400, experiment="search", variants=("control", "a", "b"), reqs_per_unit=(1, 2), seed=5),
+        child_spans=False,
+    )
     res = analyze(path)
     e = res["experiments"]["search"]
     assert any("assumed equal" in n for n in res["notes"]) and e["srm"]["weights_assumed"] is True
@@ -142,8 +174,11 @@ def test_three_variants_use_holm_and_no_config_says_so(tmp_path):
 
 
 def test_trigger_analysis_versus_intent_to_treat(tmp_path):
-    path = write_otlp(str(tmp_path / "trig.jsonl"), make_requests(
-        2000, experiment="checkout", exposed_share=0.5, reqs_per_unit=(1, 2), seed=6), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "trig.jsonl"),
+        make_requests(2000, experiment="checkout", exposed_share=0.5, reqs_per_unit=(1, 2), seed=6),
+        child_spans=False,
+    )
     trig = analyze(path, _config(tmp_path))["experiments"]["checkout"]["variants"]
     itt = analyze(path, _config(tmp_path), all_assigned=True)["experiments"]["checkout"]["variants"]
     for v in ("control", "treatment"):
@@ -152,8 +187,11 @@ def test_trigger_analysis_versus_intent_to_treat(tmp_path):
 
 
 def test_request_randomised_experiment_counts_requests(tmp_path):
-    path = write_otlp(str(tmp_path / "req.jsonl"), make_requests(
-        500, experiment="checkout", unit_kind="request", reqs_per_unit=(1, 3), seed=7), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "req.jsonl"),
+        make_requests(500, experiment="checkout", unit_kind="request", reqs_per_unit=(1, 3), seed=7),
+        child_spans=False,
+    )
     e = analyze(path, _config(tmp_path, unit="request"))["experiments"]["checkout"]
     assert e["unit"] == "request"
     for s in e["variants"].values():
@@ -162,8 +200,10 @@ def test_request_randomised_experiment_counts_requests(tmp_path):
 
 def test_holdout_group_is_reported_with_its_experiment(tmp_path):
     reqs = make_requests(300, experiment="checkout", reqs_per_unit=(1, 1), seed=8)
-    reqs += [dict(attrs={A.holdout_attr("longterm"): True, A.unit_attr("user"): f"h1:{i:016x}"}, dur_ms=10.0)
-             for i in range(40)]
+    reqs += [
+        dict(attrs={A.holdout_attr("longterm"): True, A.unit_attr("user"): f"h1:{i:016x}"}, dur_ms=10.0)
+        for i in range(40)
+    ]
     path = write_otlp(str(tmp_path / "hold.jsonl"), reqs, child_spans=False)
     body = CONFIG.format(unit="user") + '\n[[holdouts]]\nkey = "longterm"\npercent = 10\nexperiments = ["checkout"]\n'
     res = analyze(path, _config(tmp_path, body=body))
@@ -206,7 +246,10 @@ def test_unreachable_clickhouse_is_one_clear_line(capsys):
 def test_exposure_imbalance_is_noted_and_no_experiments_is_said(tmp_path, capsys):
     reqs = make_requests(3000, experiment="checkout", reqs_per_unit=(1, 1), seed=12)
     for r in reqs:  # the treatment's code path reads the flag for only 80 % of its units
-        if r["attrs"][A.variant_attr("checkout")] == "treatment" and int(r["attrs"][A.unit_attr("user")][-2:], 16) % 5 == 0:
+        if (
+            r["attrs"][A.variant_attr("checkout")] == "treatment"
+            and int(r["attrs"][A.unit_attr("user")][-2:], 16) % 5 == 0
+        ):
             r["attrs"].pop(A.exposed_attr("checkout"), None)
     path = write_otlp(str(tmp_path / "exp.jsonl"), reqs, child_spans=False)
     e = analyze(path, _config(tmp_path))["experiments"]["checkout"]
@@ -218,8 +261,11 @@ def test_exposure_imbalance_is_noted_and_no_experiments_is_said(tmp_path, capsys
 
 
 def test_a_missing_control_arm_is_an_srm_not_a_quiet_keep_running(tmp_path):
-    path = write_otlp(str(tmp_path / "noctl.jsonl"), make_requests(
-        400, experiment="checkout", drop={"control": 1.0}, reqs_per_unit=(1, 1), seed=13), child_spans=False)
+    path = write_otlp(
+        str(tmp_path / "noctl.jsonl"),
+        make_requests(400, experiment="checkout", drop={"control": 1.0}, reqs_per_unit=(1, 1), seed=13),
+        child_spans=False,
+    )
     e = analyze(path, _config(tmp_path))["experiments"]["checkout"]
     assert e["srm"]["observed"]["control"] == 0 and e["srm"]["mismatch"] is True
     assert e["verdict"] == "invalid (SRM)" and e["verdicts"] == {"treatment": "invalid (SRM)"}

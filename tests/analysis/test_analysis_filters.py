@@ -10,14 +10,14 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from analysis_helpers import OTEL_TRACES_DDL, Req, chdb_session, load_into_otel_traces, make_requests, write_otlp
+from test_analysis_sources import assert_same
+
 from fieldlab import attributes as A
 from fieldlab.analysis import analyze
 from fieldlab.analysis.model import parse_where
 from fieldlab.analysis.sources import ClickHouseSource, FileSource, QuerySpec
 from fieldlab.cli import main
-from test_analysis_sources import assert_same
 
 ROUTES = [("/login", "POST"), ("/", "GET"), ("/checkout", "POST"), ("/checkout", "GET")]
 
@@ -27,8 +27,9 @@ def _routed(seed: int = 21) -> list[Req]:
     under the older ``http.method`` name."""
     rnd = random.Random(seed)
     out = []
-    for r in make_requests(900, experiment="checkout", latency_ms={"control": 20.0, "treatment": 26.0},
-                           exposed_share=0.8, seed=seed):
+    for r in make_requests(
+        900, experiment="checkout", latency_ms={"control": 20.0, "treatment": 26.0}, exposed_share=0.8, seed=seed
+    ):
         route, method = rnd.choice(ROUTES)
         attrs = dict(r["attrs"], **{A.HTTP_ROUTE: route, "url.path": route})
         if rnd.random() < 0.33:
@@ -89,13 +90,28 @@ def test_where_on_the_cli_and_in_the_json(routed, capsys):
     everything, _ = routed
     res = analyze(everything, where=["route=/checkout", "http.request.method=POST"], engine="python")
     assert res["method"]["filters"] == ["http.route=/checkout", "http.request.method=POST"]
-    assert any("only requests with http.route = '/checkout' and http.request.method = 'POST'" in n
-               for n in res["notes"])
+    assert any(
+        "only requests with http.route = '/checkout' and http.request.method = 'POST'" in n for n in res["notes"]
+    )
     base = analyze(everything, engine="python")
     n = sum(v["requests"] for v in res["experiments"]["checkout"]["variants"].values())
     assert 0 < n < sum(v["requests"] for v in base["experiments"]["checkout"]["variants"].values()) / 3
-    assert main(["analyze", everything, "--where", "http.route=/checkout", "--where", "method=POST", "--json",
-                 "--engine", "python"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                everything,
+                "--where",
+                "http.route=/checkout",
+                "--where",
+                "method=POST",
+                "--json",
+                "--engine",
+                "python",
+            ]
+        )
+        == 0
+    )
     import json
 
     assert json.loads(capsys.readouterr().out)["experiments"] == res["experiments"]
@@ -120,7 +136,7 @@ def test_requests_and_exposed_requests_are_named_apart(tmp_path, capsys):
         res = analyze(path, engine=engine)
         by_engine[engine] = res["experiments"]["checkout"]["variants"]
     assert by_engine["python"] == by_engine["chdb"]
-    for v, s in by_engine["python"].items():
+    for _v, s in by_engine["python"].items():
         assert s["exposed_requests"] == s["units"]  # one exposed request per unit
         assert s["requests"] > 2 * s["units"]  # every request of those units
     assert main(["analyze", path, "--engine", "python"]) == 0

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from analysis_helpers import T0, write_otlp
 from test_analysis_sources import assert_same
 
@@ -22,9 +21,16 @@ ENGINES = ("chdb", "python")
 
 def _span(i: int, attrs: list, *, kind=2, status=None, trace=None, span=None, dur_ms=5) -> dict:
     start = T0 + i * 10**6
-    return {"traceId": trace or f"{i:032x}", "spanId": span or f"{i:016x}", "name": "GET /", "kind": kind,
-            "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + dur_ms * 10**6),
-            "attributes": attrs, "status": {} if status is None else status}
+    return {
+        "traceId": trace or f"{i:032x}",
+        "spanId": span or f"{i:016x}",
+        "name": "GET /",
+        "kind": kind,
+        "startTimeUnixNano": str(start),
+        "endTimeUnixNano": str(start + dur_ms * 10**6),
+        "attributes": attrs,
+        "status": {} if status is None else status,
+    }
 
 
 def _sv(key: str, v) -> dict:
@@ -135,9 +141,17 @@ def _arms(tmp_path, n_per_arm: int, errors: dict, reqs_per_unit: int = 3) -> str
     for v in ("control", "treatment"):
         for u in range(n_per_arm):
             for j in range(reqs_per_unit):
-                reqs.append(dict(attrs={A.variant_attr("exp"): v, A.exposed_attr("exp"): True,
-                                        A.unit_attr("user"): f"{v}-{u}", A.HTTP_STATUS_CODE: 500 if errors[v] else 200},
-                                 dur_ms=5.0 + j))
+                reqs.append(
+                    dict(
+                        attrs={
+                            A.variant_attr("exp"): v,
+                            A.exposed_attr("exp"): True,
+                            A.unit_attr("user"): f"{v}-{u}",
+                            A.HTTP_STATUS_CODE: 500 if errors[v] else 200,
+                        },
+                        dur_ms=5.0 + j,
+                    )
+                )
     return write_otlp(str(tmp_path / f"arms{n_per_arm}.jsonl"), reqs, child_spans=False)
 
 
@@ -185,8 +199,11 @@ def test_latency_mean_and_percentiles_describe_the_same_requests(tmp_path):
         for u in range(40):
             uid = f"{v}-{u}"
             # the first request reads the flag (fast); three later ones of the same unit do not flag it (slow)
-            reqs.append(dict(attrs={A.variant_attr("exp"): v, A.exposed_attr("exp"): True, A.unit_attr("user"): uid},
-                             dur_ms=2.0))
+            reqs.append(
+                dict(
+                    attrs={A.variant_attr("exp"): v, A.exposed_attr("exp"): True, A.unit_attr("user"): uid}, dur_ms=2.0
+                )
+            )
             for _ in range(3):
                 reqs.append(dict(attrs={A.variant_attr("exp"): v, A.unit_attr("user"): uid}, dur_ms=100.0))
     path = write_otlp(str(tmp_path / "lat.jsonl"), reqs, child_spans=False)

@@ -46,8 +46,9 @@ def test_an_individual_variant_attribute_wins_over_the_packed_one(tmp_path) -> N
     reqs = make_requests(50, experiment="checkout", seed=9)
     for r in reqs:  # a packed value that disagrees: never happens in fieldlab's output, but must not win
         r["attrs"][A.ASSIGNMENTS] = A.pack_assignments({"checkout": "stale"})
-    reference = FileSource(write_otlp(str(tmp_path / "full.jsonl"), make_requests(50, experiment="checkout", seed=9)),
-                           engine="python").aggregate(QuerySpec())
+    reference = FileSource(
+        write_otlp(str(tmp_path / "full.jsonl"), make_requests(50, experiment="checkout", seed=9)), engine="python"
+    ).aggregate(QuerySpec())
     path = write_otlp(str(tmp_path / "both.jsonl"), reqs)
     for engine in ("chdb", "python"):
         assert_same(FileSource(path, engine=engine).aggregate(QuerySpec()), reference)

@@ -18,22 +18,44 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from analysis_helpers import make_requests, write_otlp
+
 from fieldlab.analysis import analyze, render_text
 from fieldlab.cli import main
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
-                                                          "google-chrome-stable")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (chromium, chromium-browser or "
-                                "google-chrome) on PATH; install it with: apt-get install -y chromium")
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
+        if p
+    ),
+    None,
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium binary (chromium, chromium-browser or "
+    "google-chrome) on PATH; install it with: apt-get install -y chromium",
+)
 
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _png_pixels(path: Path) -> tuple[int, int, list[tuple[int, ...]]]:
@@ -42,8 +64,8 @@ def _png_pixels(path: Path) -> tuple[int, int, list[tuple[int, ...]]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, width = 8, b"", 0
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, color = struct.unpack(">IIBB", body[:10])
             assert depth == 8 and color in (2, 6), (depth, color)
@@ -56,7 +78,7 @@ def _png_pixels(path: Path) -> tuple[int, int, list[tuple[int, ...]]]:
     prev = bytearray(stride)
     pixels = []
     for y in range(height):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -70,7 +92,7 @@ def _png_pixels(path: Path) -> tuple[int, int, list[tuple[int, ...]]]:
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        pixels += [tuple(line[x:x + 3]) for x in range(0, stride, bpp)]
+        pixels += [tuple(line[x : x + 3]) for x in range(0, stride, bpp)]
         prev = line
     return width, height, pixels
 
@@ -80,16 +102,25 @@ def _hex(color: str) -> tuple[int, int, int]:
 
 
 def _near(px: tuple[int, ...], rgb: tuple[int, int, int], tol: int = 40) -> bool:
-    return all(abs(p - q) <= tol for p, q in zip(px, rgb))
+    return all(abs(p - q) <= tol for p, q in zip(px, rgb, strict=False))
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """A report of a treatment slower than control and no errors at all (the error rate is zero throughout)."""
     tmp = tmp_path_factory.mktemp("report")
-    path = write_otlp(str(tmp / "spans.jsonl"), make_requests(
-        1200, experiment="checkout", reqs_per_unit=(1, 3), error_rate={"control": 0.0, "treatment": 0.0},
-        latency_ms={"control": 20.0, "treatment": 26.0}, seed=8), child_spans=False)
+    path = write_otlp(
+        str(tmp / "spans.jsonl"),
+        make_requests(
+            1200,
+            experiment="checkout",
+            reqs_per_unit=(1, 3),
+            error_rate={"control": 0.0, "treatment": 0.0},
+            latency_ms={"control": 20.0, "treatment": 26.0},
+            seed=8,
+        ),
+        child_spans=False,
+    )
     html = tmp / "report.html"
     assert main(["analyze", path, "--html", str(html)]) == 0
     return tmp, html, analyze(path)
@@ -115,8 +146,11 @@ def test_chromium_renders_the_report_with_its_plots_and_latency_tests(report, do
     assert all(v["errors"] == 0 for v in e["variants"].values())  # nothing to plot for the error rate
     assert "<h2>checkout</h2>" in dom and "Verdict:" in dom
     plots = _svgs(dom)
-    assert set(plots) == {"Assigned units against the expected split", "Latency distribution per variant",
-                          "latency_ms: treatment - control, interval at each look"}
+    assert set(plots) == {
+        "Assigned units against the expected split",
+        "Latency distribution per variant",
+        "latency_ms: treatment - control, interval at each look",
+    }
     timeline = plots["latency_ms: treatment - control, interval at each look"]
     band = re.search(r'<polygon[^>]*points="([^"]+)"', timeline)
     assert band and len(band.group(1).split()) >= 2 * 15  # an interval at (nearly) every one of the 20 looks
@@ -129,11 +163,14 @@ def test_chromium_renders_the_report_with_its_plots_and_latency_tests(report, do
     assert shown and shown.group(0) in html_lib.unescape(dom)
 
 
-@pytest.mark.parametrize("title, color", [
-    ("latency_ms: treatment - control, interval at each look", "#dd8452"),
-    ("Latency distribution per variant", "#4c72b0"),
-    ("Assigned units against the expected split", "#4c72b0"),
-])
+@pytest.mark.parametrize(
+    "title, color",
+    [
+        ("latency_ms: treatment - control, interval at each look", "#dd8452"),
+        ("Latency distribution per variant", "#4c72b0"),
+        ("Assigned units against the expected split", "#4c72b0"),
+    ],
+)
 def test_each_plot_is_drawn_in_chromium(report, dom, title, color):
     """Screenshot each plot alone: it is not one colour and its series' colour covers real pixels."""
     tmp, _, _ = report

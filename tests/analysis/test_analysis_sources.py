@@ -13,11 +13,10 @@ import shutil
 
 import numpy as np
 import pytest
-
 from analysis_helpers import OTEL_TRACES_DDL, chdb_session, load_into_otel_traces, write_otlp
+
 from fieldlab import attributes as A
-from fieldlab.analysis.sources import (ClickHouseSource, FileSource, QuerySpec, SourceError, open_source,
-                                       parse_metric)
+from fieldlab.analysis.sources import ClickHouseSource, FileSource, QuerySpec, SourceError, open_source, parse_metric
 
 SPEC = QuerySpec(metrics=(parse_metric("app.checkout.completed=true"), parse_metric("app.cart.value")))
 
@@ -39,8 +38,11 @@ def assert_same(a, b, *, lines=True):
     assert sorted(a.holdouts) == sorted(b.holdouts)
     for key, ea in a.experiments.items():
         eb = b.experiments[key]
-        assert (ea.forced_requests, ea.multi_variant_units, ea.unit_kinds) == \
-               (eb.forced_requests, eb.multi_variant_units, eb.unit_kinds)
+        assert (ea.forced_requests, ea.multi_variant_units, ea.unit_kinds) == (
+            eb.forced_requests,
+            eb.multi_variant_units,
+            eb.unit_kinds,
+        )
         assert sorted(ea.variants) == sorted(eb.variants)
         for v, ga in ea.variants.items():
             gb = eb.variants[v]
@@ -102,14 +104,22 @@ def test_gzip_directory_glob_and_split_files_match(ab_file, reference, tmp_path)
         assert_same(FileSource(str(nogz_name), engine=engine).aggregate(SPEC), reference)
         assert_same(FileSource(str(split), engine=engine).aggregate(SPEC), reference)
         assert_same(FileSource(str(split / "*.json*"), engine=engine).aggregate(SPEC), reference)
-        assert_same(FileSource([str(split / "a.jsonl"), str(split / "b.jsonl.gz")], engine=engine).aggregate(SPEC),
-                    reference)
+        assert_same(
+            FileSource([str(split / "a.jsonl"), str(split / "b.jsonl.gz")], engine=engine).aggregate(SPEC), reference
+        )
 
 
 def test_malformed_lines_are_skipped_and_counted(ab_file, reference, tmp_path):
     lines = open(ab_file).read().splitlines()
-    bad = ["not json at all", lines[0][: len(lines[0]) // 2], "[1, 2, 3]", '{"resourceSpans": 7}', "\x00\x01garbage{",
-           "", "   "]
+    bad = [
+        "not json at all",
+        lines[0][: len(lines[0]) // 2],
+        "[1, 2, 3]",
+        '{"resourceSpans": 7}',
+        "\x00\x01garbage{",
+        "",
+        "   ",
+    ]
     mixed = []
     for i, line in enumerate(lines):
         mixed.append(line)
@@ -171,7 +181,10 @@ def test_holdouts_multi_variant_units_and_request_units(tmp_path):
     reqs = [
         # held-out unit: its own group, never in an experiment its holdout covers even if a variant leaks onto
         # the span (the coverage comes from the config: QuerySpec.holdout_experiments)
-        dict(attrs={A.holdout_attr("q3"): True, A.unit_attr("user"): "h1:aaaa", A.variant_attr("exp"): "control"}, dur_ms=5),
+        dict(
+            attrs={A.holdout_attr("q3"): True, A.unit_attr("user"): "h1:aaaa", A.variant_attr("exp"): "control"},
+            dur_ms=5,
+        ),
         dict(attrs={A.holdout_attr("q3"): True, A.unit_attr("user"): "h1:aaaa"}, dur_ms=7),
         # a unit seen in two variants is excluded and counted
         dict(attrs={A.variant_attr("exp"): "control", A.unit_attr("user"): "h1:bbbb"}, dur_ms=5),
@@ -185,7 +198,9 @@ def test_holdouts_multi_variant_units_and_request_units(tmp_path):
         # visitor before session when there is no user
         dict(attrs={A.variant_attr("vis"): "a", A.unit_attr("session"): "s1", A.unit_attr("visitor"): "v1"}, dur_ms=3),
         # not a server span: ignored
-        dict(attrs={A.variant_attr("exp"): "control", A.unit_attr("user"): "h1:eeee"}, dur_ms=5, kind=SpanKind.INTERNAL),
+        dict(
+            attrs={A.variant_attr("exp"): "control", A.unit_attr("user"): "h1:eeee"}, dur_ms=5, kind=SpanKind.INTERNAL
+        ),
     ]
     path = write_otlp(str(tmp_path / "t.jsonl"), reqs, child_spans=False)
     for engine in ("chdb", "python"):
@@ -238,8 +253,14 @@ def test_clickhouse_sql_asset_agrees_with_analyze(ab_file, tmp_path):
 
     asset = Path(__file__).parents[2] / "integrations" / "clickhouse" / "fieldlab_variant_summary.sql"
     sql = asset.read_text()
-    for name in (A.VARIANT_PREFIX, A.EXPOSED_PREFIX, A.FORCED_PREFIX, A.unit_attr("user"), A.HTTP_STATUS_CODE,
-                 A.HTTP_STATUS_CODE_OLD):
+    for name in (
+        A.VARIANT_PREFIX,
+        A.EXPOSED_PREFIX,
+        A.FORCED_PREFIX,
+        A.unit_attr("user"),
+        A.HTTP_STATUS_CODE,
+        A.HTTP_STATUS_CODE_OLD,
+    ):
         assert f"'{name}" in sql
     sql = sql.replace("{start:DateTime64(9)}", "toDateTime64('2000-01-01 00:00:00', 9)")
     sql = sql.replace("{end:DateTime64(9)}", "toDateTime64('2100-01-01 00:00:00', 9)")
@@ -254,8 +275,11 @@ def test_clickhouse_sql_asset_agrees_with_analyze(ab_file, tmp_path):
     res = analyze(ab_file, all_assigned=True)["experiments"]["checkout"]["variants"]
     assert set(rows) == set(res) == {"control", "treatment"}
     for v, r in rows.items():
-        assert (int(r["units"]), int(r["requests"]), int(r["errors"])) == \
-               (res[v]["units"], res[v]["requests"], res[v]["errors"])
+        assert (int(r["units"]), int(r["requests"]), int(r["errors"])) == (
+            res[v]["units"],
+            res[v]["requests"],
+            res[v]["errors"],
+        )
 
 
 def test_auto_engine_falls_back_when_chdb_is_busy(ab_file, reference, tmp_path):

@@ -7,11 +7,19 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as st
-
-from fieldlab.analysis.stats import (compare, cs_halfwidth, hist_quantiles, holm, rank_test, ratio_estimate,
-                                     sequential_p_value, srm_test)
-from fieldlab.analysis.sources import HIST_PER_DECADE, hist_value_ms
 from simulations import simulate, theory_power_fixed, theory_power_sequential_final
+
+from fieldlab.analysis.sources import HIST_PER_DECADE, hist_value_ms
+from fieldlab.analysis.stats import (
+    compare,
+    cs_halfwidth,
+    hist_quantiles,
+    holm,
+    rank_test,
+    ratio_estimate,
+    sequential_p_value,
+    srm_test,
+)
 
 ALPHA = 0.05
 REPS = 1000
@@ -53,7 +61,7 @@ def test_power_sequential_matches_theory_at_the_final_look():
 
 
 def test_confidence_sequence_is_wider_than_fixed_and_its_p_value_inverts_it():
-    var, n = 0.01 ** 2, 4000
+    var, n = 0.01**2, 4000
     hw = float(cs_halfwidth(var, n, 0.05))
     assert hw > 1.96 * 0.01
     p = float(sequential_p_value(hw, var, n))
@@ -118,7 +126,8 @@ def test_rank_test_is_mann_whitney():
     assert rank_test(a, b) == pytest.approx(st.mannwhitneyu(b, a, alternative="two-sided").pvalue, rel=1e-9)
     ta, tb = np.round(a, 1), np.round(b, 1)  # many ties
     assert rank_test(ta, tb) == pytest.approx(
-        st.mannwhitneyu(tb, ta, alternative="two-sided", method="asymptotic").pvalue, rel=1e-9)
+        st.mannwhitneyu(tb, ta, alternative="two-sided", method="asymptotic").pvalue, rel=1e-9
+    )
     assert rank_test([1.0], b) is None
 
 
@@ -136,5 +145,5 @@ def test_histogram_quantiles_within_bin_width():
     got = hist_quantiles(ub, counts, (0.5, 0.9, 0.99), hist_value_ms)
     want = np.quantile(ns / 1e6, [0.5, 0.9, 0.99])
     width = 10 ** (1 / HIST_PER_DECADE) - 1
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert abs(g / w - 1) <= width

@@ -38,9 +38,11 @@ BIN = 300.0  # seconds
 KEYS = ("units", "requests", "errors", "syy", "sxx", "sxy")
 #: (label, error rate, error SLO): healthy; hovering at the 6h/30m threshold; burning both pairs all the time
 #: (the always-valid test alone stands between an A/A variant and a pause).
-SCENARIOS = (("healthy: 0.1 % errors, SLO 99.5", 0.001, 99.5),
-             ("at the 6x threshold: 3 % errors, SLO 99.5", 0.03, 99.5),
-             ("environment burning: 8 % errors, SLO 99.5", 0.08, 99.5))
+SCENARIOS = (
+    ("healthy: 0.1 % errors, SLO 99.5", 0.001, 99.5),
+    ("at the 6x threshold: 3 % errors, SLO 99.5", 0.03, 99.5),
+    ("environment burning: 8 % errors, SLO 99.5", 0.08, 99.5),
+)
 
 
 def _arm_bins(rng: np.random.Generator, reps: int, bins: int, lam: float, p: float) -> np.ndarray:
@@ -76,14 +78,24 @@ def _arm_data(c: np.ndarray, i: int, t: int, windows: list[float]) -> ArmData:
     for w in windows:
         lo = max(0, t - int(w / BIN))
         cnt[w] = Counts(int(c[0, i, t] - c[0, i, lo]), int(c[1, i, t] - c[1, i, lo]), int(c[2, i, t] - c[2, i, lo]), 0)
-    mom = Moments(int(c[0, i, t]), float(c[2, i, t]), float(c[1, i, t]), float(c[3, i, t]), float(c[4, i, t]),
-                  float(c[5, i, t]))
+    mom = Moments(
+        int(c[0, i, t]), float(c[2, i, t]), float(c[1, i, t]), float(c[3, i, t]), float(c[4, i, t]), float(c[5, i, t])
+    )
     return ArmData(cnt, mom, Moments(mom.n, 0.0, mom.sx, 0.0, mom.sxx, 0.0))
 
 
-def simulate(reps: int = 1000, days: float = 28, error_rate: float = 0.03, slo: float = 99.5,
-             units_per_bin: float = 3.0, seed: int = 1, check: int = 300, chunk: int = 100,
-             lab: LabGuardrails | None = None, variant_error_rate: float | None = None) -> dict[str, Any]:
+def simulate(
+    reps: int = 1000,
+    days: float = 28,
+    error_rate: float = 0.03,
+    slo: float = 99.5,
+    units_per_bin: float = 3.0,
+    seed: int = 1,
+    check: int = 300,
+    chunk: int = 100,
+    lab: LabGuardrails | None = None,
+    variant_error_rate: float | None = None,
+) -> dict[str, Any]:
     """The share of A/A experiments paused at any hourly look during ``days`` days, and how it was measured.
 
     ``variant_error_rate`` makes it an A/B (the variant fails at that rate): the same machinery measures power.
@@ -106,8 +118,13 @@ def simulate(reps: int = 1000, days: float = 28, error_rate: float = 0.03, slo: 
         v = _arm_bins(rng, n, bins, units_per_bin, error_rate if variant_error_rate is None else variant_error_rate)
         live = np.ones(n, dtype=bool)
         hours = int(days * 24)
-        sample = set(zip(rng.integers(0, n, check_per_chunk).tolist(),
-                         rng.integers(1, hours + 1, check_per_chunk).tolist(), strict=True))
+        sample = set(
+            zip(
+                rng.integers(0, n, check_per_chunk).tolist(),
+                rng.integers(1, hours + 1, check_per_chunk).tolist(),
+                strict=True,
+            )
+        )
         for hour in range(1, hours + 1):
             t = hour * per_hour
             fires = np.zeros(n, dtype=bool)
@@ -136,34 +153,56 @@ def simulate(reps: int = 1000, days: float = 28, error_rate: float = 0.03, slo: 
             looks_total += int(live.sum())
             todo = set(np.flatnonzero(pause).tolist()) | {i for i, h in sample if h == hour and live[i]}
             for i in sorted(todo):
-                ev = evaluate_experiment(ExperimentData("aa", "control", {"control": _arm_data(c, i, t, windows),
-                                                                          "variant": _arm_data(v, i, t, windows)}),
-                                         guard, lab)
+                ev = evaluate_experiment(
+                    ExperimentData(
+                        "aa",
+                        "control",
+                        {"control": _arm_data(c, i, t, windows), "variant": _arm_data(v, i, t, windows)},
+                    ),
+                    guard,
+                    lab,
+                )
                 real = ev.verdicts[0].outcome == "pause"
                 if real != bool(pause[i]):
-                    raise AssertionError(f"vectorised rules and evaluate_experiment disagree (rep {start + i}, "
-                                         f"hour {hour}: {ev.verdicts[0].outcome})")
+                    raise AssertionError(
+                        f"vectorised rules and evaluate_experiment disagree (rep {start + i}, "
+                        f"hour {hour}: {ev.verdicts[0].outcome})"
+                    )
                 agreed += 1
             if pause.any():
                 first_pause_hours += [hour] * int(pause.sum())
                 paused_total += int(pause.sum())
                 live &= ~pause
-    return {"reps": reps, "days": days, "looks_per_experiment": int(days * 24), "error_rate": error_rate, "slo": slo,
-            "units_per_hour_per_arm": units_per_bin * per_hour, "paused": paused_total,
-            "pause_rate": paused_total / reps, "environment_look_share": env_looks / max(1, looks_total),
-            "checked_looks": agreed, "first_pause_hours": first_pause_hours, "seconds": time.perf_counter() - t0}
+    return {
+        "reps": reps,
+        "days": days,
+        "looks_per_experiment": int(days * 24),
+        "error_rate": error_rate,
+        "slo": slo,
+        "units_per_hour_per_arm": units_per_bin * per_hour,
+        "paused": paused_total,
+        "pause_rate": paused_total / reps,
+        "environment_look_share": env_looks / max(1, looks_total),
+        "checked_looks": agreed,
+        "first_pause_hours": first_pause_hours,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main(argv: list[str]) -> None:
     reps = int(argv[0]) if argv else 1000
     days = float(argv[1]) if len(argv) > 1 else 28
-    print(f"A/A false-pause rate, {reps} experiments x {days:g} days, hourly decisions, defaults "
-          "(windows 1h/5m @14.4 and 6h/30m @6, alpha 0.005, min 100 units per arm, 36 new units per arm per hour)")
+    print(
+        f"A/A false-pause rate, {reps} experiments x {days:g} days, hourly decisions, defaults "
+        "(windows 1h/5m @14.4 and 6h/30m @6, alpha 0.005, min 100 units per arm, 36 new units per arm per hour)"
+    )
     for label, p, slo in SCENARIOS:
         r = simulate(reps, days, p, slo)
-        print(f"  {label:43s} paused {r['paused']:4d}/{reps} = {100 * r['pause_rate']:.2f} %  "
-              f"(control fires at {100 * r['environment_look_share']:.0f} % of looks; "
-              f"{r['checked_looks']} looks checked against evaluate_experiment; {r['seconds']:.0f} s)")
+        print(
+            f"  {label:43s} paused {r['paused']:4d}/{reps} = {100 * r['pause_rate']:.2f} %  "
+            f"(control fires at {100 * r['environment_look_share']:.0f} % of looks; "
+            f"{r['checked_looks']} looks checked against evaluate_experiment; {r['seconds']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,17 @@ __all__ = ["arm", "WINDOWS"]
 WINDOWS = sorted({w.long for w in DEFAULT_WINDOWS} | {w.short for w in DEFAULT_WINDOWS}, reverse=True)
 
 
-def arm(rng: np.random.Generator, units: int, error_rate: float, *, slow_rate: float = 0.0,
-        window_error_rate: float | None = None, window_requests: int = 2000, conversion: float | None = None,
-        metric: str = "app.checkout.completed") -> ArmData:
+def arm(
+    rng: np.random.Generator,
+    units: int,
+    error_rate: float,
+    *,
+    slow_rate: float = 0.0,
+    window_error_rate: float | None = None,
+    window_requests: int = 2000,
+    conversion: float | None = None,
+    metric: str = "app.checkout.completed",
+) -> ArmData:
     """An arm whose ``units`` users made 1 + Poisson(3) requests each, failing at ``error_rate``.
 
     Every trailing window holds ``window_requests`` requests scaled by its length
@@ -29,8 +37,9 @@ def arm(rng: np.random.Generator, units: int, error_rate: float, *, slow_rate: f
     windows = {}
     for w in WINDOWS:
         n = max(1, int(window_requests * w / 3600))
-        windows[w] = Counts(units=max(1, n // 4), requests=n, errors=int(rng.binomial(n, wr)),
-                            slow=int(rng.binomial(n, slow_rate)))
+        windows[w] = Counts(
+            units=max(1, n // 4), requests=n, errors=int(rng.binomial(n, wr)), slow=int(rng.binomial(n, slow_rate))
+        )
     metrics = {}
     if conversion is not None:
         metrics[metric] = Moments.of_units(rng.random(units) < conversion)

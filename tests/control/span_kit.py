@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from fieldlab import attributes as A
 
@@ -21,9 +22,19 @@ class Request:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def traffic(experiment: str, now: float, *, units: Mapping[str, int], error_rate: Mapping[str, float],
-            span_hours: float = 6.0, reqs: tuple[int, int] = (1, 5), slow_ms: Mapping[str, float] | None = None,
-            conversion: Mapping[str, float] | None = None, seed: int = 1, prefix: str = "u") -> list[Request]:
+def traffic(
+    experiment: str,
+    now: float,
+    *,
+    units: Mapping[str, int],
+    error_rate: Mapping[str, float],
+    span_hours: float = 6.0,
+    reqs: tuple[int, int] = (1, 5),
+    slow_ms: Mapping[str, float] | None = None,
+    conversion: Mapping[str, float] | None = None,
+    seed: int = 1,
+    prefix: str = "u",
+) -> list[Request]:
     """Users of each variant making requests spread evenly over the ``span_hours`` before ``now``."""
     rnd = random.Random(seed)
     out = []
@@ -55,14 +66,22 @@ def write_spans(path: str, reqs: Iterable[Request]) -> str:
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
-    provider.add_span_processor(BatchSpanProcessor(FileSpanExporter(path), max_export_batch_size=256,
-                                                   max_queue_size=1 << 20, schedule_delay_millis=60_000))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            FileSpanExporter(path), max_export_batch_size=256, max_queue_size=1 << 20, schedule_delay_millis=60_000
+        )
+    )
     tracer = provider.get_tracer("fieldlab-control-tests")
     for r in reqs:
         end = r.start_ns + int(r.dur_ms * 1e6)
         span = tracer.start_span("GET /checkout", kind=SpanKind.SERVER, start_time=r.start_ns, attributes=r.attrs)
-        child = tracer.start_span("render", context=trace.set_span_in_context(span), kind=SpanKind.INTERNAL,
-                                  start_time=r.start_ns + 1, attributes={A.HTTP_STATUS_CODE: 500})
+        child = tracer.start_span(
+            "render",
+            context=trace.set_span_in_context(span),
+            kind=SpanKind.INTERNAL,
+            start_time=r.start_ns + 1,
+            attributes={A.HTTP_STATUS_CODE: 500},
+        )
         child.end(end_time=r.start_ns + 2)
         if r.error:
             span.set_status(Status(StatusCode.ERROR, "boom"))

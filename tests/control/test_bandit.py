@@ -40,8 +40,10 @@ def test_weights_are_a_pure_function_of_counts_and_seed() -> None:
 def test_error_and_numeric_metrics_pick_the_right_direction() -> None:
     err = B.thompson_weights([B.ArmStats(2000, 20), B.ArmStats(2000, 60)], kind="error", seed=1)
     assert err.weights[0] > 0.9  # fewer errors wins
-    num = [B.ArmStats(1000, total=1000 * 10.0, total_sq=1000 * (100 + 4)),
-           B.ArmStats(1000, total=1000 * 10.5, total_sq=1000 * (110.25 + 4))]
+    num = [
+        B.ArmStats(1000, total=1000 * 10.0, total_sq=1000 * (100 + 4)),
+        B.ArmStats(1000, total=1000 * 10.5, total_sq=1000 * (110.25 + 4)),
+    ]
     assert B.thompson_weights(num, kind="numeric", seed=1).weights[1] > 0.9
     assert B.thompson_weights(num, kind="numeric", higher_is_better=False, seed=1).weights[0] > 0.9
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,9 @@ STEADY = {"error_slo": 99.5, "latency_slo": {"ms": 1000, "percent": 99}}
 
 
 def make_spec(**tuning: Any) -> C.CanarySpec:
-    return C.CanarySpec.from_table({"key": "inv", "doses": {"start": 25, "factor": 2, "max": 1600},
-                                    "steady_state": STEADY}, **tuning)
+    return C.CanarySpec.from_table(
+        {"key": "inv", "doses": {"start": 25, "factor": 2, "max": 1600}, "steady_state": STEADY}, **tuning
+    )
 
 
 def timeout_service(timeout_ms: float, median_ms: float = 40.0, sigma: float = 0.4) -> Callable[[float], float]:
@@ -28,6 +30,7 @@ def timeout_service(timeout_ms: float, median_ms: float = 40.0, sigma: float = 0
         room = timeout_ms - dose
         tail = 1.0 if room <= 0 else 1.0 - nd.cdf(math.log(room / median_ms) / sigma)
         return 0.0005 + 0.9995 * tail
+
     return rate
 
 
@@ -39,8 +42,14 @@ def truth_of(rate: Callable[[float], float], allowance: float = 0.005) -> float:
     return hi
 
 
-def drive(spec: C.CanarySpec, rate: Callable[[float], float], seed: int, per_round: int = 100,
-          check: Callable[[C.CanaryState], None] | None = None, max_rounds: int = 3000) -> C.CanaryState:
+def drive(
+    spec: C.CanarySpec,
+    rate: Callable[[float], float],
+    seed: int,
+    per_round: int = 100,
+    check: Callable[[C.CanaryState], None] | None = None,
+    max_rounds: int = 3000,
+) -> C.CanaryState:
     """Route requests by trace id through choose_arm, draw outcomes, advance until the canary finishes."""
     rng = random.Random(seed)
     state = C.start(spec)
@@ -128,7 +137,9 @@ def test_the_dose_of_a_request_is_a_pure_function_of_its_trace_id_and_the_weight
     small = [C.choose_arm("inv", t, weights, traffic=2) for t in ids]
     inside = [a for a in small if a is not None]
     assert 0.01 < len(inside) / len(ids) < 0.03
-    assert all(a is None or a == b for a, b in zip(small, first))  # the canary's slice agrees with the full split
+    assert all(
+        a is None or a == b for a, b in zip(small, first, strict=False)
+    )  # the canary's slice agrees with the full split
     # shares summing below 1 leave the rest outside the canary
     partial = [C.choose_arm("inv", t, {"control": 0.1, "25ms": 0.05}) for t in ids]
     assert abs(partial.count(None) / len(ids) - 0.85) < 0.015
@@ -211,7 +222,7 @@ def test_the_slo_tests_keep_their_level_under_continuous_monitoring() -> None:
 def test_beta_tail_matches_known_values() -> None:
     assert C.beta_tail(1, 1, 0.3) == pytest.approx(0.7)
     assert C.beta_tail(2, 1, 0.5) == pytest.approx(0.75)  # P(p > x) = 1 - x^2
-    assert C.beta_tail(1, 3, 0.2) == pytest.approx(0.8 ** 3)
+    assert C.beta_tail(1, 3, 0.2) == pytest.approx(0.8**3)
     assert C.beta_tail(0.5, 200.5, 0.005) == pytest.approx(C.beta_tail(0.5, 200.5, 0.005))
 
 
@@ -236,10 +247,12 @@ def test_the_request_side_of_the_canary_and_the_bandit_needs_no_numpy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom fieldlab.control import canary, bandit\n"
-            "canary.choose_arm('k', 'ab' * 16, {'control': 0.5, '25ms': 0.5})\n"
-            "bandit.assign_with_weights(17, (5000, 5000))\n"
-            "print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys\nfrom fieldlab.control import canary, bandit\n"
+        "canary.choose_arm('k', 'ab' * 16, {'control': 0.5, '25ms': 0.5})\n"
+        "bandit.assign_with_weights(17, (5000, 5000))\n"
+        "print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
@@ -260,9 +273,11 @@ def test_two_background_errors_in_the_first_control_requests_do_not_stop_the_can
     """Defect: the control was judged at alpha_break (0.3), so 2 errors in 36 requests halted the whole canary."""
     spec = make_spec()
     state = C.start(spec)
-    for counts in ({"control": C.ArmCounts(9, 1, 0), "25ms": C.ArmCounts(5)},
-                   {"control": C.ArmCounts(21, 1, 0), "25ms": C.ArmCounts(11)},
-                   {"control": C.ArmCounts(36, 2, 0), "25ms": C.ArmCounts(22)}):
+    for counts in (
+        {"control": C.ArmCounts(9, 1, 0), "25ms": C.ArmCounts(5)},
+        {"control": C.ArmCounts(21, 1, 0), "25ms": C.ArmCounts(11)},
+        {"control": C.ArmCounts(36, 2, 0), "25ms": C.ArmCounts(22)},
+    ):
         state = C.advance(spec, state, counts)
     assert not state.finished, state.history[-1].reason
     # a control that really breaks the SLO (6 % errors) still stops it

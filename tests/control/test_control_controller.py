@@ -22,19 +22,30 @@ from fieldlab.control.state import JsonFileStore
 NOW = 1_796_000_000.0  # 2026-11-30T00:53:20Z
 DOC = {
     "guardrails": {"service_slo": 99.9},
-    "experiments": [{"key": "checkout", "variants": [{"name": "control"}, {"name": "one-page"}, {"name": "aa"}],
-                     "guardrails": {"error_slo": 99.5, "latency_slo": {"ms": 800, "percent": 99},
-                                    "metrics": [{"name": "app.checkout.completed", "kind": "conversion",
-                                                 "margin": -2.0}]}}],
+    "experiments": [
+        {
+            "key": "checkout",
+            "variants": [{"name": "control"}, {"name": "one-page"}, {"name": "aa"}],
+            "guardrails": {
+                "error_slo": 99.5,
+                "latency_slo": {"ms": 800, "percent": 99},
+                "metrics": [{"name": "app.checkout.completed", "kind": "conversion", "margin": -2.0}],
+            },
+        }
+    ],
 }
 
 
 @pytest.fixture(scope="module")
 def spans(tmp_path_factory) -> str:
     """Control and an A/A arm healthy, one-page failing 10 % of its requests; a few requests to ignore."""
-    reqs = traffic("checkout", NOW, units={"control": 400, "one-page": 400, "aa": 400},
-                   error_rate={"control": 0.001, "one-page": 0.10, "aa": 0.001},
-                   conversion={"control": 0.3, "one-page": 0.3, "aa": 0.3})
+    reqs = traffic(
+        "checkout",
+        NOW,
+        units={"control": 400, "one-page": 400, "aa": 400},
+        error_rate={"control": 0.001, "one-page": 0.10, "aa": 0.001},
+        conversion={"control": 0.3, "one-page": 0.3, "aa": 0.3},
+    )
     t = int(NOW * 1e9) - 60_000_000_000
     forced = {A.variant_attr("checkout"): "one-page", A.forced_attr("checkout"): True, A.unit_attr("user"): "qa"}
     reqs += [Request(t, 5.0, True, dict(forced)) for _ in range(50)]  # a QA override: never counted
@@ -47,14 +58,25 @@ def spans(tmp_path_factory) -> str:
 
 def _controller(source, tmp_path, engine="auto") -> Controller:
     cfg = parse_guardrails_config(DOC)
-    return Controller(cfg, experiment_specs(DOC), source, JsonFileStore(str(tmp_path / "state.json")), engine=engine,
-                      by="fieldlab-controller@test")
+    return Controller(
+        cfg,
+        experiment_specs(DOC),
+        source,
+        JsonFileStore(str(tmp_path / "state.json")),
+        engine=engine,
+        by="fieldlab-controller@test",
+    )
 
 
 def test_experiment_specs_from_a_config_document() -> None:
-    specs = experiment_specs({"experiments": [{"key": "a", "variants": [{"name": "c"}, {"name": "t"}],
-                                               "unit": "session"},
-                                              {"key": "b", "variants": {"x": 1, "y": 1}, "control": "y"}]})
+    specs = experiment_specs(
+        {
+            "experiments": [
+                {"key": "a", "variants": [{"name": "c"}, {"name": "t"}], "unit": "session"},
+                {"key": "b", "variants": {"x": 1, "y": 1}, "control": "y"},
+            ]
+        }
+    )
     assert specs == {"a": ExperimentSpec("a", "c", "session"), "b": ExperimentSpec("b", "y", "user")}
 
 
@@ -109,7 +131,10 @@ def test_a_round_pauses_the_failing_variant_only_and_records_why(spans, tmp_path
     assert verdicts["one-page"].outcome == "pause" and verdicts["aa"].outcome == "ok"
     # 10 % errors on a third of the traffic also spends the experimentation budget (25 % of a 99.9 % SLO's)
     assert [(d.action, d.variant, d.cause) for d in rnd.decisions] == [
-        ("pause", "one-page", "guardrail"), ("halt_faults", None, "budget"), ("pause", "one-page", "budget")]
+        ("pause", "one-page", "guardrail"),
+        ("halt_faults", None, "budget"),
+        ("pause", "one-page", "budget"),
+    ]
     assert rnd.budget is not None and rnd.budget.exhausted
     state = ctl.store.read()
     assert state.is_paused("checkout", "one-page") and not state.is_paused("checkout", "aa")
@@ -130,8 +155,13 @@ def test_a_round_pauses_the_failing_variant_only_and_records_why(spans, tmp_path
 
 
 def test_control_failing_alike_is_the_environment(tmp_path) -> None:
-    reqs = traffic("checkout", NOW, units={"control": 300, "one-page": 300, "aa": 300},
-                   error_rate={"control": 0.10, "one-page": 0.10, "aa": 0.10}, seed=5)
+    reqs = traffic(
+        "checkout",
+        NOW,
+        units={"control": 300, "one-page": 300, "aa": 300},
+        error_rate={"control": 0.10, "one-page": 0.10, "aa": 0.10},
+        seed=5,
+    )
     path = write_spans(str(tmp_path / "env.jsonl"), reqs)
     ctl = _controller(path, tmp_path)
     rnd = ctl.run_round(NOW)
@@ -144,9 +174,14 @@ def test_control_failing_alike_is_the_environment(tmp_path) -> None:
 
 
 def test_slow_requests_and_a_since_cut_are_counted_alike_by_both_engines(tmp_path) -> None:
-    reqs = traffic("checkout", NOW, units={"control": 250, "one-page": 250, "aa": 250},
-                   error_rate={"control": 0.001, "one-page": 0.001, "aa": 0.001},
-                   slow_ms={"control": 100.0, "one-page": 2000.0, "aa": 100.0}, seed=9)
+    reqs = traffic(
+        "checkout",
+        NOW,
+        units={"control": 250, "one-page": 250, "aa": 250},
+        error_rate={"control": 0.001, "one-page": 0.001, "aa": 0.001},
+        slow_ms={"control": 100.0, "one-page": 2000.0, "aa": 100.0},
+        seed=9,
+    )
     path = write_spans(str(tmp_path / "slow.jsonl"), reqs)
     ctl = _controller(path, tmp_path)
     q = ctl.query(NOW)

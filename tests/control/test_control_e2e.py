@@ -37,11 +37,11 @@ import requests
 from redis_kit import NO_REDIS, REDIS_BIN, RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
-from serverkit import Server, read_spans  # noqa: E402
+from serverkit import Server, read_spans
 
-import fieldlab  # noqa: E402
-from fieldlab import attributes as A  # noqa: E402
-from fieldlab.control.state import RedisStore  # noqa: E402
+import fieldlab
+from fieldlab import attributes as A
+from fieldlab.control.state import RedisStore
 
 APPS = Path(__file__).resolve().parent / "apps"
 POLL = 1.0  # the default state_poll_interval
@@ -102,12 +102,11 @@ class Load:
                     body = r.json()
                 except (requests.RequestException, ValueError):
                     continue
-                body.update(status=r.status_code, path="search" if search else "checkout", server=url,
-                            done=time.time())
+                body.update(status=r.status_code, path="search" if search else "checkout", server=url, done=time.time())
                 with self.lock:
                     self.answers.append(body)
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for t in self.threads:
             t.start()
         return self
@@ -159,10 +158,15 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
     cfg = tmp_path / "lab.toml"
     cfg.write_text(CONFIG.format(url=redis.url))
     spans = tmp_path / "spans"
-    env = {"GUARD_TEST_LAB": str(cfg), "GUARD_TEST_SPANS": str(spans),
-           "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])}
-    servers = [Server("gunicorn", "guard_wsgi:app", spans, env=env, workers=2),
-               Server("uvicorn", "guard_asgi:app", spans, env=env)]
+    env = {
+        "GUARD_TEST_LAB": str(cfg),
+        "GUARD_TEST_SPANS": str(spans),
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    servers = [
+        Server("gunicorn", "guard_wsgi:app", spans, env=env, workers=2),
+        Server("uvicorn", "guard_asgi:app", spans, env=env),
+    ]
     controller: subprocess.Popen[bytes] | None = None
     load: Load | None = None
     store = RedisStore(redis.url)
@@ -172,20 +176,30 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
         load = Load([s.url for s in servers]).start()
         _wait(lambda: any(a["variant"] == "bad" and a["status"] == 500 for a in load.since(0)), 30, "a bad request")
         with open(tmp_path / "watch.jsonl", "wb") as out, open(tmp_path / "watch.err", "wb") as err:
-            controller = subprocess.Popen([sys.executable, "-m", "fieldlab.cli", "watch", str(cfg), str(spans),
-                                           "--interval", "1", "--json"], stdout=out, stderr=err)
+            controller = subprocess.Popen(
+                [sys.executable, "-m", "fieldlab.cli", "watch", str(cfg), str(spans), "--interval", "1", "--json"],
+                stdout=out,
+                stderr=err,
+            )
 
         # 1. the controller pauses checkout/bad; every worker follows within one poll interval
-        state = _wait(lambda: (lambda st: st if st.is_paused("checkout", "bad") else None)(store.read()), 90,
-                      "the controller to pause checkout/bad", step=0.02)
+        state = _wait(
+            lambda: (lambda st: st if st.is_paused("checkout", "bad") else None)(store.read()),
+            90,
+            "the controller to pause checkout/bad",
+            step=0.02,
+        )
         pause = next(d for d in state.history if d.action == "pause" and d.variant == "bad")
         assert pause.cause == "guardrail" and pause.by.startswith("fieldlab-controller@")
         paused_at = _epoch(pause.at)
         first_bad = min(a["t"] for a in load.since(0) if a["variant"] == "bad" and a["status"] == 500)
         pids = {a["pid"] for a in load.since(0)}
         assert len(pids) == 3, f"expected 2 gunicorn workers and 1 uvicorn process, saw {pids}"
-        _wait(lambda: {a["pid"] for a in load.since(paused_at + POLL + SLACK) if a["path"] == "checkout"} == pids,
-              30, "every process to answer after the pause")
+        _wait(
+            lambda: {a["pid"] for a in load.since(paused_at + POLL + SLACK) if a["path"] == "checkout"} == pids,
+            30,
+            "every process to answer after the pause",
+        )
         after = load.since(paused_at)
         switched = {}
         for pid in pids:
@@ -193,11 +207,14 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
             assert seen, f"process {pid} never learned of the pause"
             switched[pid] = min(a["read_at"] for a in seen) - paused_at
         worst = max(switched.values())
-        print(f"\nfirst bad request -> pause: {paused_at - first_bad:.2f} s; pause -> last worker's switch: "
-              f"{worst:.3f} s (per process: {', '.join(f'{v:.3f}' for v in switched.values())})")
+        print(
+            f"\nfirst bad request -> pause: {paused_at - first_bad:.2f} s; pause -> last worker's switch: "
+            f"{worst:.3f} s (per process: {', '.join(f'{v:.3f}' for v in switched.values())})"
+        )
         assert worst <= POLL + SLACK, f"a worker took {worst:.2f} s to follow the pause"
-        late = [a for a in after if a["path"] == "checkout" and a["variant"] == "bad"
-                and a["t"] > paused_at + POLL + SLACK]
+        late = [
+            a for a in after if a["path"] == "checkout" and a["variant"] == "bad" and a["t"] > paused_at + POLL + SLACK
+        ]
         assert late == [], f"{len(late)} requests still served the paused variant: {late[:3]}"
         guarded = [a for a in after if a["reason"] == "guardrail"]
         assert guarded and all(a["variant"] == "control" and a["paused"] == "bad" for a in guarded)
@@ -217,8 +234,12 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
         st = _wait(environment, 30, "the controller to report the environment on search")
         assert st.all is not None and st.all.cause == "environment"
         assert not st.paused.get("search") and not st.is_paused("checkout", "aa")
-        status = subprocess.run([sys.executable, "-m", "fieldlab.cli", "status", str(cfg), "--json"],
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [sys.executable, "-m", "fieldlab.cli", "status", str(cfg), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stderr
         rows = {(r["experiment"], r["variant"]): r for r in json.loads(status.stdout)["variants"]}
         assert rows[("checkout", "bad")]["state"] == "paused"
@@ -241,8 +262,10 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
         down = _hot_path_p99(local)
         _wait(lambda: local.state_snapshot.status == "stale", 5, "the local poller to notice the loss")
         down = max(down, _hot_path_p99(local))
-        print(f"request path p99 with Redis up {up * 1e6:.1f} us, killed {down * 1e6:.1f} us "
-              f"(added {(down - up) * 1e6:+.1f} us)")
+        print(
+            f"request path p99 with Redis up {up * 1e6:.1f} us, killed {down * 1e6:.1f} us "
+            f"(added {(down - up) * 1e6:+.1f} us)"
+        )
         assert down - up < 1e-3
         assert local.paused_variants.get("checkout") == frozenset({"bad"})
         time.sleep(POLL + SLACK + 0.5)
@@ -254,14 +277,37 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
         # 3. Redis back (its append-only file kept the state): polling resumes, a resume reaches every worker
         redis.start()
         back_at = time.time()
-        _wait(lambda: (lambda xs: xs and {a["pid"] for a in xs} == pids and all(a["store"] == "ok" for a in xs))(
-            load.since(back_at + POLL + SLACK)), 30, "every process to read Redis again")
-        done = subprocess.run([sys.executable, "-m", "fieldlab.cli", "resume", str(cfg), "checkout",
-                               "--variant", "bad", "--reason", "test"], capture_output=True, text=True, timeout=60)
+        _wait(
+            lambda: (lambda xs: xs and {a["pid"] for a in xs} == pids and all(a["store"] == "ok" for a in xs))(
+                load.since(back_at + POLL + SLACK)
+            ),
+            30,
+            "every process to read Redis again",
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fieldlab.cli",
+                "resume",
+                str(cfg),
+                "checkout",
+                "--variant",
+                "bad",
+                "--reason",
+                "test",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0 and "resumed checkout/bad" in done.stdout, done.stderr
         resumed_at = _epoch(next(d for d in store.read().history if d.action == "resume").at)
-        _wait(lambda: {a["pid"] for a in load.since(resumed_at + POLL + SLACK) if a["variant"] == "bad"} == pids,
-              30, "every process to serve checkout/bad again")
+        _wait(
+            lambda: {a["pid"] for a in load.since(resumed_at + POLL + SLACK) if a["variant"] == "bad"} == pids,
+            30,
+            "every process to serve checkout/bad again",
+        )
         still = [a for a in load.since(resumed_at + POLL + SLACK) if a["reason"] == "guardrail"]
         assert still == [], f"{len(still)} requests got control after the resume had reached every process"
     finally:
@@ -274,4 +320,3 @@ def test_a_burning_variant_is_paused_across_the_fleet_and_redis_loss_keeps_the_l
             s.stop()
         store.close()
         redis.stop()
-

@@ -31,8 +31,9 @@ AT, BY = "2026-12-04T21:00:00.000Z", "fieldlab-controller@test"
 
 
 def one(variant: ArmData, control: ArmData, guard=GUARD, lab=LAB):
-    ev = evaluate_experiment(ExperimentData("checkout", "control", {"control": control, "one-page": variant}),
-                             guard, lab)
+    ev = evaluate_experiment(
+        ExperimentData("checkout", "control", {"control": control, "one-page": variant}), guard, lab
+    )
     (v,) = ev.verdicts
     return ev, v
 
@@ -77,15 +78,27 @@ def test_when_control_burns_as_fast_the_environment_is_blamed_not_the_variant() 
     rng = np.random.default_rng(2)
     ev, v = one(arm(rng, 2000, 0.10), arm(rng, 2000, 0.10))
     assert v.outcome == "environment" and ev.environment and "environment" in ev.environment_reason
-    rnd = decide_round([ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.10),
-                                                                "one-page": arm(rng, 2000, 0.10)})],
-                       {"checkout": GUARD}, LAB, None, LabState(), at=AT, by=BY)
+    rnd = decide_round(
+        [ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.10), "one-page": arm(rng, 2000, 0.10)})],
+        {"checkout": GUARD},
+        LAB,
+        None,
+        LabState(),
+        at=AT,
+        by=BY,
+    )
     assert [(d.action, d.experiment, d.cause) for d in rnd.decisions] == [("halt_faults", None, "environment")]
     # the next round, control is healthy again: the controller lifts its own halt
     state = LabState(all=rnd.decisions[0].mark(1))
-    rnd = decide_round([ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001),
-                                                                "one-page": arm(rng, 2000, 0.001)})],
-                       {"checkout": GUARD}, LAB, None, state, at=AT, by=BY)
+    rnd = decide_round(
+        [ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001), "one-page": arm(rng, 2000, 0.001)})],
+        {"checkout": GUARD},
+        LAB,
+        None,
+        state,
+        at=AT,
+        by=BY,
+    )
     assert [(d.action, d.cause) for d in rnd.decisions] == [("resume_faults", "environment")]
 
 
@@ -98,8 +111,9 @@ def test_worse_but_within_the_burn_threshold_is_not_paused() -> None:
 def test_a_variant_that_recovered_in_the_short_window_is_not_paused() -> None:
     rng = np.random.default_rng(5)
     variant = arm(rng, 3000, 0.10)
-    healed = ArmData({**variant.windows, 300.0: Counts(40, 160, 0, 0), 1800.0: Counts(200, 1000, 0, 0)},
-                     variant.errors, variant.slow)
+    healed = ArmData(
+        {**variant.windows, 300.0: Counts(40, 160, 0, 0), 1800.0: Counts(200, 1000, 0, 0)}, variant.errors, variant.slow
+    )
     _, v = one(healed, arm(rng, 3000, 0.001))
     assert v.outcome == "ok"
     assert [w["firing"] for w in v.evidence["slis"]["errors"]["windows"]] == [False, False]
@@ -124,9 +138,15 @@ def test_no_decision_below_min_units_per_arm() -> None:
 def test_action_alert_records_an_alert_instead_of_a_pause() -> None:
     rng = np.random.default_rng(8)
     guard = parse_experiment_guardrails({"error_slo": 99.5, "action": "alert"}, "g", LAB)
-    rnd = decide_round([ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001),
-                                                                "one-page": arm(rng, 2000, 0.10)})],
-                       {"checkout": guard}, LAB, None, LabState(), at=AT, by=BY)
+    rnd = decide_round(
+        [ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001), "one-page": arm(rng, 2000, 0.10)})],
+        {"checkout": guard},
+        LAB,
+        None,
+        LabState(),
+        at=AT,
+        by=BY,
+    )
     assert [(d.action, d.variant, d.cause) for d in rnd.decisions] == [("alert", "one-page", "guardrail")]
 
 
@@ -143,7 +163,9 @@ def test_non_inferiority_metric_pauses_only_wholly_beyond_the_margin() -> None:
     rng = np.random.default_rng(10)
     guard = parse_experiment_guardrails(
         {"error_slo": 99.5, "metrics": [{"name": "app.checkout.completed", "kind": "conversion", "margin": -2.0}]},
-        "g", LAB)
+        "g",
+        LAB,
+    )
     _, v = one(arm(rng, 20000, 0.001, conversion=0.06), arm(rng, 20000, 0.001, conversion=0.10), guard)
     m = v.evidence["metrics"]["app.checkout.completed"]
     assert (v.outcome, v.cause) == ("pause", "metric") and m["inferior"] and m["relative"]["ci_high"] < -0.02
@@ -166,11 +188,14 @@ def _budget_case(variant_errors: int):
     def c(errors: int) -> Counts:
         return Counts(1000, 100_000, errors, 0)
 
-    period = {"checkout": {"control": c(100), "a": c(100 + variant_errors), "b": c(90)},
-              "search": {"control": c(100), "x": c(100 + variant_errors // 4)}}
+    period = {
+        "checkout": {"control": c(100), "a": c(100 + variant_errors), "b": c(90)},
+        "search": {"control": c(100), "x": c(100 + variant_errors // 4)},
+    }
     # one full period observed with 1M service requests: the budget is 1000 errors, experiments may cause 250
-    b = budget_status(lab, Counts(0, 1_000_000, 0, 0), lab.budget_period, period,
-                      {"checkout": "control", "search": "control"})
+    b = budget_status(
+        lab, Counts(0, 1_000_000, 0, 0), lab.budget_period, period, {"checkout": "control", "search": "control"}
+    )
     return lab, b
 
 
@@ -195,8 +220,10 @@ def test_spent_budget_halts_faults_and_pauses_the_costliest_until_it_recovers() 
     lab, b = _budget_case(400)
     assert b.exhausted
     rng = np.random.default_rng(11)
-    exps = [ExperimentData("checkout", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "a", "b")}),
-            ExperimentData("search", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "x")})]
+    exps = [
+        ExperimentData("checkout", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "a", "b")}),
+        ExperimentData("search", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "x")}),
+    ]
     rnd = decide_round(exps, {}, lab, b, LabState(), at=AT, by=BY)
     acts = [(d.action, d.experiment, d.variant, d.cause) for d in rnd.decisions]
     # a spent 400 of 500 (80 %): it alone covers the cover share; x (100) is not paused
@@ -218,8 +245,10 @@ def test_a_halt_handed_from_environment_to_budget_never_gaps() -> None:
     exps = [ExperimentData("checkout", "control", {n: arm(rng, 1000, 0.001) for n in ("control", "a", "b")})]
     state = LabState(all=Decision("halt_faults", None, None, "environment", by=BY).mark(1), seq=1)
     rnd = decide_round(exps, {}, lab, spent, state, at=AT, by=BY)
-    assert [(d.action, d.cause) for d in rnd.decisions][:2] == [("resume_faults", "environment"),
-                                                                ("halt_faults", "budget")]
+    assert [(d.action, d.cause) for d in rnd.decisions][:2] == [
+        ("resume_faults", "environment"),
+        ("halt_faults", "budget"),
+    ]
     for d in rnd.decisions:  # one write applies them all: readers never see faults unhalted in between
         state, _ = apply_decision(state, d, 2)
     assert state.all is not None and state.all.cause == "budget"
@@ -227,8 +256,13 @@ def test_a_halt_handed_from_environment_to_budget_never_gaps() -> None:
 
 def test_a_round_recorded_twice_changes_the_state_once(tmp_path) -> None:
     rng = np.random.default_rng(12)
-    data = [ExperimentData("checkout", "control", {"control": arm(rng, 2000, 0.001), "one-page": arm(rng, 2000, 0.1),
-                                                   "aa": arm(rng, 2000, 0.001)})]
+    data = [
+        ExperimentData(
+            "checkout",
+            "control",
+            {"control": arm(rng, 2000, 0.001), "one-page": arm(rng, 2000, 0.1), "aa": arm(rng, 2000, 0.001)},
+        )
+    ]
     store = JsonFileStore(str(tmp_path / "state.json"))
     rnd = decide_round(data, {"checkout": GUARD}, LAB, None, store.read(), at=AT, by=BY)
     state, applied = store.record(rnd.decisions, report=rnd.to_json())

@@ -10,9 +10,16 @@ FRAMEWORKS = ("flask", "django", "starlette", "fastapi", "werkzeug", "uvicorn", 
 
 
 def loaded_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
-                          "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "\nimport sys, json\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
@@ -23,7 +30,9 @@ def test_the_request_side_state_module_is_light() -> None:
 
 
 def test_the_whole_control_package_loads_no_framework() -> None:
-    loaded = loaded_after("import fieldlab.control.settings, fieldlab.control.budget, fieldlab.control.guardrails, "
-                          "fieldlab.control.controller, fieldlab.control.state")
+    loaded = loaded_after(
+        "import fieldlab.control.settings, fieldlab.control.budget, fieldlab.control.guardrails, "
+        "fieldlab.control.controller, fieldlab.control.state"
+    )
     assert "numpy" in loaded  # the check sees heavy imports when there are some
     assert not loaded & set(FRAMEWORKS)

@@ -23,7 +23,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-PINNED = '''
+PINNED = """
 [guardrails]
 service_slo = 99.9
 budget_period = "30d"
@@ -41,7 +41,7 @@ error_slo = 99.5
 latency_slo = { ms = 800, percent = 99 }
 metrics = [{ name = "app.checkout.completed", kind = "conversion", margin = -2.0 }]
 action = "pause"
-'''
+"""
 
 
 def test_the_pinned_syntax_parses() -> None:
@@ -54,8 +54,13 @@ def test_the_pinned_syntax_parses() -> None:
     assert g.error_slo == 99.5
     assert g.latency_slo == LatencySLO(800.0, 99.0)
     (m,) = g.metrics
-    assert (m.name, m.kind, m.margin, m.higher_is_better, m.value) == ("app.checkout.completed", "conversion", -2.0,
-                                                                      True, "true")
+    assert (m.name, m.kind, m.margin, m.higher_is_better, m.value) == (
+        "app.checkout.completed",
+        "conversion",
+        -2.0,
+        True,
+        "true",
+    )
     assert g.action == "pause"
     assert g.min_units == cfg.lab.min_units
 
@@ -68,8 +73,10 @@ def test_defaults_when_tables_are_absent() -> None:
     assert cfg.experiments["a"].action == "pause"
 
 
-@pytest.mark.parametrize("text,seconds", [("30d", 2592000), ("6h", 21600), ("5m", 300), ("90s", 90),
-                                          ("1h30m", 5400), ("1w", 604800), ("0.5h", 1800)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30d", 2592000), ("6h", 21600), ("5m", 300), ("90s", 90), ("1h30m", 5400), ("1w", 604800), ("0.5h", 1800)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, "x") == seconds
 
@@ -92,8 +99,15 @@ def test_bad_duration_names_the_field(bad: object) -> None:
 
 
 def test_short_not_shorter_than_long_names_the_pair() -> None:
-    e = _err(parse_lab_guardrails, {"windows": [{"long": "1h", "short": "5m", "burn_rate": 14.4},
-                                                {"long": "30m", "short": "30m", "burn_rate": 6}]})
+    e = _err(
+        parse_lab_guardrails,
+        {
+            "windows": [
+                {"long": "1h", "short": "5m", "burn_rate": 14.4},
+                {"long": "30m", "short": "30m", "burn_rate": 6},
+            ]
+        },
+    )
     assert e.path == "guardrails.windows[1].short"
     assert "not shorter" in e.problem
 
@@ -130,36 +144,59 @@ def test_other_field_errors() -> None:
     assert _err(parse_lab_guardrails, {"experiment_share": 0}).path == "guardrails.experiment_share"
     assert _err(parse_lab_guardrails, {"experiment_share": 101}).path == "guardrails.experiment_share"
     assert _err(parse_lab_guardrails, {"windows": []}).path == "guardrails.windows"
-    assert _err(parse_lab_guardrails, {"windows": [{"long": "1h", "short": "5m", "burn_rate": 0}]}).path == \
-        "guardrails.windows[0].burn_rate"
-    assert _err(parse_lab_guardrails, {"windows": [{"long": "1h", "short": "5m"}]}).path == \
-        "guardrails.windows[0].burn_rate"
-    assert _err(parse_lab_guardrails, {"budget_period": "1h", "windows": [{"long": "6h", "short": "30m",
-                                                                          "burn_rate": 2}]}).path == \
-        "guardrails.windows[0].long"
+    assert (
+        _err(parse_lab_guardrails, {"windows": [{"long": "1h", "short": "5m", "burn_rate": 0}]}).path
+        == "guardrails.windows[0].burn_rate"
+    )
+    assert (
+        _err(parse_lab_guardrails, {"windows": [{"long": "1h", "short": "5m"}]}).path
+        == "guardrails.windows[0].burn_rate"
+    )
+    assert (
+        _err(
+            parse_lab_guardrails, {"budget_period": "1h", "windows": [{"long": "6h", "short": "30m", "burn_rate": 2}]}
+        ).path
+        == "guardrails.windows[0].long"
+    )
     assert _err(parse_lab_guardrails, {"min_units": 1}).path == "guardrails.min_units"
     assert _err(parse_lab_guardrails, {"alpha": 0.7}).path == "guardrails.alpha"
     p = "experiments[0].guardrails"
     assert _err(parse_experiment_guardrails, {"action": "stop"}, p).path == p + ".action"
     e = _err(parse_experiment_guardrails, {"latency_slo": {"ms": -1, "percent": 99}}, p)
     assert e.path == p + ".latency_slo.ms"
-    assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "kind": "conversoin", "margin": -1}]},
-                p).fix.startswith("did you mean 'conversion'")
-    assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": 0}]}, p).path == \
-        p + ".metrics[0].direction"
-    assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": 2, "direction": "higher"}]},
-                p).path == p + ".metrics[0].margin"
-    assert _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": -1}, {"name": "a", "margin": -1}]},
-                p).path == p + ".metrics[1].name"
+    assert _err(
+        parse_experiment_guardrails, {"metrics": [{"name": "a", "kind": "conversoin", "margin": -1}]}, p
+    ).fix.startswith("did you mean 'conversion'")
+    assert (
+        _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": 0}]}, p).path
+        == p + ".metrics[0].direction"
+    )
+    assert (
+        _err(parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": 2, "direction": "higher"}]}, p).path
+        == p + ".metrics[0].margin"
+    )
+    assert (
+        _err(
+            parse_experiment_guardrails, {"metrics": [{"name": "a", "margin": -1}, {"name": "a", "margin": -1}]}, p
+        ).path
+        == p + ".metrics[1].name"
+    )
     assert _err(parse_experiment_guardrails, "pause", p).path == p
 
 
 def test_metric_directions_and_overrides() -> None:
-    g = parse_experiment_guardrails({"metrics": [{"name": "app.queue.ms", "kind": "numeric", "margin": 5},
-                                                 {"name": "app.ok", "margin": 0, "direction": "higher",
-                                                  "value": True}],
-                                     "min_units": 500, "action": "alert"}, "e",
-                                    parse_lab_guardrails({"service_slo": 99}))
+    g = parse_experiment_guardrails(
+        {
+            "metrics": [
+                {"name": "app.queue.ms", "kind": "numeric", "margin": 5},
+                {"name": "app.ok", "margin": 0, "direction": "higher", "value": True},
+            ],
+            "min_units": 500,
+            "action": "alert",
+        },
+        "e",
+        parse_lab_guardrails({"service_slo": 99}),
+    )
     assert [m.higher_is_better for m in g.metrics] == [False, True]
     assert g.metrics[1].value == "true"
     assert g.error_slo == 99.0 and g.min_units == 500 and g.action == "alert"

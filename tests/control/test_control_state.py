@@ -30,8 +30,16 @@ from fieldlab.control.state import (
 
 
 def pause(exp: str = "checkout", variant: str = "one-page", cause: str = "guardrail", **kw) -> Decision:
-    return Decision("pause", exp, variant, cause, reason=kw.pop("reason", "error burn 1h/5m"),
-                    by=kw.pop("by", "fieldlab-controller@test"), evidence=kw.pop("evidence", {"burn": 20.0}), **kw)
+    return Decision(
+        "pause",
+        exp,
+        variant,
+        cause,
+        reason=kw.pop("reason", "error burn 1h/5m"),
+        by=kw.pop("by", "fieldlab-controller@test"),
+        evidence=kw.pop("evidence", {"burn": 20.0}),
+        **kw,
+    )
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> float:
@@ -117,8 +125,14 @@ def test_record_round_trip_with_sequence_history_and_evidence(store_factory) -> 
     read = store.read()
     assert read.is_paused("checkout", "one-page")
     (d,) = read.history
-    assert (d.action, d.cause, d.by, d.at, d.evidence, d.seq) == ("pause", "guardrail", "fieldlab-controller@test",
-                                                                   "2026-12-04T20:00:00.000Z", {"burn": 20.0}, 1)
+    assert (d.action, d.cause, d.by, d.at, d.evidence, d.seq) == (
+        "pause",
+        "guardrail",
+        "fieldlab-controller@test",
+        "2026-12-04T20:00:00.000Z",
+        {"burn": 20.0},
+        1,
+    )
     mark = read.paused["checkout"]["one-page"]
     assert (mark.by, mark.cause, mark.seq) == ("fieldlab-controller@test", "guardrail", 1)
     token = store.token()
@@ -169,8 +183,12 @@ def test_concurrent_writers_lose_no_update(store_factory) -> None:
 
 def test_json_file_absorbs_the_kill_switch_file(tmp_path) -> None:
     path = str(tmp_path / "lab.toml.state.json")
-    killswitch.write_state(path, killswitch.KillState(all=None, experiments={
-        "slow-db": {"at": "2026-11-29T01:02:03Z", "by": "alice", "reason": "INC-42"}}))
+    killswitch.write_state(
+        path,
+        killswitch.KillState(
+            all=None, experiments={"slow-db": {"at": "2026-11-29T01:02:03Z", "by": "alice", "reason": "INC-42"}}
+        ),
+    )
     store = JsonFileStore(path)
     state = store.read()
     assert state.faults_halted("slow-db") and not state.faults_halted("checkout") and state.seq == 0

@@ -24,10 +24,18 @@ FAST = 0.02  # state_poll_interval of these tests
 
 
 def _lab(tmp_path: Path, **settings: Any) -> Lab:
-    exp = Experiment("checkout", {"control": 1, "bad": 1, "aa": 1}, guardrails={"error_slo": 99.5},
-                     faults={"bad": [{"point": "db.query", "latency_ms": 1}]})
-    return Lab([exp], secret="s", faults={"enabled": True, "max_blast_radius": 50},
-               settings={"state": str(tmp_path / "state.json"), "state_poll_interval": FAST, **settings})
+    exp = Experiment(
+        "checkout",
+        {"control": 1, "bad": 1, "aa": 1},
+        guardrails={"error_slo": 99.5},
+        faults={"bad": [{"point": "db.query", "latency_ms": 1}]},
+    )
+    return Lab(
+        [exp],
+        secret="s",
+        faults={"enabled": True, "max_blast_radius": 50},
+        settings={"state": str(tmp_path / "state.json"), "state_poll_interval": FAST, **settings},
+    )
 
 
 def _unit(lab: Lab, variant: str) -> str:
@@ -35,8 +43,9 @@ def _unit(lab: Lab, variant: str) -> str:
 
 
 def _pause(store: Any, variant: str = "bad", action: str = "pause") -> None:
-    store.record([Decision(action, "checkout", variant, "guardrail" if action == "pause" else "operator",
-                           "test", "tester")])
+    store.record(
+        [Decision(action, "checkout", variant, "guardrail" if action == "pause" else "operator", "test", "tester")]
+    )
 
 
 def _wait(cond: Any, timeout: float = 5.0) -> None:
@@ -79,19 +88,23 @@ def test_the_guardrail_tables_and_lab_state_are_accepted_in_a_config_file(tmp_pa
     assert Lab.from_file(other).version != lab.version
 
 
-@pytest.mark.parametrize(("patch", "field"), [
-    (("burn_rate = 10 }", 'burn_rate = 10, lon = "1h" }'), "guardrails.windows[0].lon"),
-    (('short = "5s"', 'short = "30s"'), "guardrails.windows[0].short"),
-    (("error_slo = 99.5", "error_slo = 100"), "experiments[0].guardrails.error_slo"),
-    (("error_slo = 99.5", "eror_slo = 99.5"), "experiments[0].guardrails.eror_slo"),
-    (("service_slo = 99.9", "service_slo = 99.9\nshare = 3"), "guardrails.share"),
-    (('state = "run/state.json"', 'state = "ftp://x/y"'), "lab.state"),
-    (('state = "run/state.json"', 'state = "a.json"\nstate_file = "b.json"'), "lab.state"),
-    (('state = "run/state.json"', "state_poll_interval = 0"), "lab.state_poll_interval"),
-    (("action = \"alert\"", "action = \"stop\""), "experiments[0].guardrails.action"),
-])
-def test_guardrail_config_mistakes_are_config_errors_naming_the_field(tmp_path: Path, patch: tuple[str, str],
-                                                                        field: str) -> None:
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        (("burn_rate = 10 }", 'burn_rate = 10, lon = "1h" }'), "guardrails.windows[0].lon"),
+        (('short = "5s"', 'short = "30s"'), "guardrails.windows[0].short"),
+        (("error_slo = 99.5", "error_slo = 100"), "experiments[0].guardrails.error_slo"),
+        (("error_slo = 99.5", "eror_slo = 99.5"), "experiments[0].guardrails.eror_slo"),
+        (("service_slo = 99.9", "service_slo = 99.9\nshare = 3"), "guardrails.share"),
+        (('state = "run/state.json"', 'state = "ftp://x/y"'), "lab.state"),
+        (('state = "run/state.json"', 'state = "a.json"\nstate_file = "b.json"'), "lab.state"),
+        (('state = "run/state.json"', "state_poll_interval = 0"), "lab.state_poll_interval"),
+        (('action = "alert"', 'action = "stop"'), "experiments[0].guardrails.action"),
+    ],
+)
+def test_guardrail_config_mistakes_are_config_errors_naming_the_field(
+    tmp_path: Path, patch: tuple[str, str], field: str
+) -> None:
     cfg = tmp_path / "lab.toml"
     assert patch[0] in TOML
     cfg.write_text(TOML.replace(*patch))
@@ -152,8 +165,9 @@ def test_faults_of_a_paused_variant_stop_even_for_a_forced_unit(tmp_path: Path) 
         return "rows"
 
     def injected() -> bool:
-        ctx = context.start(lab, {"user": bad}, trace_id="0af7651916cd43dd8448eb211c80319c",
-                            overrides=lab.verify_overrides([token]))
+        ctx = context.start(
+            lab, {"user": bad}, trace_id="0af7651916cd43dd8448eb211c80319c", overrides=lab.verify_overrides([token])
+        )
         tok = context.bind(ctx)
         try:
             query()
@@ -175,11 +189,14 @@ def test_a_redis_store_that_was_never_readable_halts_every_fault(tmp_path: Path)
     assert snap.status == "error" and snap.faults_halted("checkout")
 
 
-def test_kill_and_resume_reach_a_lab_following_redis_and_keep_the_pauses(tmp_path: Path, redis_server: Any,
-                                                                        capsys: Any) -> None:
+def test_kill_and_resume_reach_a_lab_following_redis_and_keep_the_pauses(
+    tmp_path: Path, redis_server: Any, capsys: Any
+) -> None:
     cfg = tmp_path / "lab.toml"
-    cfg.write_text(f'[lab]\nstate = "{redis_server.url}"\nstate_poll_interval = {FAST}\n'
-                   '[[experiments]]\nkey = "checkout"\nvariants = [{ name = "control" }, { name = "bad" }]\n')
+    cfg.write_text(
+        f'[lab]\nstate = "{redis_server.url}"\nstate_poll_interval = {FAST}\n'
+        '[[experiments]]\nkey = "checkout"\nvariants = [{ name = "control" }, { name = "bad" }]\n'
+    )
     lab = Lab.from_file(cfg)
     lab.assign("checkout", "warm-up")  # starts the poller
     store = RedisStore(redis_server.url)
@@ -225,8 +242,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_resume_refuses_an_unknown_experiment_or_variant_in_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "lab.toml"
     cfg.write_text(TOML)
-    for args, words in ((("chekout",), "unknown experiment 'chekout'"),
-                        (("checkout", "--variant", "two-page"), "unknown variant 'two-page'")):
+    for args, words in (
+        (("chekout",), "unknown experiment 'chekout'"),
+        (("checkout", "--variant", "two-page"), "unknown variant 'two-page'"),
+    ):
         out = _cli("resume", str(cfg), *args)
         assert out.returncode == 2 and words in out.stderr and out.stderr.count("\n") == 1, out.stderr
     out = _cli("resume", str(cfg), "checkout")
@@ -248,12 +267,20 @@ def test_watch_and_status_report_one_line_errors(tmp_path: Path) -> None:
 
 def test_watch_once_pauses_a_burning_variant_and_status_shows_it(tmp_path: Path) -> None:
     from span_kit import traffic, write_spans
+
     cfg = tmp_path / "lab.toml"
     cfg.write_text(TOML.replace('action = "alert"', 'action = "pause"').replace("\nlatency_slo", "\n#"))
     now = time.time()
-    spans = write_spans(str(tmp_path / "traces.jsonl"), traffic(
-        "checkout", now, units={"control": 300, "one-page": 300}, error_rate={"control": 0.001, "one-page": 0.1},
-        span_hours=25 / 3600))
+    spans = write_spans(
+        str(tmp_path / "traces.jsonl"),
+        traffic(
+            "checkout",
+            now,
+            units={"control": 300, "one-page": 300},
+            error_rate={"control": 0.001, "one-page": 0.1},
+            span_hours=25 / 3600,
+        ),
+    )
     out = _cli("watch", str(cfg), spans, "--once", "--json")
     assert out.returncode == 0, out.stderr
     rnd = json.loads(out.stdout)
@@ -293,6 +320,7 @@ def test_analyze_counts_units_by_their_assigned_variant_through_a_pause(tmp_path
     from span_kit import Request, write_spans
 
     from fieldlab.analysis import analyze
+
     t0 = int((time.time() - 600) * 1e9)
     reqs = []
     for i in range(300):
@@ -302,8 +330,11 @@ def test_analyze_counts_units_by_their_assigned_variant_through_a_pause(tmp_path
             before_pause = i < 200  # a third of the units arrive while "bad" is paused
             if before_pause:
                 reqs.append(Request(t0 + i * 1000, 5.0, False, {**base, A.variant_attr("checkout"): arm}))
-            served = {A.variant_attr("checkout"): "control", A.guardrail_attr("checkout"): "bad"} if arm == "bad" \
+            served = (
+                {A.variant_attr("checkout"): "control", A.guardrail_attr("checkout"): "bad"}
+                if arm == "bad"
                 else {A.variant_attr("checkout"): "control"}
+            )
             reqs.append(Request(t0 + 10**11 + i * 1000, 5.0, False, {**base, **served}))
     spans = write_spans(str(tmp_path / "traces.jsonl"), reqs)
     for engine in ("chdb", "python"):
@@ -318,6 +349,7 @@ def test_the_controller_counts_units_by_their_assigned_variant_through_a_pause(t
     from fieldlab.analysis.sources import FileSource
     from fieldlab.control.controller import Controller, ExperimentSpec, measure
     from fieldlab.control.settings import parse_guardrails_config
+
     now = time.time()
     reqs = []
     for i in range(50):
@@ -325,12 +357,14 @@ def test_the_controller_counts_units_by_their_assigned_variant_through_a_pause(t
             base = {A.unit_attr("user"): f"{arm}-{i}"}
             reqs.append(Request(int((now - 120) * 1e9), 5.0, False, {**base, A.variant_attr("checkout"): arm}))
             served = {A.guardrail_attr("checkout"): "bad"} if arm == "bad" else {}
-            reqs.append(Request(int((now - 60) * 1e9), 5.0, False,
-                                {**base, A.variant_attr("checkout"): "control", **served}))
+            reqs.append(
+                Request(int((now - 60) * 1e9), 5.0, False, {**base, A.variant_attr("checkout"): "control", **served})
+            )
     spans = write_spans(str(tmp_path / "traces.jsonl"), reqs)
     cfg = parse_guardrails_config({"experiments": [{"key": "checkout"}]})
-    ctl = Controller(cfg, {"checkout": ExperimentSpec("checkout", "control")}, spans,
-                     JsonFileStore(str(tmp_path / "s.json")))
+    ctl = Controller(
+        cfg, {"checkout": ExperimentSpec("checkout", "control")}, spans, JsonFileStore(str(tmp_path / "s.json"))
+    )
     for engine in ("chdb", "python"):
         m = measure(FileSource(spans, engine=engine), ctl.query(now), cfg)
         arms = {v: a.units for e in m.experiments for v, a in e.arms.items()}

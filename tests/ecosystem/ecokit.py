@@ -42,15 +42,20 @@ def python_path(tmp: Path, groups: list[str], *more: Path) -> str:
     them yet, e.g. an older editable install) a dist-info holding the entry points pyproject.toml declares,
     exactly as ``pip install`` would write them. The shared environment is left untouched."""
     paths = [str(SRC), *map(str, more)]
-    missing = {g: d for g in groups for d in [declared_entry_points(g)]
-               if not all(installed_has(g, k, v) for k, v in d.items())}
+    missing = {
+        g: d
+        for g in groups
+        for d in [declared_entry_points(g)]
+        if not all(installed_has(g, k, v) for k, v in d.items())
+    }
     if missing:
         site = tmp / "entry-points-site"
         info = site / "fieldlab_entry_points_under_test-0.dist-info"
         info.mkdir(parents=True, exist_ok=True)
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fieldlab-entry-points-under-test\nVersion: 0\n")
-        (info / "entry_points.txt").write_text("".join(
-            f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in d.items()) + "\n" for g, d in missing.items()))
+        (info / "entry_points.txt").write_text(
+            "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in d.items()) + "\n" for g, d in missing.items())
+        )
         paths.append(str(site))
     return os.pathsep.join(paths)
 
@@ -73,8 +78,9 @@ class InstrumentedServer:
 
     def __enter__(self) -> InstrumentedServer:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=str(APPS), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=str(APPS), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -120,8 +126,15 @@ def read_spans(directory: Path) -> list[dict[str, Any]]:
                 for ss in rs.get("scopeSpans", []):
                     for span in ss.get("spans", []):
                         attrs = {a["key"]: _value(a["value"]) for a in span.get("attributes", [])}
-                        out.append({"name": span.get("name"), "kind": span.get("kind"), "attributes": attrs,
-                                    "events": [e.get("name") for e in span.get("events", [])], "file": path.name})
+                        out.append(
+                            {
+                                "name": span.get("name"),
+                                "kind": span.get("kind"),
+                                "attributes": attrs,
+                                "events": [e.get("name") for e in span.get("events", [])],
+                                "file": path.name,
+                            }
+                        )
     return out
 
 

@@ -38,10 +38,18 @@ def lab() -> Lab:
 
 
 def instrument_env(tmp: Path, spans: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": python_path(tmp, GROUPS, APPS), "FIELDLAB_CONFIG": str(LAB_PATH),
-           "FIELDLAB_UNITS": "user=header:X-User-Id", "OTEL_TRACES_EXPORTER": "fieldlab_jsonl",
-           "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "FIELDLAB_SPANS_DIR": str(spans),
-           "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_SERVICE_NAME": "zero-code"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": python_path(tmp, GROUPS, APPS),
+        "FIELDLAB_CONFIG": str(LAB_PATH),
+        "FIELDLAB_UNITS": "user=header:X-User-Id",
+        "OTEL_TRACES_EXPORTER": "fieldlab_jsonl",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "FIELDLAB_SPANS_DIR": str(spans),
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_SERVICE_NAME": "zero-code",
+    }
     env.pop("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", None)
     return env
 
@@ -70,8 +78,11 @@ def check_served(url: str, lab: Lab, spans_dir: Path) -> list[dict[str, Any]]:
 
 def test_entry_points_are_declared():
     assert declared_entry_points("opentelemetry_instrumentor") == {
-        "fieldlab": "fieldlab.instrumentation:FieldLabInstrumentor"}
-    assert declared_entry_points("opentelemetry_traces_exporter") == {"fieldlab_jsonl": "fieldlab.otel:SpanFilesExporter"}
+        "fieldlab": "fieldlab.instrumentation:FieldLabInstrumentor"
+    }
+    assert declared_entry_points("opentelemetry_traces_exporter") == {
+        "fieldlab_jsonl": "fieldlab.otel:SpanFilesExporter"
+    }
 
 
 def test_flask_under_gunicorn_with_two_workers_one_span_file_each(tmp_path, lab):
@@ -87,8 +98,18 @@ def test_flask_under_gunicorn_with_two_workers_one_span_file_each(tmp_path, lab)
 
 def test_fastapi_under_uvicorn(tmp_path, lab):
     spans_dir = tmp_path / "spans"
-    argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
-            "zero_fastapi:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+        "zero_fastapi:app",
+    ]
     # `python -m uvicorn`: opentelemetry-instrument runs the command it is given, with its sitecustomize on the path
     with InstrumentedServer(argv, instrument_env(tmp_path, spans_dir), tmp_path / "server.log") as server:
         check_served(server.url, lab, spans_dir)
@@ -96,8 +117,15 @@ def test_fastapi_under_uvicorn(tmp_path, lab):
 
 def test_django_script_under_opentelemetry_instrument_python(tmp_path, lab):
     env = {**instrument_env(tmp_path, tmp_path / "spans"), "DJANGO_SETTINGS_MODULE": "zero_django_settings"}
-    run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", *USERS[:8]],
-                         cwd=APPS, env=env, capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", *USERS[:8]],
+        cwd=APPS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 8, run.stdout + run.stderr
     for line in lines:
@@ -113,8 +141,15 @@ def test_without_fieldlab_config_nothing_is_added(tmp_path, lab):
     env = instrument_env(tmp_path, tmp_path / "spans")
     env.pop("FIELDLAB_CONFIG")
     env["DJANGO_SETTINGS_MODULE"] = "zero_django_settings"
-    run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", "alice"],
-                         cwd=APPS, env=env, capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", "alice"],
+        cwd=APPS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     (line,) = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
     assert line["variant"] == "none" and "fieldlab.adapters.django.FieldLabMiddleware" not in line["middleware"]
     assert "FIELDLAB_CONFIG is not set" in run.stderr
@@ -123,10 +158,20 @@ def test_without_fieldlab_config_nothing_is_added(tmp_path, lab):
 def test_a_bad_config_is_logged_and_the_app_still_runs(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[experiments]]\nkey = "x"\ntrafic = 5\nvariants = ["a", "b"]\n')
-    env = {**instrument_env(tmp_path, tmp_path / "spans"), "FIELDLAB_CONFIG": str(bad),
-           "DJANGO_SETTINGS_MODULE": "zero_django_settings"}
-    run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", "alice"],
-                         cwd=APPS, env=env, capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **instrument_env(tmp_path, tmp_path / "spans"),
+        "FIELDLAB_CONFIG": str(bad),
+        "DJANGO_SETTINGS_MODULE": "zero_django_settings",
+    }
+    run = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "zero_django.py", "alice"],
+        cwd=APPS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0 and '"variant": "none"' in run.stdout, run.stderr
     assert "fieldlab: not added to the apps" in run.stderr and "did you mean 'traffic'" in run.stderr
 
@@ -134,7 +179,9 @@ def test_a_bad_config_is_logged_and_the_app_still_runs(tmp_path):
 # ------------------------------------------------------------------------------------------ in process
 def test_parse_units():
     assert parse_units(" user=header:X-User-Id , visitor=cookie:vid,") == {
-        "user": "header:X-User-Id", "visitor": "cookie:vid"}
+        "user": "header:X-User-Id",
+        "visitor": "cookie:vid",
+    }
     for bad in ("user", "user=X-User-Id", "user=query:id", "=header:X", "user=header:"):
         with pytest.raises(ConfigError, match="FIELDLAB_UNITS"):
             parse_units(bad)
@@ -151,15 +198,22 @@ def test_flask_in_process_order_and_uninstrument(lab, fieldlab_first, spans):
     if not fieldlab_first:
         order.reverse()
     for instrumentor in order:
-        instrumentor.instrument(**({"lab": lab, "units": {"user": "header:X-User-Id"}}
-                                   if isinstance(instrumentor, FieldLabInstrumentor) else {}))
+        instrumentor.instrument(
+            **(
+                {"lab": lab, "units": {"user": "header:X-User-Id"}}
+                if isinstance(instrumentor, FieldLabInstrumentor)
+                else {}
+            )
+        )
     try:
         app = flask.Flask(__name__)
         app.get("/checkout")(lambda: {"variant": __import__("fieldlab").variant("checkout-redesign", "none")})
         web = app.test_client()
         for user in USERS[:6]:
-            assert web.get("/checkout", headers={"X-User-Id": user}).json["variant"] == lab.assign(
-                "checkout-redesign", user).variant
+            assert (
+                web.get("/checkout", headers={"X-User-Id": user}).json["variant"]
+                == lab.assign("checkout-redesign", user).variant
+            )
         names = [getattr(f, "__qualname__", "") for f in app.before_request_funcs[None]]
         assert any("_before_request" in n for n in names[:-1]) and "FieldLab" in names[-1]  # OTel first: outside
         server = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
@@ -185,7 +239,9 @@ def test_a_flask_app_that_wires_fieldlab_itself_is_left_alone(lab):
         app = flask.Flask(__name__)
         own = FieldLab(app, lab=lab, units={"user": "header:X-Own"})
         app.get("/")(lambda: __import__("fieldlab").variant("checkout-redesign", "none"))
-        assert app.test_client().get("/", headers={"X-Own": "bob"}).text == lab.assign("checkout-redesign", "bob").variant
+        assert (
+            app.test_client().get("/", headers={"X-Own": "bob"}).text == lab.assign("checkout-redesign", "bob").variant
+        )
         assert app.extensions["fieldlab"] is own
     finally:
         FieldLabInstrumentor().uninstrument()
@@ -212,8 +268,12 @@ def test_asgi_in_process_order_mounts_and_uninstrument(lab, framework, spans):
 
     def view(request: Any) -> Any:
         ctx = fieldlab.current()
-        return JSONResponse({"variant": fieldlab.variant("checkout-redesign", "none"),
-                             "span": ctx is not None and ctx.server_span is not None})
+        return JSONResponse(
+            {
+                "variant": fieldlab.variant("checkout-redesign", "none"),
+                "span": ctx is not None and ctx.server_span is not None,
+            }
+        )
 
     OtelInstrumentor().instrument()
     FieldLabInstrumentor().instrument(lab=lab, units={"user": "header:X-User-Id"})

@@ -26,12 +26,16 @@ from fieldlab.openfeature import FieldLabProvider
 CONFIG: dict[str, Any] = {
     "layers": [{"key": "checkout"}],
     "experiments": [
-        {"key": "checkout-redesign", "variants": [{"name": "control"}, {"name": "one-page", "params": {"steps": 1,
-                                                                                                     "title": "Pay"}}]},
+        {
+            "key": "checkout-redesign",
+            "variants": [{"name": "control"}, {"name": "one-page", "params": {"steps": 1, "title": "Pay"}}],
+        },
         {"key": "page-size", "traffic": 30, "variants": [{"name": "10"}, {"name": "20"}]},
-        {"key": "new-search", "variants": [{"name": "off", "params": {"value": False}},
-                                           {"name": "on", "params": {"value": True}}],
-         "targeting": {"attr": "country", "op": "eq", "value": "DE"}},
+        {
+            "key": "new-search",
+            "variants": [{"name": "off", "params": {"value": False}}, {"name": "on", "params": {"value": True}}],
+            "targeting": {"attr": "country", "op": "eq", "value": "DE"},
+        },
         {"key": "paused-one", "status": "paused", "variants": ["a", "b"]},
         {"key": "done", "status": "concluded", "winner": "b", "variants": ["a", "b"]},
         {"key": "layered", "layer": "checkout", "layer_range": [0, 50], "variants": ["x", "y"]},
@@ -122,6 +126,7 @@ def test_layer_is_flag_set_and_unit_kind_comes_from_the_attribute(client, lab):
 
 def test_reload_emits_configuration_changed(tmp_path):
     from openfeature.event import ProviderEvent
+
     path = tmp_path / "lab.json"
     path.write_text(json.dumps({"experiments": [{"key": "a", "variants": ["x", "y"]}]}))
     file_lab = Lab.from_file(path, reload_interval=0)
@@ -129,8 +134,9 @@ def test_reload_emits_configuration_changed(tmp_path):
     api.set_provider(FieldLabProvider(file_lab))
     api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, seen.append)
     try:
-        path.write_text(json.dumps({"experiments": [{"key": "a", "variants": ["x", "y"]},
-                                                    {"key": "b", "variants": ["p", "q"]}]}))
+        path.write_text(
+            json.dumps({"experiments": [{"key": "a", "variants": ["x", "y"]}, {"key": "b", "variants": ["p", "q"]}]})
+        )
         assert file_lab.reload()
         assert seen and "b" in seen[0].flags_changed
         assert api.get_client().get_string_details("b", "-", ec("alice")).variant in {"p", "q"}
@@ -149,9 +155,13 @@ def flask_app(lab: Lab, instrument: bool) -> Any:
         # the evaluation context names someone else: inside a request the request's unit wins
         d = of.get_string_details("checkout-redesign", "control", ec("somebody-else"))
         obj = of.get_object_value("checkout-redesign", {}, ec("somebody-else"))
-        return flask.jsonify(openfeature=d.value, reason=str(d.reason), obj=obj,
-                             fieldlab=fieldlab.variant("checkout-redesign", default="control"),
-                             exposed=sorted(fieldlab.current().exposed))
+        return flask.jsonify(
+            openfeature=d.value,
+            reason=str(d.reason),
+            obj=obj,
+            fieldlab=fieldlab.variant("checkout-redesign", default="control"),
+            exposed=sorted(fieldlab.current().exposed),
+        )
 
     if instrument:
         FlaskInstrumentor().instrument_app(app)
@@ -200,6 +210,7 @@ def test_with_the_opentelemetry_hook_each_records_its_own_event(client, lab, spa
 
 def test_outside_a_request_nothing_is_exposed_and_no_event_is_written(client, lab, spans):
     from opentelemetry import trace
+
     with trace.get_tracer("t").start_as_current_span("job"):
         client.get_string_value("checkout-redesign", "control", ec("alice"))
     (job,) = spans.get_finished_spans()
@@ -207,8 +218,9 @@ def test_outside_a_request_nothing_is_exposed_and_no_event_is_written(client, la
 
 
 def test_a_request_of_another_lab_does_not_answer_for_this_provider(client, lab):
-    other = Lab.from_dict({"experiments": [{"key": "checkout-redesign", "salt": "other-salt",
-                                            "variants": ["control", "one-page"]}]})
+    other = Lab.from_dict(
+        {"experiments": [{"key": "checkout-redesign", "salt": "other-salt", "variants": ["control", "one-page"]}]}
+    )
     app = flask.Flask(__name__)
 
     @app.get("/")
@@ -216,8 +228,10 @@ def test_a_request_of_another_lab_does_not_answer_for_this_provider(client, lab)
         return api.get_client().get_string_value("checkout-redesign", "none", ec("bob"))
 
     FieldLab(app, lab=other, units={"user": "header:X-User-Id"})
-    assert app.test_client().get("/", headers={"X-User-Id": "alice"}).text == lab.assign(
-        "checkout-redesign", "bob").variant
+    assert (
+        app.test_client().get("/", headers={"X-User-Id": "alice"}).text
+        == lab.assign("checkout-redesign", "bob").variant
+    )
 
 
 def test_inside_an_asgi_request_the_async_api_agrees_with_fieldlab(client, lab):

@@ -35,8 +35,14 @@ print(os.getpid(), flush=True)
 
 
 def run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
+        check=False,
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -85,7 +91,8 @@ def test_otlp_exporter_posts_to_the_endpoint(tmp_path):
 
 
 def test_default_is_files_in_fieldlab_spans_dir_and_unknown_exporter_is_a_config_error(tmp_path: Path):
-    done = run("""
+    done = run(
+        """
         from opentelemetry import trace
         from fieldlab import ConfigError
         from fieldlab.otel import configure_tracing
@@ -97,7 +104,9 @@ def test_default_is_files_in_fieldlab_spans_dir_and_unknown_exporter_is_a_config
         with trace.get_tracer("t").start_as_current_span("one"):
             pass
         provider.shutdown()
-    """, env={"FIELDLAB_SPANS_DIR": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    """,
+        env={"FIELDLAB_SPANS_DIR": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert "unknown exporter 'zipkin'" in done.stdout and '"otlp" or "files"' in done.stdout
     assert [s["name"] for s in read_spans(tmp_path)] == ["one"]

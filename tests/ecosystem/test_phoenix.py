@@ -53,11 +53,21 @@ provider.shutdown()
 def phoenix(tmp_path_factory):
     work = tmp_path_factory.mktemp("phoenix")
     port = free_port()
-    env = {**os.environ, "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port),
-           "PHOENIX_GRPC_PORT": str(free_port()), "PHOENIX_WORKING_DIR": str(work)}
+    env = {
+        **os.environ,
+        "PHOENIX_HOST": "127.0.0.1",
+        "PHOENIX_PORT": str(port),
+        "PHOENIX_GRPC_PORT": str(free_port()),
+        "PHOENIX_WORKING_DIR": str(work),
+    }
     log = open(work / "phoenix.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "phoenix.server.main", "serve"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phoenix.server.main", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -87,9 +97,14 @@ def count(client: Client, condition: str) -> int:
 
 
 def test_nested_filter_finds_the_variant_and_the_flat_form_nothing(phoenix):
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(APP.format(users=USERS)), phoenix, str(LAB_PATH)],
-                         env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True, timeout=120,
-                         check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(APP.format(users=USERS)), phoenix, str(LAB_PATH)],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     lab = Lab.from_file(LAB_PATH, reload_interval=0)
     expected = sum(lab.assign("checkout-redesign", u).variant == "one-page" for u in USERS)

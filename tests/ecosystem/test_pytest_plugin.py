@@ -42,8 +42,7 @@ def entry_points_dist(tmp: Path, group: str) -> Path:
 
 
 def installed_has(group: str, name: str) -> bool:
-    return any(ep.name == name and ep.value.startswith("fieldlab.")
-               for ep in metadata.entry_points(group=group))
+    return any(ep.name == name and ep.value.startswith("fieldlab.") for ep in metadata.entry_points(group=group))
 
 
 def test_pyproject_registers_the_plugin():
@@ -58,22 +57,49 @@ def test_sample_test_file_under_the_plugin(tmp_path):
         paths.append(str(entry_points_dist(tmp_path, "pytest11")))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": ""}
     env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-W",
-                          "error::pytest.PytestUnknownMarkWarning", "test_sample.py"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            "-W",
+            "error::pytest.PytestUnknownMarkWarning",
+            "test_sample.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     out = run.stdout + run.stderr
-    outcomes = {name: status for status, name in re.findall(r"^(PASSED|FAILED|ERROR) test_sample.py::(\S+)", out, re.MULTILINE)}
+    outcomes = {
+        name: status for status, name in re.findall(r"^(PASSED|FAILED|ERROR) test_sample.py::(\S+)", out, re.MULTILINE)
+    }
     frameworks = ["django", "fastapi", "flask", "starlette"]
-    expected = {f"test_{n}[{fw}]": "PASSED" for n in ("1_unforced_is_the_real_assignment",
-                                                      "2_marker_forces_every_test_client",
-                                                      "3_after_the_marker_nothing_is_forced") for fw in frameworks}
-    expected.update({
-        "TestClassMarker::test_4_class_and_function_markers_merge": "PASSED",
-        "TestClassMarker::test_5_fixture_forces_more_during_the_test": "PASSED",
-        "test_6_fixture_binds_a_request_for_code_outside_the_web": "PASSED",
-        "test_7_spans_show_the_forced_variant": "PASSED",
-        "test_8_spans_unforced": "PASSED",
-        "test_9_a_variant_the_experiment_lacks_fails_the_test": "ERROR",
-    })
+    expected = {
+        f"test_{n}[{fw}]": "PASSED"
+        for n in (
+            "1_unforced_is_the_real_assignment",
+            "2_marker_forces_every_test_client",
+            "3_after_the_marker_nothing_is_forced",
+        )
+        for fw in frameworks
+    }
+    expected.update(
+        {
+            "TestClassMarker::test_4_class_and_function_markers_merge": "PASSED",
+            "TestClassMarker::test_5_fixture_forces_more_during_the_test": "PASSED",
+            "test_6_fixture_binds_a_request_for_code_outside_the_web": "PASSED",
+            "test_7_spans_show_the_forced_variant": "PASSED",
+            "test_8_spans_unforced": "PASSED",
+            "test_9_a_variant_the_experiment_lacks_fails_the_test": "ERROR",
+        }
+    )
     assert outcomes == expected, out[-6000:]
     assert "experiment 'checkout-redesign' has no variant 'three-page' (its variants: control, one-page)" in out

@@ -6,7 +6,8 @@ Imported by the tests as ``faultkit`` (pytest puts this directory on sys.path); 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,12 +18,19 @@ import fieldlab
 from fieldlab import context
 
 
-def slow_db(latency: dict[str, Any] | None = None, *, traffic: float = 4, status: str = "running",
-            extra_faults: list[dict[str, Any]] | None = None, **kw: Any) -> fieldlab.Experiment:
+def slow_db(
+    latency: dict[str, Any] | None = None,
+    *,
+    traffic: float = 4,
+    status: str = "running",
+    extra_faults: list[dict[str, Any]] | None = None,
+    **kw: Any,
+) -> fieldlab.Experiment:
     """Experiment slow-db: control / slow (50/50 at ``traffic``%), slow carries a db.query fault."""
     entries = [{"point": "db.query", **(latency or {"latency_ms": 150})}] + list(extra_faults or [])
-    return fieldlab.Experiment("slow-db", {"control": 1, "slow": 1}, traffic=traffic, status=status,
-                               faults={"slow": entries}, **kw)
+    return fieldlab.Experiment(
+        "slow-db", {"control": 1, "slow": 1}, traffic=traffic, status=status, faults={"slow": entries}, **kw
+    )
 
 
 def make_lab(*experiments: fieldlab.Experiment, enabled: bool = True, **kw: Any) -> fieldlab.Lab:
@@ -60,13 +68,21 @@ class Otel:
 
 
 @contextlib.contextmanager
-def bound(lab: fieldlab.Lab, unit: str, tid: str | None = "0af7651916cd43dd8448eb211c80319c",
-          overrides: Any = None, otel: Otel | None = None) -> Iterator[context.RequestContext]:
+def bound(
+    lab: fieldlab.Lab,
+    unit: str,
+    tid: str | None = "0af7651916cd43dd8448eb211c80319c",
+    overrides: Any = None,
+    otel: Otel | None = None,
+) -> Iterator[context.RequestContext]:
     """A started and bound request context for ``unit`` (inside a server span when ``otel`` is given)."""
-    span_cm = otel.tracer.start_as_current_span("request", kind=trace.SpanKind.SERVER) if otel else contextlib.nullcontext()
+    span_cm = (
+        otel.tracer.start_as_current_span("request", kind=trace.SpanKind.SERVER) if otel else contextlib.nullcontext()
+    )
     with span_cm:
-        ctx = context.start(lab, {"user": unit}, trace_id=tid,
-                            overrides=lab.verify_overrides(overrides) if overrides else None)
+        ctx = context.start(
+            lab, {"user": unit}, trace_id=tid, overrides=lab.verify_overrides(overrides) if overrides else None
+        )
         events: list[tuple[str, dict[str, Any]]] = []
         ctx.own_extra()["test_events"] = events
 

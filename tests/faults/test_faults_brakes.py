@@ -78,13 +78,19 @@ def test_fieldlab_kill_names_a_finite_check_interval_for_a_nan_reload_interval(t
     """`fieldlab kill` printed 'within nan s' for reload_interval = nan."""
     cfg = tmp_path / "shop.toml"
     cfg.write_text(CONFIG.format(interval="nan"))
-    out = subprocess.run([sys.executable, "-m", "fieldlab.cli", "kill", "slow-db", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "fieldlab.cli", "kill", "slow-db", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "within 1 s" in out.stdout and "nan" not in out.stdout, out.stdout
 
 
 # ------------------------------------------------------------ blast radius of inject()
+
 
 def test_inject_variants_cannot_together_exceed_the_blast_radius_cap() -> None:
     """Each @inject variant was checked alone: three of them faulted 9 % of units under a 5 % cap."""
@@ -123,8 +129,9 @@ def test_inject_variants_cannot_together_exceed_the_blast_radius_cap() -> None:
 
 
 def test_inject_variant_counts_on_top_of_the_configured_fault_variants() -> None:
-    configured = fieldlab.Experiment("cap-cfg", {"control": 1, "bad": 1}, traffic=8,
-                                     faults={"bad": [{"point": "brakes.other", "latency_ms": 0}]})  # 4 %
+    configured = fieldlab.Experiment(
+        "cap-cfg", {"control": 1, "bad": 1}, traffic=8, faults={"bad": [{"point": "brakes.other", "latency_ms": 0}]}
+    )  # 4 %
     extra = fieldlab.Experiment("cap-extra", {"control": 1, "bad": 1}, traffic=4)  # 2 %
     lab = fieldlab.Lab([configured, extra], faults={"enabled": True, "max_blast_radius": 5})
 
@@ -140,6 +147,7 @@ def test_inject_variant_counts_on_top_of_the_configured_fault_variants() -> None
 
 
 # ------------------------------------------------------------------ fault exposure
+
 
 def _memory_exporter() -> Any:
     """An in-memory exporter on the process's global SDK provider (which can be set only once per process)."""
@@ -163,8 +171,9 @@ def test_reaching_a_fault_point_marks_the_experiment_exposed_for_control_and_fau
 
     from fieldlab.adapters.flask import FieldLab
 
-    exp = fieldlab.Experiment("slow-expo", {"control": 1, "slow": 1}, traffic=10,
-                              faults={"slow": [{"point": "expo.db", "latency_ms": 0}]})
+    exp = fieldlab.Experiment(
+        "slow-expo", {"control": 1, "slow": 1}, traffic=10, faults={"slow": [{"point": "expo.db", "latency_ms": 0}]}
+    )
     lab = fieldlab.Lab([exp], faults={"enabled": True, "max_blast_radius": 5})
 
     @fieldlab.fault_point("expo.db")

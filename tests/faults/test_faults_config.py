@@ -42,8 +42,9 @@ def test_a_toml_config_with_faults_loads(tmp_path) -> None:  # type: ignore[no-u
 
 
 def test_python_api_mirrors_the_config() -> None:
-    exp = fieldlab.Experiment("slow-db", {"control": 1, "slow": 1}, traffic=4,
-                              faults={"slow": [{"point": "db.query", "latency_ms": 300}]})
+    exp = fieldlab.Experiment(
+        "slow-db", {"control": 1, "slow": 1}, traffic=4, faults={"slow": [{"point": "db.query", "latency_ms": 300}]}
+    )
     lab = fieldlab.Lab([exp], faults={"enabled": True, "max_blast_radius": 5.0})
     assert lab._state.fault_plan.enabled and lab._state.fault_plan.by_point["db.query"][0][2].latency_ms == 300
 
@@ -52,27 +53,30 @@ def _exp(entry: object) -> fieldlab.Experiment:
     return fieldlab.Experiment("slow-db", {"control": 1, "slow": 1}, traffic=4, faults={"slow": [entry]})  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("entry, where, words", [
-    ({"point": "db.query", "latency_ms": -5}, "faults[0].latency_ms", "negative"),
-    ({"point": "db.query", "latency_ms": "300"}, "faults[0].latency_ms", "not a number"),
-    ({"point": "db.query", "latency_ms": 120_000}, "faults[0].latency_ms", "limit"),
-    ({"point": "db.query", "latency_ms": 5, "rate": 150}, "faults[0].rate", "outside 0-100"),
-    ({"point": "db.query", "latency_ms": 5, "rate": -1}, "faults[0].rate", "outside 0-100"),
-    ({"point": "db.query", "kind": "explode"}, "faults[0].kind", "unknown fault kind"),
-    ({"point": "db.query", "latency_ms": 5, "colour": "red"}, "faults[0]", "unknown keys ['colour']"),
-    ({"point": "db.query"}, "faults[0]", "cannot tell the fault kind"),
-    ({"latency_ms": 5}, "faults[0].point", "is missing"),
-    ({"point": "db.query", "status": 503}, "faults[0].point", "its point is 'http'"),
-    ({"point": "http", "latency_ms": 5}, "faults[0].point", "reserved for aborts"),
-    ({"status": 200}, "faults[0].status", "not an HTTP error status"),
-    ({"point": "db.query", "min_ms": 9, "max_ms": 3}, "faults[0].min_ms", "above max_ms"),
-    ({"point": "db.query", "median_ms": 90, "p99_ms": 10}, "faults[0].p99_ms", "below median_ms"),
-    ({"point": "db.query", "median_ms": 90}, "faults[0].p99_ms", "is missing"),
-    ({"point": "db.query", "latency_ms": 5, "min_ms": 1}, "faults[0]", "do not go with"),
-    ({"point": "db.query", "latency_ms": 5, "distribution": "uniform"}, "faults[0].distribution", "does not match"),
-    ({"point": "db.query", "exception": "no spaces allowed"}, "faults[0].exception", "not a valid exception name"),
-    ("db.query", "faults[0]", "expected a table"),
-])
+@pytest.mark.parametrize(
+    "entry, where, words",
+    [
+        ({"point": "db.query", "latency_ms": -5}, "faults[0].latency_ms", "negative"),
+        ({"point": "db.query", "latency_ms": "300"}, "faults[0].latency_ms", "not a number"),
+        ({"point": "db.query", "latency_ms": 120_000}, "faults[0].latency_ms", "limit"),
+        ({"point": "db.query", "latency_ms": 5, "rate": 150}, "faults[0].rate", "outside 0-100"),
+        ({"point": "db.query", "latency_ms": 5, "rate": -1}, "faults[0].rate", "outside 0-100"),
+        ({"point": "db.query", "kind": "explode"}, "faults[0].kind", "unknown fault kind"),
+        ({"point": "db.query", "latency_ms": 5, "colour": "red"}, "faults[0]", "unknown keys ['colour']"),
+        ({"point": "db.query"}, "faults[0]", "cannot tell the fault kind"),
+        ({"latency_ms": 5}, "faults[0].point", "is missing"),
+        ({"point": "db.query", "status": 503}, "faults[0].point", "its point is 'http'"),
+        ({"point": "http", "latency_ms": 5}, "faults[0].point", "reserved for aborts"),
+        ({"status": 200}, "faults[0].status", "not an HTTP error status"),
+        ({"point": "db.query", "min_ms": 9, "max_ms": 3}, "faults[0].min_ms", "above max_ms"),
+        ({"point": "db.query", "median_ms": 90, "p99_ms": 10}, "faults[0].p99_ms", "below median_ms"),
+        ({"point": "db.query", "median_ms": 90}, "faults[0].p99_ms", "is missing"),
+        ({"point": "db.query", "latency_ms": 5, "min_ms": 1}, "faults[0]", "do not go with"),
+        ({"point": "db.query", "latency_ms": 5, "distribution": "uniform"}, "faults[0].distribution", "does not match"),
+        ({"point": "db.query", "exception": "no spaces allowed"}, "faults[0].exception", "not a valid exception name"),
+        ("db.query", "faults[0]", "expected a table"),
+    ],
+)
 def test_bad_entries_are_refused_with_path_and_fix(entry: object, where: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         fieldlab.Lab([_exp(entry)], faults={"enabled": True})
@@ -86,13 +90,16 @@ def test_unknown_point_names_are_fine() -> None:
     fieldlab.Lab([_exp({"point": "never.used.anywhere", "latency_ms": 5})], faults={"enabled": True})
 
 
-@pytest.mark.parametrize("settings, where", [
-    ({"enabled": "yes"}, "faults.enabled"),
-    ({"max_blast_radius": 120}, "faults.max_blast_radius"),
-    ({"max_active": 0}, "faults.max_active"),
-    ({"max_active": 2.5}, "faults.max_active"),
-    ({"turbo": True}, "faults"),
-])
+@pytest.mark.parametrize(
+    "settings, where",
+    [
+        ({"enabled": "yes"}, "faults.enabled"),
+        ({"max_blast_radius": 120}, "faults.max_blast_radius"),
+        ({"max_active": 0}, "faults.max_active"),
+        ({"max_active": 2.5}, "faults.max_active"),
+        ({"turbo": True}, "faults"),
+    ],
+)
 def test_bad_fault_settings_are_refused(settings: dict, where: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as info:
         fieldlab.Lab([], faults=settings)

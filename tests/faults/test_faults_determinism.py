@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from opentelemetry import trace
 from faultkit import bound, make_lab, slow_db, trace_id, unit_in
+from opentelemetry import trace
 
 import fieldlab
 from fieldlab import attributes as A
@@ -76,8 +76,9 @@ SERVICE = textwrap.dedent("""
 def run_service(cfg: str, unit: str, ids: list[str]) -> list[list]:  # type: ignore[type-arg]
     env = {**os.environ, "PYTHONHASHSEED": "random"}
     env.pop(faults.FAULTS_ENV, None)
-    proc = subprocess.run([sys.executable, "-c", SERVICE, cfg, unit, json.dumps(ids)], capture_output=True,
-                          text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVICE, cfg, unit, json.dumps(ids)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -7,15 +7,14 @@ import threading
 import time
 
 import pytest
+from faultkit import bound, make_lab, slow_db, unit_in
 
 import fieldlab
 from fieldlab import attributes as A
 from fieldlab import faults
 
-from faultkit import bound, make_lab, slow_db, unit_in
-
 FAULT_S = 0.15  # the configured delay
-SLACK = 0.01    # sleep() may return a hair early on some clocks
+SLACK = 0.01  # sleep() may return a hair early on some clocks
 
 
 @fieldlab.fault_point("db.query")
@@ -119,12 +118,14 @@ def test_sync_point_on_event_loop_thread_skips_latency_instead_of_blocking() -> 
 
     assert asyncio.run(main()) < 0.05
     assert faults.stats()["skipped_in_event_loop"] == 1
+
     # The same sync point in a worker thread (as Starlette runs sync views) does sleep.
     async def threaded() -> float:
         with bound(lab, slow):
             t0 = time.monotonic()
             await asyncio.to_thread(query)
             return time.monotonic() - t0
+
     assert asyncio.run(threaded()) >= FAULT_S - SLACK
 
 
@@ -142,9 +143,13 @@ def test_exception_fault_raises_registered_class_and_is_recorded(otel) -> None: 
         (span,) = otel.spans()
         (event,) = span.events
         assert event.name == A.FAULT_EVENT
-        assert dict(event.attributes) == {A.FAULT_POINT: "db.query", A.FAULT_KIND: "exception",
-                                          A.FAULT_EXPERIMENT: "slow-db", A.FAULT_VARIANT: "slow",
-                                          A.FAULT_EXCEPTION: "db_timeout"}
+        assert dict(event.attributes) == {
+            A.FAULT_POINT: "db.query",
+            A.FAULT_KIND: "exception",
+            A.FAULT_EXPERIMENT: "slow-db",
+            A.FAULT_VARIANT: "slow",
+            A.FAULT_EXCEPTION: "db_timeout",
+        }
     finally:
         faults.unregister_exception("db_timeout")
 
@@ -175,8 +180,9 @@ def test_register_exception_refuses_what_is_not_an_exception() -> None:
 
 
 def test_abort_for_answers_the_fault_variant_only(otel) -> None:  # type: ignore[no-untyped-def]
-    exp = fieldlab.Experiment("flaky-api", {"control": 1, "down": 1}, traffic=4,
-                              faults={"down": [{"status": 503, "body": "try later"}]})
+    exp = fieldlab.Experiment(
+        "flaky-api", {"control": 1, "down": 1}, traffic=4, faults={"down": [{"status": 503, "body": "try later"}]}
+    )
     lab = make_lab(exp)
     with bound(lab, unit_in(lab, "flaky-api", "down"), otel=otel) as ctx:
         assert faults.abort_for(ctx) == (503, b"try later")
@@ -186,9 +192,15 @@ def test_abort_for_answers_the_fault_variant_only(otel) -> None:  # type: ignore
         assert faults.abort_for(ctx) is None
     assert faults.abort_for(None) is None
     (span,) = otel.spans()
-    assert [dict(e.attributes) for e in span.events] == [{
-        A.FAULT_POINT: "http", A.FAULT_KIND: "abort", A.FAULT_EXPERIMENT: "flaky-api", A.FAULT_VARIANT: "down",
-        A.FAULT_STATUS: 503}]
+    assert [dict(e.attributes) for e in span.events] == [
+        {
+            A.FAULT_POINT: "http",
+            A.FAULT_KIND: "abort",
+            A.FAULT_EXPERIMENT: "flaky-api",
+            A.FAULT_VARIANT: "down",
+            A.FAULT_STATUS: 503,
+        }
+    ]
 
 
 def test_latency_and_exception_at_one_point_both_apply(otel) -> None:  # type: ignore[no-untyped-def]
@@ -259,6 +271,7 @@ def test_inject_decorator_applies_in_its_variant_only() -> None:
             async with fieldlab.inject(experiment="slow-db", variant="slow", point="script.step", latency_ms=80):
                 pass
             return time.monotonic() - t0
+
     assert asyncio.run(in_block()) >= 0.08 - SLACK
 
 

@@ -57,8 +57,12 @@ def test_env_off_also_stops_aborts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_blast_radius_cap_rejects_and_names_the_experiments() -> None:
     a = slow_db(traffic=6)  # 3% of units in "slow"
-    b = fieldlab.Experiment("flaky-cache", {"control": 3, "broken": 1}, traffic=12,  # 3%
-                            faults={"broken": [{"point": "cache.get", "exception": "InjectedFault"}]})
+    b = fieldlab.Experiment(
+        "flaky-cache",
+        {"control": 3, "broken": 1},
+        traffic=12,  # 3%
+        faults={"broken": [{"point": "cache.get", "exception": "InjectedFault"}]},
+    )
     with pytest.raises(fieldlab.ConfigError) as info:
         fieldlab.Lab([a, b], faults={"enabled": True})
     msg = str(info.value)
@@ -72,10 +76,20 @@ def test_blast_radius_cap_rejects_and_names_the_experiments() -> None:
 
 def test_blast_radius_counts_layers_holdouts_and_only_running_experiments() -> None:
     # 40% traffic x 1/2 weight = 20%, x 20% of the layer = 4%, x (1 - 10% holdout) = 3.6%: under 5%.
-    exp = fieldlab.Experiment("slow-db", {"control": 1, "slow": 1}, traffic=40, layer="backend", layer_range=[0, 20],
-                              faults={"slow": [{"point": "db.query", "latency_ms": 10}]})
-    lab = fieldlab.Lab([exp], layers=[fieldlab.Layer("backend")], holdouts=[fieldlab.Holdout("h", 10, ["slow-db"])],
-                       faults={"enabled": True})
+    exp = fieldlab.Experiment(
+        "slow-db",
+        {"control": 1, "slow": 1},
+        traffic=40,
+        layer="backend",
+        layer_range=[0, 20],
+        faults={"slow": [{"point": "db.query", "latency_ms": 10}]},
+    )
+    lab = fieldlab.Lab(
+        [exp],
+        layers=[fieldlab.Layer("backend")],
+        holdouts=[fieldlab.Holdout("h", 10, ["slow-db"])],
+        faults={"enabled": True},
+    )
     radius = faults.blast_radius(lab)
     assert radius["variants"] == {"slow-db/slow": pytest.approx(3.6)} and radius["cap"] == 5.0
     # Without the holdout it is 4%, with a 3.9% cap it is refused.
@@ -88,9 +102,11 @@ def test_blast_radius_counts_layers_holdouts_and_only_running_experiments() -> N
 
 def test_a_reload_over_the_cap_keeps_the_last_good_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "lab.toml"
-    good = ('[faults]\nenabled = true\n[[experiments]]\nkey = "slow-db"\ntraffic = {t}\n'
-            '[[experiments.variants]]\nname = "control"\n[[experiments.variants]]\nname = "slow"\n'
-            'faults = [{{point = "db.query", latency_ms = 150}}]\n')
+    good = (
+        '[faults]\nenabled = true\n[[experiments]]\nkey = "slow-db"\ntraffic = {t}\n'
+        '[[experiments.variants]]\nname = "control"\n[[experiments.variants]]\nname = "slow"\n'
+        'faults = [{{point = "db.query", latency_ms = 150}}]\n'
+    )
     cfg.write_text(good.format(t=4))
     lab = fieldlab.Lab.from_file(cfg, reload_interval=0)
     cfg.write_text(good.format(t=50))  # 25% of units: refused
@@ -101,7 +117,9 @@ def test_a_reload_over_the_cap_keeps_the_last_good_config(tmp_path) -> None:  # 
 
 def test_max_active_skips_and_counts_faults_beyond_it() -> None:
     lab = make_lab(max_active=1)
-    units = [unit_in(lab, "slow-db", "slow"), ]
+    units = [
+        unit_in(lab, "slow-db", "slow"),
+    ]
     units.append(unit_in(lab, "slow-db", "slow", start=int(units[0].split("-")[1]) + 1))
     barrier = threading.Barrier(2)
     out: dict[str, bool] = {}
@@ -111,7 +129,7 @@ def test_max_active_skips_and_counts_faults_beyond_it() -> None:
         time.sleep(wait)  # the second request arrives while the first is being delayed
         out[unit] = delayed(lab, unit)
 
-    threads = [threading.Thread(target=run, args=(u, w)) for u, w in zip(units, (0.0, 0.05))]
+    threads = [threading.Thread(target=run, args=(u, w)) for u, w in zip(units, (0.0, 0.05), strict=False)]
     for t in threads:
         t.start()
     for t in threads:

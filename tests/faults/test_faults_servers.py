@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -78,18 +79,48 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.spans_dir = spans
         self.log = spans.parent / f"{kind}.log"
-        env = {**os.environ, "FAULT_TEST_LAB": str(cfg), "FAULT_TEST_SPANS": str(spans),
-               "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "FAULT_TEST_LAB": str(cfg),
+            "FAULT_TEST_SPANS": str(spans),
+            "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+        }
         env.pop("FIELDLAB_FAULTS", None)
         if kind == "uvicorn":
-            cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir",
-                   str(APPS), "--log-level", "warning", "--no-access-log", "asgi_app:app"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--app-dir",
+                str(APPS),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "asgi_app:app",
+            ]
         else:
-            cmd = [str(BIN / "gunicorn"), "-w", "1", "--threads", "4", "-b", f"127.0.0.1:{self.port}", "--chdir",
-                   str(APPS), "--log-level", "warning", "wsgi_app:app"]
+            cmd = [
+                str(BIN / "gunicorn"),
+                "-w",
+                "1",
+                "--threads",
+                "4",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--chdir",
+                str(APPS),
+                "--log-level",
+                "warning",
+                "wsgi_app:app",
+            ]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=str(APPS), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=str(APPS), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -146,8 +177,14 @@ def read_spans(directory: Path) -> list[dict[str, Any]]:
             for rs in doc.get("resourceSpans", []):
                 for ss in rs.get("scopeSpans", []):
                     for s in ss.get("spans", []):
-                        out.append({"trace_id": s["traceId"], "kind": s.get("kind"), "attrs": _attrs(s.get("attributes")),
-                                    "events": [(e["name"], _attrs(e.get("attributes"))) for e in s.get("events", [])]})
+                        out.append(
+                            {
+                                "trace_id": s["traceId"],
+                                "kind": s.get("kind"),
+                                "attrs": _attrs(s.get("attributes")),
+                                "events": [(e["name"], _attrs(e.get("attributes"))) for e in s.get("events", [])],
+                            }
+                        )
     return out
 
 
@@ -200,8 +237,16 @@ def test_latency_fault_reaches_the_fault_variant_and_its_span(setup: dict[str, A
     (span,) = srv.server_spans(tid(n))
     assert span["attrs"][A.FAULT_INJECTED] is True
     assert span["attrs"][A.variant_attr("slow-db")] == "slow"
-    assert (A.FAULT_EVENT, {A.FAULT_POINT: "db.query", A.FAULT_KIND: "latency", A.FAULT_EXPERIMENT: "slow-db",
-                            A.FAULT_VARIANT: "slow", A.FAULT_DELAY_MS: 200.0}) in span["events"]
+    assert (
+        A.FAULT_EVENT,
+        {
+            A.FAULT_POINT: "db.query",
+            A.FAULT_KIND: "latency",
+            A.FAULT_EXPERIMENT: "slow-db",
+            A.FAULT_VARIANT: "slow",
+            A.FAULT_DELAY_MS: 200.0,
+        },
+    ) in span["events"]
     (plain,) = srv.server_spans(tid(n + 100))
     assert A.FAULT_INJECTED not in plain["attrs"] and not [e for e in plain["events"] if e[0] == A.FAULT_EVENT]
 
@@ -219,9 +264,18 @@ def test_exceptions_reach_the_client_as_configured_and_the_server_stays_up(setup
     assert requests.get(srv.url + "/health", timeout=5).status_code == 200
     (span,) = srv.server_spans(tid(20))
     events = [e for e in span["events"] if e[0] == A.FAULT_EVENT]
-    assert events == [(A.FAULT_EVENT, {A.FAULT_POINT: "payments.charge", A.FAULT_KIND: "exception",
-                                       A.FAULT_EXPERIMENT: "slow-db", A.FAULT_VARIANT: "slow",
-                                       A.FAULT_EXCEPTION: "db_timeout"})]
+    assert events == [
+        (
+            A.FAULT_EVENT,
+            {
+                A.FAULT_POINT: "payments.charge",
+                A.FAULT_KIND: "exception",
+                A.FAULT_EXPERIMENT: "slow-db",
+                A.FAULT_VARIANT: "slow",
+                A.FAULT_EXCEPTION: "db_timeout",
+            },
+        )
+    ]
 
 
 def test_aborts_follow_the_trace_id_identically_in_both_services(setup: dict[str, Any]) -> None:
@@ -241,8 +295,16 @@ def test_aborts_follow_the_trace_id_identically_in_both_services(setup: dict[str
     for name in ("uvicorn", "gunicorn"):
         (span,) = setup[name].server_spans(first)
         assert span["attrs"][A.FAULT_INJECTED] is True
-        assert (A.FAULT_EVENT, {A.FAULT_POINT: "http", A.FAULT_KIND: "abort", A.FAULT_EXPERIMENT: "flaky-api",
-                                A.FAULT_VARIANT: "down", A.FAULT_STATUS: 503}) in span["events"]
+        assert (
+            A.FAULT_EVENT,
+            {
+                A.FAULT_POINT: "http",
+                A.FAULT_KIND: "abort",
+                A.FAULT_EXPERIMENT: "flaky-api",
+                A.FAULT_VARIANT: "down",
+                A.FAULT_STATUS: 503,
+            },
+        ) in span["events"]
 
 
 def test_kill_switch_stops_faults_in_running_servers(setup: dict[str, Any]) -> None:
@@ -253,8 +315,9 @@ def test_kill_switch_stops_faults_in_running_servers(setup: dict[str, Any]) -> N
 
     assert took("uvicorn", 2000) >= 195 and took("gunicorn", 2001) >= 195
     cli = [sys.executable, "-m", "fieldlab.cli"]
-    out = subprocess.run([*cli, "kill", "slow-db", "--config", str(cfg), "--reason", "test"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [*cli, "kill", "slow-db", "--config", str(cfg), "--reason", "test"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     try:
         time.sleep(RELOAD + 0.2)

@@ -10,11 +10,16 @@ from fieldlab.adapters.flask import FieldLab
 
 CONFIG = {
     "faults": {"enabled": True},
-    "experiments": [{
-        "key": "flaky-edge", "traffic": 4,
-        "variants": [{"name": "control"},
-                     {"name": "down", "faults": [{"point": "http", "status": 503, "rate": 50}]}],
-    }],
+    "experiments": [
+        {
+            "key": "flaky-edge",
+            "traffic": 4,
+            "variants": [
+                {"name": "control"},
+                {"name": "down", "faults": [{"point": "http", "status": 503, "rate": 50}]},
+            ],
+        }
+    ],
 }
 
 

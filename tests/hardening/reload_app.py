@@ -30,8 +30,9 @@ async def version(request: Request) -> JSONResponse:
     ctx = context.current()
     if ctx is None:
         return JSONResponse({"version": None, "experiments": []})
-    return JSONResponse({"version": ctx.version, "experiments": sorted(ctx.assignments),
-                         "config_error": lab.config_error is not None})
+    return JSONResponse(
+        {"version": ctx.version, "experiments": sorted(ctx.assignments), "config_error": lab.config_error is not None}
+    )
 
 
 app = Starlette(routes=[Route("/health", health), Route("/v", version)])

@@ -15,22 +15,29 @@ from typing import Any
 import fieldlab
 from fieldlab import Experiment, Lab
 
-LAB = Lab([Experiment("by-user", {"control": 1, "treatment": 1}),
-           Experiment("by-account", {"control": 1, "treatment": 1}, unit="account")])
+LAB = Lab(
+    [
+        Experiment("by-user", {"control": 1, "treatment": 1}),
+        Experiment("by-account", {"control": 1, "treatment": 1}, unit="account"),
+    ]
+)
 
 
 def payload() -> dict[str, Any]:
     ctx = fieldlab.context.current()
-    return {"pid": os.getpid(), "layout": fieldlab.choose("by-user", {"treatment": "one-page"}, "classic"),
-            "units": dict(ctx.units) if ctx else None,
-            "assignments": {k: a.to_dict() for k, a in ctx.assignments.items()} if ctx else None,
-            "invalid_units": LAB.stats.get("invalid_units")}
+    return {
+        "pid": os.getpid(),
+        "layout": fieldlab.choose("by-user", {"treatment": "one-page"}, "classic"),
+        "units": dict(ctx.units) if ctx else None,
+        "assignments": {k: a.to_dict() for k, a in ctx.assignments.items()} if ctx else None,
+        "invalid_units": LAB.stats.get("invalid_units"),
+    }
 
 
 # ---------------------------------------------------------------- Flask (WSGI, under gunicorn)
-import flask  # noqa: E402
+import flask
 
-from fieldlab.adapters.flask import FieldLab  # noqa: E402
+from fieldlab.adapters.flask import FieldLab
 
 app = flask.Flask(__name__)
 
@@ -69,8 +76,9 @@ def _asgi() -> Any:
 
     star = Starlette(routes=[Route("/health", health), Route("/checkout", checkout, methods=["GET", "POST"])])
     # ASGI resolvers cannot read the body (they are sync), so here the user comes from a header too
-    star.add_middleware(FieldLabMiddleware, lab=LAB,
-                        units={"user": "header:X-User-Id", "account": "header:X-Account-Id"})
+    star.add_middleware(
+        FieldLabMiddleware, lab=LAB, units={"user": "header:X-User-Id", "account": "header:X-Account-Id"}
+    )
     return star
 
 

@@ -27,17 +27,27 @@ N_GOOD = 120  # requests, 60 users, two arms
 
 def _span(i: int, unit: str | None = None, start: object = None) -> dict:
     uid = unit if unit is not None else f"user-{i % 60}"
-    attrs = [{"key": A.variant_attr("exp"), "value": {"stringValue": "control" if i % 2 else "treatment"}},
-             {"key": A.unit_attr("user"), "value": {"stringValue": uid}},
-             {"key": A.exposed_attr("exp"), "value": {"boolValue": True}}]
-    return {"traceId": f"{i:032x}", "spanId": f"{i:016x}", "name": "GET /", "kind": 2,
-            "startTimeUnixNano": str(T0 + i * 10**6) if start is None else start,
-            "endTimeUnixNano": str(T0 + i * 10**6 + 5 * 10**6), "attributes": attrs, "status": {}}
+    attrs = [
+        {"key": A.variant_attr("exp"), "value": {"stringValue": "control" if i % 2 else "treatment"}},
+        {"key": A.unit_attr("user"), "value": {"stringValue": uid}},
+        {"key": A.exposed_attr("exp"), "value": {"boolValue": True}},
+    ]
+    return {
+        "traceId": f"{i:032x}",
+        "spanId": f"{i:016x}",
+        "name": "GET /",
+        "kind": 2,
+        "startTimeUnixNano": str(T0 + i * 10**6) if start is None else start,
+        "endTimeUnixNano": str(T0 + i * 10**6 + 5 * 10**6),
+        "attributes": attrs,
+        "status": {},
+    }
 
 
 def _line(spans: list[dict]) -> str:
-    return json.dumps({"resourceSpans": [{"resource": {"attributes": []},
-                                          "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]})
+    return json.dumps(
+        {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}
+    )
 
 
 def _good_lines(first: int = 0) -> list[str]:
@@ -48,8 +58,14 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
     env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", "import sys, fieldlab.cli; sys.exit(fieldlab.cli.main())", *args],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, fieldlab.cli; sys.exit(fieldlab.cli.main())", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def _analyze(path: str, engine: str, *extra: str) -> dict:
@@ -61,8 +77,13 @@ def _analyze(path: str, engine: str, *extra: str) -> dict:
 
 def _counts(res: dict) -> tuple:
     e = res["experiments"]["exp"]
-    return (res["spans"], res["server_spans"], res["malformed_lines"], res["long_lines"],
-            {v: (s["units"], s["requests"]) for v, s in e["variants"].items()})
+    return (
+        res["spans"],
+        res["server_spans"],
+        res["malformed_lines"],
+        res["long_lines"],
+        {v: (s["units"], s["requests"]) for v, s in e["variants"].items()},
+    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -121,7 +142,7 @@ def test_surrogate_unit_id_does_not_segfault_balance(tmp_path, engine):
 
 def test_non_utf8_unit_ids_from_clickhouse_are_skipped_and_counted_by_balance(tmp_path):
     """A ClickHouse table stores bytes; an id that is not UTF-8 must never reach the hash (or crash decoding)."""
-    code = r'''
+    code = r"""
 import json, sys
 import chdb.session
 from fieldlab.analysis.balance import balance
@@ -140,11 +161,17 @@ lab = Lab([Experiment("exp", {"control": 1, "treatment": 1}, unit="user")])
 res = balance(lab, "exp", ClickHouseSource.from_chdb(sess, "t"), tries=0)
 print(json.dumps({"units": res["units"], "skipped": res["skipped_units"], "notes": res["notes"]}))
 sess.close()
-'''
+"""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ch")], capture_output=True, text=True, env=env,
-                       timeout=300, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ch")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["units"] == 60 and out["skipped"] == 1

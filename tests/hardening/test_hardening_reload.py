@@ -31,16 +31,21 @@ INTERVAL = 0.05
 def config_text(traffic: int) -> str:
     parts = [f"[lab]\nreload_interval = {INTERVAL}\n"]
     for i in range(N_EXPERIMENTS):
-        parts.append(f'\n[[experiments]]\nkey = "exp-{i:02d}"\ntraffic = {traffic}\n'
-                     f'variants = [{{ name = "control" }}, {{ name = "treatment" }}]\n')
+        parts.append(
+            f'\n[[experiments]]\nkey = "exp-{i:02d}"\ntraffic = {traffic}\n'
+            f'variants = [{{ name = "control" }}, {{ name = "treatment" }}]\n'
+        )
     return "".join(parts)
 
 
 def chunks(text: str) -> list[str]:
     """Pieces that leave the file parseable but incomplete in between: whole experiments, some cut mid-table."""
-    cuts = sorted({0, len(text)} | {i for i in range(len(text)) if text.startswith("\n[[experiments]]", i)}
-                  | {text.index("traffic", i) for i in range(len(text)) if text.startswith("[[experiments]]", i)})
-    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
+    cuts = sorted(
+        {0, len(text)}
+        | {i for i in range(len(text)) if text.startswith("\n[[experiments]]", i)}
+        | {text.index("traffic", i) for i in range(len(text)) if text.startswith("[[experiments]]", i)}
+    )
+    return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def free_port() -> int:
@@ -62,13 +67,36 @@ def test_config_rewritten_in_place_never_serves_an_empty_or_truncated_config(tmp
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    env = {**os.environ, "RELOAD_TEST_LAB": str(path),
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "RELOAD_TEST_LAB": str(path),
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-                                 "--app-dir", str(HERE), "--log-level", "warning", "--no-access-log",
-                                 "--timeout-keep-alive", "120", "reload_app:app"],
-                                env=env, cwd=str(HERE), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--app-dir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--timeout-keep-alive",
+                "120",
+                "reload_app:app",
+            ],
+            env=env,
+            cwd=str(HERE),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -115,8 +143,9 @@ def test_config_rewritten_in_place_never_serves_an_empty_or_truncated_config(tmp
 
     assert len(seen) > 200, f"only {len(seen)} responses"
     bad = [(v, n) for v, n in seen if v not in versions.values() or n != N_EXPERIMENTS]
-    assert not bad, (f"{len(bad)} of {len(seen)} responses came from an empty or truncated config, e.g. "
-                     f"{sorted(set(bad))[:5]}")
+    assert not bad, (
+        f"{len(bad)} of {len(seen)} responses came from an empty or truncated config, e.g. {sorted(set(bad))[:5]}"
+    )
     used = {v for v, _ in seen}
     assert used == set(versions.values()), "the complete rewrites were not all picked up"
 

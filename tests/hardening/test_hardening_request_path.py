@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -91,7 +91,7 @@ def test_valid_non_ascii_unit_ids_keep_their_contract_bucket():
         a = lab.assign("exp-a", unit)
         assert a.reason in ("split", "traffic") and a.bucket == fieldlab.bucket(salt, unit)
         assert lab.assign_all({"user": unit})["exp-a"] == a
-    assert fieldlab.hash32("ü") == fieldlab.hash32("ü".encode("utf-8").decode("utf-8"))
+    assert fieldlab.hash32("ü") == fieldlab.hash32("ü".encode().decode("utf-8"))
     assert lab.stats["invalid_units"] == 0
 
 
@@ -131,14 +131,20 @@ def test_cli_segment_non_utf8_unit_is_one_line_exit_2_not_segfault(tmp_path: Pat
 
 # ----------------------------------------------------------- 2. header and cookie ids are UTF-8 text
 def _two_kind_lab() -> Lab:
-    return Lab([Experiment("exp-a", {"control": 1, "treatment": 1}),
-                Experiment("exp-s", {"a": 1, "b": 1, "c": 1}, unit="session")])
+    return Lab(
+        [
+            Experiment("exp-a", {"control": 1, "treatment": 1}),
+            Experiment("exp-s", {"a": 1, "b": 1, "c": 1}, unit="session"),
+        ]
+    )
 
 
 def _app_payload() -> bytes:
     ctx = fieldlab.context.current()
-    out = {"units": dict(ctx.units) if ctx else None,
-           "a": {k: a.to_dict() for k, a in ctx.assignments.items()} if ctx else None}
+    out = {
+        "units": dict(ctx.units) if ctx else None,
+        "a": {k: a.to_dict() for k, a in ctx.assignments.items()} if ctx else None,
+    }
     return json.dumps(out).encode()
 
 
@@ -159,8 +165,13 @@ def _wsgi_get(app, headers: dict[str, bytes]) -> dict:
 def _asgi_get(app, headers: dict[str, bytes]) -> dict:
     import asyncio
 
-    scope = {"type": "http", "method": "GET", "path": "/", "scheme": "http",
-             "headers": [(name.lower().encode("latin-1"), raw) for name, raw in headers.items()]}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "scheme": "http",
+        "headers": [(name.lower().encode("latin-1"), raw) for name, raw in headers.items()],
+    }
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -180,11 +191,13 @@ def _wsgi_app(lab: Lab, units: dict):
     def inner(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [_app_payload()]
+
     return FieldLabMiddleware(inner, lab=lab, units=units), _wsgi_get
 
 
 def _flask_app(lab: Lab, units: dict):
     import flask
+
     from fieldlab.adapters.flask import FieldLab
 
     app = flask.Flask("hardening")
@@ -199,6 +212,7 @@ def _asgi_app(lab: Lab, units: dict):
     async def inner(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": _app_payload()})
+
     return FieldLabMiddleware(inner, lab=lab, units=units), _asgi_get
 
 
@@ -212,8 +226,11 @@ def cli_bucket_of_u_umlaut(tmp_path_factory: pytest.TempPathFactory) -> int:
 
 
 @pytest.mark.parametrize("make", [_wsgi_app, _flask_app, _asgi_app], ids=["wsgi", "flask", "asgi"])
-@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
-                         ids=["one-header", "header+cookie"])
+@pytest.mark.parametrize(
+    "units",
+    [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
+    ids=["one-header", "header+cookie"],
+)
 def test_header_unit_ids_are_decoded_as_utf8_not_latin1(make, units: dict, cli_bucket_of_u_umlaut: int):
     lab = _two_kind_lab()
     app, get = make(lab, units)
@@ -248,7 +265,7 @@ def _config(tag: str, variants: int) -> str:
     return "".join(f'[[experiments]]\nkey = "exp-{n}"\nvariants = [{names}]\n\n' for n in range(8))
 
 
-def _flip_configs(path: Path, lab: Lab, stop: "threading.Event", count: list[int]) -> None:
+def _flip_configs(path: Path, lab: Lab, stop: threading.Event, count: list[int]) -> None:
     configs = [_config("a", 2), _config("b", 3)]  # different sizes: every write is a new file signature
     i = 0
     while not stop.is_set():
@@ -267,10 +284,9 @@ def _versions(tmp_path: Path) -> dict[str, str]:
     return out
 
 
-def _check_snapshot(ctx: "fieldlab.context.RequestContext", versions: dict[str, str]) -> bool:
+def _check_snapshot(ctx: fieldlab.context.RequestContext, versions: dict[str, str]) -> bool:
     tag = versions[ctx.version]
     return all(a.variant is None or a.variant.startswith(tag) for a in ctx.assignments.values())
-
 
 
 def test_config_version_and_assignments_come_from_one_snapshot_while_reloading(tmp_path: Path):
@@ -343,6 +359,7 @@ def test_adapter_prepared_cache_never_mixes_configs_while_reloading(tmp_path: Pa
         ctxs.append(fieldlab.context.current())
         start_response("200 OK", [])
         return [b""]
+
     app.app = grab
     for n in range(50):
         _wsgi_status(app, f"u{n}")
@@ -394,8 +411,11 @@ def _wsgi_status(app, user: str) -> None:
 
 def test_rebinding_the_request_unit_after_a_reload_keeps_one_snapshot(tmp_path: Path):
     def config(tag: str) -> str:
-        return (f'[[experiments]]\nkey = "per-user"\nvariants = ["{tag}0", "{tag}1"]\n\n'
-                f'[[experiments]]\nkey = "per-request"\nunit = "request"\nvariants = ["{tag}0", "{tag}1", "{tag}2"]\n')
+        return (
+            f'[[experiments]]\nkey = "per-user"\nvariants = ["{tag}0", "{tag}1"]\n\n'
+            f'[[experiments]]\nkey = "per-request"\nunit = "request"\nvariants = ["{tag}0", "{tag}1", "{tag}2"]\n'
+        )
+
     path = tmp_path / "lab.toml"
     path.write_text(config("a"))
     lab = Lab.from_file(path, reload_interval=0)
@@ -415,8 +435,11 @@ MAX_CACHED_ID_LENGTH = 256
 
 
 @pytest.mark.parametrize("make", [_wsgi_app, _asgi_app], ids=["wsgi", "asgi"])
-@pytest.mark.parametrize("units", [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
-                         ids=["one-header", "header+cookie"])
+@pytest.mark.parametrize(
+    "units",
+    [{"user": "header:X-User-Id"}, {"user": "header:X-User-Id", "session": "cookie:sid"}],
+    ids=["one-header", "header+cookie"],
+)
 def test_huge_unit_ids_are_not_cached_so_memory_stays_bounded(make, units: dict):
     import gc
     import tracemalloc
@@ -452,11 +475,12 @@ def test_huge_unit_ids_are_not_cached_so_memory_stays_bounded(make, units: dict)
 # ----------------------------------------------------------- real servers: a worker survives what clients send
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "adapters"))
-from serverkit import Server  # noqa: E402  (serverkit lives with the adapter tests)
+from serverkit import Server
 
 
-def _raw_request(server: Server, method: str, headers: list[tuple[bytes, bytes]],
-                 body: bytes = b"") -> tuple[int, dict]:
+def _raw_request(
+    server: Server, method: str, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> tuple[int, dict]:
     """One request with header values given as the exact bytes to put on the wire."""
     import http.client
 
@@ -518,13 +542,16 @@ def test_server_worker_survives_lone_surrogates_and_non_utf8_header_bytes(reques
 
 def test_server_buckets_utf8_header_ids_like_the_cli(request_path_server: Server, tmp_path: Path):
     config = tmp_path / "lab.toml"  # the server app's lab, as a file for the CLI
-    config.write_text('[[experiments]]\nkey = "by-user"\nvariants = ["control", "treatment"]\n\n'
-                      '[[experiments]]\nkey = "by-account"\nunit = "account"\nvariants = ["control", "treatment"]\n')
+    config.write_text(
+        '[[experiments]]\nkey = "by-user"\nvariants = ["control", "treatment"]\n\n'
+        '[[experiments]]\nkey = "by-account"\nunit = "account"\nvariants = ["control", "treatment"]\n'
+    )
     proc = _cli(b"assign", str(config).encode(), "--unit", "ü", "--json")
     assert proc.returncode == 0, proc.stderr
     cli = {d["experiment"]: d["bucket"] for d in map(json.loads, proc.stdout.splitlines())}
-    status, got = _raw_request(request_path_server, "GET", [(b"X-User-Id", "ü".encode()),
-                                                           (b"X-Account-Id", "ü".encode())])
+    status, got = _raw_request(
+        request_path_server, "GET", [(b"X-User-Id", "ü".encode()), (b"X-Account-Id", "ü".encode())]
+    )
     assert status == 200 and got["units"]["account"] == "ü"
     assert got["assignments"]["by-account"]["bucket"] == cli["by-account"] == fieldlab.bucket("by-account", "ü")
     if request_path_server.server == "uvicorn":  # there the user comes from a header too

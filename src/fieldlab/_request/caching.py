@@ -41,6 +41,8 @@ class Sources(dict[str, str]):
     def __init__(self, sources: Mapping[str, str]) -> None:
         super().__init__(sources)
         self.memo: dict[Any, dict[str, str]] = {}
+
+
 _OVERRIDDEN = "\0override"  # no unit kind: its source is unknown, so the response is private
 
 
@@ -60,8 +62,9 @@ def read_unit_kinds(ctx: RequestContext) -> set[str]:
     return kinds
 
 
-def response_headers(ctx: RequestContext | None, vary: str | Iterable[str] | None,
-                     cache_control: str | Iterable[str] | None) -> dict[str, str]:
+def response_headers(
+    ctx: RequestContext | None, vary: str | Iterable[str] | None, cache_control: str | Iterable[str] | None
+) -> dict[str, str]:
     """The ``Vary`` / ``Cache-Control`` values to set (replacing the existing ones); ``{}``: leave them alone.
 
     The result may be shared with other requests: read it, do not change it.

@@ -46,9 +46,11 @@ def env_key(header: str) -> str:
 
 def environ_getter(environ: Mapping[str, str]) -> HeaderGetter:
     """Headers of a WSGI ``environ`` (or Django ``request.META``), kept under ``HTTP_*`` keys."""
+
     def get(name: str) -> str | None:
         value = environ.get(env_key(name))
         return wsgi_text(value) if value else value
+
     return get
 
 
@@ -59,6 +61,7 @@ def asgi_getter(headers: Iterable[tuple[bytes, bytes]]) -> HeaderGetter:
     def get(name: str) -> str | None:
         value = by_name.get(name.encode("latin-1"))
         return header_text(value) if value is not None else None
+
     return get
 
 

@@ -142,31 +142,45 @@ def _compile_unit(kind: str, spec: Any, where: str) -> Unit:
             return Unit(kind, "header", name.lower(), source=header_source(name))
         if sep and name and how == "cookie":
             return Unit(kind, "cookie", name, source=COOKIE)
-    raise ConfigError(f"{where}[{kind!r}]", f"cannot use {spec!r} as a unit resolver",
-                      'give a callable taking the request, "header:X-User-Id" or "cookie:NAME"')
+    raise ConfigError(
+        f"{where}[{kind!r}]",
+        f"cannot use {spec!r} as a unit resolver",
+        'give a callable taking the request, "header:X-User-Id" or "cookie:NAME"',
+    )
 
 
-def _check(lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: Any, cache_headers: Any,
-           where: str) -> None:
+def _check(
+    lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: Any, cache_headers: Any, where: str
+) -> None:
     """Raise the ConfigError (field, problem, fix) of the first adapter argument that cannot work."""
     if not isinstance(lab, Lab):
-        raise ConfigError("lab", f"expected a fieldlab.Lab, got {type(lab).__name__}",
-                          "pass lab=Lab.from_file('experiments.toml') (or a Lab you built)")
+        raise ConfigError(
+            "lab",
+            f"expected a fieldlab.Lab, got {type(lab).__name__}",
+            "pass lab=Lab.from_file('experiments.toml') (or a Lab you built)",
+        )
     if units is not None and not isinstance(units, Mapping):
-        raise ConfigError(where, f"expected a mapping of unit kind to resolver, got {type(units).__name__}",
-                          'write units={"user": "header:X-User-Id"}')
+        raise ConfigError(
+            where,
+            f"expected a mapping of unit kind to resolver, got {type(units).__name__}",
+            'write units={"user": "header:X-User-Id"}',
+        )
     if attributes is not None and not callable(attributes):
-        raise ConfigError("attributes", f"{attributes!r} is not callable",
-                          "pass a function taking the request and returning a dict")
+        raise ConfigError(
+            "attributes", f"{attributes!r} is not callable", "pass a function taking the request and returning a dict"
+        )
     if isinstance(headers, str):
-        raise ConfigError("headers", "expected a list of header names, got one string",
-                          f'write headers=["{headers}"]')
+        raise ConfigError("headers", "expected a list of header names, got one string", f'write headers=["{headers}"]')
     if not isinstance(cache_headers, bool):
-        raise ConfigError("cache_headers", f"{cache_headers!r} is not True or False",
-                          "write False when the app keeps variant pages out of shared caches itself, else True")
+        raise ConfigError(
+            "cache_headers",
+            f"{cache_headers!r} is not True or False",
+            "write False when the app keeps variant pages out of shared caches itself, else True",
+        )
     if not isinstance(visitor_cookie, str) or not re.match(r"^[A-Za-z0-9_.-]+$", visitor_cookie):
-        raise ConfigError("visitor_cookie", f"{visitor_cookie!r} is not a valid cookie name",
-                          "use letters, digits, '_', '.' or '-'")
+        raise ConfigError(
+            "visitor_cookie", f"{visitor_cookie!r} is not a valid cookie name", "use letters, digits, '_', '.' or '-'"
+        )
 
 
 class AdapterConfig:
@@ -181,21 +195,35 @@ class AdapterConfig:
     the warnings of :mod:`~fieldlab._request.wiring` (``adapter`` names the adapter in them).
     """
 
-    def __init__(self, lab: Lab, *, units: Mapping[str, Any] | None = None, headers: Iterable[str] = (),
-                 attributes: Resolver | None = None, unit_ids: str | None = None,
-                 trust_baggage: bool | None = None, propagate_baggage: bool = False,
-                 visitor_cookie: str = DEFAULT_VISITOR_COOKIE, override_header: str | None = DEFAULT_OVERRIDE_HEADER,
-                 override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE, cache_headers: bool = True,
-                 framework_defaults: Mapping[str, Resolver] | None = None,
-                 framework_sources: Mapping[str, str] | None = None, where: str = "units",
-                 unit_hints: Mapping[str, str] | None = None, adapter: str = "this adapter") -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        *,
+        units: Mapping[str, Any] | None = None,
+        headers: Iterable[str] = (),
+        attributes: Resolver | None = None,
+        unit_ids: str | None = None,
+        trust_baggage: bool | None = None,
+        propagate_baggage: bool = False,
+        visitor_cookie: str = DEFAULT_VISITOR_COOKIE,
+        override_header: str | None = DEFAULT_OVERRIDE_HEADER,
+        override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE,
+        cache_headers: bool = True,
+        framework_defaults: Mapping[str, Resolver] | None = None,
+        framework_sources: Mapping[str, str] | None = None,
+        where: str = "units",
+        unit_hints: Mapping[str, str] | None = None,
+        adapter: str = "this adapter",
+    ) -> None:
         _check(lab, units, headers, attributes, visitor_cookie, cache_headers, where)
         self.lab = lab
         self.recorder = telemetry.Recorder(lab, unit_ids)
         self.units: dict[str, Unit] = {k: _compile_unit(k, v, where) for k, v in (units or {}).items()}
         known_sources = framework_sources or {}
-        self.defaults: dict[str, Unit] = {k: Unit(k, "call", fn=fn, source=known_sources.get(k, OPAQUE))
-                                          for k, fn in (framework_defaults or {}).items()}
+        self.defaults: dict[str, Unit] = {
+            k: Unit(k, "call", fn=fn, source=known_sources.get(k, OPAQUE))
+            for k, fn in (framework_defaults or {}).items()
+        }
         self.cache_headers = cache_headers
         #: unit kinds nothing resolved yet, warned about once (see :mod:`fieldlab._request.wiring`)
         self.watch = UnitWatch(unit_hints or {}, self.defaults, adapter)
@@ -211,8 +239,10 @@ class AdapterConfig:
         #: what a Cookie header holds when it carries the override cookie
         self.override_cookie_probe = f"{override_cookie}=" if override_cookie else None
         if (self.trust_baggage or self.propagate_baggage) and not lab.secret:
-            _log.warning("fieldlab: baggage needs a lab secret (lab.secret_env / FIELDLAB_SECRET); "
-                         "without one, fieldlab baggage is neither sent nor trusted")
+            _log.warning(
+                "fieldlab: baggage needs a lab secret (lab.secret_env / FIELDLAB_SECRET); "
+                "without one, fieldlab baggage is neither sent nor trusted"
+            )
         # set by plan(), per configuration
         self._planned_for: object = None
         self._paused_for: object = None

@@ -67,9 +67,15 @@ def new_visitor_id() -> str:
     return f"{_sysrandom.getrandbits(128):032x}"
 
 
-def begin(cfg: AdapterConfig, request: Any, headers: HeaderGetter | Mapping[str, str], path: str, method: str,
-          known: Mapping[str, Any] | None = None,
-          make_request: Callable[[Any], Any] | None = None) -> RequestContext | None:
+def begin(
+    cfg: AdapterConfig,
+    request: Any,
+    headers: HeaderGetter | Mapping[str, str],
+    path: str,
+    method: str,
+    known: Mapping[str, Any] | None = None,
+    make_request: Callable[[Any], Any] | None = None,
+) -> RequestContext | None:
     """Start a request's context (not bound yet); None when anything fails: the default path.
 
     ``headers`` returns a request header by lower-case name (see
@@ -142,8 +148,9 @@ def _request_trace_id(cfg: AdapterConfig, get: HeaderGetter) -> tuple[str | None
     return f"{random.getrandbits(128):032x}", True
 
 
-def _resolve_units(cfg: AdapterConfig, request: Any, get: HeaderGetter, known: Mapping[str, Any] | None,
-                   trace_id: str | None) -> tuple[dict[str, str | None], str | None]:
+def _resolve_units(
+    cfg: AdapterConfig, request: Any, get: HeaderGetter, known: Mapping[str, Any] | None, trace_id: str | None
+) -> tuple[dict[str, str | None], str | None]:
     """The request's unit ids by kind (None: no unit), and a visitor id fieldlab made for it, if any."""
     units: dict[str, str | None] = {}
     cookies: dict[str, str] | None = None
@@ -222,15 +229,21 @@ def _overrides(cfg: AdapterConfig, get: HeaderGetter) -> VerifiedOverrides | Non
     return verified if len(verified) else None
 
 
-def _prepare(cfg: AdapterConfig, key: CacheKey, units: dict[str, str | None],
-             attrs: dict[str, Any]) -> PreparedRequest:
+def _prepare(cfg: AdapterConfig, key: CacheKey, units: dict[str, str | None], attrs: dict[str, Any]) -> PreparedRequest:
     """Evaluate one set of unit ids in full and keep what every request with them shares."""
     paused = cfg.lab._paused  # before evaluating: a pause that lands meanwhile must not leave this in the cache
     full = RequestContext(cfg.lab, units, attrs)
     recorder = cfg.recorder
     full.unit_values = recorder.unit_values(full.units)
-    prepared = PreparedRequest(full.units, full.assignments, full.held_out, frozenset(full.exposed), full.version,
-                               recorder.base_attributes(full), full.unit_values)
+    prepared = PreparedRequest(
+        full.units,
+        full.assignments,
+        full.held_out,
+        frozenset(full.exposed),
+        full.version,
+        recorder.base_attributes(full),
+        full.unit_values,
+    )
     if cfg.cache is not None and cfg.lab._paused is paused:
         cfg.cache.remember(key, prepared)
     return prepared
@@ -271,8 +284,9 @@ def server_span_started(ctx: RequestContext, span: Span) -> None:
         ctx.trace_id = tid
         units = {**ctx.units, "request": tid}
         lab = ctx.lab
-        version, fresh = lab.assign_all_with_version(units, ctx.attributes, overrides=ctx.overrides,
-                                                     unit_kind="request")
+        version, fresh = lab.assign_all_with_version(
+            units, ctx.attributes, overrides=ctx.overrides, unit_kind="request"
+        )
         if version != ctx.version:  # reloaded since the request began: everything from the new snapshot
             version, fresh = lab.assign_all_with_version(units, ctx.attributes, overrides=ctx.overrides)
         ctx.set_unit("request", tid, version, fresh)

@@ -62,8 +62,14 @@ class UnitWatch:
                 names = _experiments_of(lab, kind)
                 if names and kind not in self.reported:
                     self.reported.add(kind)
-                    _log.warning("fieldlab: running experiments %s use the %r unit, which %s cannot resolve, so "
-                                 "nobody is in them (reason no_unit); %s", names, kind, self.where, self._fix(kind, False))
+                    _log.warning(
+                        "fieldlab: running experiments %s use the %r unit, which %s cannot resolve, so "
+                        "nobody is in them (reason no_unit); %s",
+                        names,
+                        kind,
+                        self.where,
+                        self._fix(kind, False),
+                    )
             elif resolvable[kind] and kind not in self.reported and kind not in self.resolved:
                 pending[kind] = 0
         self.pending = pending
@@ -74,8 +80,12 @@ class UnitWatch:
         names = _experiments_of(lab, kind)
         if names and kind not in self.reported:
             self.reported.add(kind)
-            _log.warning("fieldlab: %s, so nobody is in experiments %s (reason no_unit); %s", problem, names,
-                         self._fix(kind, False))
+            _log.warning(
+                "fieldlab: %s, so nobody is in experiments %s (reason no_unit); %s",
+                problem,
+                names,
+                self._fix(kind, False),
+            )
 
     def note(self, lab: Any, units: Mapping[str, str | None], own: Iterable[str]) -> None:
         """One request's resolved units (called only while ``pending`` is not empty); never raises."""
@@ -98,9 +108,14 @@ class UnitWatch:
                 names = _experiments_of(lab, kind)
                 if names and kind not in self.reported:
                     self.reported.add(kind)
-                    _log.warning("fieldlab: the %r unit resolved in none of the first %d requests, so nobody is in "
-                                 "experiments %s (reason no_unit); %s", kind, seen, names,
-                                 self._fix(kind, kind in set(own)))
+                    _log.warning(
+                        "fieldlab: the %r unit resolved in none of the first %d requests, so nobody is in "
+                        "experiments %s (reason no_unit); %s",
+                        kind,
+                        seen,
+                        names,
+                        self._fix(kind, kind in set(own)),
+                    )
         if done:
             self.pending = {k: v for k, v in self.pending.items() if k not in done}
 
@@ -110,5 +125,8 @@ def added_twice(middleware: Any, where: str, fix: str) -> None:
     if getattr(middleware, "_warned_twice", False):
         return
     middleware._warned_twice = True
-    _log.warning("fieldlab: %s is added twice around the same app; the inner one passes requests through "
-                 "untouched; %s", where, fix)
+    _log.warning(
+        "fieldlab: %s is added twice around the same app; the inner one passes requests through untouched; %s",
+        where,
+        fix,
+    )

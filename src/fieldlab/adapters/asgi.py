@@ -59,10 +59,10 @@ _NEW_SESSION = "fieldlab.new_session"
 _HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
 _HINTS = {
     "user": "request.user comes from Starlette's AuthenticationMiddleware, which must run before fieldlab: "
-            "add it after FieldLabMiddleware in code (the middleware added last runs first), "
-            'or pass units={"user": ...}',
+    "add it after FieldLabMiddleware in code (the middleware added last runs first), "
+    'or pass units={"user": ...}',
     "session": "request.session comes from Starlette's SessionMiddleware, which must run before fieldlab: "
-               "add it after FieldLabMiddleware in code (the middleware added last runs first)",
+    "add it after FieldLabMiddleware in code (the middleware added last runs first)",
 }
 
 
@@ -96,20 +96,33 @@ class FieldLabMiddleware:
     ``request_class`` is its deprecated former name.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], lab: Lab, *,
-                 request_factory: Callable[..., Any] | None = None, request_class: Callable[..., Any] | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        lab: Lab,
+        *,
+        request_factory: Callable[..., Any] | None = None,
+        request_class: Callable[..., Any] | None = None,
+        **options: Unpack[_request.AdapterOptions],
+    ) -> None:
         self.app = app
         if request_class is not None:
-            warnings.warn("FieldLabMiddleware(request_class=...) is deprecated; use request_factory=...",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "FieldLabMiddleware(request_class=...) is deprecated; use request_factory=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             request_factory = request_factory or request_class
         self.request_factory = request_factory if request_factory is not None else _starlette_request()
         opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
-            lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session},
+            lab,
+            **vars(opts),
+            framework_defaults={"user": _default_user, "session": _default_session},
             framework_sources={"session": COOKIE},  # request.user: whatever the auth backend read, opaque
-            unit_hints=_HINTS, adapter="FieldLabMiddleware (ASGI)")
+            unit_hints=_HINTS,
+            adapter="FieldLabMiddleware (ASGI)",
+        )
         self._first_request = True
 
     def _check_scope(self, scope: Scope) -> None:
@@ -120,8 +133,12 @@ class FieldLabMiddleware:
                 if unit.kind in cfg.units or unit.kind not in ("user", "session") or unit.kind in scope:
                     continue
                 what = "AuthenticationMiddleware" if unit.kind == "user" else "SessionMiddleware"
-                cfg.watch.report_now(cfg.lab, unit.kind, f"the first request reached fieldlab without "
-                                     f"request.{unit.kind} ({what} is missing or runs after fieldlab)")
+                cfg.watch.report_now(
+                    cfg.lab,
+                    unit.kind,
+                    f"the first request reached fieldlab without "
+                    f"request.{unit.kind} ({what} is missing or runs after fieldlab)",
+                )
         except Exception:
             pass  # a warning that cannot be worked out is not worth a failed request
 
@@ -135,8 +152,12 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
             return
         outer = scope.get(_HANDLED)
-        if outer is not None and outer is not self and getattr(outer, "config", None) is not None \
-                and outer.config.lab is self.config.lab:  # the same lab twice (another lab: a mounted sub-app)
+        if (
+            outer is not None
+            and outer is not self
+            and getattr(outer, "config", None) is not None
+            and outer.config.lab is self.config.lab
+        ):  # the same lab twice (another lab: a mounted sub-app)
             added_twice(self, "FieldLabMiddleware (ASGI)", "keep one app.add_middleware(FieldLabMiddleware, ...)")
             await self.app(scope, receive, send)
             return
@@ -145,8 +166,14 @@ class FieldLabMiddleware:
         if self._first_request:
             self._first_request = False
             self._check_scope(scope)
-        ctx = _request.begin(cfg, scope, _request.asgi_getter(scope.get("headers", ())), scope.get("path", ""),
-                             scope.get("method", ""), make_request=self.request_factory)
+        ctx = _request.begin(
+            cfg,
+            scope,
+            _request.asgi_getter(scope.get("headers", ())),
+            scope.get("path", ""),
+            scope.get("method", ""),
+            make_request=self.request_factory,
+        )
         if ctx is None:
             await self.app(scope, receive, send)
             return
@@ -162,9 +189,13 @@ class FieldLabMiddleware:
             abort = _request.abort_for(ctx) if cfg.may_abort else None
             if abort is not None:
                 status, body = abort
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                        for k, v in abort_headers(body)]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in abort_headers(body)],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             await self.app(scope, receive, send)
@@ -174,6 +205,7 @@ class FieldLabMiddleware:
 
 def _finishing(send: Send, ctx: Any, cookie: bytes | None) -> Send:
     """``send`` adding the new visitor's cookie and the cache headers the app's reads need to the response start."""
+
     async def send_finished(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             message = dict(message)
@@ -184,6 +216,7 @@ def _finishing(send: Send, ctx: Any, cookie: bytes | None) -> Send:
                 headers.append((b"set-cookie", cookie))
             message["headers"] = headers
         await send(message)
+
     return send_finished
 
 
@@ -196,4 +229,5 @@ def _patch_raw(ctx: Any, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes
         return headers
     lower = {name.lower().encode("latin-1") for name in wanted}
     return [(k, v) for k, v in headers if k.lower() not in lower] + [
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items()]
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items()
+    ]

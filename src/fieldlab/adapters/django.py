@@ -66,7 +66,9 @@ def _import(path: str, field: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(field, f"cannot import {path!r} ({exc})", "give a dotted path like 'myproject.ab.lab'") from None
+        raise ConfigError(
+            field, f"cannot import {path!r} ({exc})", "give a dotted path like 'myproject.ab.lab'"
+        ) from None
 
 
 def _load_lab(value: Any) -> Lab:
@@ -81,11 +83,16 @@ def _load_lab(value: Any) -> Lab:
         else:
             lab = _import(text, "FIELDLAB['lab']")
             if not isinstance(lab, Lab):
-                raise ConfigError("FIELDLAB['lab']", f"{text!r} is a {type(lab).__name__}, not a Lab",
-                                  "point it at a fieldlab.Lab object or a config file")
+                raise ConfigError(
+                    "FIELDLAB['lab']",
+                    f"{text!r} is a {type(lab).__name__}, not a Lab",
+                    "point it at a fieldlab.Lab object or a config file",
+                )
         _labs[text] = lab
         return lab
-    raise ConfigError("FIELDLAB['lab']", f"cannot use {value!r}", "give a Lab, a dotted path to one, or a config file path")
+    raise ConfigError(
+        "FIELDLAB['lab']", f"cannot use {value!r}", "give a Lab, a dotted path to one, or a config file path"
+    )
 
 
 def _user(request: Any) -> Any:
@@ -101,25 +108,37 @@ def load_config() -> _request.AdapterConfig:
     """Build the adapter configuration from ``settings.FIELDLAB``, with clear errors."""
     conf = getattr(settings, "FIELDLAB", None)
     if not isinstance(conf, dict) or "lab" not in conf:
-        raise ConfigError("settings.FIELDLAB", "is missing or has no 'lab'",
-                          "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)")
+        raise ConfigError(
+            "settings.FIELDLAB",
+            "is missing or has no 'lab'",
+            "set FIELDLAB = {'lab': 'experiments.toml'} (a Lab, dotted path or config file)",
+        )
     if not isinstance(conf.get("create_session", False), bool):
-        raise ConfigError("FIELDLAB['create_session']", f"{conf['create_session']!r} is not True or False",
-                          "write True to create a session when a session experiment needs one, else False")
+        raise ConfigError(
+            "FIELDLAB['create_session']",
+            f"{conf['create_session']!r} is not True or False",
+            "write True to create a session when a session experiment needs one, else False",
+        )
     options = _request.Options.of(conf, "settings.FIELDLAB", also=("lab", "create_session"))
     attributes = conf.get("attributes")
     if isinstance(attributes, str):
         attributes = _import(attributes, "FIELDLAB['attributes']")
     units = options.units
     if isinstance(units, Mapping):  # (anything else: AdapterConfig says why)
-        units = {kind: _import(spec, f"FIELDLAB['units'][{kind!r}]")
-                 if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec
-                 else spec for kind, spec in units.items()}
+        units = {
+            kind: _import(spec, f"FIELDLAB['units'][{kind!r}]")
+            if isinstance(spec, str) and not spec.lower().startswith(("header:", "cookie:")) and "." in spec
+            else spec
+            for kind, spec in units.items()
+        }
     settings_options = dataclasses.replace(options, units=units, attributes=attributes)
-    return _request.AdapterConfig(_load_lab(conf["lab"]), **vars(settings_options),
-                                  framework_defaults={"user": _user, "session": _session},
-                                  framework_sources={"user": COOKIE, "session": COOKIE},
-                                  where="FIELDLAB['units']")
+    return _request.AdapterConfig(
+        _load_lab(conf["lab"]),
+        **vars(settings_options),
+        framework_defaults={"user": _user, "session": _session},
+        framework_sources={"user": COOKIE, "session": COOKIE},
+        where="FIELDLAB['units']",
+    )
 
 
 class FieldLabMiddleware:
@@ -141,15 +160,23 @@ class FieldLabMiddleware:
             markcoroutinefunction(self)
 
     def _begin(self, request: Any, known: dict[str, Any] | None) -> Any:
-        return _request.begin(self.config, request, _request.environ_getter(request.META), request.path,
-                              request.method, known)
+        return _request.begin(
+            self.config, request, _request.environ_getter(request.META), request.path, request.method, known
+        )
 
     def _finish(self, request: Any, ctx: Any, response: Any) -> Any:
         patch_variant_headers(response, ctx)
         vid = ctx.new_visitor_id
         if vid is not None:
-            response.set_cookie(self.config.visitor_cookie, vid, max_age=_request.VISITOR_MAX_AGE, path="/",
-                                secure=request.is_secure(), httponly=True, samesite="Lax")
+            response.set_cookie(
+                self.config.visitor_cookie,
+                vid,
+                max_age=_request.VISITOR_MAX_AGE,
+                path="/",
+                secure=request.is_secure(),
+                httponly=True,
+                samesite="Lax",
+            )
         return response
 
     def _abort(self, ctx: Any) -> HttpResponse | None:
@@ -223,17 +250,24 @@ class FieldLabMiddleware:
             self.spanless = (self.spanless or 0) + 1
             missing = importlib.util.find_spec("opentelemetry.instrumentation.asgi") is None
             if missing:
-                fix = ("install opentelemetry-instrumentation-asgi: without it the OpenTelemetry Django "
-                       "instrumentation records nothing for ASGI requests")
+                fix = (
+                    "install opentelemetry-instrumentation-asgi: without it the OpenTelemetry Django "
+                    "instrumentation records nothing for ASGI requests"
+                )
             elif self.spanless >= SPANLESS_AFTER:
-                fix = ("call DjangoInstrumentor().instrument() before get_asgi_application(), or wrap the "
-                       "application in opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware")
+                fix = (
+                    "call DjangoInstrumentor().instrument() before get_asgi_application(), or wrap the "
+                    "application in opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware"
+                )
             else:
                 return
             self.spanless = None
-            _log.warning("fieldlab: Django runs under ASGI and found no OpenTelemetry server span for %s, so "
-                         "assignments and exposures are recorded nowhere; %s",
-                         "this request" if missing else f"{SPANLESS_AFTER} requests", fix)
+            _log.warning(
+                "fieldlab: Django runs under ASGI and found no OpenTelemetry server span for %s, so "
+                "assignments and exposures are recorded nowhere; %s",
+                "this request" if missing else f"{SPANLESS_AFTER} requests",
+                fix,
+            )
         except Exception:
             self.spanless = None
 
@@ -275,6 +309,7 @@ def vary_on_variants(view: Callable[..., Any]) -> Callable[..., Any]:
     Works for sync and async views; a no-op outside fieldlab's middleware or
     with ``FIELDLAB["cache_headers"] = False``.
     """
+
     def finish(response: Any) -> Any:
         if getattr(response, "is_rendered", True) is False and hasattr(response, "add_post_render_callback"):
             response.add_post_render_callback(patch_variant_headers)
@@ -282,12 +317,15 @@ def vary_on_variants(view: Callable[..., Any]) -> Callable[..., Any]:
         return patch_variant_headers(response)
 
     if iscoroutinefunction(view):
+
         @functools.wraps(view)
         async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
             return finish(await view(request, *args, **kwargs))
+
         return async_view
 
     @functools.wraps(view)
     def sync_view(request: Any, *args: Any, **kwargs: Any) -> Any:
         return finish(view(request, *args, **kwargs))
+
     return sync_view

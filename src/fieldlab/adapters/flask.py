@@ -36,7 +36,7 @@ _CTX = "fieldlab.context"
 
 _HINTS = {
     "user": 'Flask has no built-in user: pass units={"user": lambda request: '
-            'flask_login.current_user.get_id()} (or "header:X-User-Id") to FieldLab',
+    'flask_login.current_user.get_id()} (or "header:X-User-Id") to FieldLab',
     "session": "set app.secret_key: fieldlab keeps the session unit in Flask's signed session cookie",
 }
 
@@ -59,8 +59,9 @@ class FieldLab:
     ConfigError naming the closest.
     """
 
-    def __init__(self, app: flask.Flask | None = None, lab: Lab | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self, app: flask.Flask | None = None, lab: Lab | None = None, **options: Unpack[_request.AdapterOptions]
+    ) -> None:
         self.lab = lab
         self.options = _request.Options.of(options, "FieldLab")
         self.config: _request.AdapterConfig | None = None
@@ -72,13 +73,20 @@ class FieldLab:
         if self.lab is None:
             raise ConfigError("lab", "FieldLab needs a Lab", "pass FieldLab(app, lab=Lab.from_file(...))")
         if self.config is None:
-            self.config = _request.AdapterConfig(self.lab, **vars(self.options),
-                                                 framework_defaults={"session": _default_session},
-                                                 framework_sources={"session": COOKIE},
-                                                 unit_hints=_HINTS, adapter="FieldLab (Flask)")
+            self.config = _request.AdapterConfig(
+                self.lab,
+                **vars(self.options),
+                framework_defaults={"session": _default_session},
+                framework_sources={"session": COOKIE},
+                unit_hints=_HINTS,
+                adapter="FieldLab (Flask)",
+            )
         if "fieldlab" in app.extensions:
-            raise ConfigError("init_app", "fieldlab is already initialised on this app",
-                                       "create one FieldLab per app and call init_app once")
+            raise ConfigError(
+                "init_app",
+                "fieldlab is already initialised on this app",
+                "create one FieldLab per app and call init_app once",
+            )
         app.extensions["fieldlab"] = self
         self.config.plan()  # start-up: warns about unit kinds nothing resolves (Flask has no built-in user)
         app.before_request(self._before)
@@ -90,8 +98,13 @@ class FieldLab:
         cfg = self.config
         environ = flask.request.environ
         get = environ.get
-        ctx = _request.begin(cfg, flask.request, _request.environ_getter(environ),  # type: ignore[arg-type]
-                             get("PATH_INFO", ""), get("REQUEST_METHOD", ""))
+        ctx = _request.begin(
+            cfg,
+            flask.request,
+            _request.environ_getter(environ),  # type: ignore[arg-type]
+            get("PATH_INFO", ""),
+            get("REQUEST_METHOD", ""),
+        )
         if ctx is None:
             return None
         environ[_CTX] = ctx
@@ -118,8 +131,9 @@ class FieldLab:
         ctx = flask.request.environ.get(_CTX)
         if ctx is not None and ctx.read_keys:
             headers = response.headers
-            for name, value in _request.response_headers(ctx, headers.getlist("Vary"),
-                                                         headers.getlist("Cache-Control")).items():
+            for name, value in _request.response_headers(
+                ctx, headers.getlist("Vary"), headers.getlist("Cache-Control")
+            ).items():
                 headers[name] = value
         return response
 

@@ -44,7 +44,12 @@ def install_globals(env: Any) -> list[str]:
             env.globals[name] = fn
             added.append(name)
         else:
-            _log.warning("fieldlab: the template global %r is already defined, so fieldlab did not install its own; "
-                         "register fieldlab.%s under another name (env.globals['ab_%s'] = fieldlab.%s)",
-                         name, name, name, name)
+            _log.warning(
+                "fieldlab: the template global %r is already defined, so fieldlab did not install its own; "
+                "register fieldlab.%s under another name (env.globals['ab_%s'] = fieldlab.%s)",
+                name,
+                name,
+                name,
+                name,
+            )
     return added

@@ -26,8 +26,16 @@ if TYPE_CHECKING:
 __all__ = ["FieldLabMiddleware"]
 
 _HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def status_line(status: int) -> str:
@@ -49,30 +57,51 @@ class FieldLabMiddleware:
     ``request_factory(environ)`` builds what resolvers receive (default: the environ).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], lab: Lab, *,
-                 request_factory: Callable[[dict], Any] | None = None,
-                 **options: Unpack[_request.AdapterOptions]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        lab: Lab,
+        *,
+        request_factory: Callable[[dict], Any] | None = None,
+        **options: Unpack[_request.AdapterOptions],
+    ) -> None:
         if not callable(app):
             raise TypeError(f"FieldLabMiddleware(app): {app!r} is not a WSGI application")
         self.app = app
         self.request_factory = request_factory
         opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
-            lab, **vars(opts), framework_defaults={"user": _remote_user}, adapter="FieldLabMiddleware (WSGI)",
-            unit_hints={"user": "REMOTE_USER is set by the server or an auth middleware wrapped outside "
-                                'FieldLabMiddleware; or pass units={"user": ...}'})
+            lab,
+            **vars(opts),
+            framework_defaults={"user": _remote_user},
+            adapter="FieldLabMiddleware (WSGI)",
+            unit_hints={
+                "user": "REMOTE_USER is set by the server or an auth middleware wrapped outside "
+                'FieldLabMiddleware; or pass units={"user": ...}'
+            },
+        )
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         outer = environ.get(_HANDLED)
-        if outer is not None and outer is not self and getattr(outer, "config", None) is not None \
-                and outer.config.lab is self.config.lab:  # the same lab twice (another lab: a mounted sub-app)
+        if (
+            outer is not None
+            and outer is not self
+            and getattr(outer, "config", None) is not None
+            and outer.config.lab is self.config.lab
+        ):  # the same lab twice (another lab: a mounted sub-app)
             added_twice(self, "FieldLabMiddleware (WSGI)", "wrap the app in FieldLabMiddleware once")
             return self.app(environ, start_response)
         environ[_HANDLED] = self
         cfg = self.config
         get = environ.get
-        ctx = _request.begin(cfg, environ, _request.environ_getter(environ), get("PATH_INFO", ""),
-                             get("REQUEST_METHOD", ""), make_request=self.request_factory)
+        ctx = _request.begin(
+            cfg,
+            environ,
+            _request.environ_getter(environ),
+            get("PATH_INFO", ""),
+            get("REQUEST_METHOD", ""),
+            make_request=self.request_factory,
+        )
         if ctx is None:
             return self.app(environ, start_response)
         token = bind(ctx)
@@ -94,6 +123,7 @@ class FieldLabMiddleware:
 
 def _finishing(start_response: Callable[..., Any], ctx: Any, cookie: str | None) -> Callable[..., Any]:
     """``start_response`` adding the new visitor's cookie and the cache headers the app's reads need."""
+
     def start(status: str, headers: list, exc_info: Any = None) -> Any:
         headers = _request.patch_header_list(ctx, list(headers))
         if cookie is not None:
@@ -101,4 +131,5 @@ def _finishing(start_response: Callable[..., Any], ctx: Any, cookie: str | None)
         if exc_info is None:
             return start_response(status, headers)
         return start_response(status, headers, exc_info)
+
     return start

@@ -14,7 +14,8 @@ hash (``h1:...``) cannot be re-bucketed under another salt.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .. import attributes as A
 from ..errors import FieldLabError
@@ -62,11 +63,14 @@ def _collect_counted(source: Any, kind: str, metrics: Sequence[Metric]) -> tuple
     if hashed:
         raise HashedUnitsError(
             f"the spans carry hashed unit ids ({A.unit_attr(kind)} = {hashed[:12]}...), which cannot be re-bucketed "
-            "under a planned salt; record units raw for the pre-period (unit_ids = \"raw\" in [lab]) "
-            "or pass a source whose spans carry raw ids")
+            'under a planned salt; record units raw for the pre-period (unit_ids = "raw" in [lab]) '
+            "or pass a source whose spans carry raw ids"
+        )
     if not ids:
-        raise SourceError(f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source; the experiment's unit "
-                          f"kind is {kind!r}: record that unit on the pre-period spans")
+        raise SourceError(
+            f"no SERVER spans with a {A.unit_attr(kind)} unit id in the source; the experiment's unit "
+            f"kind is {kind!r}: record that unit on the pre-period spans"
+        )
     return ids, mat, skipped
 
 
@@ -88,7 +92,9 @@ def _planned_lab(lab: Any, key: str, salt: str) -> Any:
     return Lab(exps, lab.layers.values(), lab.holdouts.values())
 
 
-def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Sequence[Metric], alpha: float) -> dict[str, Any]:
+def _check(
+    lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Sequence[Metric], alpha: float
+) -> dict[str, Any]:
     import numpy as np
 
     from .stats import compare, holm, ratio_estimate, srm_test
@@ -100,9 +106,13 @@ def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Seq
     out: dict[str, Any] = {"salt": salt, "variants": {}, "comparisons": {}}
     counts = [int((arms == v).sum()) for v in names]
     out["srm"] = srm_test(counts, [exp.weights[v] for v in names])
-    for v, n in zip(names, counts):
+    for v, n in zip(names, counts, strict=False):
         out["variants"][v] = {"units": n}
-    defs: list[tuple[str, int, int | None]] = [("requests_per_unit", 0, None), ("error_rate", 1, 0), ("latency_ms", 2, 0)]
+    defs: list[tuple[str, int, int | None]] = [
+        ("requests_per_unit", 0, None),
+        ("error_rate", 1, 0),
+        ("latency_ms", 2, 0),
+    ]
     for i, m in enumerate(metrics):
         defs.append((m.name, 3 + 2 * i, None if m.kind == "conversion" else 4 + 2 * i))
     ctrl = mat[arms == exp.control]
@@ -116,12 +126,13 @@ def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Seq
             ce = ratio_estimate(ctrl[:, num], None if den is None else ctrl[:, den])
             te = ratio_estimate(trt[:, num], None if den is None else trt[:, den])
             c = compare(ce, te, alpha=alpha, sequential=False)
-            out["comparisons"][v][name] = {k: (x if x is None or isinstance(x, str) else float(x))
-                                            for k, x in c.items()}
+            out["comparisons"][v][name] = {
+                k: (x if x is None or isinstance(x, str) else float(x)) for k, x in c.items()
+            }
             tests.append((v, name, out["comparisons"][v][name]))
     adj = holm([t[2]["p_value"] for t in tests])
     worst = []
-    for (v, name, c), p in zip(tests, adj):
+    for (v, name, c), p in zip(tests, adj, strict=False):
         c["p_value_adjusted"] = p
         if p is not None and p < alpha:
             worst.append(f"{v}: {name} (adjusted p = {p:.3g})")
@@ -131,9 +142,18 @@ def _check(lab: Any, key: str, salt: str, ids: list[str], mat: Any, metrics: Seq
     return out
 
 
-def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str | Metric] = (), salt: str | None = None,
-            alpha: float = 0.05, tries: int = 50, engine: str = "auto",
-            max_line_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:
+def balance(
+    config: Any,
+    experiment: str,
+    sources: Any,
+    *,
+    metrics: Sequence[str | Metric] = (),
+    salt: str | None = None,
+    alpha: float = 0.05,
+    tries: int = 50,
+    engine: str = "auto",
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> dict[str, Any]:
     """Check the planned split of ``experiment`` on pre-period spans; suggest a salt when it fails.
 
     Returns ``{"experiment", "unit", "salt", "balanced", "check": {...}, "suggested_salt", "tried": [...]}``.
@@ -153,17 +173,27 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
     check = _check(lab, experiment, base_salt, ids, mat, mlist, alpha)
     thin = {v: s["units"] for v, s in check["variants"].items() if s["units"] < 2}
     if thin:
-        raise SourceError(f"too few pre-period units fall into {experiment!r} to compare its arms ({thin} of "
-                          f"{len(ids)} units); use a longer pre-period or check the experiment's traffic")
-    result: dict[str, Any] = {"experiment": experiment, "unit": exp.unit, "units": len(ids), "salt": base_salt,
-                              "alpha": alpha, "balanced": check["balanced"], "check": check,
-                              "suggested_salt": None, "tried": [],
-                              "skipped_units": skipped,
-                              "notes": ["targeting rules are not applied: every pre-period unit is considered"]
-                              if exp.targeting else []}
+        raise SourceError(
+            f"too few pre-period units fall into {experiment!r} to compare its arms ({thin} of "
+            f"{len(ids)} units); use a longer pre-period or check the experiment's traffic"
+        )
+    result: dict[str, Any] = {
+        "experiment": experiment,
+        "unit": exp.unit,
+        "units": len(ids),
+        "salt": base_salt,
+        "alpha": alpha,
+        "balanced": check["balanced"],
+        "check": check,
+        "suggested_salt": None,
+        "tried": [],
+        "skipped_units": skipped,
+        "notes": ["targeting rules are not applied: every pre-period unit is considered"] if exp.targeting else [],
+    }
     if skipped:
-        result["notes"].append(f"{skipped} unit id(s) that are not valid UTF-8 text skipped (no variant can be "
-                               "computed for them)")
+        result["notes"].append(
+            f"{skipped} unit id(s) that are not valid UTF-8 text skipped (no variant can be computed for them)"
+        )
     read = getattr(src, "last_read", None) or {}
     result["long_lines"], result["damaged_files"] = read.get("long", 0), list(read.get("damaged", ()))
     if result["long_lines"]:
@@ -184,10 +214,15 @@ def balance(config: Any, experiment: str, sources: Any, *, metrics: Sequence[str
 
 def render_balance(result: Mapping[str, Any]) -> str:
     c = result["check"]
-    lines = [f"balance check of {result['experiment']} (unit {result['unit']}, {result['units']:,} pre-period units, "
-             f"salt {result['salt']!r}): {'BALANCED' if result['balanced'] else 'IMBALANCED'}"]
-    lines.append("   units per arm: " + ", ".join(f"{v} {s['units']:,}" for v, s in c["variants"].items())
-                  + (f"; split p = {c['srm']['p_value']:.3g}" if c["srm"].get("p_value") is not None else ""))
+    lines = [
+        f"balance check of {result['experiment']} (unit {result['unit']}, {result['units']:,} pre-period units, "
+        f"salt {result['salt']!r}): {'BALANCED' if result['balanced'] else 'IMBALANCED'}"
+    ]
+    lines.append(
+        "   units per arm: "
+        + ", ".join(f"{v} {s['units']:,}" for v, s in c["variants"].items())
+        + (f"; split p = {c['srm']['p_value']:.3g}" if c["srm"].get("p_value") is not None else "")
+    )
     for v, comps in c["comparisons"].items():
         for name, x in comps.items():
             est, padj = x.get("estimate"), x.get("p_value_adjusted")

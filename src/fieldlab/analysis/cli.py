@@ -33,10 +33,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     show = _progress(args)
     try:
-        result = analyze(args.sources, args.config, metrics=args.metric or (), all_assigned=args.all_assigned,
-                         sequential=not args.fixed_horizon, alpha=args.alpha, tuning=args.tuning, engine=args.engine,
-                         experiments=args.experiment, progress=show, max_line_bytes=args.max_line_bytes,
-                         min_units=args.min_units, where=args.where or ())
+        result = analyze(
+            args.sources,
+            args.config,
+            metrics=args.metric or (),
+            all_assigned=args.all_assigned,
+            sequential=not args.fixed_horizon,
+            alpha=args.alpha,
+            tuning=args.tuning,
+            engine=args.engine,
+            experiments=args.experiment,
+            progress=show,
+            max_line_bytes=args.max_line_bytes,
+            min_units=args.min_units,
+            where=args.where or (),
+        )
     except (FieldLabError, ValueError) as exc:
         if show:
             sys.stderr.write("\n")
@@ -47,6 +58,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sys.stderr.write("\r" + " " * 100 + "\r")
     if args.config:  # the guardrails' decisions on the report's timeline (fieldlab.control.report)
         from ..control.report import add_decisions
+
         add_decisions(result, args.config)
     if args.html:
         try:
@@ -68,9 +80,17 @@ def cmd_balance(args: argparse.Namespace) -> int:
     from .balance import balance, render_balance
 
     try:
-        result = balance(args.config, args.experiment, args.sources, metrics=args.metric or (), salt=args.salt,
-                         alpha=args.alpha, tries=args.tries, engine=args.engine,
-                         max_line_bytes=args.max_line_bytes)
+        result = balance(
+            args.config,
+            args.experiment,
+            args.sources,
+            metrics=args.metric or (),
+            salt=args.salt,
+            alpha=args.alpha,
+            tries=args.tries,
+            engine=args.engine,
+            max_line_bytes=args.max_line_bytes,
+        )
     except (FieldLabError, ValueError) as exc:
         return _fail("balance", str(exc))
     except OSError as exc:
@@ -98,43 +118,82 @@ def _byte_size(text: str) -> int:
 def _max_line_arg(p: argparse.ArgumentParser) -> None:
     from .reader import MAX_LINE_BYTES
 
-    p.add_argument("--max-line-bytes", type=_byte_size, default=MAX_LINE_BYTES, metavar="SIZE",
-                   help="skip (and count) file lines longer than this, so memory never grows with one huge line "
-                        f"(default {MAX_LINE_BYTES >> 20}M; K/M/G suffixes)")
+    p.add_argument(
+        "--max-line-bytes",
+        type=_byte_size,
+        default=MAX_LINE_BYTES,
+        metavar="SIZE",
+        help="skip (and count) file lines longer than this, so memory never grows with one huge line "
+        f"(default {MAX_LINE_BYTES >> 20}M; K/M/G suffixes)",
+    )
 
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``analyze`` and ``balance`` on the main ``fieldlab`` parser."""
     p = subparsers.add_parser(
-        "analyze", help="analyse experiments from trace data (OTLP JSON files or ClickHouse)",
+        "analyze",
+        help="analyse experiments from trace data (OTLP JSON files or ClickHouse)",
         description="Analyse every experiment found on SERVER spans: sample-ratio check, error rate, latency, "
-                    "custom metrics, peek-safe intervals and a verdict per variant.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="OTLP JSON-lines file(s) (.gz ok), a directory, a glob, or clickhouse://user:pw@host:8123/db?table=otel_traces")
-    p.add_argument("--config", help="lab config (weights for SRM, unit kinds, control, holdouts); without it weights "
-                                    "are assumed equal and unit kinds inferred")
-    p.add_argument("--metric", action="append", metavar="ATTR[=VALUE]",
-                   help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
-                        "of units with any such request (conversion); write --metric=-ATTR when lower is better. Repeatable.")
+        "custom metrics, peek-safe intervals and a verdict per variant.",
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="OTLP JSON-lines file(s) (.gz ok), a directory, a glob, or clickhouse://user:pw@host:8123/db?table=otel_traces",
+    )
+    p.add_argument(
+        "--config",
+        help="lab config (weights for SRM, unit kinds, control, holdouts); without it weights "
+        "are assumed equal and unit kinds inferred",
+    )
+    p.add_argument(
+        "--metric",
+        action="append",
+        metavar="ATTR[=VALUE]",
+        help="custom metric from a span attribute: ATTR = numeric mean per request, ATTR=VALUE = share "
+        "of units with any such request (conversion); write --metric=-ATTR when lower is better. Repeatable.",
+    )
     p.add_argument("--experiment", action="append", metavar="KEY", help="only these experiments (repeatable)")
-    p.add_argument("--where", action="append", metavar="ATTR=VALUE",
-                   help="only requests whose span attribute has this value, e.g. --where http.route=/checkout "
-                        "--where method=POST (route = http.route, path = url.path, method = http.request.method "
-                        "or the older http.method); repeatable, all must match")
-    p.add_argument("--all-assigned", action="store_true",
-                   help="intent-to-treat: every assigned unit, not only the exposed ones")
-    p.add_argument("--fixed-horizon", action="store_true",
-                   help="fixed-horizon Welch intervals (valid only for a single look at a planned size)")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="ATTR=VALUE",
+        help="only requests whose span attribute has this value, e.g. --where http.route=/checkout "
+        "--where method=POST (route = http.route, path = url.path, method = http.request.method "
+        "or the older http.method); repeatable, all must match",
+    )
+    p.add_argument(
+        "--all-assigned", action="store_true", help="intent-to-treat: every assigned unit, not only the exposed ones"
+    )
+    p.add_argument(
+        "--fixed-horizon",
+        action="store_true",
+        help="fixed-horizon Welch intervals (valid only for a single look at a planned size)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--tuning", type=float, default=5000.0,
-                   help="confidence-sequence tuning parameter: the sample size where it is tightest (default 5000)")
-    p.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto",
-                   help="file reader: embedded ClickHouse (chdb, default when installed) or pure Python")
+    p.add_argument(
+        "--tuning",
+        type=float,
+        default=5000.0,
+        help="confidence-sequence tuning parameter: the sample size where it is tightest (default 5000)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "chdb", "python"),
+        default="auto",
+        help="file reader: embedded ClickHouse (chdb, default when installed) or pure Python",
+    )
     from .core import MIN_UNITS_PER_ARM
 
-    p.add_argument("--min-units", type=int, default=MIN_UNITS_PER_ARM, metavar="N",
-                   help="analysed units needed in every arm before any interval or verdict "
-                        f"(default {MIN_UNITS_PER_ARM}, at least 2)")
+    p.add_argument(
+        "--min-units",
+        type=int,
+        default=MIN_UNITS_PER_ARM,
+        metavar="N",
+        help="analysed units needed in every arm before any interval or verdict "
+        f"(default {MIN_UNITS_PER_ARM}, at least 2)",
+    )
     _max_line_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
@@ -143,15 +202,21 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=cmd_analyze)
 
     b = subparsers.add_parser(
-        "balance", help="before launch: check a planned split (or a new --salt) on past traffic (an A/A test)",
+        "balance",
+        help="before launch: check a planned split (or a new --salt) on past traffic (an A/A test)",
         description="Recompute which historical units would fall into each arm of EXPERIMENT and compare their "
-                    "past behaviour. Needs raw unit ids on the pre-period spans.")
+        "past behaviour. Needs raw unit ids on the pre-period spans.",
+    )
     b.add_argument("config", help="lab config holding the planned experiment")
     b.add_argument("experiment", help="experiment key")
-    b.add_argument("sources", nargs="+", metavar="SOURCE", help="pre-period OTLP JSON files/dirs/globs or a clickhouse:// URL")
+    b.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="pre-period OTLP JSON files/dirs/globs or a clickhouse:// URL"
+    )
     b.add_argument("--metric", action="append", metavar="ATTR[=VALUE]", help="extra metric to balance (repeatable)")
     b.add_argument("--salt", help="check this salt instead of the configured one")
-    b.add_argument("--alpha", type=float, default=0.05, help="flag imbalance at this Holm-adjusted level (default 0.05)")
+    b.add_argument(
+        "--alpha", type=float, default=0.05, help="flag imbalance at this Holm-adjusted level (default 0.05)"
+    )
     b.add_argument("--tries", type=int, default=50, help="salts to try when suggesting a replacement (default 50)")
     b.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto", help=argparse.SUPPRESS)
     _max_line_arg(b)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .model import SourceError
 
@@ -38,8 +39,11 @@ def query_chdb(sql: str) -> list[dict[str, Any]]:
 
     # storage_file_read_method = 'read': chdb would otherwise mmap the files, and the mapped pages count
     # as the process's memory (peak RSS grew with the file size in the benchmark).
-    res = chdb.query(sql + " SETTINGS output_format_json_quote_64bit_integers = 0, "
-                     "output_format_json_quote_denormals = 0, storage_file_read_method = 'read'", "JSONEachRow")
+    res = chdb.query(
+        sql + " SETTINGS output_format_json_quote_64bit_integers = 0, "
+        "output_format_json_quote_denormals = 0, storage_file_read_method = 'read'",
+        "JSONEachRow",
+    )
     # surrogateescape: ClickHouse passes a stored id's bytes through even when they are not UTF-8
     return _json_rows(res.bytes().decode("utf-8", "surrogateescape") if hasattr(res, "bytes") else str(res))
 
@@ -75,12 +79,18 @@ def connect(url: str, table: str | None = None) -> tuple[Runner, str, str]:
     secure = u.scheme in ("clickhouses", "https")
     try:
         client = clickhouse_connect.get_client(
-            host=u.hostname or "localhost", port=u.port or (8443 if secure else 8123),
+            host=u.hostname or "localhost",
+            port=u.port or (8443 if secure else 8123),
             username=urllib.parse.unquote(u.username or "default"),
-            password=urllib.parse.unquote(u.password or ""), database=database, secure=secure)
+            password=urllib.parse.unquote(u.password or ""),
+            database=database,
+            secure=secure,
+        )
     except Exception as exc:
-        raise SourceError(f"{u.hostname}:{u.port or 8123}: cannot connect to ClickHouse ({exc}); "
-                          "check the host, port (HTTP interface, 8123) and credentials") from None
+        raise SourceError(
+            f"{u.hostname}:{u.port or 8123}: cannot connect to ClickHouse ({exc}); "
+            "check the host, port (HTTP interface, 8123) and credentials"
+        ) from None
 
     def run(sql: str) -> list[dict[str, Any]]:
         return list(client.query(sql).named_results())

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from .model import (Aggregates, ExperimentData, Filter, GroupData, Metric, QuerySpec, SourceError, hist_value_ms,
-                    parse_metric, parse_where)
+from .model import (
+    Aggregates,
+    ExperimentData,
+    Filter,
+    GroupData,
+    Metric,
+    QuerySpec,
+    SourceError,
+    hist_value_ms,
+    parse_metric,
+    parse_where,
+)
 from .reader import MAX_LINE_BYTES
 from .sources import Source, open_source
 
@@ -72,8 +83,9 @@ def _metric_estimate(g: GroupData, metric: str | Metric) -> Any:
     return ratio_estimate(g.metric_sums[metric.name], g.metric_counts[metric.name])
 
 
-def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric], exposed_hist: bool,
-                     population: str) -> dict[str, Any]:
+def _variant_summary(
+    g: GroupData, assigned: GroupData, metrics: Sequence[Metric], exposed_hist: bool, population: str
+) -> dict[str, Any]:
     """Counts, error rate, latency and metrics of ``g``; mean and percentiles describe the same requests:
     all requests of the units in ``g`` (``hist_exposed`` holds exactly the exposed units' requests)."""
     from .stats import hist_quantiles
@@ -83,13 +95,19 @@ def _variant_summary(g: GroupData, assigned: GroupData, metrics: Sequence[Metric
     hist = g.hist_exposed if exposed_hist else g.hist_all
     p50, p90, p99 = hist_quantiles(g.hist_bins, hist, _QS, hist_value_ms)
     out: dict[str, Any] = {
-        "units": g.units, "assigned_units": assigned.units, "requests": int(requests),
+        "units": g.units,
+        "assigned_units": assigned.units,
+        "requests": int(requests),
         "exposed_requests": int(g.exposed_requests.sum()) if g.exposed_requests is not None else None,
         "errors": int(errors),
         "error_rate": _f(errors / requests) if requests else None,
-        "latency_ms": {"population": population,
-                       "mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
-                       "p50": _f(p50), "p90": _f(p90), "p99": _f(p99)},
+        "latency_ms": {
+            "population": population,
+            "mean": _f(g.latency_sum_ms.sum() / requests) if requests else None,
+            "p50": _f(p50),
+            "p90": _f(p90),
+            "p99": _f(p99),
+        },
         "metrics": {},
     }
     for m in metrics:
@@ -147,11 +165,23 @@ class _Arms:
     unit_source: str
 
 
-def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric] = (), all_assigned: bool = False,
-            sequential: bool = True, alpha: float = 0.05, tuning: float = 5000.0, engine: str = "auto",
-            experiments: Sequence[str] | None = None, progress: Callable[[str], None] | bool | None = None,
-            looks: int = 20, max_line_bytes: int = MAX_LINE_BYTES,
-            min_units: int = MIN_UNITS_PER_ARM, where: Sequence[str | Filter] = ()) -> dict[str, Any]:
+def analyze(
+    sources: Any,
+    config: Any = None,
+    *,
+    metrics: Sequence[str | Metric] = (),
+    all_assigned: bool = False,
+    sequential: bool = True,
+    alpha: float = 0.05,
+    tuning: float = 5000.0,
+    engine: str = "auto",
+    experiments: Sequence[str] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
+    looks: int = 20,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    min_units: int = MIN_UNITS_PER_ARM,
+    where: Sequence[str | Filter] = (),
+) -> dict[str, Any]:
     """Analyse every experiment found in ``sources``; returns the ``--json`` structure.
 
     ``sources``: file paths, directories, globs, a ``clickhouse://`` URL, or a
@@ -176,12 +206,21 @@ def analyze(sources: Any, config: Any = None, *, metrics: Sequence[str | Metric]
     _add_holdouts(result, agg, lab, opts)
     if lab is not None and getattr(lab._state, "canaries", None):  # the sick canaries' dose-response
         from .canaries import analyze_canaries
+
         result["canaries"] = analyze_canaries(sources, lab, engine=engine, max_line_bytes=max_line_bytes)
     return _clean(result)
 
 
-def _options(metrics: Sequence[str | Metric], where: Sequence[str | Filter], all_assigned: bool, sequential: bool, alpha: float, tuning: float,
-             looks: int, min_units: int) -> _Options:
+def _options(
+    metrics: Sequence[str | Metric],
+    where: Sequence[str | Filter],
+    all_assigned: bool,
+    sequential: bool,
+    alpha: float,
+    tuning: float,
+    looks: int,
+    min_units: int,
+) -> _Options:
     """The checked options; a bad value is a SourceError that names the argument and the fix."""
     if not 0 < alpha < 1:
         raise SourceError(f"alpha {alpha} is outside (0, 1); use e.g. 0.05")
@@ -190,14 +229,22 @@ def _options(metrics: Sequence[str | Metric], where: Sequence[str | Filter], all
     mlist = tuple(m if isinstance(m, Metric) else parse_metric(m) for m in metrics)
     names = [m.name for m in mlist]
     if len(set(names)) != len(names) or set(names) & set(GUARDRAILS):
-        raise SourceError(f"--metric: duplicate or reserved metric names in {names}; give each metric once "
-                          f"and do not reuse {', '.join(GUARDRAILS)}")
+        raise SourceError(
+            f"--metric: duplicate or reserved metric names in {names}; give each metric once "
+            f"and do not reuse {', '.join(GUARDRAILS)}"
+        )
     filters = tuple(f if isinstance(f, Filter) else parse_where(f) for f in where)
     return _Options(mlist, filters, all_assigned, sequential, alpha, tuning, looks, min_units)
 
 
-def _aggregate(sources: Any, lab: Any, opts: _Options, engine: str, max_line_bytes: int,
-               progress: Callable[[str], None] | bool | None) -> Aggregates:
+def _aggregate(
+    sources: Any,
+    lab: Any,
+    opts: _Options,
+    engine: str,
+    max_line_bytes: int,
+    progress: Callable[[str], None] | bool | None,
+) -> Aggregates:
     """Read the sources once: per-unit aggregates of every experiment and holdout."""
     unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
     coverage = {h.key: tuple(h.experiments) for h in lab.holdouts.values()} if lab is not None else {}
@@ -210,36 +257,58 @@ def _result_header(agg: Aggregates, lab: Any, opts: _Options, max_line_bytes: in
     """The result without experiments: what was read, how it is judged, and notes on the reading."""
     from .stats import SRM_ALPHA
 
-    method = ("always-valid confidence sequence (asymptotic, tuning parameter "
-              f"{opts.tuning:g}); safe to look at any time") if opts.sequential else \
-        "fixed-horizon Welch t interval: valid only if you look once, at the planned sample size"
+    method = (
+        (f"always-valid confidence sequence (asymptotic, tuning parameter {opts.tuning:g}); safe to look at any time")
+        if opts.sequential
+        else "fixed-horizon Welch t interval: valid only if you look once, at the planned sample size"
+    )
     notes: list[str] = []
     if agg.malformed_lines:
         notes.append(f"{agg.malformed_lines} malformed line(s) skipped")
     if agg.long_lines:
-        notes.append(f"{agg.long_lines} line(s) longer than the {_size(max_line_bytes)} line cap skipped "
-                     "(raise it with --max-line-bytes)")
+        notes.append(
+            f"{agg.long_lines} line(s) longer than the {_size(max_line_bytes)} line cap skipped "
+            "(raise it with --max-line-bytes)"
+        )
     notes += [f"damaged file read up to the damage: {d}" for d in agg.damaged_files]
     if opts.filters:
-        notes.append("only requests with " + " and ".join(f"{f.name} = {f.value!r}" for f in opts.filters)
-                     + " are analysed (--where)")
+        notes.append(
+            "only requests with "
+            + " and ".join(f"{f.name} = {f.value!r}" for f in opts.filters)
+            + " are analysed (--where)"
+        )
     if lab is None:
-        notes.append("no --config: weights assumed equal for the SRM check; unit kind inferred per span "
-                     "(user if present, else visitor, else session, else the trace id = request)")
+        notes.append(
+            "no --config: weights assumed equal for the SRM check; unit kind inferred per span "
+            "(user if present, else visitor, else session, else the trace id = request)"
+        )
     return {
         "fieldlab_analysis": RESULT_VERSION,
-        "source": agg.source, "engine": agg.engine, "seconds": round(agg.seconds, 3),
-        "spans": agg.spans, "server_spans": agg.server_spans, "malformed_lines": agg.malformed_lines,
-        "long_lines": agg.long_lines, "damaged_files": list(agg.damaged_files),
-        "method": {"sequential": opts.sequential, "description": method, "alpha": opts.alpha, "srm_alpha": SRM_ALPHA,
-                   "tuning": opts.tuning if opts.sequential else None,
-                   "population": "all assigned units (intent-to-treat)" if opts.all_assigned else
-                   "exposed units (trigger analysis: units whose code read the variant)",
-                   "latency_population": opts.latency_population,
-                   "min_units_per_arm": opts.min_units,
-                   "metrics": ["error_rate", "latency_ms"] + [m.name for m in opts.metrics],
-                   "filters": [str(f) for f in opts.filters]},
-        "notes": notes, "experiments": {}, "holdouts": {},
+        "source": agg.source,
+        "engine": agg.engine,
+        "seconds": round(agg.seconds, 3),
+        "spans": agg.spans,
+        "server_spans": agg.server_spans,
+        "malformed_lines": agg.malformed_lines,
+        "long_lines": agg.long_lines,
+        "damaged_files": list(agg.damaged_files),
+        "method": {
+            "sequential": opts.sequential,
+            "description": method,
+            "alpha": opts.alpha,
+            "srm_alpha": SRM_ALPHA,
+            "tuning": opts.tuning if opts.sequential else None,
+            "population": "all assigned units (intent-to-treat)"
+            if opts.all_assigned
+            else "exposed units (trigger analysis: units whose code read the variant)",
+            "latency_population": opts.latency_population,
+            "min_units_per_arm": opts.min_units,
+            "metrics": ["error_rate", "latency_ms"] + [m.name for m in opts.metrics],
+            "filters": [str(f) for f in opts.filters],
+        },
+        "notes": notes,
+        "experiments": {},
+        "holdouts": {},
     }
 
 
@@ -250,8 +319,9 @@ def _experiment_keys(agg: Aggregates, lab: Any, experiments: Sequence[str] | Non
     if wanted and lab is not None:
         unknown = wanted - known
         if unknown:
-            raise SourceError(f"--experiment {sorted(unknown)}: not in the config nor in the data; "
-                              f"known: {sorted(known)}")
+            raise SourceError(
+                f"--experiment {sorted(unknown)}: not in the config nor in the data; known: {sorted(known)}"
+            )
     return sorted(k for k in known if not wanted or k in wanted)
 
 
@@ -279,15 +349,24 @@ def _analyze_experiment(data: ExperimentData | None, cfg: Any, no_config: bool, 
     notes: list[str] = []
     arms = _arms(data, cfg, notes)
     out: dict[str, Any] = {
-        "unit": arms.unit_kind, "unit_source": arms.unit_source, "control": arms.control,
+        "unit": arms.unit_kind,
+        "unit_source": arms.unit_source,
+        "control": arms.control,
         "weights": {v: arms.weights[v] for v in arms.order},
-        "weights_source": "config" if cfg is not None else (
-            "assumed equal (no --config)" if no_config else "assumed equal (experiment not in the config)"),
+        "weights_source": "config"
+        if cfg is not None
+        else ("assumed equal (no --config)" if no_config else "assumed equal (experiment not in the config)"),
         "forced_requests_excluded": data.forced_requests if data else 0,
         "multi_variant_units_excluded": data.multi_variant_units if data else 0,
-        "verdict": "keep running", "verdicts": {}, "srm": {}, "effects_valid": True, "variants": {},
+        "verdict": "keep running",
+        "verdicts": {},
+        "srm": {},
+        "effects_valid": True,
+        "variants": {},
         "comparisons": {},
-        "timeline": {}, "histograms": {}, "notes": notes,
+        "timeline": {},
+        "histograms": {},
+        "notes": notes,
     }
     if data is None or not data.variants:
         out["verdict"] = "no data"
@@ -305,28 +384,33 @@ def _analyze_experiment(data: ExperimentData | None, cfg: Any, no_config: bool, 
     return out
 
 
-def _add_summaries(out: dict[str, Any], arms: _Arms, groups: Mapping[str, GroupData],
-                   assigned: Mapping[str, GroupData], opts: _Options) -> None:
+def _add_summaries(
+    out: dict[str, Any], arms: _Arms, groups: Mapping[str, GroupData], assigned: Mapping[str, GroupData], opts: _Options
+) -> None:
     """Counts, error rate, latency and metrics per variant, and the latency histograms for the report."""
     wsum = sum(arms.weights.values()) or 1.0
     for v in arms.order:
         if v in groups:
-            out["variants"][v] = _variant_summary(groups[v], assigned[v], opts.metrics, not opts.all_assigned,
-                                                  opts.latency_population)
+            out["variants"][v] = _variant_summary(
+                groups[v], assigned[v], opts.metrics, not opts.all_assigned, opts.latency_population
+            )
             out["variants"][v]["expected_share"] = _f(arms.weights[v] / wsum)
             out["histograms"][v] = _hist_for_report(groups[v], not opts.all_assigned)
 
 
-def _judge_treatments(out: dict[str, Any], arms: _Arms, groups: Mapping[str, GroupData], srm: Mapping[str, Any],
-                      opts: _Options) -> None:
+def _judge_treatments(
+    out: dict[str, Any], arms: _Arms, groups: Mapping[str, GroupData], srm: Mapping[str, Any], opts: _Options
+) -> None:
     """Comparisons, verdicts and the timeline; none when the control has too few units, none trusted under SRM."""
     from .stats import SRM_ALPHA
 
     notes = out["notes"]
     treatments = [v for v in arms.order if v != arms.control and v in groups]
     if srm["mismatch"]:
-        notes.append(f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_ALPHA}): assignment or logging "
-                     "is broken; effects are not trustworthy (the terminal and HTML reports do not show them)")
+        notes.append(
+            f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_ALPHA}): assignment or logging "
+            "is broken; effects are not trustworthy (the terminal and HTML reports do not show them)"
+        )
     ctrl_units = groups[arms.control].units if arms.control in groups else 0
     if ctrl_units < opts.min_units:
         why = f"{ctrl_units} unit(s) in control {arms.control!r}; at least {opts.min_units} per arm needed"
@@ -337,8 +421,9 @@ def _judge_treatments(out: dict[str, Any], arms: _Arms, groups: Mapping[str, Gro
     thin = {v: groups[v].units for v in treatments if groups[v].units < opts.min_units}
     whys = [f"{n} unit(s) in {v!r}; at least {opts.min_units} per arm needed" for v, n in thin.items()]
     if whys:
-        notes.append("insufficient data: " + "; ".join(whys) + "; no interval or verdict for "
-                     + ", ".join(repr(v) for v in thin))
+        notes.append(
+            "insufficient data: " + "; ".join(whys) + "; no interval or verdict for " + ", ".join(repr(v) for v in thin)
+        )
     comps = _comparisons(groups, arms.control, treatments, thin, opts)
     _add_latency_distribution_tests(comps, groups, arms.control, out["variants"])
     for v in treatments:
@@ -353,8 +438,9 @@ def _judge_treatments(out: dict[str, Any], arms: _Arms, groups: Mapping[str, Gro
     out["timeline"] = _timeline(groups, arms.control, treatments, opts)
 
 
-def _sample_ratio(out: dict[str, Any], arms: _Arms, assigned: Mapping[str, GroupData], weights_assumed: bool,
-                  opts: _Options) -> dict[str, Any]:
+def _sample_ratio(
+    out: dict[str, Any], arms: _Arms, assigned: Mapping[str, GroupData], weights_assumed: bool, opts: _Options
+) -> dict[str, Any]:
     """The SRM test on assigned units (``out["srm"]``) and, for a trigger analysis, on exposed units."""
     from .stats import srm_test
 
@@ -363,19 +449,23 @@ def _sample_ratio(out: dict[str, Any], arms: _Arms, assigned: Mapping[str, Group
     srm = srm_test(observed, [weights[v] for v in order])
     total = sum(observed)
     wsum = sum(weights.values()) or 1.0
-    srm.update(observed={v: o for v, o in zip(order, observed)},
-               expected={v: _f(total * weights[v] / wsum) for v in order},
-               weights_assumed=weights_assumed)
+    srm.update(
+        observed={v: o for v, o in zip(order, observed, strict=False)},
+        expected={v: _f(total * weights[v] / wsum) for v in order},
+        weights_assumed=weights_assumed,
+    )
     out["srm"] = srm
     if not opts.all_assigned:
         exposed_counts = [int(assigned[v].exposed.sum()) if v in assigned else 0 for v in order]
         srm_exp = srm_test(exposed_counts, [weights[v] for v in order])
-        srm_exp["observed"] = dict(zip(order, exposed_counts))
+        srm_exp["observed"] = dict(zip(order, exposed_counts, strict=False))
         out["srm_exposed"] = srm_exp
         if srm_exp["mismatch"] and not srm["mismatch"]:
-            out["notes"].append(f"exposed units do not match the weights (p = {srm_exp['p_value']:.2g}): the variants "
-                                "read the assignment at different rates, so the trigger analysis may be biased; "
-                                "compare with --all-assigned")
+            out["notes"].append(
+                f"exposed units do not match the weights (p = {srm_exp['p_value']:.2g}): the variants "
+                "read the assignment at different rates, so the trigger analysis may be biased; "
+                "compare with --all-assigned"
+            )
     return srm
 
 
@@ -384,8 +474,9 @@ def _interval_alpha(treatments: Sequence[str], alpha: float) -> float:
     return alpha / max(len(treatments), 1)
 
 
-def _comparisons(groups: Mapping[str, GroupData], control: str, treatments: list[str], thin: Mapping[str, int],
-                 opts: _Options) -> dict[str, dict[str, Any]]:
+def _comparisons(
+    groups: Mapping[str, GroupData], control: str, treatments: list[str], thin: Mapping[str, int], opts: _Options
+) -> dict[str, dict[str, Any]]:
     """Treatment vs control on every metric; Holm-adjusted p-values across treatments, Bonferroni intervals.
     A thin arm (fewer than ``min_units`` units) gets a point estimate only."""
     from .stats import DEFAULT_TUNING, compare, holm
@@ -399,22 +490,33 @@ def _comparisons(groups: Mapping[str, GroupData], control: str, treatments: list
         name = m if isinstance(m, str) else m.name
         ce = _metric_estimate(ctrl, m)
         for v in treatments:
-            c = compare(ce, _metric_estimate(groups[v], m), alpha=ci_alpha, sequential=opts.sequential,
-                        tuning=opts.tuning or DEFAULT_TUNING)
+            c = compare(
+                ce,
+                _metric_estimate(groups[v], m),
+                alpha=ci_alpha,
+                sequential=opts.sequential,
+                tuning=opts.tuning or DEFAULT_TUNING,
+            )
             if v in thin:  # a point estimate only
-                c.update(ci_low=None, ci_high=None, p_value=None,
-                         why=f"{thin[v]} unit(s) in {v!r}; at least {opts.min_units} per arm needed")
+                c.update(
+                    ci_low=None,
+                    ci_high=None,
+                    p_value=None,
+                    why=f"{thin[v]} unit(s) in {v!r}; at least {opts.min_units} per arm needed",
+                )
             comps[v][name] = {kk: (vv if isinstance(vv, str) else _f(vv)) for kk, vv in c.items()}
         raw = [comps[v][name]["p_value"] for v in treatments]
-        for v, p in zip(treatments, holm(raw) if k > 1 else raw):
+        for v, p in zip(treatments, holm(raw) if k > 1 else raw, strict=False):
             comps[v][name]["p_value_adjusted"] = _f(p)
-            comps[v][name]["interval"] = ("confidence sequence" if opts.sequential else "fixed-horizon") + \
-                (f", Bonferroni {1 - ci_alpha:.4g}" if k > 1 else "")
+            comps[v][name]["interval"] = ("confidence sequence" if opts.sequential else "fixed-horizon") + (
+                f", Bonferroni {1 - ci_alpha:.4g}" if k > 1 else ""
+            )
     return comps
 
 
-def _add_latency_distribution_tests(comps: dict[str, dict[str, Any]], groups: Mapping[str, GroupData], control: str,
-                                    summaries: Mapping[str, Any]) -> None:
+def _add_latency_distribution_tests(
+    comps: dict[str, dict[str, Any]], groups: Mapping[str, GroupData], control: str, summaries: Mapping[str, Any]
+) -> None:
     """Per treatment: the rank test of per-unit mean latency and the p50/p90/p99 differences."""
     import numpy as np
 
@@ -428,7 +530,8 @@ def _add_latency_distribution_tests(comps: dict[str, dict[str, Any]], groups: Ma
         comp["latency_ms"]["rank_p_value"] = _f(rank_test(ctrl_lat, g.latency_sum_ms / np.maximum(g.requests, 1)))
         tq = summaries[v]["latency_ms"]
         comp["latency_ms"]["quantile_differences"] = {
-            q: _f(tq[q] - cq[q]) if tq[q] is not None and cq[q] is not None else None for q in ("p50", "p90", "p99")}
+            q: _f(tq[q] - cq[q]) if tq[q] is not None and cq[q] is not None else None for q in ("p50", "p90", "p99")
+        }
 
 
 def _overall_verdict(verdicts: Mapping[str, str], srm_mismatch: bool) -> str:
@@ -447,8 +550,7 @@ def _overall_verdict(verdicts: Mapping[str, str], srm_mismatch: bool) -> str:
     return "; ".join(f"{v}: {s}" for v, s in verdicts.items())
 
 
-def _timeline(groups: Mapping[str, GroupData], control: str, treatments: list[str],
-              opts: _Options) -> dict[str, Any]:
+def _timeline(groups: Mapping[str, GroupData], control: str, treatments: list[str], opts: _Options) -> dict[str, Any]:
     """The primary metric's interval at ``looks`` points in time (units by first sighting), per treatment."""
     import numpy as np
 
@@ -470,10 +572,22 @@ def _timeline(groups: Mapping[str, GroupData], control: str, treatments: list[st
             cg, tg = ctrl.select(ctrl.first_seen <= t), groups[v].select(groups[v].first_seen <= t)
             if cg.units < opts.min_units or tg.units < opts.min_units:
                 continue
-            c = compare(_metric_estimate(cg, primary), _metric_estimate(tg, primary), alpha=ci_alpha,
-                        sequential=opts.sequential, tuning=opts.tuning or DEFAULT_TUNING)
-            series.append({"t": _f(t), "units": cg.units + tg.units, "estimate": _f(c["estimate"]),
-                           "ci_low": _f(c["ci_low"]), "ci_high": _f(c["ci_high"])})
+            c = compare(
+                _metric_estimate(cg, primary),
+                _metric_estimate(tg, primary),
+                alpha=ci_alpha,
+                sequential=opts.sequential,
+                tuning=opts.tuning or DEFAULT_TUNING,
+            )
+            series.append(
+                {
+                    "t": _f(t),
+                    "units": cg.units + tg.units,
+                    "estimate": _f(c["estimate"]),
+                    "ci_low": _f(c["ci_low"]),
+                    "ci_high": _f(c["ci_high"]),
+                }
+            )
         timeline[v] = {"metric": pname, "points": series}
     return timeline
 

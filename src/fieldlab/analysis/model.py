@@ -8,16 +8,29 @@ variant a :class:`GroupData` of per-unit arrays) comes out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .. import attributes as A
 from ..errors import FieldLabError
 
 __all__ = [
-    "HIST_PER_DECADE", "UNIT_FALLBACK_ORDER", "SourceError", "hist_value_ms", "Metric", "parse_metric", "QuerySpec",
-    "Filter", "parse_where", "FILTER_ALIASES",
-    "Span", "BAD_LINE", "GroupData", "ExperimentData", "Aggregates",
+    "HIST_PER_DECADE",
+    "UNIT_FALLBACK_ORDER",
+    "SourceError",
+    "hist_value_ms",
+    "Metric",
+    "parse_metric",
+    "QuerySpec",
+    "Filter",
+    "parse_where",
+    "FILTER_ALIASES",
+    "Span",
+    "BAD_LINE",
+    "GroupData",
+    "ExperimentData",
+    "Aggregates",
 ]
 
 #: Latency histogram resolution: bins per factor of ten (200 -> bins 1.16 % wide).
@@ -64,8 +77,10 @@ def parse_metric(text: str) -> Metric:
     if raw.startswith("-"):
         higher, raw = False, raw[1:]
     if not raw:
-        raise ValueError(f"--metric {text!r}: empty attribute name; write --metric app.checkout.completed=true "
-                         "or --metric app.cart.value")
+        raise ValueError(
+            f"--metric {text!r}: empty attribute name; write --metric app.checkout.completed=true "
+            "or --metric app.cart.value"
+        )
     if "=" in raw:
         attr, value = raw.split("=", 1)
         attr, value = attr.strip(), value.strip()
@@ -121,8 +136,9 @@ def parse_where(text: str) -> Filter:
     name, sep, value = text.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name:
-        raise ValueError(f"--where {text!r}: write ATTR=VALUE, e.g. --where http.route=/checkout "
-                         "or --where method=POST")
+        raise ValueError(
+            f"--where {text!r}: write ATTR=VALUE, e.g. --where http.route=/checkout or --where method=POST"
+        )
     attrs = FILTER_ALIASES.get(name, (name,))
     if attrs[0] in _METHOD_ATTRS:
         value = value.upper()
@@ -188,14 +204,22 @@ class GroupData:
     def units(self) -> int:
         return int(len(self.requests))
 
-    def select(self, mask: Any) -> "GroupData":
+    def select(self, mask: Any) -> GroupData:
         """The units where ``mask`` is true (histograms are request-level and are kept)."""
-        return GroupData(self.requests[mask], self.errors[mask], self.latency_sum_ms[mask], self.exposed[mask],
-                         self.first_seen[mask], {k: v[mask] for k, v in self.metric_sums.items()},
-                         {k: v[mask] for k, v in self.metric_counts.items()},
-                         {k: v[mask] for k, v in self.conversions.items()},
-                         self.hist_bins, self.hist_all, self.hist_exposed,
-                         None if self.exposed_requests is None else self.exposed_requests[mask])
+        return GroupData(
+            self.requests[mask],
+            self.errors[mask],
+            self.latency_sum_ms[mask],
+            self.exposed[mask],
+            self.first_seen[mask],
+            {k: v[mask] for k, v in self.metric_sums.items()},
+            {k: v[mask] for k, v in self.metric_counts.items()},
+            {k: v[mask] for k, v in self.conversions.items()},
+            self.hist_bins,
+            self.hist_all,
+            self.hist_exposed,
+            None if self.exposed_requests is None else self.exposed_requests[mask],
+        )
 
 
 @dataclass
@@ -225,4 +249,3 @@ class Aggregates:
     engine: str = ""
     source: str = ""
     seconds: float = 0.0
-

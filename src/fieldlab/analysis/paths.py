@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from .model import SourceError
 
@@ -21,11 +21,17 @@ def expand_paths(specs: Sequence[str]) -> list[str]:
     for spec in specs:
         spec = os.fspath(spec)
         if os.path.isdir(spec):
-            found = sorted(os.path.join(root, f) for root, _, names in os.walk(spec) for f in names
-                           if f.endswith(SPAN_FILE_SUFFIXES))
+            found = sorted(
+                os.path.join(root, f)
+                for root, _, names in os.walk(spec)
+                for f in names
+                if f.endswith(SPAN_FILE_SUFFIXES)
+            )
             if not found:
-                raise SourceError(f"{spec}: the directory holds no .json/.jsonl/.ndjson files (plain, .gz or .zst); "
-                                  "point at the file exporter's output directory or pass the files")
+                raise SourceError(
+                    f"{spec}: the directory holds no .json/.jsonl/.ndjson files (plain, .gz or .zst); "
+                    "point at the file exporter's output directory or pass the files"
+                )
             files.extend(found)
         elif any(ch in spec for ch in "*?["):
             found = sorted(p for p in _glob.glob(spec, recursive=True) if os.path.isfile(p))
@@ -35,6 +41,8 @@ def expand_paths(specs: Sequence[str]) -> list[str]:
         elif os.path.isfile(spec):
             files.append(spec)
         else:
-            raise SourceError(f"{spec}: no such file or directory; pass OTLP JSON-lines files, a directory, "
-                              "a glob, or a clickhouse:// URL")
+            raise SourceError(
+                f"{spec}: no such file or directory; pass OTLP JSON-lines files, a directory, "
+                "a glob, or a clickhouse:// URL"
+            )
     return files

@@ -9,7 +9,8 @@ repeated spans once, forced requests and units seen in two variants left out), s
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .. import attributes as A
 from .model import HIST_PER_DECADE, UNIT_FALLBACK_ORDER, Aggregates, ExperimentData, GroupData, Metric, QuerySpec, Span
@@ -36,8 +37,17 @@ def _first_sighting(tid: str, sid: str, seen: set) -> bool:
 class _Unit:
     """One unit's running totals in one experiment (or holdout): the per-unit row of the SQL."""
 
-    __slots__ = ("variants", "requests", "exposed_requests", "errors", "latency_ns", "exposed", "first_ts", "hist",
-                 "metrics")
+    __slots__ = (
+        "variants",
+        "requests",
+        "exposed_requests",
+        "errors",
+        "latency_ns",
+        "exposed",
+        "first_ts",
+        "hist",
+        "metrics",
+    )
 
     def __init__(self, variant: str, ts: int, n_metrics: int) -> None:
         self.variants = {variant}
@@ -115,7 +125,7 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
     hp, vp = A.HOLDOUT_PREFIX, A.VARIANT_PREFIX
     for vk in keys:
         is_h = vk.startswith(hp)
-        exp = vk[len(hp):] if is_h else vk[len(vp):]
+        exp = vk[len(hp) :] if is_h else vk[len(vp) :]
         if not is_h and attrs.get(A.forced_attr(exp)) == "true":
             fold.forced[exp] = fold.forced.get(exp, 0) + 1
             continue
@@ -142,7 +152,7 @@ def _group_keys(attrs: Mapping[str, str], cover: Mapping[str, set[str]]) -> list
     vp, hp = A.VARIANT_PREFIX, A.HOLDOUT_PREFIX
     hk = [k for k, v in attrs.items() if k.startswith(hp) and v == "true"]
     covered = set().union(*(cover.get(h, ()) for h in hk)) if hk and cover else ()
-    return hk + [k for k in attrs if k.startswith(vp) and k[len(vp):] not in covered]
+    return hk + [k for k in attrs if k.startswith(vp) and k[len(vp) :] not in covered]
 
 
 def _unit_kind(spec: QuerySpec, exp: str, is_h: bool, attrs: Mapping[str, str]) -> str:
@@ -153,8 +163,9 @@ def _unit_kind(spec: QuerySpec, exp: str, is_h: bool, attrs: Mapping[str, str]) 
     return kind
 
 
-def _group_units(units: Mapping[tuple[bool, str, str], _Unit]) -> tuple[dict[tuple[bool, str, str], list[_Unit]],
-                                                                       dict[str, int]]:
+def _group_units(
+    units: Mapping[tuple[bool, str, str], _Unit],
+) -> tuple[dict[tuple[bool, str, str], list[_Unit]], dict[str, int]]:
     """Units by (holdout?, experiment, variant); a unit seen in two variants is left out and counted."""
     grouped: dict[tuple[bool, str, str], list[_Unit]] = {}
     multi: dict[str, int] = {}
@@ -190,22 +201,32 @@ def _group_data(us: Sequence[_Unit], metrics: Sequence[Metric]) -> GroupData:
         else:
             ms[m.name] = col(u.metrics[2 * i] for u in us)
             mc[m.name] = col(u.metrics[2 * i + 1] for u in us)
-    return GroupData(col(u.requests for u in us), col(u.errors for u in us), col(u.latency_ns for u in us) / 1e6,
-                     np.fromiter((u.exposed for u in us), dtype=bool, count=len(us)),
-                     col(u.first_ts for u in us) / 1e9, ms, mc, cv,
-                     bins, np.asarray([h_all[b] for b in bins], dtype=np.int64),
-                     np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64),
-                     col(u.exposed_requests for u in us))
+    return GroupData(
+        col(u.requests for u in us),
+        col(u.errors for u in us),
+        col(u.latency_ns for u in us) / 1e6,
+        np.fromiter((u.exposed for u in us), dtype=bool, count=len(us)),
+        col(u.first_ts for u in us) / 1e9,
+        ms,
+        mc,
+        cv,
+        bins,
+        np.asarray([h_all[b] for b in bins], dtype=np.int64),
+        np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64),
+        col(u.exposed_requests for u in us),
+    )
 
 
-def python_unit_totals(spans: Iterable[Span], kind: str, metrics: Sequence[Metric]) -> tuple[list[str], Any, str | None]:
+def python_unit_totals(
+    spans: Iterable[Span], kind: str, metrics: Sequence[Metric]
+) -> tuple[list[str], Any, str | None]:
     """The pure-Python twin of :func:`~fieldlab.analysis.sql.unit_totals_sql`."""
     import numpy as np
 
     per: dict[str, list[float]] = {}
     hashed = None
     seen: set = set()
-    for ok, tid, sid, ts, dur, server, status_err, attrs in spans:
+    for ok, tid, sid, _ts, dur, server, status_err, attrs in spans:
         if not (ok and tid and server) or not _first_sighting(tid, sid, seen):
             continue
         uid = (attrs.get(A.unit_attr("request")) or tid) if kind == "request" else attrs.get(A.unit_attr(kind), "")
@@ -245,4 +266,3 @@ def _add_metrics(u: list[float], offset: int, metrics: Sequence[Metric], attrs: 
         if not math.isnan(val):
             u[col] += val
             u[col + 1] += 1
-

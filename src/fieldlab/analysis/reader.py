@@ -16,14 +16,26 @@ import re
 import sys
 import time
 import zlib
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .. import attributes as A
 from .model import BAD_LINE, SourceError, Span
 
 __all__ = [
-    "MAX_LINE_BYTES", "CHUNK_BYTES", "LONG_LINE", "DamagedFile", "detect_compression", "file_chunks", "iter_lines",
-    "scan_file", "clickhouse_text", "int64_or_zero", "parse_line", "spans_of_line", "read_spans",
+    "MAX_LINE_BYTES",
+    "CHUNK_BYTES",
+    "LONG_LINE",
+    "DamagedFile",
+    "detect_compression",
+    "file_chunks",
+    "iter_lines",
+    "scan_file",
+    "clickhouse_text",
+    "int64_or_zero",
+    "parse_line",
+    "spans_of_line",
+    "read_spans",
     "with_packed_variants",
 ]
 
@@ -283,10 +295,16 @@ def spans_of_line(doc: Mapping[str, Any]) -> Iterator[Span]:
                         key = clickhouse_text(a.get("key"))
                         if key not in attrs:  # the first of repeated keys, as ClickHouse's map lookup
                             attrs[key] = _value_str(a.get("value"))
-                yield Span(True, clickhouse_text(sp.get("traceId")), clickhouse_text(sp.get("spanId")), start, float(end - start),
-                       clickhouse_text(sp.get("kind")) in ("2", "SPAN_KIND_SERVER"),
-                       clickhouse_text(_dict(sp.get("status")).get("code")) in ("2", "STATUS_CODE_ERROR"),
-                       with_packed_variants(attrs))
+                yield Span(
+                    True,
+                    clickhouse_text(sp.get("traceId")),
+                    clickhouse_text(sp.get("spanId")),
+                    start,
+                    float(end - start),
+                    clickhouse_text(sp.get("kind")) in ("2", "SPAN_KIND_SERVER"),
+                    clickhouse_text(_dict(sp.get("status")).get("code")) in ("2", "STATUS_CODE_ERROR"),
+                    with_packed_variants(attrs),
+                )
 
 
 def with_packed_variants(attrs: dict[str, str]) -> dict[str, str]:
@@ -297,7 +315,6 @@ def with_packed_variants(attrs: dict[str, str]) -> dict[str, str]:
         for key, variant in A.unpack_assignments(packed).items():
             attrs.setdefault(A.variant_attr(key), variant)
     return attrs
-
 
 
 def detect_compression(path: str) -> str:
@@ -315,9 +332,13 @@ def detect_compression(path: str) -> str:
     return "none"
 
 
-def read_spans(files: Sequence[tuple[str, str]], max_line_bytes: int = MAX_LINE_BYTES,
-               counts: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
-               description: str = "") -> Iterator[Span]:
+def read_spans(
+    files: Sequence[tuple[str, str]],
+    max_line_bytes: int = MAX_LINE_BYTES,
+    counts: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+    description: str = "",
+) -> Iterator[Span]:
     """Every span of ``files`` (``(path, compression)`` pairs), in file order; an unusable line yields
     :data:`~.model.BAD_LINE`. Over-long lines and damaged files are counted in ``counts`` (``long``,
     ``damaged``), never fatal; a file that cannot be read, or a zstd file, raises :class:`SourceError`.
@@ -328,8 +349,10 @@ def read_spans(files: Sequence[tuple[str, str]], max_line_bytes: int = MAX_LINE_
     last = time.monotonic()
     for path, kind in files:
         if kind == "zstd":
-            raise SourceError(f"{path}: zstd-compressed; the Python reader cannot read zstd: install chdb "
-                              "(the default engine reads it) or decompress the file")
+            raise SourceError(
+                f"{path}: zstd-compressed; the Python reader cannot read zstd: install chdb "
+                "(the default engine reads it) or decompress the file"
+            )
         size = os.path.getsize(path)
         read = 0
         try:

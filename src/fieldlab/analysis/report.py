@@ -11,7 +11,8 @@ import html
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["render_text", "render_json", "render_html", "write_html"]
 
@@ -23,7 +24,7 @@ def _num(x: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(x, int):
         return f"{x:,}"
-    if x != 0 and (abs(x) < 10 ** -(digits) or abs(x) >= 1e6):
+    if x != 0 and (abs(x) < 10**-(digits) or abs(x) >= 1e6):
         return f"{x:.{digits}g}"
     return f"{x:.{digits}f}" if abs(x) < 100 else f"{x:,.1f}"
 
@@ -57,8 +58,10 @@ def render_text(result: Mapping[str, Any]) -> str:
     lines: list[str] = []
     m = result["method"]
     skipped = f"{result['malformed_lines']} malformed lines skipped{_skipped_extra(result)}"
-    lines.append(f"fieldlab analyze: {result['source']} ({result['engine']}, {result['spans']:,} spans, "
-                 f"{result['server_spans']:,} server spans, {skipped})")
+    lines.append(
+        f"fieldlab analyze: {result['source']} ({result['engine']}, {result['spans']:,} spans, "
+        f"{result['server_spans']:,} server spans, {skipped})"
+    )
     lines.append(f"method: {m['description']}; alpha {m['alpha']}; population: {m['population']}")
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
@@ -75,31 +78,61 @@ def render_text(result: Mapping[str, Any]) -> str:
             obs = " / ".join(f"{v} {n:,}" for v, n in srm["observed"].items())
             exp = " / ".join(f"{_num(x, 1)}" for x in srm["expected"].values())
             state = "MISMATCH" if srm["mismatch"] else "ok"
-            lines.append(f"   sample ratio: {state} ({_p(srm['p_value'])}, threshold {srm['alpha']}); assigned units "
-                         f"{obs}; expected {exp} ({e['weights_source']})")
+            lines.append(
+                f"   sample ratio: {state} ({_p(srm['p_value'])}, threshold {srm['alpha']}); assigned units "
+                f"{obs}; expected {exp} ({e['weights_source']})"
+            )
         for note in e.get("notes", []):
             lines.append(f"   note: {note}")
         if not e["variants"]:
             continue
         mnames = list(next(iter(e["variants"].values()))["metrics"])
-        head = ["variant", "units", "requests", "exposed req", "errors", "err rate", "mean ms", "p50 ms", "p90 ms",
-                "p99 ms"] + mnames
+        head = [
+            "variant",
+            "units",
+            "requests",
+            "exposed req",
+            "errors",
+            "err rate",
+            "mean ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+        ] + mnames
         rows = [head]
         for v, s in e["variants"].items():
             lat = s["latency_ms"]
-            rows.append([v, _num(s["units"]), _num(s["requests"]), _num(s.get("exposed_requests")), _num(s["errors"]),
-                         _pct(s["error_rate"]),
-                         _num(lat["mean"], 2), _num(lat["p50"], 2), _num(lat["p90"], 2), _num(lat["p99"], 2)]
-                        + [_fmt_metric(n, s["metrics"].get(n)) for n in mnames])
+            rows.append(
+                [
+                    v,
+                    _num(s["units"]),
+                    _num(s["requests"]),
+                    _num(s.get("exposed_requests")),
+                    _num(s["errors"]),
+                    _pct(s["error_rate"]),
+                    _num(lat["mean"], 2),
+                    _num(lat["p50"], 2),
+                    _num(lat["p90"], 2),
+                    _num(lat["p99"], 2),
+                ]
+                + [_fmt_metric(n, s["metrics"].get(n)) for n in mnames]
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         for i, r in enumerate(rows):
-            lines.append("   " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            lines.append(
+                "   "
+                + "  ".join(
+                    c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=False))
+                )
+            )
             if i == 0:
                 lines.append("   " + "  ".join("-" * w for w in widths))
         pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
         if pop:
-            lines.append(f"   requests, errors, latency mean and percentiles: {pop}; exposed req: the requests "
-                         "that read the variant")
+            lines.append(
+                f"   requests, errors, latency mean and percentiles: {pop}; exposed req: the requests "
+                "that read the variant"
+            )
         if e["verdict"].startswith("invalid"):
             lines.append("   effects are not shown: fix the sample ratio mismatch first")
             continue
@@ -112,19 +145,25 @@ def render_text(result: Mapping[str, Any]) -> str:
                 rel = f" ({100 * c['relative']:+.1f}%)" if c.get("relative") is not None else ""
                 extra = f"; {_latency_tests(c)}" if name == "latency_ms" and _latency_tests(c) else ""
                 sign = "+" if est is not None and est > 0 else ""
-                lines.append(f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
-                             f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}")
+                lines.append(
+                    f"     {name:<{namew}}  {sign}{f(est)}{rel}  CI [{f(lo)}, {f(hi)}]  "
+                    f"{_p(c.get('p_value_adjusted', c.get('p_value')))}{extra}"
+                )
                 if c.get("why"):
                     lines[-1] += f"  ({c['why']})"
         hg = e.get("holdout_groups") or {}
         for h, s in hg.items():
             if s:
-                lines.append(f"   holdout {h}: {s['units']:,} units, {s['requests']:,} requests, "
-                             f"error rate {_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
+                lines.append(
+                    f"   holdout {h}: {s['units']:,} units, {s['requests']:,} requests, "
+                    f"error rate {_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms"
+                )
     for h, s in result.get("holdouts", {}).items():
         if not any(h in (e.get("holdout_groups") or {}) for e in result["experiments"].values()):
-            lines.append(f"holdout {h}: {s['units']:,} units, {s['requests']:,} requests, error rate "
-                         f"{_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms")
+            lines.append(
+                f"holdout {h}: {s['units']:,} units, {s['requests']:,} requests, error rate "
+                f"{_pct(s['error_rate'])}, p50 {_num(s['latency_ms']['p50'], 2)} ms"
+            )
     lines += _canary_lines(result.get("canaries") or {})
     return "\n".join(lines) + "\n"
 
@@ -134,34 +173,52 @@ def _canary_lines(canaries: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     for key, c in canaries.items():
         bp, br = c.get("breaking_point_ms"), c.get("bracket")
-        found = (f"breaking point {bp:.1f} ms (bracket {br[0]:g}-{br[1]:g} ms)" if bp is not None and br
-                 and br[1] is not None else f"search {c.get('phase') or 'not in the state file'}")
-        lines.append(f"canary {key} at {c['point']}: {found}; {c['requests_spent']:,} requests, "
-                     f"{c['bad_spent']:,} bad in the doses")
+        found = (
+            f"breaking point {bp:.1f} ms (bracket {br[0]:g}-{br[1]:g} ms)"
+            if bp is not None and br and br[1] is not None
+            else f"search {c.get('phase') or 'not in the state file'}"
+        )
+        lines.append(
+            f"canary {key} at {c['point']}: {found}; {c['requests_spent']:,} requests, "
+            f"{c['bad_spent']:,} bad in the doses"
+        )
         for r in c.get("dose_response", []):
             vs = r.get("vs_control") or {}
-            diff = (f"  bad vs control {100 * vs['estimate']:+.2f} pts CI [{100 * vs['ci_low']:+.2f}, "
-                    f"{100 * vs['ci_high']:+.2f}]" if vs.get("ci_low") is not None else "")
-            lines.append(f"   {r['arm']:>9} {r['status']:<8} {r['requests']:>7,} req  errors {_pct(r['error_rate'])}  "
-                         f"slow {_pct(r['slow_rate'])}{diff}")
+            diff = (
+                f"  bad vs control {100 * vs['estimate']:+.2f} pts CI [{100 * vs['ci_low']:+.2f}, "
+                f"{100 * vs['ci_high']:+.2f}]"
+                if vs.get("ci_low") is not None
+                else ""
+            )
+            lines.append(
+                f"   {r['arm']:>9} {r['status']:<8} {r['requests']:>7,} req  errors {_pct(r['error_rate'])}  "
+                f"slow {_pct(r['slow_rate'])}{diff}"
+            )
     return lines
 
 
 def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
     """Bad-request rate per dose with its always-valid interval, the control's rate and the SLO allowance."""
     # doses with a handful of requests (opened, then implied by a neighbour) would only stretch the axis
-    rows = [r for r in c.get("dose_response", []) if r["arm"] != "control" and r.get("bad_rate") is not None
-            and r["requests"] >= 20]
+    rows = [
+        r
+        for r in c.get("dose_response", [])
+        if r["arm"] != "control" and r.get("bad_rate") is not None and r["requests"] >= 20
+    ]
     if not rows:
         return "<p>No dosed requests in the data.</p>"
     control = next((r for r in c["dose_response"] if r["arm"] == "control"), None)
     base = (control or {}).get("bad_rate") or 0.0
     xs = [r["dose_ms"] for r in rows]
     ys = [r["bad_rate"] for r in rows]
-    lo = [max(0.0, base + r["vs_control"]["ci_low"]) if (r.get("vs_control") or {}).get("ci_low") is not None
-          else y for r, y in zip(rows, ys, strict=True)]
-    hi = [min(1.0, base + r["vs_control"]["ci_high"]) if (r.get("vs_control") or {}).get("ci_high") is not None
-          else y for r, y in zip(rows, ys, strict=True)]
+    lo = [
+        max(0.0, base + r["vs_control"]["ci_low"]) if (r.get("vs_control") or {}).get("ci_low") is not None else y
+        for r, y in zip(rows, ys, strict=True)
+    ]
+    hi = [
+        min(1.0, base + r["vs_control"]["ci_high"]) if (r.get("vs_control") or {}).get("ci_high") is not None else y
+        for r, y in zip(rows, ys, strict=True)
+    ]
     allowance = (100.0 - float(c.get("steady_state", {}).get("error_slo", 99.5))) / 100.0
     ymax = max(max(ys), allowance, base, 1e-3) * 2.5
     hi = [min(h, ymax) for h in hi]
@@ -175,8 +232,10 @@ def _dose_response_svg(key: str, c: Mapping[str, Any]) -> str:
     bp = c.get("breaking_point_ms")
     if bp is not None:
         p.line([bp, bp], [0, ymax], "#070", 1.5, "6 3")
-    p.legend([("bad rate per dose", _COLORS[0]), ("SLO allowance", "#b00"), ("control", "#777")]
-             + ([(f"breaking point {bp:.0f} ms", "#070")] if bp is not None else []))
+    p.legend(
+        [("bad rate per dose", _COLORS[0]), ("SLO allowance", "#b00"), ("control", "#777")]
+        + ([(f"breaking point {bp:.0f} ms", "#070")] if bp is not None else [])
+    )
     xt = [x for x in (10, 20, 25, 50, 100, 200, 400, 800, 1600, 3200) if min(xs) / 1.3 <= x <= max(xs) * 1.3]
     return p.render(xt, _ticks(0, ymax), xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{100 * v:.1f}%")
 
@@ -187,8 +246,11 @@ def _latency_tests(c: Mapping[str, Any]) -> str:
     if c.get("rank_p_value") is None:
         return ""
     qd = c.get("quantile_differences") or {}
-    return (f"Mann-Whitney (one look) {_p(c['rank_p_value'])}; p50/p90/p99 diff "
-            + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99")) + " ms")
+    return (
+        f"Mann-Whitney (one look) {_p(c['rank_p_value'])}; p50/p90/p99 diff "
+        + "/".join(_num(qd.get(q), 2) for q in ("p50", "p90", "p99"))
+        + " ms"
+    )
 
 
 def render_json(result: Mapping[str, Any]) -> str:
@@ -230,20 +292,22 @@ class _Plot:
         return self.mt + ph * (1 - (y - self.y0) / (self.y1 - self.y0))
 
     def line(self, xs: Sequence[float], ys: Sequence[float], color: str, width: float = 2, dash: str = "") -> None:
-        pts = " ".join(f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, ys))
+        pts = " ".join(f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, ys, strict=False))
         d = f' stroke-dasharray="{dash}"' if dash else ""
         self.items.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}"{d} points="{pts}"/>')
 
     def band(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float], color: str) -> None:
-        pts = [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, hi)]
-        pts += [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(reversed(xs), reversed(lo))]
+        pts = [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(xs, hi, strict=False)]
+        pts += [f"{self.X(x):.1f},{self.Y(y):.1f}" for x, y in zip(reversed(xs), reversed(lo), strict=False)]
         self.items.append(f'<polygon fill="{color}" fill-opacity="0.2" stroke="none" points="{" ".join(pts)}"/>')
 
     def rect(self, x: float, y: float, w: float, h: float, color: str) -> None:
         self.items.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{color}"/>')
 
     def text(self, x: float, y: float, s: str, anchor: str = "start", size: int = 11, color: str = "#333") -> None:
-        self.items.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{color}">{_e(s)}</text>')
+        self.items.append(
+            f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{color}">{_e(s)}</text>'
+        )
 
     def legend(self, entries: Sequence[tuple[str, str]]) -> None:
         x = self.w - self.mr + 12
@@ -252,28 +316,44 @@ class _Plot:
             self.rect(x, y - 9, 12, 10, color)
             self.text(x + 18, y, label)
 
-    def render(self, xticks: Sequence[float], yticks: Sequence[float], xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{v:g}") -> str:
+    def render(
+        self, xticks: Sequence[float], yticks: Sequence[float], xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{v:g}"
+    ) -> str:
         axes = []
         bx0, bx1 = self.ml, self.w - self.mr
         by0, by1 = self.mt, self.h - self.mb
-        axes.append(f'<rect x="{bx0}" y="{by0}" width="{bx1 - bx0}" height="{by1 - by0}" fill="#fafafa" stroke="#ccc"/>')
+        axes.append(
+            f'<rect x="{bx0}" y="{by0}" width="{bx1 - bx0}" height="{by1 - by0}" fill="#fafafa" stroke="#ccc"/>'
+        )
         for t in xticks:
             x = self.X(t)
             if bx0 - 0.5 <= x <= bx1 + 0.5:
                 axes.append(f'<line x1="{x:.1f}" y1="{by0}" x2="{x:.1f}" y2="{by1}" stroke="#eee"/>')
-                axes.append(f'<text x="{x:.1f}" y="{by1 + 15}" font-size="10" text-anchor="middle" fill="#555">{_e(xfmt(t))}</text>')
+                axes.append(
+                    f'<text x="{x:.1f}" y="{by1 + 15}" font-size="10" text-anchor="middle" fill="#555">{_e(xfmt(t))}</text>'
+                )
         for t in yticks:
             y = self.Y(t)
             if by0 - 0.5 <= y <= by1 + 0.5:
                 axes.append(f'<line x1="{bx0}" y1="{y:.1f}" x2="{bx1}" y2="{y:.1f}" stroke="#eee"/>')
-                axes.append(f'<text x="{bx0 - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" fill="#555">{_e(yfmt(t))}</text>')
-        axes.append(f'<text x="{(bx0 + bx1) / 2}" y="{self.h - 8}" font-size="11" text-anchor="middle">{_e(self.xlabel)}</text>')
-        axes.append(f'<text x="14" y="{(by0 + by1) / 2}" font-size="11" text-anchor="middle" '
-                    f'transform="rotate(-90 14 {(by0 + by1) / 2})">{_e(self.ylabel)}</text>')
+                axes.append(
+                    f'<text x="{bx0 - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" fill="#555">{_e(yfmt(t))}</text>'
+                )
+        axes.append(
+            f'<text x="{(bx0 + bx1) / 2}" y="{self.h - 8}" font-size="11" text-anchor="middle">{_e(self.xlabel)}</text>'
+        )
+        axes.append(
+            f'<text x="14" y="{(by0 + by1) / 2}" font-size="11" text-anchor="middle" '
+            f'transform="rotate(-90 14 {(by0 + by1) / 2})">{_e(self.ylabel)}</text>'
+        )
         axes.append(f'<text x="{bx0}" y="18" font-size="13" font-weight="bold">{_e(self.title)}</text>')
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
-                f'viewBox="0 0 {self.w} {self.h}" role="img" aria-label="{_e(self.title)}">'
-                + "".join(axes) + "".join(self.items) + "</svg>")
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
+            f'viewBox="0 0 {self.w} {self.h}" role="img" aria-label="{_e(self.title)}">'
+            + "".join(axes)
+            + "".join(self.items)
+            + "</svg>"
+        )
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -297,7 +377,7 @@ def _latency_svg(e: Mapping[str, Any]) -> str:
     for v, h in series:
         total = sum(h["counts"]) or 1
         groups: dict[int, float] = {}
-        for x, c in zip(h["bins_ms"], h["counts"]):
+        for x, c in zip(h["bins_ms"], h["counts"], strict=False):
             k = int(math.floor(math.log10(max(x, 1e-9)) * 40))
             groups[k] = groups.get(k, 0.0) + c / total
         ks = sorted(groups)
@@ -310,7 +390,7 @@ def _latency_svg(e: Mapping[str, Any]) -> str:
         p.line(xs, ys, _COLORS[i % len(_COLORS)])
     p.legend([(v, _COLORS[i % len(_COLORS)]) for i, (v, _, _) in enumerate(curves)])
     lo, hi = math.floor(math.log10(xmin / 1.2)), math.ceil(math.log10(xmax * 1.2))
-    xt = [10.0 ** k * m for k in range(lo, hi + 1) for m in (1, 2, 5)]
+    xt = [10.0**k * m for k in range(lo, hi + 1) for m in (1, 2, 5)]
     return p.render(xt, _ticks(0, ymax), xfmt=lambda v: f"{v:g}", yfmt=lambda v: f"{100 * v:.1f}%")
 
 
@@ -320,14 +400,22 @@ def _timeline_svg(e: Mapping[str, Any]) -> str:
     if not series:
         return "<p>Not enough data for an interval over time.</p>"
     metric = series[0][1]["metric"]
-    p = _Plot(f"{metric}: treatment - control, interval at each look", "units analysed so far", f"difference in {metric}")
+    p = _Plot(
+        f"{metric}: treatment - control, interval at each look", "units analysed so far", f"difference in {metric}"
+    )
     allx = [pt["units"] for _, t in series for pt in t["points"]]
-    ys = [y for _, t in series for pt in t["points"] for y in (pt["ci_low"], pt["ci_high"], pt["estimate"]) if y is not None]
+    ys = [
+        y
+        for _, t in series
+        for pt in t["points"]
+        for y in (pt["ci_low"], pt["ci_high"], pt["estimate"])
+        if y is not None
+    ]
     ylo, yhi = min(ys + [0.0]), max(ys + [0.0])
     pad = (yhi - ylo) * 0.08 or 1e-6
     p.frame(0, max(allx) * 1.02, ylo - pad, yhi + pad)
     p.line([0, max(allx) * 1.02], [0, 0], "#888", 1, "4 3")
-    for i, (v, t) in enumerate(series):
+    for i, (_v, t) in enumerate(series):
         pts = [pt for pt in t["points"] if pt["ci_low"] is not None and pt["ci_high"] is not None]
         color = _COLORS[(i + 1) % len(_COLORS)]
         if pts:
@@ -335,7 +423,9 @@ def _timeline_svg(e: Mapping[str, Any]) -> str:
             p.band(xs, [pt["ci_low"] for pt in pts], [pt["ci_high"] for pt in pts], color)
             p.line(xs, [pt["estimate"] for pt in pts], color)
     p.legend([(f"{v} - {e['control']}", _COLORS[(i + 1) % len(_COLORS)]) for i, (v, _) in enumerate(series)])
-    return p.render(_ticks(0, max(allx)), _ticks(ylo - pad, yhi + pad), xfmt=lambda v: f"{v:,.0f}", yfmt=lambda v: f"{v:.3g}")
+    return p.render(
+        _ticks(0, max(allx)), _ticks(ylo - pad, yhi + pad), xfmt=lambda v: f"{v:,.0f}", yfmt=lambda v: f"{v:.3g}"
+    )
 
 
 def _units_svg(e: Mapping[str, Any]) -> str:
@@ -354,8 +444,10 @@ def _units_svg(e: Mapping[str, Any]) -> str:
         p.rect(x, y, pw * 0.6, p.Y(0) - y, _COLORS[i % len(_COLORS)])
         if exp.get(v) is not None:
             ye = p.Y(exp[v])
-            p.items.append(f'<line x1="{x - 6:.1f}" y1="{ye:.1f}" x2="{x + pw * 0.6 + 6:.1f}" y2="{ye:.1f}" '
-                           'stroke="#000" stroke-width="2" stroke-dasharray="5 3"/>')
+            p.items.append(
+                f'<line x1="{x - 6:.1f}" y1="{ye:.1f}" x2="{x + pw * 0.6 + 6:.1f}" y2="{ye:.1f}" '
+                'stroke="#000" stroke-width="2" stroke-dasharray="5 3"/>'
+            )
         p.text(x + pw * 0.3, p.h - p.mb + 15, v, anchor="middle")
         p.text(x + pw * 0.3, y - 4, f"{obs[v]:,}", anchor="middle", size=10)
     p.legend([("expected (dashed)", "#000")])
@@ -364,72 +456,100 @@ def _units_svg(e: Mapping[str, Any]) -> str:
 
 def render_html(result: Mapping[str, Any]) -> str:
     """A self-contained HTML report (inline CSS and SVG only)."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>fieldlab analysis</title><style>"
-             "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
-             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-             ".bad{color:#b00;font-weight:bold}.ok{color:#070}.verdict{font-size:1.2em}pre{background:#f6f6f6;padding:1em}"
-             "</style></head><body>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>fieldlab analysis</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+        ".bad{color:#b00;font-weight:bold}.ok{color:#070}.verdict{font-size:1.2em}pre{background:#f6f6f6;padding:1em}"
+        "</style></head><body>"
+    ]
     m = result["method"]
-    parts.append(f"<h1>fieldlab analysis</h1><p>Source: {_e(result['source'])} ({_e(result['engine'])}), "
-                 f"{result['spans']:,} spans, {result['malformed_lines']} malformed lines skipped"
-                 f"{_skipped_extra(result)}.<br>"
-                 f"Method: {_e(m['description'])}; alpha {m['alpha']}; population: {_e(m['population'])}.</p>")
+    parts.append(
+        f"<h1>fieldlab analysis</h1><p>Source: {_e(result['source'])} ({_e(result['engine'])}), "
+        f"{result['spans']:,} spans, {result['malformed_lines']} malformed lines skipped"
+        f"{_skipped_extra(result)}.<br>"
+        f"Method: {_e(m['description'])}; alpha {m['alpha']}; population: {_e(m['population'])}.</p>"
+    )
     for n in result.get("notes", []):
         parts.append(f"<p><em>Note: {_e(n)}</em></p>")
     for key, e in result["experiments"].items():
         invalid = e["verdict"].startswith("invalid") or e["verdict"].startswith("guardrail")
-        parts.append(f"<h2>{_e(key)}</h2><p class='verdict {'bad' if invalid else 'ok'}'>Verdict: {_e(e['verdict'])}</p>")
+        parts.append(
+            f"<h2>{_e(key)}</h2><p class='verdict {'bad' if invalid else 'ok'}'>Verdict: {_e(e['verdict'])}</p>"
+        )
         if e.get("why"):
             parts.append(f"<p>Why: {_e(e['why'])}</p>")
-        parts.append(f"<p>Unit: {_e(e['unit'])} ({_e(e['unit_source'])}); control: {_e(e['control'])}; "
-                     f"weights: {_e(e['weights_source'])}.</p>")
+        parts.append(
+            f"<p>Unit: {_e(e['unit'])} ({_e(e['unit_source'])}); control: {_e(e['control'])}; "
+            f"weights: {_e(e['weights_source'])}.</p>"
+        )
         srm = e.get("srm") or {}
         if srm.get("p_value") is not None:
-            parts.append(f"<p>Sample ratio check: <span class='{'bad' if srm['mismatch'] else 'ok'}'>"
-                         f"{'MISMATCH' if srm['mismatch'] else 'ok'}</span> (p = {srm['p_value']:.3g}, threshold {srm['alpha']}).</p>")
+            parts.append(
+                f"<p>Sample ratio check: <span class='{'bad' if srm['mismatch'] else 'ok'}'>"
+                f"{'MISMATCH' if srm['mismatch'] else 'ok'}</span> (p = {srm['p_value']:.3g}, threshold {srm['alpha']}).</p>"
+            )
         for n in e.get("notes", []):
             parts.append(f"<p><em>{_e(n)}</em></p>")
         if e["variants"]:
             mnames = list(next(iter(e["variants"].values()))["metrics"])
-            parts.append("<table class='variants'><tr><th>variant</th><th>units</th><th>requests</th>"
-                         "<th>exposed requests</th><th>errors</th><th>error rate</th>"
-                         "<th>mean ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
-                         + "".join(f"<th>{_e(n)}</th>" for n in mnames) + "</tr>")
+            parts.append(
+                "<table class='variants'><tr><th>variant</th><th>units</th><th>requests</th>"
+                "<th>exposed requests</th><th>errors</th><th>error rate</th>"
+                "<th>mean ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
+                + "".join(f"<th>{_e(n)}</th>" for n in mnames)
+                + "</tr>"
+            )
             for v, s in e["variants"].items():
                 lat = s["latency_ms"]
-                parts.append(f"<tr><td>{_e(v)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td>"
-                             f"<td>{_num(s.get('exposed_requests'))}</td><td>{s['errors']:,}</td>"
-                             f"<td>{_pct(s['error_rate'])}</td><td>{_num(lat['mean'], 2)}</td><td>{_num(lat['p50'], 2)}</td>"
-                             f"<td>{_num(lat['p90'], 2)}</td><td>{_num(lat['p99'], 2)}</td>"
-                             + "".join(f"<td>{_e(_fmt_metric(n, s['metrics'].get(n)))}</td>" for n in mnames) + "</tr>")
+                parts.append(
+                    f"<tr><td>{_e(v)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td>"
+                    f"<td>{_num(s.get('exposed_requests'))}</td><td>{s['errors']:,}</td>"
+                    f"<td>{_pct(s['error_rate'])}</td><td>{_num(lat['mean'], 2)}</td><td>{_num(lat['p50'], 2)}</td>"
+                    f"<td>{_num(lat['p90'], 2)}</td><td>{_num(lat['p99'], 2)}</td>"
+                    + "".join(f"<td>{_e(_fmt_metric(n, s['metrics'].get(n)))}</td>" for n in mnames)
+                    + "</tr>"
+                )
             parts.append("</table>")
             pop = next(iter(e["variants"].values()))["latency_ms"].get("population")
             if pop:
-                parts.append(f"<p>Requests, errors, latency mean and percentiles: {_e(pop)}; exposed requests: the "
-                             "requests that read the variant.</p>")
+                parts.append(
+                    f"<p>Requests, errors, latency mean and percentiles: {_e(pop)}; exposed requests: the "
+                    "requests that read the variant.</p>"
+                )
         parts.append(_units_svg(e))
         if not e["verdict"].startswith("invalid") and e.get("comparisons"):
-            parts.append("<table class='comparisons'><tr><th>comparison</th><th>metric</th><th>difference</th>"
-                         "<th>interval</th><th>p (adjusted)</th><th>verdict</th><th>latency distribution</th></tr>")
+            parts.append(
+                "<table class='comparisons'><tr><th>comparison</th><th>metric</th><th>difference</th>"
+                "<th>interval</th><th>p (adjusted)</th><th>verdict</th><th>latency distribution</th></tr>"
+            )
             for v, comps in e["comparisons"].items():
                 for name, c in comps.items():
                     f = _pct if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
-                    parts.append(f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
-                                 f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
-                                 f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td>"
-                                 f"<td class='latency-tests'>{_e(_latency_tests(c) if name == 'latency_ms' else '')}"
-                                 "</td></tr>")
+                    parts.append(
+                        f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
+                        f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
+                        f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td>"
+                        f"<td class='latency-tests'>{_e(_latency_tests(c) if name == 'latency_ms' else '')}"
+                        "</td></tr>"
+                    )
             parts.append("</table>")
             parts.append(_timeline_svg(e))
         elif e["verdict"].startswith("invalid"):
-            parts.append("<p class='bad'>Effects are not shown: the sample ratio mismatch makes them untrustworthy.</p>")
+            parts.append(
+                "<p class='bad'>Effects are not shown: the sample ratio mismatch makes them untrustworthy.</p>"
+            )
         parts.append(_latency_svg(e))
     if result.get("holdouts"):
-        parts.append("<h2>Holdouts</h2><table><tr><th>holdout</th><th>units</th><th>requests</th><th>error rate</th><th>p50 ms</th></tr>")
+        parts.append(
+            "<h2>Holdouts</h2><table><tr><th>holdout</th><th>units</th><th>requests</th><th>error rate</th><th>p50 ms</th></tr>"
+        )
         for h, s in result["holdouts"].items():
-            parts.append(f"<tr><td>{_e(h)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{_pct(s['error_rate'])}</td>"
-                         f"<td>{_num(s['latency_ms']['p50'], 2)}</td></tr>")
+            parts.append(
+                f"<tr><td>{_e(h)}</td><td>{s['units']:,}</td><td>{s['requests']:,}</td><td>{_pct(s['error_rate'])}</td>"
+                f"<td>{_num(s['latency_ms']['p50'], 2)}</td></tr>"
+            )
         parts.append("</table>")
     for key, c in (result.get("canaries") or {}).items():
         parts.append(f"<h2>Canary {_e(key)}</h2><pre>{_e(chr(10).join(_canary_lines({key: c})))}</pre>")

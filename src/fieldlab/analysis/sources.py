@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .clickhouse import Runner, chdb_available, chdb_session_runner, connect, query_chdb
 from .model import (
@@ -56,9 +57,25 @@ from .sql import aggregate_sql, file_spans_sql, otel_traces_spans_sql, unit_tota
 from .sql_rows import rows_to_aggregates, unit_totals_from_row
 
 __all__ = [
-    "Metric", "parse_metric", "QuerySpec", "GroupData", "ExperimentData", "Aggregates",
-    "Source", "FileSource", "ClickHouseSource", "open_source", "aggregate_sql", "file_spans_sql",
-    "otel_traces_spans_sql", "unit_totals_sql", "SourceError", "HIST_PER_DECADE", "MAX_LINE_BYTES", "hist_value_ms", "UNIT_FALLBACK_ORDER",
+    "Metric",
+    "parse_metric",
+    "QuerySpec",
+    "GroupData",
+    "ExperimentData",
+    "Aggregates",
+    "Source",
+    "FileSource",
+    "ClickHouseSource",
+    "open_source",
+    "aggregate_sql",
+    "file_spans_sql",
+    "otel_traces_spans_sql",
+    "unit_totals_sql",
+    "SourceError",
+    "HIST_PER_DECADE",
+    "MAX_LINE_BYTES",
+    "hist_value_ms",
+    "UNIT_FALLBACK_ORDER",
     "Span",
 ]
 
@@ -80,7 +97,6 @@ class Source:
         ``h1:`` id when the spans carry hashed ids, else None.
         """
         raise NotImplementedError  # pragma: no cover - overridden
-
 
 
 class FileSource(Source):
@@ -105,19 +121,25 @@ class FileSource(Source):
         if engine not in ("auto", "chdb", "python"):
             raise SourceError(f"engine {engine!r} is unknown; use auto, chdb or python")
         if engine == "chdb" and not chdb_available():
-            raise SourceError("engine chdb: the chdb package is not installed; pip install 'fieldlab[analysis]', or use "
-                              "--engine python")
+            raise SourceError(
+                "engine chdb: the chdb package is not installed; pip install 'fieldlab[analysis]', or use "
+                "--engine python"
+            )
         if not isinstance(max_line_bytes, int) or max_line_bytes < 1024:
-            raise SourceError(f"max_line_bytes {max_line_bytes!r}: give a whole number of bytes of at least 1024 "
-                              f"(default {MAX_LINE_BYTES})")
+            raise SourceError(
+                f"max_line_bytes {max_line_bytes!r}: give a whole number of bytes of at least 1024 "
+                f"(default {MAX_LINE_BYTES})"
+            )
         self.max_line_bytes = max_line_bytes
         self.requested_engine = engine
         self.engine = "chdb" if engine == "auto" and chdb_available() else ("python" if engine == "auto" else engine)
         if self.engine == "chdb" and any(ch in p for p in self.paths for ch in "*?{}[]"):
             # ClickHouse's file() would read these characters as a glob; the Python reader takes names literally.
             if engine == "chdb":
-                raise SourceError("a file name contains one of * ? { } [ ], which embedded ClickHouse reads as a "
-                                  "glob; rename the file or use --engine python")
+                raise SourceError(
+                    "a file name contains one of * ? { } [ ], which embedded ClickHouse reads as a "
+                    "glob; rename the file or use --engine python"
+                )
             self.engine = "python"
         self.description = ", ".join(self.paths) if len(self.paths) <= 3 else f"{len(self.paths)} files"
 
@@ -151,8 +173,10 @@ class FileSource(Source):
             obstacle = self._chdb_obstacle(pairs)
             if obstacle:
                 if any(c == "zstd" for _, c in pairs):
-                    raise SourceError(f"{obstacle}; the Python reader cannot read the zstd files next to it: "
-                                      "decompress them or analyse the damaged file separately")
+                    raise SourceError(
+                        f"{obstacle}; the Python reader cannot read the zstd files next to it: "
+                        "decompress them or analyse the damaged file separately"
+                    )
                 engine = f"python (embedded ClickHouse cannot skip {obstacle})"
         if engine == "chdb":
             if progress:
@@ -164,12 +188,16 @@ class FileSource(Source):
             except Exception as exc:  # chdb raises its own error type
                 why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 if self.requested_engine != "auto" or any(c == "zstd" for _, c in pairs):
-                    raise SourceError(f"{self.description}: embedded ClickHouse failed: {why}; "
-                                      "try --engine python") from None
+                    raise SourceError(
+                        f"{self.description}: embedded ClickHouse failed: {why}; try --engine python"
+                    ) from None
                 # e.g. the process already holds a chdb session on another path: read with Python instead
                 agg = self._python(spec, progress)
-                agg.engine, agg.source, agg.seconds = f"python (chdb unavailable: {why})", self.description, \
-                    time.perf_counter() - t0
+                agg.engine, agg.source, agg.seconds = (
+                    f"python (chdb unavailable: {why})",
+                    self.description,
+                    time.perf_counter() - t0,
+                )
                 return agg
             finally:
                 if ticker:
@@ -186,8 +214,9 @@ class FileSource(Source):
         agg.long_lines, agg.damaged_files = counts["long"], counts["damaged"]
         return agg
 
-    def iter_spans(self, progress: Callable[[str], None] | None = None,
-                   counts: dict[str, Any] | None = None) -> Iterator[Span]:
+    def iter_spans(
+        self, progress: Callable[[str], None] | None = None, counts: dict[str, Any] | None = None
+    ) -> Iterator[Span]:
         """Every span of the files, read by the streaming pure-Python reader (:func:`~.reader.read_spans`);
         an unusable line yields a ``Span`` with ``line_ok`` False. Over-long lines and damaged files are
         counted in ``counts`` (``{"long": n, "damaged": [...]}``)."""
@@ -205,11 +234,12 @@ class FileSource(Source):
             except Exception as exc:
                 if self.requested_engine == "auto":
                     return python_unit_totals(self.iter_spans(None, self.last_read), kind, metrics)
-                raise SourceError(f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
-                                  "try --engine python") from None
+                raise SourceError(
+                    f"{self.description}: embedded ClickHouse failed: {str(exc).splitlines()[0][:300]}; "
+                    "try --engine python"
+                ) from None
             return unit_totals_from_row(rows[0], metrics)
         return python_unit_totals(self.iter_spans(None, self.last_read), kind, metrics)
-
 
 
 class ClickHouseSource(Source):
@@ -220,8 +250,9 @@ class ClickHouseSource(Source):
     on an embedded chdb session (tests, local copies).
     """
 
-    def __init__(self, url: str | None = None, *, table: str | None = None,
-                 runner: Runner | None = None, where: str = "") -> None:
+    def __init__(
+        self, url: str | None = None, *, table: str | None = None, runner: Runner | None = None, where: str = ""
+    ) -> None:
         self.where = where
         if runner is not None:
             self._runner = runner
@@ -233,7 +264,7 @@ class ClickHouseSource(Source):
         self._runner, self.table, self.description = connect(url, table)
 
     @classmethod
-    def from_chdb(cls, session: Any, table: str = "otel_traces", where: str = "") -> "ClickHouseSource":
+    def from_chdb(cls, session: Any, table: str = "otel_traces", where: str = "") -> ClickHouseSource:
         """The same SQL on an embedded chdb session (``chdb.session.Session``)."""
 
         return cls(table=table, runner=chdb_session_runner(session), where=where)
@@ -253,8 +284,10 @@ class ClickHouseSource(Source):
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise SourceError(f"{self.description}: query failed: {first}; check that the table has the "
-                              "Collector ClickHouse exporter schema (SpanAttributes, Duration, StatusCode, SpanKind)") from None
+            raise SourceError(
+                f"{self.description}: query failed: {first}; check that the table has the "
+                "Collector ClickHouse exporter schema (SpanAttributes, Duration, StatusCode, SpanKind)"
+            ) from None
         agg = rows_to_aggregates(rows, spec)
         agg.engine, agg.source, agg.seconds = "clickhouse", self.description, time.perf_counter() - t0
         return agg
@@ -269,8 +302,9 @@ class ClickHouseSource(Source):
         return unit_totals_from_row(rows[0], metrics)
 
 
-def open_source(spec: str | Sequence[str] | Source, engine: str = "auto",
-                max_line_bytes: int = MAX_LINE_BYTES) -> Source:
+def open_source(
+    spec: str | Sequence[str] | Source, engine: str = "auto", max_line_bytes: int = MAX_LINE_BYTES
+) -> Source:
     """A source from what a user typed: a ``clickhouse://`` URL, or files/directories/globs."""
     if isinstance(spec, Source):
         return spec
@@ -285,4 +319,3 @@ def open_source(spec: str | Sequence[str] | Source, engine: str = "auto",
     if not spec:
         raise SourceError("no source given; pass OTLP JSON-lines files, a directory, a glob or a clickhouse:// URL")
     return FileSource(spec, engine=engine, max_line_bytes=max_line_bytes)
-

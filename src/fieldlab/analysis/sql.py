@@ -10,7 +10,7 @@ The pure-Python twin of these queries is :mod:`fieldlab.analysis.python_engine`;
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import attributes as A
 from .model import HIST_PER_DECADE, UNIT_FALLBACK_ORDER, Metric, QuerySpec
@@ -33,15 +33,20 @@ def with_packed_variants_sql(attrs: str) -> str:
     :func:`fieldlab.analysis.reader.with_packed_variants`.
     """
     pairs = f"arrayFilter(p -> position(p, '=') > 1, splitByChar(';', {attrs}[{_lit(A.ASSIGNMENTS)}]))"
-    return (f"if({attrs}[{_lit(A.ASSIGNMENTS)}] = '', {attrs}, mapUpdate(mapFromArrays("
-            f"arrayMap(p -> concat({_lit(A.VARIANT_PREFIX)}, substring(p, 1, position(p, '=') - 1)), {pairs}), "
-            f"arrayMap(p -> decodeURLComponent(substring(p, position(p, '=') + 1)), {pairs})), {attrs}))")
+    return (
+        f"if({attrs}[{_lit(A.ASSIGNMENTS)}] = '', {attrs}, mapUpdate(mapFromArrays("
+        f"arrayMap(p -> concat({_lit(A.VARIANT_PREFIX)}, substring(p, 1, position(p, '=') - 1)), {pairs}), "
+        f"arrayMap(p -> decodeURLComponent(substring(p, position(p, '=') + 1)), {pairs})), {attrs}))"
+    )
 
 
 def _keep_attrs(spec: QuerySpec, key: str = "k") -> str:
     """ClickHouse lambda body keeping only the attributes the analysis reads (``key`` names the key)."""
-    exact = sorted({A.HTTP_STATUS_CODE, A.HTTP_STATUS_CODE_OLD} | {m.attr for m in spec.metrics}
-                   | {a for f in spec.filters for a in f.attrs})
+    exact = sorted(
+        {A.HTTP_STATUS_CODE, A.HTTP_STATUS_CODE_OLD}
+        | {m.attr for m in spec.metrics}
+        | {a for f in spec.filters for a in f.attrs}
+    )
     return f"startsWith({key}, {_lit(A.PREFIX)}) OR {key} IN (" + ", ".join(_lit(k) for k in exact) + ")"
 
 
@@ -63,12 +68,17 @@ def otel_traces_spans_sql(table: str = "otel_traces", where: str = "", spec: Que
 # text): measured ~15 % faster to extract than a four-field tuple.
 _VALUE_T = "Map(String, String)"
 # The first of these an AnyValue holds is its value, as in the Python reader (_value_str); other kinds are ''.
-_ANY_VALUE = ("multiIf(mapContains(a.2, 'stringValue'), a.2['stringValue'], mapContains(a.2, 'boolValue'), "
-              "a.2['boolValue'], mapContains(a.2, 'intValue'), a.2['intValue'], mapContains(a.2, 'doubleValue'), "
-              "a.2['doubleValue'], '')")
-_LINE_T = ("Tuple(resourceSpans Array(Tuple(scopeSpans Array(Tuple(spans Array(Tuple(traceId String, spanId String, kind String, "
-           "startTimeUnixNano String, endTimeUnixNano String, attributes Array(Tuple(key String, value "
-           + _VALUE_T + ")), status Tuple(code String))))))))")
+_ANY_VALUE = (
+    "multiIf(mapContains(a.2, 'stringValue'), a.2['stringValue'], mapContains(a.2, 'boolValue'), "
+    "a.2['boolValue'], mapContains(a.2, 'intValue'), a.2['intValue'], mapContains(a.2, 'doubleValue'), "
+    "a.2['doubleValue'], '')"
+)
+_LINE_T = (
+    "Tuple(resourceSpans Array(Tuple(scopeSpans Array(Tuple(spans Array(Tuple(traceId String, spanId String, kind String, "
+    "startTimeUnixNano String, endTimeUnixNano String, attributes Array(Tuple(key String, value "
+    + _VALUE_T
+    + ")), status Tuple(code String))))))))"
+)
 
 
 def file_spans_sql(paths: Sequence[tuple[str, str]], spec: QuerySpec | None = None) -> str:
@@ -81,7 +91,8 @@ def file_spans_sql(paths: Sequence[tuple[str, str]], spec: QuerySpec | None = No
     only the attributes the analysis reads are kept.
     """
     reads = " UNION ALL ".join(
-        f"SELECT line FROM file({_lit(p)}, 'LineAsString', 'line String', {_lit(c)})" for p, c in paths)
+        f"SELECT line FROM file({_lit(p)}, 'LineAsString', 'line String', {_lit(c)})" for p, c in paths
+    )
     keep = _keep_attrs(spec or QuerySpec(), "a.1")
     return (
         "SELECT line_ok, sp.traceId != '' AS has_span, sp.traceId AS TraceId, sp.spanId AS SpanId, "
@@ -100,8 +111,11 @@ def file_spans_sql(paths: Sequence[tuple[str, str]], spec: QuerySpec | None = No
 
 
 def _unit_kind_sql(spec: QuerySpec) -> str:
-    inferred = "multiIf(" + ", ".join(
-        f"Attrs[{_lit(A.unit_attr(k))}] != '', {_lit(k)}" for k in UNIT_FALLBACK_ORDER) + ", 'request')"
+    inferred = (
+        "multiIf("
+        + ", ".join(f"Attrs[{_lit(A.unit_attr(k))}] != '', {_lit(k)}" for k in UNIT_FALLBACK_ORDER)
+        + ", 'request')"
+    )
     if not spec.unit_kinds:
         return inferred
     parts = ", ".join(f"exp = {_lit(e)}, {_lit(k)}" for e, k in sorted(spec.unit_kinds.items()))
@@ -111,8 +125,10 @@ def _unit_kind_sql(spec: QuerySpec) -> str:
 def _dedup_sql(spans_sql: str) -> str:
     """The spans with each (trace id, span id) kept once: an exporter's retry or a file read twice repeats
     spans, and a repeated span is one request. Spans without a span id and rows of unreadable lines are kept."""
-    return (f"SELECT * FROM ({spans_sql}) LIMIT 1 BY cityHash64(TraceId, SpanId), "
-            "if(has_span AND SpanId != '', toUInt64(0), rowNumberInAllBlocks() + 1)")
+    return (
+        f"SELECT * FROM ({spans_sql}) LIMIT 1 BY cityHash64(TraceId, SpanId), "
+        "if(has_span AND SpanId != '', toUInt64(0), rowNumberInAllBlocks() + 1)"
+    )
 
 
 def _filters_sql(spec: QuerySpec) -> str:
@@ -120,8 +136,11 @@ def _filters_sql(spec: QuerySpec) -> str:
     (the SQL twin of :meth:`~.model.Filter.matches`); empty without filters."""
     out = ""
     for f in spec.filters:
-        value = (f"Attrs[{_lit(f.attrs[0])}]" if len(f.attrs) == 1 else
-                 "multiIf(" + "".join(f"Attrs[{_lit(a)}] != '', Attrs[{_lit(a)}], " for a in f.attrs) + "'')")
+        value = (
+            f"Attrs[{_lit(f.attrs[0])}]"
+            if len(f.attrs) == 1
+            else "multiIf(" + "".join(f"Attrs[{_lit(a)}] != '', Attrs[{_lit(a)}], " for a in f.attrs) + "'')"
+        )
         out += f" AND {value} = {_lit(f.value)}"
     return out
 
@@ -130,7 +149,8 @@ def _coverage_sql(spec: QuerySpec) -> str:
     """Holdout attribute -> covered experiments, as a ClickHouse map literal."""
     items = ", ".join(
         f"{_lit(A.holdout_attr(h))}, CAST([{', '.join(_lit(e) for e in sorted(es))}], 'Array(String)')"
-        for h, es in sorted(spec.holdout_experiments.items()))
+        for h, es in sorted(spec.holdout_experiments.items())
+    )
     return f"CAST(map({items}), 'Map(String, Array(String))')"
 
 
@@ -165,7 +185,9 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     keyed = (
         "SELECT *, arrayDistinct(mapKeys(Attrs)) AS ak, "
         "arrayFilter(k -> startsWith(k, " + _lit(hp) + ") AND Attrs[k] = 'true', ak) AS hk, "
-        f"if(IsServer AND has_span{_filters_sql(spec)}, arrayConcat(hk, arrayFilter(k -> startsWith(k, " + _lit(vp) + ") AND NOT "
+        f"if(IsServer AND has_span{_filters_sql(spec)}, arrayConcat(hk, arrayFilter(k -> startsWith(k, "
+        + _lit(vp)
+        + ") AND NOT "
         f"arrayExists(h -> has({_coverage_sql(spec)}[h], substring(k, {len(vp) + 1})), hk), ak)), "
         "CAST([], 'Array(String)')) AS keys "
         f"FROM (SELECT * REPLACE ({with_packed_variants_sql('Attrs')} AS Attrs) FROM (" + _dedup_sql(spans_sql) + "))"
@@ -220,8 +242,11 @@ def unit_totals_sql(spans_sql: str, kind: str, metrics: Sequence[Metric] = ()) -
     One row: ``ids`` and, per unit, ``requests``, ``errors``, ``lat_ms`` and each
     metric's sums; ``hashed`` counts ``h1:`` ids (which cannot be re-bucketed).
     """
-    unit = (f"if(Attrs[{_lit(A.unit_attr('request'))}] != '', Attrs[{_lit(A.unit_attr('request'))}], TraceId)"
-            if kind == "request" else f"Attrs[{_lit(A.unit_attr(kind))}]")
+    unit = (
+        f"if(Attrs[{_lit(A.unit_attr('request'))}] != '', Attrs[{_lit(A.unit_attr('request'))}], TraceId)"
+        if kind == "request"
+        else f"Attrs[{_lit(A.unit_attr(kind))}]"
+    )
     status_new, status_old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
     inner_aggs, outer = [], []
     for i, m in enumerate(metrics):
@@ -229,8 +254,10 @@ def unit_totals_sql(spans_sql: str, kind: str, metrics: Sequence[Metric] = ()) -
         if m.kind == "conversion":
             inner_aggs.append(f"max(Attrs[{a}] = {_lit(str(m.value))}) AS m{i}_s, toUInt64(0) AS m{i}_n")
         else:
-            inner_aggs.append(f"sum(ifNull(toFloat64OrNull(Attrs[{a}]), 0)) AS m{i}_s, "
-                              f"countIf(toFloat64OrNull(Attrs[{a}]) IS NOT NULL) AS m{i}_n")
+            inner_aggs.append(
+                f"sum(ifNull(toFloat64OrNull(Attrs[{a}]), 0)) AS m{i}_s, "
+                f"countIf(toFloat64OrNull(Attrs[{a}]) IS NOT NULL) AS m{i}_n"
+            )
         outer.append(f"groupArray(m{i}_s) AS a_m{i}_s, groupArray(m{i}_n) AS a_m{i}_n")
     iaggs = "".join(", " + c for c in inner_aggs)
     oaggs = "".join(", " + c for c in outer)
@@ -243,4 +270,3 @@ def unit_totals_sql(spans_sql: str, kind: str, metrics: Sequence[Metric] = ()) -
         f"Attrs[{status_new}], Attrs[{status_old}])) >= 500 AS IsError "
         f"FROM ({_dedup_sql(spans_sql)}) WHERE line_ok AND has_span AND IsServer) WHERE unit != '' GROUP BY unit)"
     )
-

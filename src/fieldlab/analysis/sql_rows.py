@@ -7,7 +7,8 @@ Whatever ran the query (embedded chdb, a ClickHouse server), its rows arrive as 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .model import Aggregates, ExperimentData, GroupData, Metric, QuerySpec
 
@@ -73,10 +74,20 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
             else:
                 ms[m.name] = np.asarray([0.0 if x is None else x for x in r[f"a_m{i}_s"]], dtype=np.float64)
                 mc[m.name] = np.asarray(r[f"a_m{i}_n"], dtype=np.float64)
-        gd = GroupData(np.asarray(r["a_requests"], dtype=np.float64), np.asarray(r["a_errors"], dtype=np.float64),
-                       np.asarray(r["a_lat_ms"], dtype=np.float64), np.asarray(r["a_exposed"], dtype=bool),
-                       np.asarray(r["a_first_ts"], dtype=np.float64), ms, mc, cv, bins, hist_all, hist_exposed,
-                       np.asarray(r["a_exposed_requests"], dtype=np.float64))
+        gd = GroupData(
+            np.asarray(r["a_requests"], dtype=np.float64),
+            np.asarray(r["a_errors"], dtype=np.float64),
+            np.asarray(r["a_lat_ms"], dtype=np.float64),
+            np.asarray(r["a_exposed"], dtype=bool),
+            np.asarray(r["a_first_ts"], dtype=np.float64),
+            ms,
+            mc,
+            cv,
+            bins,
+            hist_all,
+            hist_exposed,
+            np.asarray(r["a_exposed_requests"], dtype=np.float64),
+        )
         if is_h:
             holds[exp] = gd
         else:
@@ -86,4 +97,3 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
     for key in [k for k, e in exps.items() if not e.variants]:
         del exps[key]
     return out
-

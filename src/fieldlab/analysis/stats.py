@@ -21,13 +21,23 @@ shows the A/A simulations that check it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "DEFAULT_TUNING", "SRM_ALPHA", "RatioEstimate", "ratio_estimate", "compare", "cs_halfwidth",
-    "sequential_p_value", "srm_test", "holm", "rank_test", "hist_quantiles",
+    "DEFAULT_TUNING",
+    "SRM_ALPHA",
+    "RatioEstimate",
+    "ratio_estimate",
+    "compare",
+    "cs_halfwidth",
+    "sequential_p_value",
+    "srm_test",
+    "holm",
+    "rank_test",
+    "hist_quantiles",
 ]
 
 #: GrowthBook's default sequential tuning parameter: the sample size where the sequence is tightest.
@@ -124,12 +134,20 @@ def sequential_p_value(estimate: Any, variance: Any, n: Any, tuning: float = DEF
         hi = np.where(excl, mid, hi)
         lo = np.where(excl, lo, mid)
     p = np.exp(hi)
-    p = np.where(np.isfinite(est) & np.isfinite(var) & (var > 0), p, np.where(var == 0, np.where(est > 0, 0.0, 1.0), np.nan))
+    p = np.where(
+        np.isfinite(est) & np.isfinite(var) & (var > 0), p, np.where(var == 0, np.where(est > 0, 0.0, 1.0), np.nan)
+    )
     return np.minimum(p, 1.0)
 
 
-def compare(control: RatioEstimate, treatment: RatioEstimate, *, alpha: float = 0.05, sequential: bool = True,
-            tuning: float = DEFAULT_TUNING) -> dict[str, Any]:
+def compare(
+    control: RatioEstimate,
+    treatment: RatioEstimate,
+    *,
+    alpha: float = 0.05,
+    sequential: bool = True,
+    tuning: float = DEFAULT_TUNING,
+) -> dict[str, Any]:
     """Treatment minus control, with a (1 - alpha) interval and a two-sided p-value.
 
     ``sequential``: always-valid confidence sequence; otherwise a fixed-horizon
@@ -140,9 +158,15 @@ def compare(control: RatioEstimate, treatment: RatioEstimate, *, alpha: float = 
 
     est = treatment.value - control.value
     var = treatment.variance + control.variance
-    out: dict[str, Any] = {"estimate": est, "ci_low": None, "ci_high": None, "p_value": None,
-                           "control": control.value, "treatment": treatment.value,
-                           "relative": (est / control.value) if control.value not in (0, 0.0) and np.isfinite(control.value) else None}
+    out: dict[str, Any] = {
+        "estimate": est,
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "control": control.value,
+        "treatment": treatment.value,
+        "relative": (est / control.value) if control.value not in (0, 0.0) and np.isfinite(control.value) else None,
+    }
     if not (np.isfinite(est) and np.isfinite(var)) or control.n < 2 or treatment.n < 2:
         return out
     if var == 0:

@@ -62,17 +62,31 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .._hashing import BUCKETS
 from ..errors import ConfigError
 
 __all__ = [
-    "DEFAULT_FLOOR", "DEFAULT_BURN_IN", "DEFAULT_DRAWS", "KINDS", "ArmStats", "ThompsonResult", "thompson_weights",
-    "to_basis_points", "BanditWeights", "assign_with_weights", "Period", "EnrolmentSchedule", "PeriodData",
-    "per_period_effect", "pooled_effect", "srm_by_period",
+    "DEFAULT_FLOOR",
+    "DEFAULT_BURN_IN",
+    "DEFAULT_DRAWS",
+    "KINDS",
+    "ArmStats",
+    "ThompsonResult",
+    "thompson_weights",
+    "to_basis_points",
+    "BanditWeights",
+    "assign_with_weights",
+    "Period",
+    "EnrolmentSchedule",
+    "PeriodData",
+    "per_period_effect",
+    "pooled_effect",
+    "srm_by_period",
 ]
 
 #: Minimum weight of any arm (1 %).
@@ -135,9 +149,16 @@ def _check_kind(kind: str) -> None:
         raise ConfigError("kind", f"{kind!r} is not a bandit metric kind", f"use one of {', '.join(KINDS)}")
 
 
-def thompson_weights(arms: Sequence[ArmStats], *, kind: str = "conversion", higher_is_better: bool | None = None,
-                     seed: int = 0, draws: int = DEFAULT_DRAWS, floor: float = DEFAULT_FLOOR,
-                     burn_in: int = DEFAULT_BURN_IN) -> ThompsonResult:
+def thompson_weights(
+    arms: Sequence[ArmStats],
+    *,
+    kind: str = "conversion",
+    higher_is_better: bool | None = None,
+    seed: int = 0,
+    draws: int = DEFAULT_DRAWS,
+    floor: float = DEFAULT_FLOOR,
+    burn_in: int = DEFAULT_BURN_IN,
+) -> ThompsonResult:
     """Thompson-sampling weights: ``floor + (1 - k floor) * P(arm is best)``; equal weights during burn-in.
 
     ``higher_is_better`` defaults to True for ``conversion`` and ``numeric`` and
@@ -154,8 +175,12 @@ def thompson_weights(arms: Sequence[ArmStats], *, kind: str = "conversion", high
         higher_is_better = kind != "error"
     short = [i for i, a in enumerate(arms) if a.units < burn_in]
     if short:
-        return ThompsonResult(tuple(1.0 / k for _ in arms), None, False,
-                              f"burn-in: arm {short[0]} has {arms[short[0]].units} units < {burn_in}; equal split kept")
+        return ThompsonResult(
+            tuple(1.0 / k for _ in arms),
+            None,
+            False,
+            f"burn-in: arm {short[0]} has {arms[short[0]].units} units < {burn_in}; equal split kept",
+        )
     rng = random.Random(seed)
     sign = 1.0 if higher_is_better else -1.0
     samplers: list[Any] = []
@@ -177,8 +202,12 @@ def thompson_weights(arms: Sequence[ArmStats], *, kind: str = "conversion", high
     p_best = tuple(w / draws for w in wins)
     weights = tuple(floor + (1.0 - k * floor) * p for p in p_best)
     lead = max(range(k), key=lambda i: p_best[i])
-    return ThompsonResult(weights, p_best, True, f"Thompson sampling, {draws} draws, seed {seed}: arm {lead} "
-                                                 f"is best with probability {p_best[lead]:.3f}")
+    return ThompsonResult(
+        weights,
+        p_best,
+        True,
+        f"Thompson sampling, {draws} draws, seed {seed}: arm {lead} is best with probability {p_best[lead]:.3f}",
+    )
 
 
 def to_basis_points(weights: Sequence[float], floor: float = 0.0) -> tuple[int, ...]:
@@ -219,15 +248,23 @@ class BanditWeights:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state store."""
-        return {"version": self.version, "weights_bp": list(self.weights_bp), "reason": self.reason,
-                "p_best": list(self.p_best) if self.p_best is not None else None}
+        return {
+            "version": self.version,
+            "weights_bp": list(self.weights_bp),
+            "reason": self.reason,
+            "p_best": list(self.p_best) if self.p_best is not None else None,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BanditWeights":
+    def from_dict(cls, data: Mapping[str, Any]) -> BanditWeights:
         """Inverse of :meth:`to_dict`."""
         pb = data.get("p_best")
-        return cls(int(data["version"]), tuple(int(x) for x in data["weights_bp"]), str(data.get("reason", "")),
-                   tuple(float(x) for x in pb) if pb is not None else None)
+        return cls(
+            int(data["version"]),
+            tuple(int(x) for x in data["weights_bp"]),
+            str(data.get("reason", "")),
+            tuple(float(x) for x in pb) if pb is not None else None,
+        )
 
 
 def assign_with_weights(bucket: int, weights: Sequence[int]) -> int:
@@ -296,7 +333,7 @@ class EnrolmentSchedule:
                 return p.arm_of(bucket), k
         return None
 
-    def open_period(self, weights: BanditWeights, slice_bp: int) -> "EnrolmentSchedule":
+    def open_period(self, weights: BanditWeights, slice_bp: int) -> EnrolmentSchedule:
         """A new schedule with the next ``slice_bp`` buckets (up to ``cap``) opened under ``weights``.
 
         Earlier slices are untouched, which is the whole point. When the cap is
@@ -304,7 +341,9 @@ class EnrolmentSchedule:
         any further (see the module's tradeoff).
         """
         if slice_bp <= 0:
-            raise ConfigError("slice", f"{slice_bp} basis points is not positive", "open at least 1 basis point per period")
+            raise ConfigError(
+                "slice", f"{slice_bp} basis points is not positive", "open at least 1 basis point per period"
+            )
         lo = self.enrolled
         hi = min(lo + slice_bp, self.cap)
         if hi <= lo:
@@ -316,15 +355,21 @@ class EnrolmentSchedule:
         return {"cap": self.cap, "periods": [p.to_dict() for p in self.periods]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EnrolmentSchedule":
+    def from_dict(cls, data: Mapping[str, Any]) -> EnrolmentSchedule:
         """Inverse of :meth:`to_dict`."""
-        return cls(int(data["cap"]), tuple(Period(int(p["version"]), int(p["lo"]), int(p["hi"]),
-                                                  tuple(int(x) for x in p["weights_bp"])) for p in data["periods"]))
+        return cls(
+            int(data["cap"]),
+            tuple(
+                Period(int(p["version"]), int(p["lo"]), int(p["hi"]), tuple(int(x) for x in p["weights_bp"]))
+                for p in data["periods"]
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Analysis
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PeriodData:
@@ -334,8 +379,15 @@ class PeriodData:
     arms: tuple[ArmStats, ...]
 
 
-def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, control: int = 0,
-                      kind: str = "conversion", method: str = "stratified", alpha: float = 0.05) -> dict[str, Any]:
+def per_period_effect(
+    periods: Sequence[PeriodData],
+    *,
+    treatment: int = 1,
+    control: int = 0,
+    kind: str = "conversion",
+    method: str = "stratified",
+    alpha: float = 0.05,
+) -> dict[str, Any]:
     """Treatment minus control, estimated within each period and then combined: no Simpson's paradox.
 
     ``method="stratified"`` weighs each period's difference by its share of
@@ -360,11 +412,25 @@ def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, cont
             continue
         d = t.mean(kind) - c.mean(kind)
         v = t.variance_of_mean(kind) + c.variance_of_mean(kind)
-        rows.append({"period": k, "difference": d, "variance": v, "units": sum(a.units for a in p.arms),
-                     "precision": 1.0 / (1.0 / t.units + 1.0 / c.units)})
+        rows.append(
+            {
+                "period": k,
+                "difference": d,
+                "variance": v,
+                "units": sum(a.units for a in p.arms),
+                "precision": 1.0 / (1.0 / t.units + 1.0 / c.units),
+            }
+        )
     if not rows:
-        return {"estimate": None, "variance": None, "ci_low": None, "ci_high": None, "periods": rows,
-                "skipped": skipped, "method": method}
+        return {
+            "estimate": None,
+            "variance": None,
+            "ci_low": None,
+            "ci_high": None,
+            "periods": rows,
+            "skipped": skipped,
+            "method": method,
+        }
     if method == "stratified":
         total = float(sum(r["units"] for r in rows))
         ws = [r["units"] / total for r in rows]
@@ -372,24 +438,36 @@ def per_period_effect(periods: Sequence[PeriodData], *, treatment: int = 1, cont
         inv = [r["precision"] for r in rows]
         s = sum(inv)
         ws = [x / s for x in inv]
-    est = sum(w * r["difference"] for w, r in zip(ws, rows))
-    var = sum(w * w * r["variance"] for w, r in zip(ws, rows))
+    est = sum(w * r["difference"] for w, r in zip(ws, rows, strict=False))
+    var = sum(w * w * r["variance"] for w, r in zip(ws, rows, strict=False))
     z = _Z.inv_cdf(1 - alpha / 2)
     hw = z * math.sqrt(var) if var >= 0 else float("nan")
-    for w, r in zip(ws, rows):
+    for w, r in zip(ws, rows, strict=False):
         r["weight"] = w
-    return {"estimate": est, "variance": var, "ci_low": est - hw, "ci_high": est + hw, "periods": rows,
-            "skipped": skipped, "method": method}
+    return {
+        "estimate": est,
+        "variance": var,
+        "ci_low": est - hw,
+        "ci_high": est + hw,
+        "periods": rows,
+        "skipped": skipped,
+        "method": method,
+    }
 
 
-def pooled_effect(periods: Sequence[PeriodData], *, treatment: int = 1, control: int = 0,
-                  kind: str = "conversion") -> float:
+def pooled_effect(
+    periods: Sequence[PeriodData], *, treatment: int = 1, control: int = 0, kind: str = "conversion"
+) -> float:
     """The naive estimate: all periods' units pooled per arm, then differenced. Biased when allocation and baseline both move."""
     _check_kind(kind)
 
     def pool(i: int) -> ArmStats:
-        return ArmStats(sum(p.arms[i].units for p in periods), sum(p.arms[i].successes for p in periods),
-                        sum(p.arms[i].total for p in periods), sum(p.arms[i].total_sq for p in periods))
+        return ArmStats(
+            sum(p.arms[i].units for p in periods),
+            sum(p.arms[i].successes for p in periods),
+            sum(p.arms[i].total for p in periods),
+            sum(p.arms[i].total_sq for p in periods),
+        )
 
     return pool(treatment).mean(kind) - pool(control).mean(kind)
 

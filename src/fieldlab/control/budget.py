@@ -23,15 +23,26 @@ the A/A simulation run the same code.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..analysis.stats import RatioEstimate, cs_halfwidth
 from .settings import LabGuardrails, WindowPair, format_duration
 
 __all__ = [
-    "Counts", "Moments", "ArmData", "burn_rate", "PairBurn", "pair_burn", "Interval", "difference_interval",
-    "relative_interval", "BudgetStatus", "budget_status", "excess_bad",
+    "Counts",
+    "Moments",
+    "ArmData",
+    "burn_rate",
+    "PairBurn",
+    "pair_burn",
+    "Interval",
+    "difference_interval",
+    "relative_interval",
+    "BudgetStatus",
+    "budget_status",
+    "excess_bad",
 ]
 
 
@@ -44,9 +55,10 @@ class Counts:
     errors: int = 0
     slow: int = 0
 
-    def __add__(self, other: "Counts") -> "Counts":
-        return Counts(self.units + other.units, self.requests + other.requests, self.errors + other.errors,
-                      self.slow + other.slow)
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.units + other.units, self.requests + other.requests, self.errors + other.errors, self.slow + other.slow
+        )
 
     def bad(self, sli: str) -> int:
         """Bad requests for an SLI: ``errors`` or ``latency`` (slow requests)."""
@@ -73,18 +85,30 @@ class Moments:
     sxy: float = 0.0
 
     @classmethod
-    def of_units(cls, y: Iterable[float], x: Iterable[float] | None = None) -> "Moments":
+    def of_units(cls, y: Iterable[float], x: Iterable[float] | None = None) -> Moments:
         """From per-unit values (``x`` None: every unit weighs 1)."""
         ys = [float(v) for v in y]
         xs = [1.0] * len(ys) if x is None else [float(v) for v in x]
         if len(xs) != len(ys):
             raise ValueError("y and x must have one value per unit")
-        return cls(len(ys), sum(ys), sum(xs), sum(v * v for v in ys), sum(v * v for v in xs),
-                   sum(a * b for a, b in zip(ys, xs, strict=True)))
+        return cls(
+            len(ys),
+            sum(ys),
+            sum(xs),
+            sum(v * v for v in ys),
+            sum(v * v for v in xs),
+            sum(a * b for a, b in zip(ys, xs, strict=True)),
+        )
 
-    def __add__(self, other: "Moments") -> "Moments":
-        return Moments(self.n + other.n, self.sy + other.sy, self.sx + other.sx, self.syy + other.syy,
-                       self.sxx + other.sxx, self.sxy + other.sxy)
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(
+            self.n + other.n,
+            self.sy + other.sy,
+            self.sx + other.sx,
+            self.syy + other.syy,
+            self.sxx + other.sxx,
+            self.sxy + other.sxy,
+        )
 
     @property
     def value(self) -> float:
@@ -158,19 +182,33 @@ class PairBurn:
         return self.long_burn >= self.pair.burn_rate and self.short_burn >= self.pair.burn_rate
 
     def to_json(self) -> dict[str, Any]:
-        return {"pair": self.pair.name, "threshold": self.pair.burn_rate, "firing": self.firing,
-                "long": {"window": self.pair.long_text, "requests": self.long.requests,
-                         "bad": self.long.bad(self.sli), "units": self.long.units, "burn_rate": _r(self.long_burn)},
-                "short": {"window": self.pair.short_text, "requests": self.short.requests,
-                          "bad": self.short.bad(self.sli), "units": self.short.units,
-                          "burn_rate": _r(self.short_burn)}}
+        return {
+            "pair": self.pair.name,
+            "threshold": self.pair.burn_rate,
+            "firing": self.firing,
+            "long": {
+                "window": self.pair.long_text,
+                "requests": self.long.requests,
+                "bad": self.long.bad(self.sli),
+                "units": self.long.units,
+                "burn_rate": _r(self.long_burn),
+            },
+            "short": {
+                "window": self.pair.short_text,
+                "requests": self.short.requests,
+                "bad": self.short.bad(self.sli),
+                "units": self.short.units,
+                "burn_rate": _r(self.short_burn),
+            },
+        }
 
 
 def pair_burn(arm: ArmData, pair: WindowPair, sli: str, slo: float) -> PairBurn:
     """The burn rates of ``arm`` in both windows of ``pair`` for the SLI ``errors`` or ``latency``."""
     lc, sc = arm.window(pair.long), arm.window(pair.short)
-    return PairBurn(pair, lc, sc, burn_rate(lc.bad(sli), lc.requests, slo), burn_rate(sc.bad(sli), sc.requests, slo),
-                    sli)
+    return PairBurn(
+        pair, lc, sc, burn_rate(lc.bad(sli), lc.requests, slo), burn_rate(sc.bad(sli), sc.requests, slo), sli
+    )
 
 
 @dataclass(frozen=True)
@@ -190,9 +228,16 @@ class Interval:
         return math.isfinite(self.low) and math.isfinite(self.high)
 
     def to_json(self) -> dict[str, Any]:
-        return {"estimate": _r(self.estimate), "ci_low": _r(self.low), "ci_high": _r(self.high), "alpha": self.alpha,
-                "control": _r(self.control), "variant": _r(self.variant), "units": self.n,
-                "kind": "always-valid confidence sequence"}
+        return {
+            "estimate": _r(self.estimate),
+            "ci_low": _r(self.low),
+            "ci_high": _r(self.high),
+            "alpha": self.alpha,
+            "control": _r(self.control),
+            "variant": _r(self.variant),
+            "units": self.n,
+            "kind": "always-valid confidence sequence",
+        }
 
 
 def _nan_interval(alpha: float, c: RatioEstimate, t: RatioEstimate) -> Interval:
@@ -216,7 +261,7 @@ def relative_interval(control: Moments, variant: Moments, alpha: float) -> Inter
     if c.n < 2 or t.n < 2 or not (math.isfinite(c.value) and math.isfinite(t.value)) or c.value == 0:
         return _nan_interval(alpha, c, t)
     rel = t.value / c.value - 1.0
-    var = t.variance / c.value ** 2 + t.value ** 2 * c.variance / c.value ** 4
+    var = t.variance / c.value**2 + t.value**2 * c.variance / c.value**4
     if not math.isfinite(var):
         return _nan_interval(alpha, c, t)
     hw = float(cs_halfwidth(var, c.n + t.n, alpha)) if var > 0 else 0.0
@@ -260,16 +305,26 @@ class BudgetStatus:
         return sorted(((k, v) for k, v in self.per_variant.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
 
     def to_json(self) -> dict[str, Any]:
-        return {"allowed": _r(self.allowed), "spent": _r(self.spent), "used": _r(self.fraction),
-                "exhausted": self.exhausted, "period": format_duration(self.period),
-                "observed": format_duration(max(self.observed_seconds, 1.0)),
-                "service": self.service.to_json(),
-                "experiments": {k: _r(v) for k, v in sorted(self.per_experiment.items())},
-                "variants": {f"{e}/{v}": _r(x) for (e, v), x in sorted(self.per_variant.items())}}
+        return {
+            "allowed": _r(self.allowed),
+            "spent": _r(self.spent),
+            "used": _r(self.fraction),
+            "exhausted": self.exhausted,
+            "period": format_duration(self.period),
+            "observed": format_duration(max(self.observed_seconds, 1.0)),
+            "service": self.service.to_json(),
+            "experiments": {k: _r(v) for k, v in sorted(self.per_experiment.items())},
+            "variants": {f"{e}/{v}": _r(x) for (e, v), x in sorted(self.per_variant.items())},
+        }
 
 
-def budget_status(lab: LabGuardrails, service: Counts, observed_seconds: float,
-                  arms: Mapping[str, Mapping[str, Counts]], controls: Mapping[str, str]) -> BudgetStatus:
+def budget_status(
+    lab: LabGuardrails,
+    service: Counts,
+    observed_seconds: float,
+    arms: Mapping[str, Mapping[str, Counts]],
+    controls: Mapping[str, str],
+) -> BudgetStatus:
     """The experimentation budget over the rolling ``lab.budget_period``.
 
     ``service``: all requests of the service in the period; ``observed_seconds``:
@@ -292,8 +347,9 @@ def budget_status(lab: LabGuardrails, service: Counts, observed_seconds: float,
             per_variant[(exp, name)] = x
             total += x
         per_exp[exp] = total
-    return BudgetStatus(allowed, sum(per_exp.values()), service, observed_seconds, lab.budget_period, per_exp,
-                        per_variant)
+    return BudgetStatus(
+        allowed, sum(per_exp.values()), service, observed_seconds, lab.budget_period, per_exp, per_variant
+    )
 
 
 def _r(x: float) -> float | None:

@@ -69,16 +69,34 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .._hashing import BUCKETS, bucket, traffic_basis_points, variant_boundaries
 from ..errors import ConfigError
 
 __all__ = [
-    "CONTROL", "SteadyState", "CanarySpec", "ArmCounts", "DoseArm", "Decision", "CanaryState",
-    "parse_doses", "parse_steady_state", "dose_label", "start", "advance", "halt",
-    "weight_table", "choose_arm", "dose_of", "beta_tail", "probability_breaks", "slo_evidence", "dose_response",
+    "CONTROL",
+    "SteadyState",
+    "CanarySpec",
+    "ArmCounts",
+    "DoseArm",
+    "Decision",
+    "CanaryState",
+    "parse_doses",
+    "parse_steady_state",
+    "dose_label",
+    "start",
+    "advance",
+    "halt",
+    "weight_table",
+    "choose_arm",
+    "dose_of",
+    "beta_tail",
+    "probability_breaks",
+    "slo_evidence",
+    "dose_response",
 ]
 
 #: Label of the canary's own control arm (no fault).
@@ -174,8 +192,11 @@ class CanarySpec:
         if not 0 < self.control_share < 1:
             raise ConfigError("control_share", f"{self.control_share} is outside (0, 1)", "use e.g. 0.2")
         if not 0 <= self.floor * self.max_active < 1 - self.control_share:
-            raise ConfigError("floor", f"{self.floor} x {self.max_active} doses leaves no room for allocation",
-                              "lower the floor or max_active")
+            raise ConfigError(
+                "floor",
+                f"{self.floor} x {self.max_active} doses leaves no room for allocation",
+                "lower the floor or max_active",
+            )
 
     @property
     def target_ratio(self) -> float:
@@ -183,13 +204,19 @@ class CanarySpec:
         return (1.0 + self.accuracy) / (1.0 - self.accuracy)
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], path: str = "canaries[0]", **tuning: Any) -> "CanarySpec":
+    def from_table(cls, table: Mapping[str, Any], path: str = "canaries[0]", **tuning: Any) -> CanarySpec:
         """Build from a ``[[canaries]]`` table (``key``, ``doses``, ``steady_state``); other keys are the caller's."""
         key = table.get("key")
         if not isinstance(key, str) or not key:
-            raise ConfigError(f"{path}.key", "is missing or not a string", 'give the canary a name, e.g. key = "inventory-latency"')
+            raise ConfigError(
+                f"{path}.key", "is missing or not a string", 'give the canary a name, e.g. key = "inventory-latency"'
+            )
         if "doses" not in table:
-            raise ConfigError(f"{path}.doses", "is missing", "give doses = { latency_ms = [25, 50, 100] } or { start = 25, factor = 2, max = 1600 }")
+            raise ConfigError(
+                f"{path}.doses",
+                "is missing",
+                "give doses = { latency_ms = [25, 50, 100] } or { start = 25, factor = 2, max = 1600 }",
+            )
         doses = parse_doses(table["doses"], f"{path}.doses")
         steady = parse_steady_state(table.get("steady_state", {}), f"{path}.steady_state")
         return cls(key=key, doses=doses, steady=steady, **tuning)
@@ -245,8 +272,13 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"round": self.round, "action": self.action, "dose": self.dose, "reason": self.reason,
-                "evidence": dict(self.evidence)}
+        return {
+            "round": self.round,
+            "action": self.action,
+            "dose": self.dose,
+            "reason": self.reason,
+            "evidence": dict(self.evidence),
+        }
 
 
 @dataclass
@@ -308,39 +340,83 @@ class CanaryState:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict: what the state store keeps and ``fieldlab status --json`` shows."""
         return {
-            "key": self.key, "phase": self.phase, "round": self.round,
-            "arms": [{"dose": a.dose, "label": a.label, "status": a.status, "requests": a.requests,
-                      "errors": a.errors, "slow": a.slow, "bad": a.bad, "reason": a.reason,
-                      "opened_round": a.opened_round} for a in self.arms],
-            "control": {"requests": self.control.requests, "errors": self.control.errors,
-                        "slow": self.control.slow, "bad": self.control.bad_requests},
-            "weights": dict(self.weights), "weights_version": self.weights_version,
-            "bracket": list(self.bracket), "breaking_point": self.breaking_point, "outcome": self.outcome,
-            "requests_spent": self.requests_spent, "bad_spent": self.bad_spent,
+            "key": self.key,
+            "phase": self.phase,
+            "round": self.round,
+            "arms": [
+                {
+                    "dose": a.dose,
+                    "label": a.label,
+                    "status": a.status,
+                    "requests": a.requests,
+                    "errors": a.errors,
+                    "slow": a.slow,
+                    "bad": a.bad,
+                    "reason": a.reason,
+                    "opened_round": a.opened_round,
+                }
+                for a in self.arms
+            ],
+            "control": {
+                "requests": self.control.requests,
+                "errors": self.control.errors,
+                "slow": self.control.slow,
+                "bad": self.control.bad_requests,
+            },
+            "weights": dict(self.weights),
+            "weights_version": self.weights_version,
+            "bracket": list(self.bracket),
+            "breaking_point": self.breaking_point,
+            "outcome": self.outcome,
+            "requests_spent": self.requests_spent,
+            "bad_spent": self.bad_spent,
             "excess_bad": self.excess_bad,
-            "history": [d.to_dict() for d in self.history], "per_round": self.per_round,
+            "history": [d.to_dict() for d in self.history],
+            "per_round": self.per_round,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CanaryState":
+    def from_dict(cls, data: Mapping[str, Any]) -> CanaryState:
         """The inverse of :meth:`to_dict` (derived fields are recomputed, not read)."""
         c = data.get("control", {})
         return cls(
-            key=str(data["key"]), phase=str(data.get("phase", ESCALATING)), round=int(data.get("round", 0)),
-            arms=[DoseArm(dose=float(a["dose"]), status=str(a["status"]), requests=int(a["requests"]),
-                          errors=int(a["errors"]), slow=int(a["slow"]), bad=int(a["bad"]),
-                          reason=str(a.get("reason", "")), opened_round=int(a.get("opened_round", 0)))
-                  for a in data.get("arms", [])],
-            control=ArmCounts(int(c.get("requests", 0)), int(c.get("errors", 0)), int(c.get("slow", 0)),
-                              int(c["bad"]) if c.get("bad") is not None else None),
+            key=str(data["key"]),
+            phase=str(data.get("phase", ESCALATING)),
+            round=int(data.get("round", 0)),
+            arms=[
+                DoseArm(
+                    dose=float(a["dose"]),
+                    status=str(a["status"]),
+                    requests=int(a["requests"]),
+                    errors=int(a["errors"]),
+                    slow=int(a["slow"]),
+                    bad=int(a["bad"]),
+                    reason=str(a.get("reason", "")),
+                    opened_round=int(a.get("opened_round", 0)),
+                )
+                for a in data.get("arms", [])
+            ],
+            control=ArmCounts(
+                int(c.get("requests", 0)),
+                int(c.get("errors", 0)),
+                int(c.get("slow", 0)),
+                int(c["bad"]) if c.get("bad") is not None else None,
+            ),
             weights={str(k): float(v) for k, v in data.get("weights", {}).items()},
             weights_version=int(data.get("weights_version", 0)),
             bracket=[_opt_float(x) for x in data.get("bracket", [0.0, None])],
             breaking_point=_opt_float(data.get("breaking_point")),
             outcome=data.get("outcome"),
-            history=[Decision(round=int(d["round"]), action=str(d["action"]), reason=str(d["reason"]),
-                              dose=_opt_float(d.get("dose")), evidence=dict(d.get("evidence", {})))
-                     for d in data.get("history", [])],
+            history=[
+                Decision(
+                    round=int(d["round"]),
+                    action=str(d["action"]),
+                    reason=str(d["reason"]),
+                    dose=_opt_float(d.get("dose")),
+                    evidence=dict(d.get("evidence", {})),
+                )
+                for d in data.get("history", [])
+            ],
             per_round=_opt_float(data.get("per_round")),
         )
 
@@ -352,6 +428,7 @@ def _opt_float(x: Any) -> float | None:
 # ------------------------------------------------------------------------------------------------
 # Config pieces
 # ------------------------------------------------------------------------------------------------
+
 
 def _round_dose(x: float) -> float:
     """Doses live on a 0.1 ms grid: bisection points must compare equal across rounds and processes."""
@@ -365,7 +442,9 @@ def dose_label(dose: float) -> str:
 
 def _positive(value: Any, path: str, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(path, f"{value!r} is not a positive number", f"give {what} as a number of milliseconds above 0")
+        raise ConfigError(
+            path, f"{value!r} is not a positive number", f"give {what} as a number of milliseconds above 0"
+        )
     return float(value)
 
 
@@ -377,21 +456,33 @@ def parse_doses(value: Any, path: str = "doses") -> tuple[float, ...]:
     from .._fault_kinds import MAX_LATENCY_MS
 
     if not isinstance(value, Mapping):
-        raise ConfigError(path, f"{value!r} is not a table", "use { latency_ms = [25, 50, 100] } or { start = 25, factor = 2, max = 1600 }")
+        raise ConfigError(
+            path,
+            f"{value!r} is not a table",
+            "use { latency_ms = [25, 50, 100] } or { start = 25, factor = 2, max = 1600 }",
+        )
     keys = set(value)
     if keys == {"latency_ms"}:
         raw = value["latency_ms"]
         if not isinstance(raw, (list, tuple)) or not raw:
-            raise ConfigError(f"{path}.latency_ms", f"{raw!r} is not a non-empty list", "list the doses in ms, e.g. [25, 50, 100]")
+            raise ConfigError(
+                f"{path}.latency_ms", f"{raw!r} is not a non-empty list", "list the doses in ms, e.g. [25, 50, 100]"
+            )
         ladder = [_positive(x, f"{path}.latency_ms[{i}]", "each dose") for i, x in enumerate(raw)]
-        if any(b <= a for a, b in zip(ladder, ladder[1:])):
-            raise ConfigError(f"{path}.latency_ms", "the doses are not strictly increasing", "list them from the smallest up, without repeats")
+        if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
+            raise ConfigError(
+                f"{path}.latency_ms",
+                "the doses are not strictly increasing",
+                "list them from the smallest up, without repeats",
+            )
     elif keys == {"start", "factor", "max"}:
         lo = _positive(value["start"], f"{path}.start", "start")
         top = _positive(value["max"], f"{path}.max", "max")
         factor = value["factor"]
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
-            raise ConfigError(f"{path}.factor", f"{factor!r} is not a number above 1", "use e.g. factor = 2 (each dose doubles)")
+            raise ConfigError(
+                f"{path}.factor", f"{factor!r} is not a number above 1", "use e.g. factor = 2 (each dose doubles)"
+            )
         if top < lo:
             raise ConfigError(f"{path}.max", f"{top:g} is below start {lo:g}", "make max at least start")
         ladder = []
@@ -400,7 +491,9 @@ def parse_doses(value: Any, path: str = "doses") -> tuple[float, ...]:
             ladder.append(d)
             d *= float(factor)
     else:
-        raise ConfigError(path, f"has keys {sorted(keys)}", "give either latency_ms = [...] or all of start, factor, max")
+        raise ConfigError(
+            path, f"has keys {sorted(keys)}", "give either latency_ms = [...] or all of start, factor, max"
+        )
     if len(ladder) > _MAX_LADDER:
         raise ConfigError(path, f"has {len(ladder)} doses", f"use at most {_MAX_LADDER}")
     if ladder[-1] > MAX_LATENCY_MS:
@@ -420,23 +513,33 @@ def _percent(value: Any, path: str) -> float:
 def parse_steady_state(value: Any, path: str = "steady_state") -> SteadyState:
     """The ``steady_state`` table: ``error_slo``, optional ``latency_slo = {ms, percent}``, ``metrics`` (kept by the caller)."""
     if not isinstance(value, Mapping):
-        raise ConfigError(path, f"{value!r} is not a table", "use { error_slo = 99.5, latency_slo = { ms = 1000, percent = 99 } }")
+        raise ConfigError(
+            path, f"{value!r} is not a table", "use { error_slo = 99.5, latency_slo = { ms = 1000, percent = 99 } }"
+        )
     unknown = set(value) - {"error_slo", "latency_slo", "metrics"}
     if unknown:
-        raise ConfigError(f"{path}.{min(unknown)}", "is not a steady-state key", "use error_slo, latency_slo or metrics")
+        raise ConfigError(
+            f"{path}.{min(unknown)}", "is not a steady-state key", "use error_slo, latency_slo or metrics"
+        )
     error_slo = _percent(value.get("error_slo", 99.5), f"{path}.error_slo")
     lat = value.get("latency_slo")
     if lat is None:
         return SteadyState(error_slo=error_slo)
     if not isinstance(lat, Mapping) or set(lat) - {"ms", "percent"} or "ms" not in lat:
-        raise ConfigError(f"{path}.latency_slo", f"{lat!r} is not {{ ms, percent }}", "use latency_slo = { ms = 1000, percent = 99 }")
-    return SteadyState(error_slo=error_slo, latency_ms=_positive(lat["ms"], f"{path}.latency_slo.ms", "ms"),
-                       latency_percent=_percent(lat.get("percent", 99.0), f"{path}.latency_slo.percent"))
+        raise ConfigError(
+            f"{path}.latency_slo", f"{lat!r} is not {{ ms, percent }}", "use latency_slo = { ms = 1000, percent = 99 }"
+        )
+    return SteadyState(
+        error_slo=error_slo,
+        latency_ms=_positive(lat["ms"], f"{path}.latency_slo.ms", "ms"),
+        latency_percent=_percent(lat.get("percent", 99.0), f"{path}.latency_slo.percent"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Posterior tails (pure Python: the regularised incomplete beta function)
 # ------------------------------------------------------------------------------------------------
+
 
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the incomplete beta function (modified Lentz)."""
@@ -493,6 +596,7 @@ def probability_breaks(spec: CanarySpec, requests: int, errors: int, slow: int) 
 # The always-valid tests
 # ------------------------------------------------------------------------------------------------
 
+
 def _log_beta(a: float, b: float) -> float:
     return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
@@ -517,8 +621,9 @@ def slo_evidence(n: int, k: int, allowance: float) -> tuple[float, float]:
     a = allowance
     log_l0 = k * math.log(a) + (n - k) * math.log1p(-a)
     below_mass = 1.0 - beta_tail(k + 1, n - k + 1, a)  # P(p < a) under Beta(k+1, n-k+1)
-    log_below = (_log_beta(k + 1, n - k + 1) + math.log(below_mass) - math.log(a) - log_l0
-                 if below_mass > 0 else -math.inf)
+    log_below = (
+        _log_beta(k + 1, n - k + 1) + math.log(below_mass) - math.log(a) - log_l0 if below_mass > 0 else -math.inf
+    )
     log_above = -math.inf
     if k >= 2:
         above_mass = beta_tail(k - 1, n - k + 1, a)  # P(p > a) under Beta(k-1, n-k+1)
@@ -556,8 +661,13 @@ def _worse_than_control(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> t
 
     est = _rate_estimate
 
-    res = compare(est(control.requests, control.bad_requests), est(arm.requests, arm.bad),
-                  alpha=spec.alpha_break, sequential=True, tuning=spec.tuning)
+    res = compare(
+        est(control.requests, control.bad_requests),
+        est(arm.requests, arm.bad),
+        alpha=spec.alpha_break,
+        sequential=True,
+        tuning=spec.tuning,
+    )
     low = res.get("ci_low")
     worse = low is not None and low > 0
     if control.requests < 2:
@@ -568,8 +678,12 @@ def _worse_than_control(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> t
 def _judge(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> tuple[str | None, str, dict[str, Any]]:
     """The verdict on one active dose: ``broken``, ``safe`` or None (keep collecting), with reason and evidence."""
     n = arm.requests
-    ev: dict[str, Any] = {"requests": n, "errors": arm.errors, "slow": arm.slow,
-                          "error_rate": arm.errors / n if n else None}
+    ev: dict[str, Any] = {
+        "requests": n,
+        "errors": arm.errors,
+        "slow": arm.slow,
+        "error_rate": arm.errors / n if n else None,
+    }
     if n == 0:
         return None, "", ev
     ea = spec.steady.error_allowance
@@ -589,21 +703,34 @@ def _judge(spec: CanarySpec, arm: DoseArm, control: ArmCounts) -> tuple[str | No
         if worse:
             rate = arm.errors / n if above[0] else arm.slow / n
             allow = ea if above[0] else (sa or 0.0)
-            return BROKEN, (f"{what} {rate:.2%} is above the allowance {allow:.2%} and above control "
-                            f"(always-valid, alpha {spec.alpha:g}, {n} requests)"), ev
+            return (
+                BROKEN,
+                (
+                    f"{what} {rate:.2%} is above the allowance {allow:.2%} and above control "
+                    f"(always-valid, alpha {spec.alpha:g}, {n} requests)"
+                ),
+                ev,
+            )
     if all(below) and n >= spec.min_units:
         return SAFE, (f"every rate is below its allowance (always-valid, alpha {spec.alpha:g}, {n} requests)"), ev
     if n >= spec.max_units_per_dose:
         rates = [arm.errors / n > ea] + ([arm.slow / n > sa] if sa is not None else [])
         verdict = BROKEN if any(rates) else SAFE
-        return verdict, (f"undecided after {n} requests: its rate is within the test's resolution of the "
-                         f"allowance, so it sits at the breaking point; classified {verdict} by its point estimate"), ev
+        return (
+            verdict,
+            (
+                f"undecided after {n} requests: its rate is within the test's resolution of the "
+                f"allowance, so it sits at the breaking point; classified {verdict} by its point estimate"
+            ),
+            ev,
+        )
     return None, "", ev
 
 
 # ------------------------------------------------------------------------------------------------
 # The search
 # ------------------------------------------------------------------------------------------------
+
 
 def start(spec: CanarySpec) -> CanaryState:
     """A fresh canary: the smallest dose open, weights published, the decision recorded."""
@@ -658,11 +785,16 @@ def advance(spec: CanarySpec, state: CanaryState, counts: Mapping[str, ArmCounts
             s_above = slo_evidence(ctl.requests, ctl.slow, spec.steady.slow_allowance)[0] >= bar
         if c_above or s_above:
             new.phase, new.outcome = STOPPED, "environment"
-            new.history.append(Decision(r, "stop", "the canary's control breaks the service's SLO: the environment "
-                                        f"changed, not the dose (always-valid, alpha {spec.alpha_environment:g}); "
-                                        "fault injection stops",
-                                        evidence={"control_requests": ctl.requests, "control_errors": ctl.errors,
-                                                  "control_slow": ctl.slow}))
+            new.history.append(
+                Decision(
+                    r,
+                    "stop",
+                    "the canary's control breaks the service's SLO: the environment "
+                    f"changed, not the dose (always-valid, alpha {spec.alpha_environment:g}); "
+                    "fault injection stops",
+                    evidence={"control_requests": ctl.requests, "control_errors": ctl.errors, "control_slow": ctl.slow},
+                )
+            )
             _publish(new, {})
             return new
 
@@ -745,8 +877,14 @@ def _escalate(spec: CanarySpec, state: CanaryState, r: int) -> None:
     nxt = [d for d in spec.doses if d > top.dose]
     if top.status == SAFE and not nxt:
         state.phase, state.outcome, state.breaking_point = DONE, "survived", None
-        state.history.append(Decision(r, "conclude", f"the largest dose {top.label} keeps steady state: no breaking "
-                                      "point on the ladder", top.dose))
+        state.history.append(
+            Decision(
+                r,
+                "conclude",
+                f"the largest dose {top.label} keeps steady state: no breaking point on the ladder",
+                top.dose,
+            )
+        )
         _publish(state, {})
         return
     if not nxt:
@@ -754,10 +892,16 @@ def _escalate(spec: CanarySpec, state: CanaryState, r: int) -> None:
     p_break = probability_breaks(spec, top.requests, top.errors, top.slow)
     ready = top.status == SAFE or (top.requests >= spec.min_units and p_break < spec.escalate_below)
     if ready:
-        why = ("the dose below is confirmed safe" if top.status == SAFE else
-               f"{top.label} survived {top.requests} requests, P(breaks) = {p_break:.2f} < {spec.escalate_below:g}")
+        why = (
+            "the dose below is confirmed safe"
+            if top.status == SAFE
+            else f"{top.label} survived {top.requests} requests, P(breaks) = {p_break:.2f} < {spec.escalate_below:g}"
+        )
         if top.status == ACTIVE:  # probably safe: confirmed later only if the bracket needs it
-            top.status, top.reason = RETIRED, "probably safe, superseded by the next dose (reopened if the bracket needs it)"
+            top.status, top.reason = (
+                RETIRED,
+                "probably safe, superseded by the next dose (reopened if the bracket needs it)",
+            )
             state.history.append(Decision(r, "retire", f"{top.label}: {top.reason}", top.dose))
         _make_room(spec, state, r, top.dose)
         _open(spec, state, nxt[0], f"escalate: {why}")
@@ -768,16 +912,22 @@ def _refine(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float) 
     if lo > 0 and hi / lo <= spec.target_ratio * (1 + 1e-9):
         bp = 2.0 * lo * hi / (lo + hi)
         state.phase, state.outcome, state.breaking_point = DONE, "found", bp
-        state.history.append(Decision(r, "conclude", f"breaking point {bp:.1f} ms: between {dose_label(lo)} (safe) and "
-                                      f"{dose_label(hi)} (broken), within +-{spec.accuracy:.0%}",
-                                      evidence={"bracket": [lo, hi], "requests": state.requests_spent,
-                                                "bad": state.bad_spent}))
+        state.history.append(
+            Decision(
+                r,
+                "conclude",
+                f"breaking point {bp:.1f} ms: between {dose_label(lo)} (safe) and "
+                f"{dose_label(hi)} (broken), within +-{spec.accuracy:.0%}",
+                evidence={"bracket": [lo, hi], "requests": state.requests_spent, "bad": state.bad_spent},
+            )
+        )
         _publish(state, {})
         return
     if lo <= 0 and hi <= spec.min_dose_ms * (1 + 1e-9):
         state.phase, state.outcome, state.breaking_point = DONE, "below_min", hi
-        state.history.append(Decision(r, "conclude", f"the service breaks already at {dose_label(hi)}, the smallest "
-                                      "dose allowed", hi))
+        state.history.append(
+            Decision(r, "conclude", f"the service breaks already at {dose_label(hi)}, the smallest dose allowed", hi)
+        )
         _publish(state, {})
         return
     inside = [a for a in state.arms if a.status == ACTIVE and lo < a.dose < hi]
@@ -802,8 +952,9 @@ def _refine(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float) 
     if m <= lo or m >= hi:  # the grid cannot split the bracket further
         bp = 2.0 * lo * hi / (lo + hi) if lo > 0 else hi
         state.phase, state.outcome, state.breaking_point = DONE, "found", bp
-        state.history.append(Decision(r, "conclude", f"breaking point {bp:.1f} ms: the bracket is at the dose grid's "
-                                      "resolution"))
+        state.history.append(
+            Decision(r, "conclude", f"breaking point {bp:.1f} ms: the bracket is at the dose grid's resolution")
+        )
         _publish(state, {})
         return
     _make_room(spec, state, r, m)
@@ -828,8 +979,13 @@ def _flank(spec: CanarySpec, state: CanaryState, r: int, lo: float, hi: float, i
             continue
         if sum(1 for a in state.arms if a.status == ACTIVE) >= spec.max_active:
             return
-        _open(spec, state, d, f"{stalled[0].label} is undecided after {stalled[0].requests} requests, so it sits "
-                              f"near the breaking point: flank it at x{step:.3f}")
+        _open(
+            spec,
+            state,
+            d,
+            f"{stalled[0].label} is undecided after {stalled[0].requests} requests, so it sits "
+            f"near the breaking point: flank it at x{step:.3f}",
+        )
 
 
 def _kl(p: float, q: float) -> float:
@@ -885,7 +1041,7 @@ def _reweigh(spec: CanarySpec, state: CanaryState) -> None:
     room = 1.0 - spec.control_share - spec.floor * len(active)
     total = sum(x for x in scores if x is not None)
     weights = {CONTROL: spec.control_share}
-    for a, sc in zip(active, scores):
+    for a, sc in zip(active, scores, strict=False):
         w = spec.floor + (room * sc / total if sc is not None else 0.0)
         if state.per_round:  # slow start: a dose's requests at most double per round
             w = min(w, max(spec.floor, a.requests / state.per_round))
@@ -918,29 +1074,56 @@ def dose_response(spec: CanarySpec, state: CanaryState) -> list[dict[str, Any]]:
     est = _rate_estimate
 
     c = state.control
-    rows: list[dict[str, Any]] = [{
-        "arm": CONTROL, "dose_ms": 0.0, "status": "control", "reason": "", "requests": c.requests,
-        "error_rate": c.errors / c.requests if c.requests else None,
-        "slow_rate": c.slow / c.requests if c.requests else None,
-        "bad_rate": c.bad_requests / c.requests if c.requests else None,
-        "vs_control": None, "p_breaks": None}]
+    rows: list[dict[str, Any]] = [
+        {
+            "arm": CONTROL,
+            "dose_ms": 0.0,
+            "status": "control",
+            "reason": "",
+            "requests": c.requests,
+            "error_rate": c.errors / c.requests if c.requests else None,
+            "slow_rate": c.slow / c.requests if c.requests else None,
+            "bad_rate": c.bad_requests / c.requests if c.requests else None,
+            "vs_control": None,
+            "p_breaks": None,
+        }
+    ]
     for a in sorted(state.arms, key=lambda a: a.dose):
         n = a.requests
-        cmp = compare(est(c.requests, c.bad_requests), est(n, a.bad), alpha=spec.alpha_break, sequential=True,
-                      tuning=spec.tuning) if n >= 2 and c.requests >= 2 else None
-        rows.append({
-            "arm": a.label, "dose_ms": a.dose, "status": a.status, "reason": a.reason, "requests": n,
-            "error_rate": a.errors / n if n else None, "slow_rate": a.slow / n if n else None,
-            "bad_rate": a.bad / n if n else None,
-            "vs_control": None if cmp is None else dict({k: cmp[k] for k in ("estimate", "ci_low", "ci_high")},
-                                                         alpha=spec.alpha_break),
-            "p_breaks": probability_breaks(spec, n, a.errors, a.slow)})
+        cmp = (
+            compare(
+                est(c.requests, c.bad_requests),
+                est(n, a.bad),
+                alpha=spec.alpha_break,
+                sequential=True,
+                tuning=spec.tuning,
+            )
+            if n >= 2 and c.requests >= 2
+            else None
+        )
+        rows.append(
+            {
+                "arm": a.label,
+                "dose_ms": a.dose,
+                "status": a.status,
+                "reason": a.reason,
+                "requests": n,
+                "error_rate": a.errors / n if n else None,
+                "slow_rate": a.slow / n if n else None,
+                "bad_rate": a.bad / n if n else None,
+                "vs_control": None
+                if cmp is None
+                else dict({k: cmp[k] for k in ("estimate", "ci_low", "ci_high")}, alpha=spec.alpha_break),
+                "p_breaks": probability_breaks(spec, n, a.errors, a.slow),
+            }
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------------------
 # The request side
 # ------------------------------------------------------------------------------------------------
+
 
 def weight_table(weights: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Arm labels (control first, then doses ascending) and integer weights in basis points.
@@ -949,6 +1132,7 @@ def weight_table(weights: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[i
     stays outside the canary (label ``""``, no fault). Largest-remainder
     rounding, so the published shares and the buckets agree to one basis point.
     """
+
     def order(label: str) -> tuple[int, float]:
         return (0, 0.0) if label == CONTROL else (1, float(label[:-2]))
 
@@ -963,7 +1147,7 @@ def weight_table(weights: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[i
         total = 1.0
     raw = [w / total * BUCKETS for w in shares]
     bp = [int(x) for x in raw]
-    for i in sorted(range(len(raw)), key=lambda i: raw[i] - bp[i], reverse=True)[:BUCKETS - sum(bp)]:
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - bp[i], reverse=True)[: BUCKETS - sum(bp)]:
         bp[i] += 1
     return tuple(labels), tuple(bp)
 
@@ -975,8 +1159,12 @@ def dose_of(label: str | None) -> float | None:
     return float(label[:-2])
 
 
-def choose_arm(key: str, trace_id: str, weights: Mapping[str, float] | tuple[tuple[str, ...], tuple[int, ...]],
-               traffic: float = 100.0) -> str | None:
+def choose_arm(
+    key: str,
+    trace_id: str,
+    weights: Mapping[str, float] | tuple[tuple[str, ...], tuple[int, ...]],
+    traffic: float = 100.0,
+) -> str | None:
     """The canary arm of a request: ``"control"``, a dose label, or None (not in the canary).
 
     ``bucket(key + ":canary", trace_id)`` decides through the contract's
@@ -988,8 +1176,7 @@ def choose_arm(key: str, trace_id: str, weights: Mapping[str, float] | tuple[tup
     if not labels:
         return None
     b = bucket(f"{key}:canary", trace_id)
-    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic))):
+    for label, (lo, hi) in zip(labels, variant_boundaries(list(bp), traffic_basis_points(traffic)), strict=False):
         if lo <= b < hi:
             return label or None
     return None
-

@@ -28,7 +28,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import FieldLabError
 
@@ -40,6 +41,7 @@ def _load(config: str) -> Any:
     import os
 
     from ..lab import Lab
+
     if not os.path.isfile(config):
         raise FieldLabError(f"no config file at {config}; pass the file the processes load")
     state, _ = Lab._load(config)
@@ -48,6 +50,7 @@ def _load(config: str) -> Any:
 
 def _store(state: Any, config: str) -> Any:
     from .state import open_store
+
     if state.state_url is None:
         raise FieldLabError(f"{config} names no state store; set [lab] state")
     return open_store(state.state_url)
@@ -55,8 +58,12 @@ def _store(state: Any, config: str) -> Any:
 
 def _specs(state: Any) -> dict[str, Any]:
     from .controller import ExperimentSpec
-    return {e.key: ExperimentSpec(e.key, e.control, e.unit) for e in state.experiments.values()
-            if e.status == "running" and len(e.variants) > 1}
+
+    return {
+        e.key: ExperimentSpec(e.key, e.control, e.unit)
+        for e in state.experiments.values()
+        if e.status == "running" and len(e.variants) > 1
+    }
 
 
 def _user() -> str:
@@ -78,25 +85,34 @@ def _round_line(n: int, rnd: Any, seconds: float) -> str:
     for ev in rnd.experiments:
         for v in ev.verdicts:
             counts[v.outcome] = counts.get(v.outcome, 0) + 1
-    parts = ", ".join(f"{k} {counts[k]}" for k in ("ok", "insufficient", "watch", "environment", "pause", "alert")
-                      if counts.get(k))
+    parts = ", ".join(
+        f"{k} {counts[k]}" for k in ("ok", "insufficient", "watch", "environment", "pause", "alert") if counts.get(k)
+    )
     env = [ev.experiment for ev in rnd.experiments if ev.environment]
     budget = f"; budget {100 * rnd.budget.fraction:.3g} % used" if rnd.budget is not None else ""
     stamp = time.strftime("%H:%M:%S")
-    return (f"{stamp} round {n}: {sum(counts.values())} variant(s): {parts or 'none running'}{budget}"
-            f"{'; ENVIRONMENT burning in ' + ', '.join(env) if env else ''} ({seconds:.2f} s)")
+    return (
+        f"{stamp} round {n}: {sum(counts.values())} variant(s): {parts or 'none running'}{budget}"
+        f"{'; ENVIRONMENT burning in ' + ', '.join(env) if env else ''} ({seconds:.2f} s)"
+    )
 
 
 def _decision_line(d: Any) -> str:
     what = f"{d.experiment}/{d.variant}" if d.variant else (d.experiment or "all experiments")
-    words = {"pause": "PAUSED", "resume": "resumed", "alert": "ALERT", "halt_faults": "faults HALTED",
-             "resume_faults": "faults resumed"}[d.action]
+    words = {
+        "pause": "PAUSED",
+        "resume": "resumed",
+        "alert": "ALERT",
+        "halt_faults": "faults HALTED",
+        "resume_faults": "faults resumed",
+    }[d.action]
     return f"  {words} {what} ({d.cause}): {d.reason}"
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """The controller loop (see the module docstring)."""
     from .controller import Controller
+
     if not args.interval > 0:
         raise FieldLabError(f"--interval {args.interval:g}: give a positive number of seconds, e.g. 60")
     state = _load(args.config)
@@ -112,8 +128,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     n = 0
     try:
         if not args.json:
-            print(f"fieldlab watch: {len(_specs(state))} running experiment(s) of {args.config}, decisions to "
-                  f"{store.description}, every {args.interval:g} s (Ctrl-C or SIGTERM to stop)", flush=True)
+            print(
+                f"fieldlab watch: {len(_specs(state))} running experiment(s) of {args.config}, decisions to "
+                f"{store.description}, every {args.interval:g} s (Ctrl-C or SIGTERM to stop)",
+                flush=True,
+            )
         while not stop.is_set():
             n += 1
             t0 = time.monotonic()
@@ -193,18 +212,42 @@ def _variant_rows(state: Any, lab_state: Any) -> list[dict[str, Any]]:
             windows = []
             for sli, ev in ((verdict.get("evidence") or {}).get("slis") or {}).items():
                 for w in ev.get("windows") or ():
-                    windows.append({"sli": sli, "pair": w.get("pair"), "threshold": w.get("threshold"),
-                                    "long": w["long"]["burn_rate"], "short": w["short"]["burn_rate"],
-                                    "firing": w.get("firing")})
+                    windows.append(
+                        {
+                            "sli": sli,
+                            "pair": w.get("pair"),
+                            "threshold": w.get("threshold"),
+                            "long": w["long"]["burn_rate"],
+                            "short": w["short"]["burn_rate"],
+                            "firing": w.get("firing"),
+                        }
+                    )
             decision = last.get(key) or last.get((e.key, None))
-            rows.append({
-                "experiment": e.key, "variant": v.name, "control": v.name == e.control, "state": status,
-                "faults_killed": killed, "alert": alert.to_json() if alert else None,
-                "paused": pause.to_json() if pause else None, "outcome": verdict.get("outcome"),
-                "burn_rates": windows, "budget_excess": excess.get(f"{e.key}/{v.name}"),
-                "last_decision": ({"action": decision.action, "cause": decision.cause, "by": decision.by,
-                                   "at": decision.at, "reason": decision.reason} if decision else None),
-            })
+            rows.append(
+                {
+                    "experiment": e.key,
+                    "variant": v.name,
+                    "control": v.name == e.control,
+                    "state": status,
+                    "faults_killed": killed,
+                    "alert": alert.to_json() if alert else None,
+                    "paused": pause.to_json() if pause else None,
+                    "outcome": verdict.get("outcome"),
+                    "burn_rates": windows,
+                    "budget_excess": excess.get(f"{e.key}/{v.name}"),
+                    "last_decision": (
+                        {
+                            "action": decision.action,
+                            "cause": decision.cause,
+                            "by": decision.by,
+                            "at": decision.at,
+                            "reason": decision.reason,
+                        }
+                        if decision
+                        else None
+                    ),
+                }
+            )
     return rows
 
 
@@ -221,19 +264,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     budget = report.get("budget") or {}
     halt = lab_state.all.to_json() if lab_state.all is not None else None
     if args.json:
-        print(json.dumps({"store": store.description, "seq": lab_state.seq, "updated_at": lab_state.updated_at,
-                          "last_round": report.get("at"), "faults_halted": halt,
-                          "killed": {k: m.to_json() for k, m in lab_state.killed.items()},
-                          "budget": budget or None, "variants": rows}, ensure_ascii=False, default=str))
+        print(
+            json.dumps(
+                {
+                    "store": store.description,
+                    "seq": lab_state.seq,
+                    "updated_at": lab_state.updated_at,
+                    "last_round": report.get("at"),
+                    "faults_halted": halt,
+                    "killed": {k: m.to_json() for k, m in lab_state.killed.items()},
+                    "budget": budget or None,
+                    "variants": rows,
+                },
+                ensure_ascii=False,
+                default=str,
+            )
+        )
         return 0
     print(f"state: {store.description} (seq {lab_state.seq}, updated {lab_state.updated_at or 'never'})")
     print(f"controller's last round: {report.get('at') or 'none yet (run fieldlab watch)'}")
     if halt:
-        print(f"ALL faults halted ({halt.get('cause')}, {halt.get('at')} by {halt.get('by')}): "
-              f"{halt.get('reason', '')}")
+        print(
+            f"ALL faults halted ({halt.get('cause')}, {halt.get('at')} by {halt.get('by')}): {halt.get('reason', '')}"
+        )
     if budget:
-        print(f"experimentation budget: {100 * (budget.get('used') or 0):.3g} % used ({budget.get('spent')} of "
-              f"{budget.get('allowed')} excess errors allowed over {budget.get('period')})")
+        print(
+            f"experimentation budget: {100 * (budget.get('used') or 0):.3g} % used ({budget.get('spent')} of "
+            f"{budget.get('allowed')} excess errors allowed over {budget.get('period')})"
+        )
         per = budget.get("experiments") or {}
         for k, x in per.items():
             share = 100 * x / budget["allowed"] if budget.get("allowed") else 0.0
@@ -244,8 +302,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             current = r["experiment"]
             print(f"{current}:")
         tags = [r["state"]] + (["faults killed"] if r["faults_killed"] else []) + (["alert"] if r["alert"] else [])
-        burns = ", ".join(f"{w['sli']} {w['pair']} {w['long']:.3g}x/{w['short']:.3g}x"
-                          f"{' FIRING' if w['firing'] else ''}" for w in r["burn_rates"])
+        burns = ", ".join(
+            f"{w['sli']} {w['pair']} {w['long']:.3g}x/{w['short']:.3g}x{' FIRING' if w['firing'] else ''}"
+            for w in r["burn_rates"]
+        )
         line = f"  {r['variant']:16} {' + '.join(tags):24}"
         if r["control"]:
             line += " (control)"
@@ -256,8 +316,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
         d = r["last_decision"]
         if d:
-            print(f"  {'':16} last decision: {d['action']} ({d['cause']}) {d['at']} by {d['by']}"
-                  f"{': ' + d['reason'] if d['reason'] else ''}")
+            print(
+                f"  {'':16} last decision: {d['action']} ({d['cause']}) {d['at']} by {d['by']}"
+                f"{': ' + d['reason'] if d['reason'] else ''}"
+            )
     return 0
 
 
@@ -267,19 +329,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Lift a pause (a variant, or every paused variant of the experiment); logged in the state's history."""
     from .state import Decision
+
     state = _load(args.config)
     exp = state.experiments.get(args.experiment)
     if exp is None and not args.force:
-        raise FieldLabError(f"unknown experiment {args.experiment!r} in {args.config} (it has "
-                            f"{', '.join(sorted(state.experiments)) or 'none'}); check the key, or pass --force")
+        raise FieldLabError(
+            f"unknown experiment {args.experiment!r} in {args.config} (it has "
+            f"{', '.join(sorted(state.experiments)) or 'none'}); check the key, or pass --force"
+        )
     if args.variant is not None and exp is not None and args.variant not in exp.variant_names and not args.force:
-        raise FieldLabError(f"unknown variant {args.variant!r} of {args.experiment!r} (it has "
-                            f"{', '.join(exp.variant_names)}); check the name, or pass --force")
+        raise FieldLabError(
+            f"unknown variant {args.variant!r} of {args.experiment!r} (it has "
+            f"{', '.join(exp.variant_names)}); check the name, or pass --force"
+        )
     store = _store(state, args.config)
     try:
         before = store.read().paused.get(args.experiment, {})
-        new, applied = store.record([Decision("resume", args.experiment, args.variant, "operator", args.reason or "",
-                                              _user(), _now())])
+        new, applied = store.record(
+            [Decision("resume", args.experiment, args.variant, "operator", args.reason or "", _user(), _now())]
+        )
     finally:
         store.close()
     if not applied:
@@ -287,10 +355,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"nothing to resume: {what} is not paused")
         return 0
     lifted = sorted(set(before) - set(new.paused.get(args.experiment, {})))
-    print(f"resumed {', '.join(f'{args.experiment}/{v}' for v in lifted)} (by {applied[0].by}, seq {new.seq}"
-          f"{': ' + args.reason if args.reason else ''})")
-    print(f"every process following {store.description} serves them again within "
-          f"{state.state_poll_interval:g} s; the controller pauses them again if they still burn their budget")
+    print(
+        f"resumed {', '.join(f'{args.experiment}/{v}' for v in lifted)} (by {applied[0].by}, seq {new.seq}"
+        f"{': ' + args.reason if args.reason else ''})"
+    )
+    print(
+        f"every process following {store.description} serves them again within "
+        f"{state.state_poll_interval:g} s; the controller pauses them again if they still burn their budget"
+    )
     return 0
 
 
@@ -298,13 +370,21 @@ def add_parsers(subparsers: Any) -> None:
     """Register ``fieldlab watch``, ``status`` and ``resume`` (called by :mod:`fieldlab.cli`)."""
     p = subparsers.add_parser("watch", help="run the guardrail controller: pause variants that burn the budget")
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="OTLP JSON-lines files, directories or globs, or a clickhouse:// URL")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="OTLP JSON-lines files, directories or globs, or a clickhouse:// URL",
+    )
     p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between rounds (60)")
     p.add_argument("--once", action="store_true", help="run one round and exit")
     p.add_argument("--json", action="store_true", help="one JSON object per round, with every verdict's evidence")
-    p.add_argument("--engine", choices=("auto", "chdb", "python"), default="auto",
-                   help="how to read files: embedded ClickHouse (chdb) or the Python reader")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "chdb", "python"),
+        default="auto",
+        help="how to read files: embedded ClickHouse (chdb) or the Python reader",
+    )
     p.set_defaults(func=cmd_watch)
 
     p = subparsers.add_parser("status", help="guardrail state: paused, killed, burn rates, budget, decisions")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .. import attributes as A
 from ..analysis import sources as S
@@ -43,8 +44,14 @@ from .settings import GuardrailMetric, GuardrailsConfig
 from .state import Decision, LabState, StateFormatError, StateStore, decider_name
 
 __all__ = [
-    "ExperimentSpec", "experiment_specs", "WindowQuery", "window_counts_sql", "service_totals_sql",
-    "Measurement", "measure", "Controller",
+    "ExperimentSpec",
+    "experiment_specs",
+    "WindowQuery",
+    "window_counts_sql",
+    "service_totals_sql",
+    "Measurement",
+    "measure",
+    "Controller",
 ]
 
 
@@ -66,9 +73,14 @@ def experiment_specs(experiments: Any) -> dict[str, ExperimentSpec]:
             if not isinstance(e, Mapping) or not isinstance(e.get("key"), str):
                 continue
             variants = e.get("variants") or []
-            names = list(variants) if isinstance(variants, Mapping) else [
-                v.get("name") if isinstance(v, Mapping) else (v[0] if isinstance(v, (list, tuple)) else v)
-                for v in variants]
+            names = (
+                list(variants)
+                if isinstance(variants, Mapping)
+                else [
+                    v.get("name") if isinstance(v, Mapping) else (v[0] if isinstance(v, (list, tuple)) else v)
+                    for v in variants
+                ]
+            )
             control = e.get("control") or (names[0] if names else "control")
             out[e["key"]] = ExperimentSpec(e["key"], str(control), str(e.get("unit", "user")))
         return out
@@ -95,8 +107,15 @@ class WindowQuery:
         """The analysis reader's spec: keeps the metric attributes on the normalised spans."""
         seen: dict[str, S.Metric] = {}
         for _, m in self.metric_list():
-            seen.setdefault(m.name, S.Metric(m.name, m.name, "conversion" if m.kind == "conversion" else "mean",
-                                             m.value if m.kind == "conversion" else None))
+            seen.setdefault(
+                m.name,
+                S.Metric(
+                    m.name,
+                    m.name,
+                    "conversion" if m.kind == "conversion" else "mean",
+                    m.value if m.kind == "conversion" else None,
+                ),
+            )
         return S.QuerySpec(unit_kinds={k: s.unit for k, s in self.specs.items()}, metrics=tuple(seen.values()))
 
 
@@ -132,12 +151,22 @@ def window_counts_sql(spans_sql: str, q: WindowQuery) -> str:
     status_new, status_old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
     since = f" AND Ts >= {_ns(q.since)}" if q.since is not None else ""
     unit_aggs = ["count() AS r", "countIf(IsError) AS e", "countIf(IsSlow) AS s"]
-    outer = ["count() AS n", "sum(r) AS sx", "sum(e) AS se", "sum(e * e) AS see", "sum(r * r) AS sxx",
-             "sum(r * e) AS sxe", "sum(s) AS ss", "sum(s * s) AS sss", "sum(r * s) AS sxs"]
+    outer = [
+        "count() AS n",
+        "sum(r) AS sx",
+        "sum(e) AS se",
+        "sum(e * e) AS see",
+        "sum(r * r) AS sxx",
+        "sum(r * e) AS sxe",
+        "sum(s) AS ss",
+        "sum(s * s) AS sss",
+        "sum(r * s) AS sxs",
+    ]
     for i, w in enumerate(q.windows):
         cut = f"Ts > {now - _ns(w)}"
-        unit_aggs.append(f"countIf({cut}) AS r_{i}, countIf(IsError AND {cut}) AS e_{i}, "
-                         f"countIf(IsSlow AND {cut}) AS s_{i}")
+        unit_aggs.append(
+            f"countIf({cut}) AS r_{i}, countIf(IsError AND {cut}) AS e_{i}, countIf(IsSlow AND {cut}) AS s_{i}"
+        )
         outer.append(f"countIf(r_{i} > 0) AS wu_{i}, sum(r_{i}) AS wr_{i}, sum(e_{i}) AS we_{i}, sum(s_{i}) AS ws_{i}")
     for j, (exp, m) in enumerate(q.metric_list()):
         a = _lit(m.name)
@@ -145,10 +174,14 @@ def window_counts_sql(spans_sql: str, q: WindowQuery) -> str:
             unit_aggs.append(f"maxIf(Attrs[{a}] = {_lit(m.value)}, exp = {_lit(exp)}) AS c_{j}")
             outer.append(f"sum(c_{j}) AS mc_{j}")
         else:
-            unit_aggs.append(f"sumIf(ifNull(toFloat64OrNull(Attrs[{a}]), 0), exp = {_lit(exp)}) AS v_{j}, "
-                             f"countIf(toFloat64OrNull(Attrs[{a}]) IS NOT NULL AND exp = {_lit(exp)}) AS k_{j}")
-            outer.append(f"countIf(k_{j} > 0) AS mn_{j}, sum(v_{j}) AS my_{j}, sum(k_{j}) AS mx_{j}, "
-                         f"sum(v_{j} * v_{j}) AS myy_{j}, sum(k_{j} * k_{j}) AS mxx_{j}, sum(v_{j} * k_{j}) AS mxy_{j}")
+            unit_aggs.append(
+                f"sumIf(ifNull(toFloat64OrNull(Attrs[{a}]), 0), exp = {_lit(exp)}) AS v_{j}, "
+                f"countIf(toFloat64OrNull(Attrs[{a}]) IS NOT NULL AND exp = {_lit(exp)}) AS k_{j}"
+            )
+            outer.append(
+                f"countIf(k_{j} > 0) AS mn_{j}, sum(v_{j}) AS my_{j}, sum(k_{j}) AS mx_{j}, "
+                f"sum(v_{j} * v_{j}) AS myy_{j}, sum(k_{j} * k_{j}) AS mxx_{j}, sum(v_{j} * k_{j}) AS mxy_{j}"
+            )
     spans = (
         f"SELECT *, arrayFilter(k -> startsWith(k, {_lit(vp)}), mapKeys(Attrs)) AS vkeys FROM ({spans_sql}) "
         f"WHERE line_ok AND has_span AND IsServer AND Ts <= {now}{since}"
@@ -162,18 +195,27 @@ def window_counts_sql(spans_sql: str, q: WindowQuery) -> str:
         f"AS IsError, {slow} AS IsSlow FROM ({spans}) ARRAY JOIN vkeys AS vk "
         f"WHERE exp IN ({keys}) AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] != 'true'"
     )
-    per_unit = (f"SELECT exp, unit, any(variant) AS uvariant, uniqExact(variant) AS nv, {', '.join(unit_aggs)} "
-                f"FROM ({rows}) WHERE unit != '' GROUP BY exp, unit")
-    return (f"SELECT exp, uvariant AS variant, {', '.join(outer)} FROM ({per_unit}) WHERE nv = 1 "
-            "GROUP BY exp, uvariant ORDER BY exp, uvariant")
+    per_unit = (
+        f"SELECT exp, unit, any(variant) AS uvariant, uniqExact(variant) AS nv, {', '.join(unit_aggs)} "
+        f"FROM ({rows}) WHERE unit != '' GROUP BY exp, unit"
+    )
+    return (
+        f"SELECT exp, uvariant AS variant, {', '.join(outer)} FROM ({per_unit}) WHERE nv = 1 "
+        "GROUP BY exp, uvariant ORDER BY exp, uvariant"
+    )
 
 
 def service_totals_sql(spans_sql: str, now: float, period: float) -> str:
     """All SERVER spans of the service in the trailing ``period``: requests, errors, the first timestamp (ns)."""
     status_new, status_old = _lit(A.HTTP_STATUS_CODE), _lit(A.HTTP_STATUS_CODE_OLD)
     return (
-        "SELECT count() AS requests, countIf(StatusError OR toInt64OrZero(if(Attrs[" + status_new + "] != '', Attrs["
-        + status_new + "], Attrs[" + status_old + "])) >= 500) AS errors, min(Ts) AS first_ts "
+        "SELECT count() AS requests, countIf(StatusError OR toInt64OrZero(if(Attrs["
+        + status_new
+        + "] != '', Attrs["
+        + status_new
+        + "], Attrs["
+        + status_old
+        + "])) >= 500) AS errors, min(Ts) AS first_ts "
         f"FROM ({spans_sql}) WHERE line_ok AND has_span AND IsServer AND Ts <= {_ns(now)} "
         f"AND Ts > {_ns(now) - _ns(period)}"
     )
@@ -209,20 +251,32 @@ def _python_rows(spans: Iterable[Span], q: WindowQuery, period: float) -> tuple[
         for k in attrs:
             if not k.startswith(vp):
                 continue
-            exp = k[len(vp):]
+            exp = k[len(vp) :]
             spec = q.specs.get(exp)
             if spec is None or attrs.get(A.forced_attr(exp)) == "true":
                 continue
-            uid = (attrs.get(A.unit_attr("request")) or tid) if spec.unit == "request" else attrs.get(
-                A.unit_attr(spec.unit), "")
+            uid = (
+                (attrs.get(A.unit_attr("request")) or tid)
+                if spec.unit == "request"
+                else attrs.get(A.unit_attr(spec.unit), "")
+            )
             if not uid:
                 continue
             thr = q.latency_ms.get(exp)
             is_slow = thr is not None and dur > thr * 1e6
             u = units.get((exp, uid))
             if u is None:
-                u = units[(exp, uid)] = [set(), 0, 0, 0, [0] * nw, [0] * nw, [0] * nw,
-                                         [0.0] * len(mlist), [0] * len(mlist)]
+                u = units[(exp, uid)] = [
+                    set(),
+                    0,
+                    0,
+                    0,
+                    [0] * nw,
+                    [0] * nw,
+                    [0] * nw,
+                    [0.0] * len(mlist),
+                    [0] * len(mlist),
+                ]
             u[0].add(attrs.get(A.guardrail_attr(exp)) or attrs[k])  # intent-to-treat through a pause
             u[1] += 1
             u[2] += is_err
@@ -252,8 +306,17 @@ def _python_rows(spans: Iterable[Span], q: WindowQuery, period: float) -> tuple[
             continue
         g = groups.setdefault((exp, next(iter(u[0]))), {"exp": exp, "variant": next(iter(u[0]))})
         r, e, s = u[1], u[2], u[3]
-        for key, val in (("n", 1), ("sx", r), ("se", e), ("see", e * e), ("sxx", r * r), ("sxe", r * e), ("ss", s),
-                         ("sss", s * s), ("sxs", r * s)):
+        for key, val in (
+            ("n", 1),
+            ("sx", r),
+            ("se", e),
+            ("see", e * e),
+            ("sxx", r * r),
+            ("sxe", r * e),
+            ("ss", s),
+            ("sss", s * s),
+            ("sxs", r * s),
+        ):
             g[key] = g.get(key, 0) + val
         for i in range(nw):
             g[f"wu_{i}"] = g.get(f"wu_{i}", 0) + (u[4][i] > 0)
@@ -265,8 +328,14 @@ def _python_rows(spans: Iterable[Span], q: WindowQuery, period: float) -> tuple[
             if m.kind == "conversion":
                 g[f"mc_{j}"] = g.get(f"mc_{j}", 0) + v
                 continue
-            for key, val in ((f"mn_{j}", k > 0), (f"my_{j}", v), (f"mx_{j}", k), (f"myy_{j}", v * v),
-                             (f"mxx_{j}", k * k), (f"mxy_{j}", v * k)):
+            for key, val in (
+                (f"mn_{j}", k > 0),
+                (f"my_{j}", v),
+                (f"mx_{j}", k),
+                (f"myy_{j}", v * v),
+                (f"mxx_{j}", k * k),
+                (f"mxy_{j}", v * k),
+            ):
                 g[key] = g.get(key, 0) + val
     return [groups[k] for k in sorted(groups)], service
 
@@ -287,8 +356,12 @@ class Measurement:
 def _arm_from_row(r: Mapping[str, Any], q: WindowQuery, exp: str) -> ArmData:
     f = {k: float(v) for k, v in r.items() if k not in ("exp", "variant")}
     n = int(f.get("n", 0))
-    windows = {w: Counts(int(f.get(f"wu_{i}", 0)), int(f.get(f"wr_{i}", 0)), int(f.get(f"we_{i}", 0)),
-                         int(f.get(f"ws_{i}", 0))) for i, w in enumerate(q.windows)}
+    windows = {
+        w: Counts(
+            int(f.get(f"wu_{i}", 0)), int(f.get(f"wr_{i}", 0)), int(f.get(f"we_{i}", 0)), int(f.get(f"ws_{i}", 0))
+        )
+        for i, w in enumerate(q.windows)
+    }
     errors = Moments(n, f.get("se", 0.0), f.get("sx", 0.0), f.get("see", 0.0), f.get("sxx", 0.0), f.get("sxe", 0.0))
     slow = Moments(n, f.get("ss", 0.0), f.get("sx", 0.0), f.get("sss", 0.0), f.get("sxx", 0.0), f.get("sxs", 0.0))
     metrics = {}
@@ -299,8 +372,14 @@ def _arm_from_row(r: Mapping[str, Any], q: WindowQuery, exp: str) -> ArmData:
             c = f.get(f"mc_{j}", 0.0)
             metrics[m.name] = Moments(n, c, float(n), c, float(n), c)  # y in {0, 1}, x = 1
         else:
-            metrics[m.name] = Moments(int(f.get(f"mn_{j}", 0)), f.get(f"my_{j}", 0.0), f.get(f"mx_{j}", 0.0),
-                                      f.get(f"myy_{j}", 0.0), f.get(f"mxx_{j}", 0.0), f.get(f"mxy_{j}", 0.0))
+            metrics[m.name] = Moments(
+                int(f.get(f"mn_{j}", 0)),
+                f.get(f"my_{j}", 0.0),
+                f.get(f"mx_{j}", 0.0),
+                f.get(f"myy_{j}", 0.0),
+                f.get(f"mxx_{j}", 0.0),
+                f.get(f"mxy_{j}", 0.0),
+            )
     return ArmData(windows, errors, slow, metrics)
 
 
@@ -354,10 +433,16 @@ def measure(source: S.Source, q: WindowQuery, config: GuardrailsConfig) -> Measu
         bi = q.windows.index(period)
     except ValueError:
         bi = -1
-    arms = {e.key: {v: a.window(q.windows[bi]) if bi >= 0 else Counts() for v, a in e.arms.items()}
-            for e in experiments}
-    budget = budget_status(config.lab, Counts(0, int(service.get("requests") or 0), int(service.get("errors") or 0), 0),
-                           observed, arms, {e.key: e.control for e in experiments})
+    arms = {
+        e.key: {v: a.window(q.windows[bi]) if bi >= 0 else Counts() for v, a in e.arms.items()} for e in experiments
+    }
+    budget = budget_status(
+        config.lab,
+        Counts(0, int(service.get("requests") or 0), int(service.get("errors") or 0), 0),
+        observed,
+        arms,
+        {e.key: e.control for e in experiments},
+    )
     return Measurement(experiments, budget, engine, time.perf_counter() - t0)
 
 
@@ -373,8 +458,16 @@ class Controller:
     :class:`fieldlab.analysis.sources.Source`); ``store``: the state store to write.
     """
 
-    def __init__(self, config: GuardrailsConfig, experiments: Mapping[str, ExperimentSpec], source: Any,
-                 store: StateStore, *, engine: str = "auto", by: str | None = None) -> None:
+    def __init__(
+        self,
+        config: GuardrailsConfig,
+        experiments: Mapping[str, ExperimentSpec],
+        source: Any,
+        store: StateStore,
+        *,
+        engine: str = "auto",
+        by: str | None = None,
+    ) -> None:
         self.config = config
         self.specs = dict(experiments)
         self.source = S.open_source(source, engine=engine)
@@ -402,8 +495,7 @@ class Controller:
         except StateFormatError:
             state = LabState()  # a broken document is rewritten by this round's write
         at = _iso(time.time() if live else now)  # when decided: after the measurement, which takes a while
-        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=at,
-                           by=self.by)
+        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=at, by=self.by)
         if record:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)

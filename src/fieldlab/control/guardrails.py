@@ -36,16 +36,25 @@ A pause for a guardrail or metric stays until a person resumes it
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .budget import ArmData, BudgetStatus, Interval, PairBurn, difference_interval, pair_burn, relative_interval
 from .settings import ExperimentGuardrails, LabGuardrails
 from .state import Decision, LabState
 
 __all__ = [
-    "ExperimentData", "Verdict", "ExperimentVerdict", "Round", "evaluate_experiment", "decide_round", "per_test_alpha",
-    "OUTCOMES", "BUDGET_PAUSE_COVER", "BUDGET_RECOVER_BELOW",
+    "ExperimentData",
+    "Verdict",
+    "ExperimentVerdict",
+    "Round",
+    "evaluate_experiment",
+    "decide_round",
+    "per_test_alpha",
+    "OUTCOMES",
+    "BUDGET_PAUSE_COVER",
+    "BUDGET_RECOVER_BELOW",
 ]
 
 #: What the guardrails concluded about one variant this round.
@@ -78,8 +87,14 @@ class Verdict:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"experiment": self.experiment, "variant": self.variant, "outcome": self.outcome, "cause": self.cause,
-                "reason": self.reason, "evidence": dict(self.evidence)}
+        return {
+            "experiment": self.experiment,
+            "variant": self.variant,
+            "outcome": self.outcome,
+            "cause": self.cause,
+            "reason": self.reason,
+            "evidence": dict(self.evidence),
+        }
 
 
 @dataclass(frozen=True)
@@ -94,9 +109,14 @@ class ExperimentVerdict:
     control_evidence: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"experiment": self.experiment, "control": self.control, "environment": self.environment,
-                "environment_reason": self.environment_reason, "control_evidence": dict(self.control_evidence),
-                "variants": [v.to_json() for v in self.verdicts]}
+        return {
+            "experiment": self.experiment,
+            "control": self.control,
+            "environment": self.environment,
+            "environment_reason": self.environment_reason,
+            "control_evidence": dict(self.control_evidence),
+            "variants": [v.to_json() for v in self.verdicts],
+        }
 
 
 def _pct(x: float) -> str:
@@ -111,21 +131,38 @@ def _sli_list(guard: ExperimentGuardrails) -> list[tuple[str, float]]:
 
 
 def _firing_words(p: PairBurn) -> str:
-    return (f"{p.long_burn:.3g}x over {p.pair.long_text} and {p.short_burn:.3g}x over {p.pair.short_text} "
-            f"(threshold {p.pair.burn_rate:g}x)")
+    return (
+        f"{p.long_burn:.3g}x over {p.pair.long_text} and {p.short_burn:.3g}x over {p.pair.short_text} "
+        f"(threshold {p.pair.burn_rate:g}x)"
+    )
 
 
-def _sli_evidence(sli: str, slo: float, pairs: Sequence[PairBurn], cpairs: Sequence[PairBurn],
-                  interval: Interval, worse: bool, guard: ExperimentGuardrails) -> dict[str, Any]:
+def _sli_evidence(
+    sli: str,
+    slo: float,
+    pairs: Sequence[PairBurn],
+    cpairs: Sequence[PairBurn],
+    interval: Interval,
+    worse: bool,
+    guard: ExperimentGuardrails,
+) -> dict[str, Any]:
     windows = []
     for p, c in zip(pairs, cpairs, strict=True):
         w = p.to_json()
         cj = c.to_json()
-        w["control"] = {"long_burn_rate": cj["long"]["burn_rate"], "short_burn_rate": cj["short"]["burn_rate"],
-                        "firing": c.firing}
+        w["control"] = {
+            "long_burn_rate": cj["long"]["burn_rate"],
+            "short_burn_rate": cj["short"]["burn_rate"],
+            "firing": c.firing,
+        }
         windows.append(w)
-    out: dict[str, Any] = {"slo": slo, "budget": round(100.0 - slo, 6), "windows": windows,
-                           "interval": interval.to_json(), "worse_than_control": worse}
+    out: dict[str, Any] = {
+        "slo": slo,
+        "budget": round(100.0 - slo, 6),
+        "windows": windows,
+        "interval": interval.to_json(),
+        "worse_than_control": worse,
+    }
     if sli == "latency" and guard.latency_slo is not None:
         out["threshold_ms"] = guard.latency_slo.ms
     return out
@@ -148,10 +185,14 @@ def evaluate_experiment(data: ExperimentData, guard: ExperimentGuardrails, lab: 
     env_reason = ""
     if environment:
         sli, p = env_fired[0]
-        env_reason = (f"control's {_SLI_WORDS[sli]} burns its budget {_firing_words(p)}: the environment, "
-                      "not a variant, is burning it")
-    control_evidence = {"units": control.units,
-                        "slis": {sli: [p.to_json() for p in ps] for sli, ps in control_pairs.items()}}
+        env_reason = (
+            f"control's {_SLI_WORDS[sli]} burns its budget {_firing_words(p)}: the environment, "
+            "not a variant, is burning it"
+        )
+    control_evidence = {
+        "units": control.units,
+        "slis": {sli: [p.to_json() for p in ps] for sli, ps in control_pairs.items()},
+    }
     verdicts = []
     for name in sorted(data.arms):
         if name == data.control:
@@ -160,12 +201,23 @@ def evaluate_experiment(data: ExperimentData, guard: ExperimentGuardrails, lab: 
     return ExperimentVerdict(data.key, data.control, tuple(verdicts), environment, env_reason, control_evidence)
 
 
-def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: ArmData,
-                      control_pairs: Mapping[str, Sequence[PairBurn]], guard: ExperimentGuardrails,
-                      lab: LabGuardrails) -> Verdict:
+def _evaluate_variant(
+    data: ExperimentData,
+    name: str,
+    arm: ArmData,
+    control: ArmData,
+    control_pairs: Mapping[str, Sequence[PairBurn]],
+    guard: ExperimentGuardrails,
+    lab: LabGuardrails,
+) -> Verdict:
     alpha = per_test_alpha(guard, lab)
-    evidence: dict[str, Any] = {"units": {"control": control.units, "variant": arm.units},
-                                "min_units": guard.min_units, "alpha": alpha, "slis": {}, "metrics": {}}
+    evidence: dict[str, Any] = {
+        "units": {"control": control.units, "variant": arm.units},
+        "min_units": guard.min_units,
+        "alpha": alpha,
+        "slis": {},
+        "metrics": {},
+    }
     harmful: list[str] = []
     burning_unproven: list[str] = []
     control_fires = False
@@ -178,10 +230,12 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         fired = [p for p in pairs if p.firing]
         control_fires = control_fires or any(c.firing for c in cpairs)
         if fired and worse:
-            harmful.append(f"its {_SLI_WORDS[sli]} ({_pct(interval.variant)}) burns the {slo:g} % SLO "
-                           f"{_firing_words(fired[0])} and is worse than control's ({_pct(interval.control)}; "
-                           f"difference {100 * interval.low:+.3g} to {100 * interval.high:+.3g} points "
-                           f"at {1 - alpha:.2%})")
+            harmful.append(
+                f"its {_SLI_WORDS[sli]} ({_pct(interval.variant)}) burns the {slo:g} % SLO "
+                f"{_firing_words(fired[0])} and is worse than control's ({_pct(interval.control)}; "
+                f"difference {100 * interval.low:+.3g} to {100 * interval.high:+.3g} points "
+                f"at {1 - alpha:.2%})"
+            )
         elif fired:
             burning_unproven.append(f"its {_SLI_WORDS[sli]} burns the {slo:g} % SLO {_firing_words(fired[0])}")
     inferior: list[str] = []
@@ -193,26 +247,45 @@ def _evaluate_variant(data: ExperimentData, name: str, arm: ArmData, control: Ar
         rel = relative_interval(c_m, v_m, alpha)
         bound = m.margin / 100.0
         bad = rel.valid and (rel.high < bound if m.higher_is_better else rel.low > bound)
-        evidence["metrics"][m.name] = {"kind": m.kind, "margin": m.margin, "higher_is_better": m.higher_is_better,
-                                       "relative": rel.to_json(), "inferior": bad}
+        evidence["metrics"][m.name] = {
+            "kind": m.kind,
+            "margin": m.margin,
+            "higher_is_better": m.higher_is_better,
+            "relative": rel.to_json(),
+            "inferior": bad,
+        }
         if bad:
-            inferior.append(f"{m.name} is {_pct(rel.estimate)} relative to control (interval {_pct(rel.low)} to "
-                            f"{_pct(rel.high)}), wholly beyond the margin {m.margin:+g} %")
+            inferior.append(
+                f"{m.name} is {_pct(rel.estimate)} relative to control (interval {_pct(rel.low)} to "
+                f"{_pct(rel.high)}), wholly beyond the margin {m.margin:+g} %"
+            )
     if control.units < guard.min_units or arm.units < guard.min_units:
-        return Verdict(data.key, name, "insufficient", None,
-                       f"{arm.units} units in {name}, {control.units} in control; no decision below "
-                       f"{guard.min_units} per arm", evidence)
+        return Verdict(
+            data.key,
+            name,
+            "insufficient",
+            None,
+            f"{arm.units} units in {name}, {control.units} in control; no decision below {guard.min_units} per arm",
+            evidence,
+        )
     act = "pause" if guard.action == "pause" else "alert"
     if harmful:
         return Verdict(data.key, name, act, "guardrail", "; ".join(harmful), evidence)
     if inferior:
         return Verdict(data.key, name, act, "metric", "; ".join(inferior), evidence)
     if burning_unproven and control_fires:
-        return Verdict(data.key, name, "environment", None,
-                       "; ".join(burning_unproven) + ", but control burns as fast: the environment is blamed", evidence)
+        return Verdict(
+            data.key,
+            name,
+            "environment",
+            None,
+            "; ".join(burning_unproven) + ", but control burns as fast: the environment is blamed",
+            evidence,
+        )
     if burning_unproven:
-        return Verdict(data.key, name, "watch", None,
-                       "; ".join(burning_unproven) + ", not yet shown worse than control", evidence)
+        return Verdict(
+            data.key, name, "watch", None, "; ".join(burning_unproven) + ", not yet shown worse than control", evidence
+        )
     return Verdict(data.key, name, "ok", None, "within its guardrails", evidence)
 
 
@@ -226,14 +299,24 @@ class Round:
     decisions: tuple[Decision, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at, "experiments": [e.to_json() for e in self.experiments],
-                "budget": self.budget.to_json() if self.budget is not None else None,
-                "decisions": [d.to_json() for d in self.decisions]}
+        return {
+            "at": self.at,
+            "experiments": [e.to_json() for e in self.experiments],
+            "budget": self.budget.to_json() if self.budget is not None else None,
+            "decisions": [d.to_json() for d in self.decisions],
+        }
 
 
-def decide_round(experiments: Sequence[ExperimentData], guards: Mapping[str, ExperimentGuardrails],
-                 lab: LabGuardrails, budget: BudgetStatus | None, state: LabState, *, at: str,
-                 by: str) -> Round:
+def decide_round(
+    experiments: Sequence[ExperimentData],
+    guards: Mapping[str, ExperimentGuardrails],
+    lab: LabGuardrails,
+    budget: BudgetStatus | None,
+    state: LabState,
+    *,
+    at: str,
+    by: str,
+) -> Round:
     """Evaluate every experiment and turn the verdicts, the budget and the current ``state`` into decisions.
 
     Lifting decisions come before halting ones, so within one write a halt
@@ -248,16 +331,27 @@ def decide_round(experiments: Sequence[ExperimentData], guards: Mapping[str, Exp
     for ev in verdicts:
         for v in ev.verdicts:
             if v.outcome in ("pause", "alert"):
-                acts.append(Decision(v.outcome, v.experiment, v.variant, v.cause or "guardrail", v.reason, by, at,
-                                     v.evidence))
+                acts.append(
+                    Decision(v.outcome, v.experiment, v.variant, v.cause or "guardrail", v.reason, by, at, v.evidence)
+                )
     env = [ev for ev in verdicts if ev.environment]
     if env:
-        acts.append(Decision("halt_faults", None, None, "environment",
-                             "; ".join(f"{ev.experiment}: {ev.environment_reason}" for ev in env), by, at,
-                             {ev.experiment: dict(ev.control_evidence) for ev in env}))
+        acts.append(
+            Decision(
+                "halt_faults",
+                None,
+                None,
+                "environment",
+                "; ".join(f"{ev.experiment}: {ev.environment_reason}" for ev in env),
+                by,
+                at,
+                {ev.experiment: dict(ev.control_evidence) for ev in env},
+            )
+        )
     elif state.all is not None and state.all.cause == "environment":
-        lifts.append(Decision("resume_faults", None, None, "environment", "no control burns its budget any more",
-                              by, at))
+        lifts.append(
+            Decision("resume_faults", None, None, "environment", "no control burns its budget any more", by, at)
+        )
     if budget is not None:
         lifts_b, acts_b = _budget_decisions(budget, verdicts, guards, lab, state, at=at, by=by)
         lifts += lifts_b
@@ -265,16 +359,33 @@ def decide_round(experiments: Sequence[ExperimentData], guards: Mapping[str, Exp
     return Round(at, tuple(verdicts), budget, tuple(lifts + acts))
 
 
-def _budget_decisions(budget: BudgetStatus, verdicts: Sequence[ExperimentVerdict],
-                      guards: Mapping[str, ExperimentGuardrails], lab: LabGuardrails, state: LabState, *,
-                      at: str, by: str) -> tuple[list[Decision], list[Decision]]:
+def _budget_decisions(
+    budget: BudgetStatus,
+    verdicts: Sequence[ExperimentVerdict],
+    guards: Mapping[str, ExperimentGuardrails],
+    lab: LabGuardrails,
+    state: LabState,
+    *,
+    at: str,
+    by: str,
+) -> tuple[list[Decision], list[Decision]]:
     lifts: list[Decision] = []
     acts: list[Decision] = []
     summary = budget.to_json()
     if budget.exhausted:
-        acts.append(Decision("halt_faults", None, None, "budget",
-                             f"the experimentation budget is spent ({budget.spent:.4g} excess errors of "
-                             f"{budget.allowed:.4g} allowed)", by, at, summary))
+        acts.append(
+            Decision(
+                "halt_faults",
+                None,
+                None,
+                "budget",
+                f"the experimentation budget is spent ({budget.spent:.4g} excess errors of "
+                f"{budget.allowed:.4g} allowed)",
+                by,
+                at,
+                summary,
+            )
+        )
         units = {(ev.experiment, v.variant): v.evidence.get("units", {}) for ev in verdicts for v in ev.verdicts}
         covered = 0.0
         for (exp, variant), excess in budget.costliest():
@@ -287,20 +398,47 @@ def _budget_decisions(budget: BudgetStatus, verdicts: Sequence[ExperimentVerdict
             if u and min(u.get("control", 0), u.get("variant", 0)) < min_units:
                 continue  # no decision about a variant on too little evidence (faults are halted anyway)
             action = "alert" if guard is not None and guard.action == "alert" else "pause"
-            acts.append(Decision(action, exp, variant, "budget",
-                                 f"costliest variant while the experimentation budget is spent: {excess:.4g} "
-                                 f"excess errors ({100 * excess / budget.spent:.3g} % of the spend)", by, at,
-                                 {**summary, "variant_excess": excess}))
+            acts.append(
+                Decision(
+                    action,
+                    exp,
+                    variant,
+                    "budget",
+                    f"costliest variant while the experimentation budget is spent: {excess:.4g} "
+                    f"excess errors ({100 * excess / budget.spent:.3g} % of the spend)",
+                    by,
+                    at,
+                    {**summary, "variant_excess": excess},
+                )
+            )
     elif budget.fraction < BUDGET_RECOVER_BELOW:
         if state.all is not None and state.all.cause == "budget":
-            lifts.append(Decision("resume_faults", None, None, "budget",
-                                  f"the experimentation budget recovered ({budget.fraction:.0%} used)", by, at,
-                                  summary))
+            lifts.append(
+                Decision(
+                    "resume_faults",
+                    None,
+                    None,
+                    "budget",
+                    f"the experimentation budget recovered ({budget.fraction:.0%} used)",
+                    by,
+                    at,
+                    summary,
+                )
+            )
         for table in (state.paused, state.alerts):
             for exp, marks in table.items():
                 for variant, mark in marks.items():
                     if mark.cause == "budget":
-                        lifts.append(Decision("resume", exp, variant, "budget",
-                                              f"the experimentation budget recovered ({budget.fraction:.0%} used)",
-                                              by, at, summary))
+                        lifts.append(
+                            Decision(
+                                "resume",
+                                exp,
+                                variant,
+                                "budget",
+                                f"the experimentation budget recovered ({budget.fraction:.0%} used)",
+                                by,
+                                at,
+                                summary,
+                            )
+                        )
     return lifts, acts

@@ -11,12 +11,18 @@ carry ``fieldlab.guardrail.<experiment>`` and are named in the notes.
 
 from __future__ import annotations
 
-from typing import Any, MutableMapping
+from collections.abc import MutableMapping
+from typing import Any
 
 __all__ = ["add_decisions", "decision_words"]
 
-_WORDS = {"pause": "paused", "resume": "resumed", "alert": "alert on", "halt_faults": "faults halted for",
-          "resume_faults": "faults resumed for"}
+_WORDS = {
+    "pause": "paused",
+    "resume": "resumed",
+    "alert": "alert on",
+    "halt_faults": "faults halted for",
+    "resume_faults": "faults resumed for",
+}
 
 
 def decision_words(d: Any) -> str:
@@ -32,6 +38,7 @@ def add_decisions(result: MutableMapping[str, Any], config: str) -> int:
     try:
         from ..lab import Lab
         from .state import open_store
+
         state, _ = Lab._load(config)
         if state.state_url is None:
             return 0
@@ -54,7 +61,8 @@ def add_decisions(result: MutableMapping[str, Any], config: str) -> int:
                 itt.add(d.experiment)
                 e.setdefault("notes", []).append(
                     "intent-to-treat: while a variant was paused its units were served control (spans carry "
-                    f"fieldlab.guardrail.{d.experiment}); they still count in the variant they were assigned")
+                    f"fieldlab.guardrail.{d.experiment}); they still count in the variant they were assigned"
+                )
             e.setdefault("notes", []).append(line)
             e.setdefault("decisions", []).append({k: v for k, v in d.to_json().items() if k != "evidence"})
             n += 1

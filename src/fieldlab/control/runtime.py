@@ -36,10 +36,11 @@ class _Follow:
 
     def __init__(self, url: str, interval: float) -> None:
         self.url = url
-        self.labs: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self.labs: weakref.WeakSet[Any] = weakref.WeakSet()
         ref = weakref.ref(self)
-        self.poller = StatePoller(open_store(url), interval, on_change=lambda snap: _changed(ref, snap),
-                                  name=f"fieldlab-state {url}")
+        self.poller = StatePoller(
+            open_store(url), interval, on_change=lambda snap: _changed(ref, snap), name=f"fieldlab-state {url}"
+        )
 
     def deliver(self, snapshot: Snapshot) -> None:
         for lab in list(self.labs):
@@ -49,7 +50,7 @@ class _Follow:
                 _log.exception("fieldlab: applying the lab state failed")
 
 
-def _changed(ref: "weakref.ref[_Follow]", snapshot: Snapshot) -> None:
+def _changed(ref: weakref.ref[_Follow], snapshot: Snapshot) -> None:
     f = ref()
     if f is not None:
         f.deliver(snapshot)
@@ -112,7 +113,7 @@ def _release(key: tuple[str, float]) -> None:
             _stop(key)
 
 
-def _empty(labs: "weakref.WeakSet[Any]") -> bool:
+def _empty(labs: weakref.WeakSet[Any]) -> bool:
     """No live Lab left (iterating skips the dead: a finalizer may run before the set drops its entry)."""
     return next(iter(labs), None) is None
 

@@ -68,9 +68,19 @@ AFTER_PAUSE_SECONDS = 5.0
 MAX_SECONDS = 90.0
 
 
-def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, concurrency: int = 8,
-              seed: int = 2, out: TextIO, err: TextIO, analyze: bool = True,
-              max_seconds: float = MAX_SECONDS) -> dict[str, Any]:
+def run_scene(
+    app: str,
+    examples: Path,
+    out_dir: Path,
+    *,
+    workers: int = 2,
+    concurrency: int = 8,
+    seed: int = 2,
+    out: TextIO,
+    err: TextIO,
+    analyze: bool = True,
+    max_seconds: float = MAX_SECONDS,
+) -> dict[str, Any]:
     """Run the scene; returns the decisions, the times and the report path (also printed).
 
     Visitors keep arriving until the pause has been in force for
@@ -89,8 +99,10 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
     config = _scene_config(examples / "shop.toml", directory)
     state = _load(str(config))
     store = open_store(state.state_url)
-    err.write("\nfieldlab demo, guardrail scene: new-pricing/v2 fails 20 % of its requests; the controller "
-              "watches every second\n")
+    err.write(
+        "\nfieldlab demo, guardrail scene: new-pricing/v2 fails 20 % of its requests; the controller "
+        "watches every second\n"
+    )
     server = _Server(app, examples, spans, workers, directory / "server.log", config=config)
     pause_at: float | None = None
     started = time.time()
@@ -98,8 +110,9 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
     result: dict[str, Any] = {}
     stop = threading.Event()
 
-    load = threading.Thread(target=drive, args=(server.port, 100_000, concurrency, seed, io.StringIO(), stop),
-                            daemon=True)
+    load = threading.Thread(
+        target=drive, args=(server.port, 100_000, concurrency, seed, io.StringIO(), stop), daemon=True
+    )
     try:
         server.wait_ready()
         load.start()
@@ -129,23 +142,35 @@ def run_scene(app: str, examples: Path, out_dir: Path, *, workers: int = 2, conc
         server.stop()
     from .. import attributes as A
     from ..demo import read_server_spans
+
     served = read_server_spans(sorted(spans.glob("*.jsonl")))
     v2 = [s for s in served if s.attrs.get(A.variant_attr("new-pricing")) == "v2"]
     guarded = [s for s in served if s.attrs.get(A.guardrail_attr("new-pricing")) == "v2"]
-    failed = sum(1 for s in v2 if int(s.attrs.get(A.HTTP_STATUS_CODE) or s.attrs.get(A.HTTP_STATUS_CODE_OLD)
-                                      or 0) >= 500)
+    failed = sum(
+        1 for s in v2 if int(s.attrs.get(A.HTTP_STATUS_CODE) or s.attrs.get(A.HTTP_STATUS_CODE_OLD) or 0) >= 500
+    )
     history = store.read().history
     store.close()
     pauses = [d for d in history if d.action == "pause"]
-    out.write(f"\n  {len(v2)} requests served v2 ({failed} failed) before the pause; {len(guarded)} requests of "
-              f"v2's users got control after it (span attribute {A.guardrail_attr('new-pricing')} = v2)\n")
+    out.write(
+        f"\n  {len(v2)} requests served v2 ({failed} failed) before the pause; {len(guarded)} requests of "
+        f"v2's users got control after it (span attribute {A.guardrail_attr('new-pricing')} = v2)\n"
+    )
     if pause_at is not None:
-        out.write(f"  paused {pause_at - started:.1f} s into the scene; every worker follows the state file "
-                  f"({state.state_url}) within {state.state_poll_interval:g} s\n")
+        out.write(
+            f"  paused {pause_at - started:.1f} s into the scene; every worker follows the state file "
+            f"({state.state_url}) within {state.state_poll_interval:g} s\n"
+        )
     else:
         out.write(f"  the controller did not pause v2 within {max_seconds:g} s\n")
-    result.update(decisions=[d.to_json() for d in pauses], v2_requests=len(v2), v2_failed=failed,
-                  guarded_requests=len(guarded), rounds=rounds, config=str(config))
+    result.update(
+        decisions=[d.to_json() for d in pauses],
+        v2_requests=len(v2),
+        v2_failed=failed,
+        guarded_requests=len(guarded),
+        rounds=rounds,
+        config=str(config),
+    )
     if analyze:
         result["report"] = _report(spans, config, directory / "report-guardrails.html", out, err)
     return result
@@ -158,6 +183,7 @@ def _report(spans: Path, config: Path, html: Path, out: TextIO, err: TextIO) -> 
         err.write("(fieldlab.analysis is not installed: no scene report)\n")
         return None
     from .report import add_decisions
+
     try:
         result = analyze([str(spans)], config=str(config), experiments=["new-pricing"])
         add_decisions(result, str(config))

@@ -40,15 +40,29 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 
 __all__ = [
-    "WindowPair", "LatencySLO", "GuardrailMetric", "LabGuardrails", "ExperimentGuardrails", "GuardrailsConfig",
-    "parse_duration", "format_duration", "parse_lab_guardrails", "parse_experiment_guardrails",
-    "parse_guardrails_config", "DEFAULT_WINDOWS", "DEFAULT_MIN_UNITS", "DEFAULT_ALPHA", "ACTIONS", "METRIC_KINDS",
+    "WindowPair",
+    "LatencySLO",
+    "GuardrailMetric",
+    "LabGuardrails",
+    "ExperimentGuardrails",
+    "GuardrailsConfig",
+    "parse_duration",
+    "format_duration",
+    "parse_lab_guardrails",
+    "parse_experiment_guardrails",
+    "parse_guardrails_config",
+    "DEFAULT_WINDOWS",
+    "DEFAULT_MIN_UNITS",
+    "DEFAULT_ALPHA",
+    "ACTIONS",
+    "METRIC_KINDS",
 ]
 
 ACTIONS = ("pause", "alert")
@@ -184,8 +198,9 @@ def _check_keys(doc: Mapping[str, Any], allowed: Sequence[str], path: str) -> No
             continue
         close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"{path}.{key}" if path else str(key), f"unknown key {key!r}",
-                          f"{hint}valid keys are {', '.join(allowed)}")
+        raise ConfigError(
+            f"{path}.{key}" if path else str(key), f"unknown key {key!r}", f"{hint}valid keys are {', '.join(allowed)}"
+        )
 
 
 def _table(value: Any, path: str, example: str) -> Mapping[str, Any]:
@@ -222,9 +237,12 @@ def _check_reachable(windows: Sequence[WindowPair], slo: float, slo_path: str) -
     budget = 100.0 - slo
     for i, w in enumerate(windows):
         if w.burn_rate * budget > 100.0:
-            raise ConfigError(slo_path, f"with an SLO of {slo:g} % the windows[{i}] burn rate {w.burn_rate:g} "
-                              f"needs {w.burn_rate * budget:g} % bad requests, which can never happen",
-                              f"raise the SLO above {100 - 100 / w.burn_rate:.4g} % or lower that burn_rate")
+            raise ConfigError(
+                slo_path,
+                f"with an SLO of {slo:g} % the windows[{i}] burn rate {w.burn_rate:g} "
+                f"needs {w.burn_rate * budget:g} % bad requests, which can never happen",
+                f"raise the SLO above {100 - 100 / w.burn_rate:.4g} % or lower that burn_rate",
+            )
 
 
 # ----------------------------------------------------------------------------- the lab-wide table
@@ -248,8 +266,11 @@ def _parse_windows(value: Any, path: str) -> tuple[WindowPair, ...]:
         long_s = parse_duration(doc["long"], f"{where}.long")
         short_s = parse_duration(doc["short"], f"{where}.short")
         if short_s >= long_s:
-            raise ConfigError(f"{where}.short", f"{doc['short']!r} is not shorter than long {doc['long']!r}",
-                              "make the short window a fraction of the long one (the workbook uses 1/12)")
+            raise ConfigError(
+                f"{where}.short",
+                f"{doc['short']!r} is not shorter than long {doc['long']!r}",
+                "make the short window a fraction of the long one (the workbook uses 1/12)",
+            )
         rate = _number(doc["burn_rate"], f"{where}.burn_rate", "give a burn-rate multiple, e.g. 14.4")
         if rate <= 0:
             raise ConfigError(f"{where}.burn_rate", f"{rate:g} is not positive", "give a burn-rate multiple, e.g. 14.4")
@@ -272,13 +293,19 @@ def parse_lab_guardrails(doc: Any, path: str = "guardrails") -> LabGuardrails:
     if "experiment_share" in doc:
         share = _number(doc["experiment_share"], f"{path}.experiment_share", "give a percentage from 0 to 100")
         if not 0 < share <= 100:
-            raise ConfigError(f"{path}.experiment_share", f"{share:g} is outside (0, 100]",
-                              "give the % of the error budget experiments may spend, e.g. 25")
+            raise ConfigError(
+                f"{path}.experiment_share",
+                f"{share:g} is outside (0, 100]",
+                "give the % of the error budget experiments may spend, e.g. 25",
+            )
     windows = _parse_windows(doc["windows"], f"{path}.windows") if "windows" in doc else d.windows
     for i, w in enumerate(windows):
         if w.long > period:
-            raise ConfigError(f"{path}.windows[{i}].long", f"{w.long_text} is longer than the budget period "
-                              f"{format_duration(period)}", "use windows shorter than budget_period")
+            raise ConfigError(
+                f"{path}.windows[{i}].long",
+                f"{w.long_text} is longer than the budget period {format_duration(period)}",
+                "use windows shorter than budget_period",
+            )
     min_units = _min_units(doc["min_units"], f"{path}.min_units") if "min_units" in doc else d.min_units
     alpha = d.alpha
     if "alpha" in doc:
@@ -301,38 +328,57 @@ def _parse_metric(raw: Any, where: str) -> GuardrailMetric:
     _check_keys(doc, _METRIC_KEYS, where)
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}.name", f"{name!r} is not an attribute name",
-                          'name the span attribute, e.g. "app.checkout.completed"')
+        raise ConfigError(
+            f"{where}.name",
+            f"{name!r} is not an attribute name",
+            'name the span attribute, e.g. "app.checkout.completed"',
+        )
     kind = doc.get("kind", "conversion")
     if kind not in METRIC_KINDS:
         close = difflib.get_close_matches(str(kind), METRIC_KINDS, n=1, cutoff=0.5)
-        raise ConfigError(f"{where}.kind", f"unknown metric kind {kind!r}",
-                          (f"did you mean {close[0]!r}? " if close else "") + "use conversion or numeric")
+        raise ConfigError(
+            f"{where}.kind",
+            f"unknown metric kind {kind!r}",
+            (f"did you mean {close[0]!r}? " if close else "") + "use conversion or numeric",
+        )
     if "margin" not in doc:
-        raise ConfigError(f"{where}.margin", "missing", "give the non-inferiority margin in % relative to control, "
-                          "e.g. -2.0 (at most 2 % worse)")
+        raise ConfigError(
+            f"{where}.margin",
+            "missing",
+            "give the non-inferiority margin in % relative to control, e.g. -2.0 (at most 2 % worse)",
+        )
     margin = _number(doc["margin"], f"{where}.margin", "give a margin in % relative to control, e.g. -2.0")
     if not -100 < margin < 100:
-        raise ConfigError(f"{where}.margin", f"{margin:g} % is outside (-100, 100)",
-                          "give a relative margin in %, e.g. -2.0")
+        raise ConfigError(
+            f"{where}.margin", f"{margin:g} % is outside (-100, 100)", "give a relative margin in %, e.g. -2.0"
+        )
     direction = doc.get("direction")
     if direction is None:
         if margin == 0:
-            raise ConfigError(f"{where}.direction", "a margin of 0 does not say which way is worse",
-                              'add direction = "higher" (higher is better) or "lower"')
+            raise ConfigError(
+                f"{where}.direction",
+                "a margin of 0 does not say which way is worse",
+                'add direction = "higher" (higher is better) or "lower"',
+            )
         higher = margin < 0
     elif direction in ("higher", "lower"):
         higher = direction == "higher"
         if (higher and margin > 0) or (not higher and margin < 0):
-            raise ConfigError(f"{where}.margin", f"margin {margin:g} % allows the variant to be better only, "
-                              f"not to be slightly worse (direction {direction!r})",
-                              "use a negative margin where higher is better, a positive one where lower is better")
+            raise ConfigError(
+                f"{where}.margin",
+                f"margin {margin:g} % allows the variant to be better only, "
+                f"not to be slightly worse (direction {direction!r})",
+                "use a negative margin where higher is better, a positive one where lower is better",
+            )
     else:
         raise ConfigError(f"{where}.direction", f"{direction!r} is not a direction", 'use "higher" or "lower"')
     value = doc.get("value", "true")
     if kind == "numeric" and "value" in doc:
-        raise ConfigError(f"{where}.value", "only a conversion compares the attribute with a value",
-                          "drop value, or use kind = \"conversion\"")
+        raise ConfigError(
+            f"{where}.value",
+            "only a conversion compares the attribute with a value",
+            'drop value, or use kind = "conversion"',
+        )
     if isinstance(value, bool):
         value = "true" if value else "false"
     if not isinstance(value, (str, int, float)):
@@ -340,8 +386,9 @@ def _parse_metric(raw: Any, where: str) -> GuardrailMetric:
     return GuardrailMetric(name.strip(), kind, margin, higher, str(value))
 
 
-def parse_experiment_guardrails(doc: Any, path: str = "experiments[0].guardrails",
-                                lab: LabGuardrails | None = None) -> ExperimentGuardrails:
+def parse_experiment_guardrails(
+    doc: Any, path: str = "experiments[0].guardrails", lab: LabGuardrails | None = None
+) -> ExperimentGuardrails:
     """One experiment's ``guardrails`` table; ``lab`` supplies the defaults (the service SLO, min_units)."""
     lab = lab or LabGuardrails()
     if doc is None:
@@ -369,20 +416,27 @@ def parse_experiment_guardrails(doc: Any, path: str = "experiments[0].guardrails
     if "metrics" in doc:
         raw = doc["metrics"]
         if not isinstance(raw, (list, tuple)):
-            raise ConfigError(f"{path}.metrics", f"expected a list, got {type(raw).__name__}", 'write metrics = '
-                              '[{ name = "app.checkout.completed", kind = "conversion", margin = -2.0 }]')
+            raise ConfigError(
+                f"{path}.metrics",
+                f"expected a list, got {type(raw).__name__}",
+                'write metrics = [{ name = "app.checkout.completed", kind = "conversion", margin = -2.0 }]',
+            )
         seen: set[str] = set()
         for i, m in enumerate(raw):
             metric = _parse_metric(m, f"{path}.metrics[{i}]")
             if metric.name in seen:
-                raise ConfigError(f"{path}.metrics[{i}].name", f"{metric.name!r} is listed twice",
-                                  "list each metric once")
+                raise ConfigError(
+                    f"{path}.metrics[{i}].name", f"{metric.name!r} is listed twice", "list each metric once"
+                )
             seen.add(metric.name)
             metrics.append(metric)
     action = doc.get("action", "pause")
     if action not in ACTIONS:
-        raise ConfigError(f"{path}.action", f"unknown action {action!r}",
-                          "use pause (the variant's units get control) or alert (report only)")
+        raise ConfigError(
+            f"{path}.action",
+            f"unknown action {action!r}",
+            "use pause (the variant's units get control) or alert (report only)",
+        )
     min_units = _min_units(doc["min_units"], f"{path}.min_units") if "min_units" in doc else lab.min_units
     return ExperimentGuardrails(error_slo, latency, tuple(metrics), str(action), min_units)
 

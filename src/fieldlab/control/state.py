@@ -54,15 +54,32 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from ..errors import FieldLabError
 
 __all__ = [
-    "ACTIONS", "CAUSES", "HISTORY_LIMIT", "FORMAT_VERSION", "Mark", "Decision", "LabState", "apply_decision",
-    "StateStore", "JsonFileStore", "RedisStore", "open_store", "StateStoreError", "StateFormatError",
-    "Snapshot", "StatePoller", "decider_name", "DEFAULT_POLL_INTERVAL", "DEFAULT_TIMEOUT",
+    "ACTIONS",
+    "CAUSES",
+    "HISTORY_LIMIT",
+    "FORMAT_VERSION",
+    "Mark",
+    "Decision",
+    "LabState",
+    "apply_decision",
+    "StateStore",
+    "JsonFileStore",
+    "RedisStore",
+    "open_store",
+    "StateStoreError",
+    "StateFormatError",
+    "Snapshot",
+    "StatePoller",
+    "decider_name",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_TIMEOUT",
 ]
 
 _log = logging.getLogger("fieldlab.control")
@@ -117,12 +134,17 @@ class Mark:
         return out
 
     @classmethod
-    def from_json(cls, doc: Any) -> "Mark":
+    def from_json(cls, doc: Any) -> Mark:
         if not isinstance(doc, Mapping):  # the kill switch wrote {} or a bare reason in old files
             return cls(at="?", by="?", reason=str(doc) if doc else "")
         seq = doc.get("seq", 0)
-        return cls(at=str(doc.get("at", "?")), by=str(doc.get("by", "?")), cause=str(doc.get("cause", "operator")),
-                   reason=str(doc.get("reason", "") or ""), seq=seq if isinstance(seq, int) else 0)
+        return cls(
+            at=str(doc.get("at", "?")),
+            by=str(doc.get("by", "?")),
+            cause=str(doc.get("cause", "operator")),
+            reason=str(doc.get("reason", "") or ""),
+            seq=seq if isinstance(seq, int) else 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -150,16 +172,31 @@ class Decision:
             raise ValueError("resume needs an experiment")
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "action": self.action, "experiment": self.experiment, "variant": self.variant,
-                "cause": self.cause, "reason": self.reason, "by": self.by, "at": self.at,
-                "evidence": dict(self.evidence)}
+        return {
+            "seq": self.seq,
+            "action": self.action,
+            "experiment": self.experiment,
+            "variant": self.variant,
+            "cause": self.cause,
+            "reason": self.reason,
+            "by": self.by,
+            "at": self.at,
+            "evidence": dict(self.evidence),
+        }
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "Decision":
-        return cls(action=str(doc["action"]), experiment=doc.get("experiment"), variant=doc.get("variant"),
-                   cause=str(doc.get("cause", "operator")), reason=str(doc.get("reason", "")),
-                   by=str(doc.get("by", "?")), at=str(doc.get("at", "")), evidence=dict(doc.get("evidence") or {}),
-                   seq=int(doc.get("seq", 0)))
+    def from_json(cls, doc: Mapping[str, Any]) -> Decision:
+        return cls(
+            action=str(doc["action"]),
+            experiment=doc.get("experiment"),
+            variant=doc.get("variant"),
+            cause=str(doc.get("cause", "operator")),
+            reason=str(doc.get("reason", "")),
+            by=str(doc.get("by", "?")),
+            at=str(doc.get("at", "")),
+            evidence=dict(doc.get("evidence") or {}),
+            seq=int(doc.get("seq", 0)),
+        )
 
     def mark(self, seq: int) -> Mark:
         return Mark(self.at or _now_iso(), self.by, self.cause, self.reason, seq)
@@ -209,7 +246,9 @@ class LabState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": FORMAT_VERSION, "seq": self.seq, "updated_at": self.updated_at,
+            "version": FORMAT_VERSION,
+            "seq": self.seq,
+            "updated_at": self.updated_at,
             "all": self.all.to_json() if self.all else None,
             "experiments": {k: m.to_json() for k, m in sorted(self.killed.items())},
             "paused": _nested_json(self.paused),
@@ -220,14 +259,16 @@ class LabState:
         }
 
     @classmethod
-    def from_json(cls, doc: Any) -> "LabState":
+    def from_json(cls, doc: Any) -> LabState:
         """Parse a state document; a kill-switch file (version 1: ``all`` and ``experiments``) reads as it is."""
         if not isinstance(doc, Mapping):
             raise StateFormatError(f"expected a JSON object, got {type(doc).__name__}")
         version = doc.get("version", 1)
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise StateFormatError(f"state format {version!r} is newer than this fieldlab understands "
-                                   f"({FORMAT_VERSION}); upgrade fieldlab in this process")
+            raise StateFormatError(
+                f"state format {version!r} is newer than this fieldlab understands "
+                f"({FORMAT_VERSION}); upgrade fieldlab in this process"
+            )
         all_ = doc.get("all")
         seq = doc.get("seq", 0)
         try:
@@ -238,15 +279,20 @@ class LabState:
         canaries = doc.get("canaries") or {}
         if not isinstance(canaries, Mapping):
             raise StateFormatError(f"canaries: expected an object, got {type(canaries).__name__}")
-        return cls(seq=seq if isinstance(seq, int) else 0,
-                   updated_at=doc.get("updated_at") if isinstance(doc.get("updated_at"), str) else None,
-                   all=Mark.from_json(all_) if all_ else None,
-                   killed=_marks(doc.get("experiments"), "experiments"),
-                   paused=_nested(doc.get("paused"), "paused"), alerts=_nested(doc.get("alerts"), "alerts"),
-                   history=history, report=report if isinstance(report, Mapping) else {}, canaries=canaries)
+        return cls(
+            seq=seq if isinstance(seq, int) else 0,
+            updated_at=doc.get("updated_at") if isinstance(doc.get("updated_at"), str) else None,
+            all=Mark.from_json(all_) if all_ else None,
+            killed=_marks(doc.get("experiments"), "experiments"),
+            paused=_nested(doc.get("paused"), "paused"),
+            alerts=_nested(doc.get("alerts"), "alerts"),
+            history=history,
+            report=report if isinstance(report, Mapping) else {},
+            canaries=canaries,
+        )
 
     @classmethod
-    def from_bytes(cls, data: bytes | str) -> "LabState":
+    def from_bytes(cls, data: bytes | str) -> LabState:
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -265,8 +311,9 @@ def _may_lift(mark: Mark, decision: Decision) -> bool:
     return decision.cause == "operator" or mark.cause == decision.cause
 
 
-def _lift(table: Mapping[str, Mapping[str, Mark]], experiment: str, variant: str | None,
-          decision: Decision) -> tuple[Mapping[str, Mapping[str, Mark]], bool]:
+def _lift(
+    table: Mapping[str, Mapping[str, Mark]], experiment: str, variant: str | None, decision: Decision
+) -> tuple[Mapping[str, Mapping[str, Mark]], bool]:
     """``table`` without the marks ``decision`` resumes, and whether it lost any."""
     if experiment not in table:
         return table, False
@@ -349,8 +396,14 @@ class StateStore(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional for a backend without connections
         """Release connections (the store may be used again afterwards)."""
 
-    def record(self, decisions: Iterable[Decision], *, report: Mapping[str, Any] | None = None,
-               by: str | None = None, at: str | None = None) -> tuple[LabState, list[Decision]]:
+    def record(
+        self,
+        decisions: Iterable[Decision],
+        *,
+        report: Mapping[str, Any] | None = None,
+        by: str | None = None,
+        at: str | None = None,
+    ) -> tuple[LabState, list[Decision]]:
         """Apply ``decisions`` in one atomic write; returns the new state and the decisions that changed it.
 
         Each applied decision is numbered with the write's sequence number and
@@ -373,8 +426,13 @@ class StateStore(abc.ABC):
             if not applied and report is None:
                 return None
             history = (state.history + tuple(applied))[-HISTORY_LIMIT:]
-            return replace(state, seq=seq, updated_at=when, history=history,
-                           report=dict(report) if report is not None else state.report)
+            return replace(
+                state,
+                seq=seq,
+                updated_at=when,
+                history=history,
+                report=dict(report) if report is not None else state.report,
+            )
 
         return self.update(change), list(applied)
 
@@ -398,13 +456,15 @@ class JsonFileStore(StateStore):
         except FileNotFoundError:
             return LabState()
         except OSError as exc:
-            raise StateStoreError(f"{self.path}: cannot read the state ({exc.strerror}); "
-                                  "check the permissions") from None
+            raise StateStoreError(
+                f"{self.path}: cannot read the state ({exc.strerror}); check the permissions"
+            ) from None
         try:
             return LabState.from_bytes(data)
         except StateFormatError as exc:
-            raise StateFormatError(f"{self.path}: {exc}; fix or remove the file "
-                                   "(faults stay halted meanwhile)") from None
+            raise StateFormatError(
+                f"{self.path}: {exc}; fix or remove the file (faults stay halted meanwhile)"
+            ) from None
 
     def token(self) -> Hashable:
         try:
@@ -422,6 +482,7 @@ class JsonFileStore(StateStore):
         try:
             try:
                 import fcntl
+
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
             except ImportError:  # pragma: no cover - not POSIX: the atomic replace still holds
                 pass
@@ -463,8 +524,9 @@ class RedisStore(StateStore):
             from redis.backoff import NoBackoff
             from redis.retry import Retry
         except ImportError:
-            raise StateStoreError("a redis:// state store needs the redis package; "
-                                  "pip install 'fieldlab[redis]'") from None
+            raise StateStoreError(
+                "a redis:// state store needs the redis package; pip install 'fieldlab[redis]'"
+            ) from None
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query)
         self.key = key or query.pop("key", ["fieldlab:state"])[0]
@@ -473,14 +535,18 @@ class RedisStore(StateStore):
         self.description = f"redis {parts.hostname}:{parts.port or 6379}{parts.path or '/0'} key {self.key}"
         self._redis = redis
         try:
-            self._client = redis.Redis.from_url(clean, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+            self._client = redis.Redis.from_url(
+                clean,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
         except ValueError as exc:
             raise StateStoreError(f"{url}: {exc}; write redis://host:6379/0") from None
 
     def _fail(self, exc: Exception) -> StateStoreError:
-        return StateStoreError(f"{self.description}: {type(exc).__name__}: {exc}; check that Redis is up "
-                               "and reachable")
+        return StateStoreError(f"{self.description}: {type(exc).__name__}: {exc}; check that Redis is up and reachable")
 
     def read(self) -> LabState:
         try:
@@ -588,8 +654,9 @@ class Snapshot:
         return self.status == "error" or self.all_halted or experiment in self.killed
 
     @classmethod
-    def of(cls, state: LabState | None, status: str, error: str | None, read_at: float | None,
-           checked_at: float | None) -> "Snapshot":
+    def of(
+        cls, state: LabState | None, status: str, error: str | None, read_at: float | None, checked_at: float | None
+    ) -> Snapshot:
         if state is None:
             return cls(None, status, error, read_at, checked_at)
         paused = frozenset((e, v) for e, vs in state.paused.items() for v in vs)
@@ -600,7 +667,7 @@ def _seq(snapshot: Snapshot) -> int | None:
     return snapshot.state.seq if snapshot.state is not None else None
 
 
-_POLLERS: "weakref.WeakSet[StatePoller]" = weakref.WeakSet()
+_POLLERS: weakref.WeakSet[StatePoller] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -622,8 +689,14 @@ class StatePoller:
     with the new snapshot whenever the state or the status changes.
     """
 
-    def __init__(self, store: StateStore, interval: float = DEFAULT_POLL_INTERVAL, *,
-                 on_change: Callable[[Snapshot], None] | None = None, name: str = "fieldlab-state") -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        interval: float = DEFAULT_POLL_INTERVAL,
+        *,
+        on_change: Callable[[Snapshot], None] | None = None,
+        name: str = "fieldlab-state",
+    ) -> None:
         if not interval > 0:
             raise ValueError("the poll interval must be positive")
         self.store = store
@@ -655,7 +728,7 @@ class StatePoller:
     def faults_halted(self, experiment: str) -> bool:
         return self.snapshot.faults_halted(experiment)
 
-    def start(self, *, first_read: bool = True) -> "StatePoller":
+    def start(self, *, first_read: bool = True) -> StatePoller:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return self
@@ -703,18 +776,30 @@ class StatePoller:
 
     def _report(self, old: Snapshot, new: Snapshot) -> None:
         if old.state is not None and new.state is not None and new.state.seq < old.state.seq:
-            _log.warning("fieldlab: state store %s went back from seq %d to %d (restarted without persistence, "
-                         "or rewritten); following it", self.store.description, old.state.seq, new.state.seq)
+            _log.warning(
+                "fieldlab: state store %s went back from seq %d to %d (restarted without persistence, "
+                "or rewritten); following it",
+                self.store.description,
+                old.state.seq,
+                new.state.seq,
+            )
         if new.status != old.status:
             if new.status == "ok":
                 if old.checked_at is not None:  # not the first read of this poller
                     _log.warning("fieldlab: state store %s is readable again", self.store.description)
             elif new.status == "stale":
-                _log.error("fieldlab: state store %s is lost (%s); keeping the last known state (seq %s)",
-                           self.store.description, new.error, new.state.seq if new.state else "-")
+                _log.error(
+                    "fieldlab: state store %s is lost (%s); keeping the last known state (seq %s)",
+                    self.store.description,
+                    new.error,
+                    new.state.seq if new.state else "-",
+                )
             else:
-                _log.error("fieldlab: state store %s cannot be read (%s); ALL faults are halted",
-                           self.store.description, new.error)
+                _log.error(
+                    "fieldlab: state store %s cannot be read (%s); ALL faults are halted",
+                    self.store.description,
+                    new.error,
+                )
         if self.on_change is not None:
             try:
                 self.on_change(new)

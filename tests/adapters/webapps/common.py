@@ -101,6 +101,10 @@ def shop_payload(user: str | None) -> dict[str, Any]:
 
     seen = {key: fieldlab.variant(key) for key in READ_KEYS}
     sc = trace.get_current_span().get_span_context()
-    return {"user": user, "variants": seen, "render": render_checkout(),
-            "page_size": fieldlab.param("search-ranking", "page_size", 20),
-            "trace_id": format(sc.trace_id, "032x") if sc.is_valid else None}
+    return {
+        "user": user,
+        "variants": seen,
+        "render": render_checkout(),
+        "page_size": fieldlab.param("search-ranking", "page_size", 20),
+        "trace_id": format(sc.trace_id, "032x") if sc.is_valid else None,
+    }

@@ -6,11 +6,11 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.django_settings")
 
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+import django
+from django.conf import settings
+from opentelemetry.instrumentation.django import DjangoInstrumentor
 
-from . import common  # noqa: E402
+from . import common
 
 if common.PROVIDER == "before":
     common.setup_otel("django-test")
@@ -23,9 +23,11 @@ if common.ORDER == "fieldlab_outer":
 
 if os.environ.get("FIELDLAB_TEST_DJANGO") == "asgi":
     from django.core.asgi import get_asgi_application
+
     application = get_asgi_application()
 else:
     from django.core.wsgi import get_wsgi_application
+
     application = get_wsgi_application()
 
 if common.PROVIDER == "after":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import guard_common as common
 from opentelemetry.instrumentation.starlette import StarletteInstrumentor
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-import guard_common as common
 from fieldlab.adapters.asgi import FieldLabMiddleware
 
 lab = common.setup("asgi")

@@ -45,9 +45,15 @@ def answer(lab: fieldlab.Lab, experiment: str) -> tuple[dict[str, Any], int]:
     variant = a.variant if a is not None else None
     snap = lab.state_snapshot
     fail = (experiment == "search" or variant == "bad") and _rnd.random() < 0.10
-    body = {"pid": os.getpid(), "t": time.time(), "variant": variant, "reason": a.reason if a else None,
-            "paused": a.paused if a else None, "store": snap.status if snap is not None else None,
-            "seq": snap.state.seq if snap is not None and snap.state is not None else None,
-            "read_at": snap.read_at if snap is not None else None,
-            "pauses": sorted(f"{k}/{v}" for k, vs in lab.paused_variants.items() for v in vs)}
+    body = {
+        "pid": os.getpid(),
+        "t": time.time(),
+        "variant": variant,
+        "reason": a.reason if a else None,
+        "paused": a.paused if a else None,
+        "store": snap.status if snap is not None else None,
+        "seq": snap.state.seq if snap is not None and snap.state is not None else None,
+        "read_at": snap.read_at if snap is not None else None,
+        "pauses": sorted(f"{k}/{v}" for k, vs in lab.paused_variants.items() for v in vs),
+    }
     return body, 500 if fail else 200

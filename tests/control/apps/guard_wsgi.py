@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import flask
+import guard_common as common
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-import guard_common as common
 from fieldlab.adapters.flask import FieldLab
 
 lab = common.setup("wsgi")

@@ -15,5 +15,8 @@ async def health() -> str:
 @app.get("/checkout")
 async def checkout(x_user_id: str | None = Header(default=None)) -> dict:
     ctx = fieldlab.current()
-    return {"variant": fieldlab.variant("checkout-redesign", "none"), "user": x_user_id,
-            "span": ctx is not None and ctx.server_span is not None}
+    return {
+        "variant": fieldlab.variant("checkout-redesign", "none"),
+        "user": x_user_id,
+        "span": ctx is not None and ctx.server_span is not None,
+    }

@@ -15,5 +15,8 @@ def health() -> str:
 @app.get("/checkout")
 def checkout():  # type: ignore[no-untyped-def]
     ctx = fieldlab.current()
-    return jsonify(variant=fieldlab.variant("checkout-redesign", "none"), user=request.headers.get("X-User-Id"),
-                   span=ctx is not None and ctx.server_span is not None)
+    return jsonify(
+        variant=fieldlab.variant("checkout-redesign", "none"),
+        user=request.headers.get("X-User-Id"),
+        span=ctx is not None and ctx.server_span is not None,
+    )

@@ -23,20 +23,32 @@ from fieldlab.adapters.asgi import FieldLabMiddleware as AsgiMiddleware
 from fieldlab.adapters.fastapi import FieldLabMiddleware as FastApiMiddleware
 from fieldlab.adapters.flask import FieldLab
 
-LAB = Lab.from_dict({"experiments": [
-    {"key": "checkout-redesign", "variants": [{"name": "control"}, {"name": "one-page", "params": {"steps": 1}}]},
-    {"key": "search", "variants": ["classic", "semantic"]},
-]})
+LAB = Lab.from_dict(
+    {
+        "experiments": [
+            {
+                "key": "checkout-redesign",
+                "variants": [{"name": "control"}, {"name": "one-page", "params": {"steps": 1}}],
+            },
+            {"key": "search", "variants": ["classic", "semantic"]},
+        ]
+    }
+)
 UNITS = {"user": "header:X-User-Id"}
 USER = {"X-User-Id": "alice"}
 REAL = {key: LAB.assign(key, "alice").variant for key in LAB.experiments}
-OTHER = {"checkout-redesign": "control" if REAL["checkout-redesign"] == "one-page" else "one-page",
-         "search": "classic" if REAL["search"] == "semantic" else "semantic"}
+OTHER = {
+    "checkout-redesign": "control" if REAL["checkout-redesign"] == "one-page" else "one-page",
+    "search": "classic" if REAL["search"] == "semantic" else "semantic",
+}
 
 
 def payload() -> dict:
-    return {"checkout": fieldlab.variant("checkout-redesign", "none"), "search": fieldlab.variant("search", "none"),
-            "steps": fieldlab.param("checkout-redesign", "steps", 3)}
+    return {
+        "checkout": fieldlab.variant("checkout-redesign", "none"),
+        "search": fieldlab.variant("search", "none"),
+        "steps": fieldlab.param("checkout-redesign", "steps", 3),
+    }
 
 
 flask_app = Flask(__name__)
@@ -51,9 +63,13 @@ fastapi_app = FastAPI()
 fastapi_app.get("/")(lambda: payload())
 fastapi_app.add_middleware(FastApiMiddleware, lab=LAB, units=UNITS)
 
-settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test-only",
-                   MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"],
-                   FIELDLAB={"lab": LAB, "units": UNITS})
+settings.configure(
+    ROOT_URLCONF=__name__,
+    ALLOWED_HOSTS=["*"],
+    SECRET_KEY="test-only",
+    MIDDLEWARE=["fieldlab.adapters.django.FieldLabMiddleware"],
+    FIELDLAB={"lab": LAB, "units": UNITS},
+)
 django.setup()
 urlpatterns = [path("", lambda request: JsonResponse(payload()))]
 

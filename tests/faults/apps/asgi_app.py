@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import fault_common as common
 from opentelemetry.instrumentation.starlette import StarletteInstrumentor
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -12,8 +13,6 @@ from starlette.routing import Route
 
 import fieldlab
 from fieldlab.adapters.asgi import FieldLabMiddleware
-
-import fault_common as common
 
 lab = common.setup("fault-asgi")
 
@@ -53,8 +52,14 @@ async def timeout_handler(request: Request, exc: Exception) -> PlainTextResponse
     return PlainTextResponse("upstream timeout", status_code=504)
 
 
-app = Starlette(routes=[Route("/health", health), Route("/db", db), Route("/sync-db", sync_db),
-                        Route("/charge", charge, methods=["POST"])],
-                exception_handlers={TimeoutError: timeout_handler})
+app = Starlette(
+    routes=[
+        Route("/health", health),
+        Route("/db", db),
+        Route("/sync-db", sync_db),
+        Route("/charge", charge, methods=["POST"]),
+    ],
+    exception_handlers={TimeoutError: timeout_handler},
+)
 app.add_middleware(FieldLabMiddleware, lab=lab, units=common.UNITS)
 StarletteInstrumentor.instrument_app(app)

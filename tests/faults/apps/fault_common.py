@@ -24,7 +24,9 @@ def setup(service: str) -> fieldlab.Lab:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     directory = os.environ["FAULT_TEST_SPANS"]
     os.makedirs(directory, exist_ok=True)
-    provider.add_span_processor(SimpleSpanProcessor(FileSpanExporter(os.path.join(directory, f"spans-{service}-{os.getpid()}.jsonl"))))
+    provider.add_span_processor(
+        SimpleSpanProcessor(FileSpanExporter(os.path.join(directory, f"spans-{service}-{os.getpid()}.jsonl")))
+    )
     trace.set_tracer_provider(provider)
     faults.register_exception("db_timeout", TimeoutError)
     return fieldlab.Lab.from_file(os.environ["FAULT_TEST_LAB"])

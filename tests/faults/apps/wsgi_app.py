@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
+import fault_common as common
 import flask
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
 import fieldlab
 from fieldlab.adapters.flask import FieldLab
-
-import fault_common as common
 
 lab = common.setup("fault-wsgi")
 app = flask.Flask(__name__)

@@ -71,19 +71,28 @@ def _load(conf: dict[str, Any]) -> tuple[Any, list[checks.CheckMessage]]:
         lab = adapter._load_lab(conf["lab"])
     except Exception as exc:
         text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-        return None, [checks.Error(
-            f"fieldlab cannot load the lab FIELDLAB['lab'] = {conf['lab']!r}: {text}",
-            hint="fix the config file or the dotted path (fieldlab validate FILE shows every problem); "
-                 "until then no request gets a variant",
-            id="fieldlab.E003")]
+        return None, [
+            checks.Error(
+                f"fieldlab cannot load the lab FIELDLAB['lab'] = {conf['lab']!r}: {text}",
+                hint="fix the config file or the dotted path (fieldlab validate FILE shows every problem); "
+                "until then no request gets a variant",
+                id="fieldlab.E003",
+            )
+        ]
     try:
         adapter.load_config()
     except ConfigError as exc:
-        return lab, [checks.Error(f"FIELDLAB is malformed: {exc.path}: {exc.problem}", hint=exc.fix,
-                                  id="fieldlab.E002")]
+        return lab, [
+            checks.Error(f"FIELDLAB is malformed: {exc.path}: {exc.problem}", hint=exc.fix, id="fieldlab.E002")
+        ]
     except Exception as exc:
-        return lab, [checks.Error(f"FIELDLAB is malformed: {type(exc).__name__}: {exc}",
-                                  hint=f"write it like {_EXAMPLE}", id="fieldlab.E002")]
+        return lab, [
+            checks.Error(
+                f"FIELDLAB is malformed: {type(exc).__name__}: {exc}",
+                hint=f"write it like {_EXAMPLE}",
+                id="fieldlab.E002",
+            )
+        ]
     return lab, []
 
 
@@ -96,8 +105,10 @@ def _order(conf: dict[str, Any], lab: Any, middleware: list[str], fl: int) -> li
         by_kind.setdefault(exp.unit, []).append(key)
         if exp.status == "running":
             running.setdefault(exp.unit, []).append(key)
-    for kind, target, short, err, warn in (("user", _AUTH, "AuthenticationMiddleware", "E004", "W002"),
-                                           ("session", _SESSION, "SessionMiddleware", "E005", "W003")):
+    for kind, target, short, err, warn in (
+        ("user", _AUTH, "AuthenticationMiddleware", "E004", "W002"),
+        ("session", _SESSION, "SessionMiddleware", "E005", "W003"),
+    ):
         keys = by_kind.get(kind)
         if not keys or kind in units:
             continue  # no such experiment, or the app resolves the unit itself
@@ -105,50 +116,77 @@ def _order(conf: dict[str, Any], lab: Any, middleware: list[str], fl: int) -> li
         reads = "request.user" if kind == "user" else "request.session"
         idx = _index(middleware, target)
         if idx is None:
-            out.append(checks.Warning(
-                f"{short} is not in MIDDLEWARE, so nothing may set {reads} and the {kind} experiments "
-                f"({names}) may give every request reason no_unit",
-                hint=f"add {target} before {MIDDLEWARE_PATH}, put FieldLabMiddleware after the middleware that "
-                     f"sets {reads}, or give FIELDLAB['units'][{kind!r}] a resolver",
-                id=f"fieldlab.{warn}"))
+            out.append(
+                checks.Warning(
+                    f"{short} is not in MIDDLEWARE, so nothing may set {reads} and the {kind} experiments "
+                    f"({names}) may give every request reason no_unit",
+                    hint=f"add {target} before {MIDDLEWARE_PATH}, put FieldLabMiddleware after the middleware that "
+                    f"sets {reads}, or give FIELDLAB['units'][{kind!r}] a resolver",
+                    id=f"fieldlab.{warn}",
+                )
+            )
         elif fl < idx:
-            out.append(checks.Error(
-                f"FieldLabMiddleware comes before {short} in MIDDLEWARE: {reads} is not set yet when fieldlab "
-                f"assigns, so the {kind} experiments ({names}) give every request reason no_unit",
-                hint=f"move {MIDDLEWARE_PATH!r} after {target!r} in MIDDLEWARE",
-                id=f"fieldlab.{err}"))
+            out.append(
+                checks.Error(
+                    f"FieldLabMiddleware comes before {short} in MIDDLEWARE: {reads} is not set yet when fieldlab "
+                    f"assigns, so the {kind} experiments ({names}) give every request reason no_unit",
+                    hint=f"move {MIDDLEWARE_PATH!r} after {target!r} in MIDDLEWARE",
+                    id=f"fieldlab.{err}",
+                )
+            )
     if running.get("session") and "session" not in units and "create_session" not in conf:
         names = ", ".join(sorted(running["session"])[:5])
-        out.append(checks.Warning(
-            f"the session experiments ({names}) leave out anonymous visitors: Django gives a visitor a session "
-            "key only once something writes to the session",
-            hint="set FIELDLAB['create_session'] = True to create a session when a session experiment needs one, "
-                 "or False to keep such visitors out knowingly; for anonymous traffic the 'visitor' unit needs no "
-                 "session",
-            id="fieldlab.W004"))
+        out.append(
+            checks.Warning(
+                f"the session experiments ({names}) leave out anonymous visitors: Django gives a visitor a session "
+                "key only once something writes to the session",
+                hint="set FIELDLAB['create_session'] = True to create a session when a session experiment needs one, "
+                "or False to keep such visitors out knowingly; for anonymous traffic the 'visitor' unit needs no "
+                "session",
+                id="fieldlab.W004",
+            )
+        )
     return out
 
 
 def _messages() -> list[checks.CheckMessage]:
     conf = getattr(settings, "FIELDLAB", None)
     if conf is None:
-        return [checks.Error("the FIELDLAB setting is missing, so FieldLabMiddleware cannot start",
-                             hint=f"add {_EXAMPLE} to settings (a Lab, a dotted path to one, or a config file)",
-                             id="fieldlab.E001")]
+        return [
+            checks.Error(
+                "the FIELDLAB setting is missing, so FieldLabMiddleware cannot start",
+                hint=f"add {_EXAMPLE} to settings (a Lab, a dotted path to one, or a config file)",
+                id="fieldlab.E001",
+            )
+        ]
     if not isinstance(conf, dict) or "lab" not in conf:
-        return [checks.Error(f"FIELDLAB must be a dict with a 'lab' key, got {conf!r:.80}",
-                             hint=f"write it like {_EXAMPLE}", id="fieldlab.E002")]
+        return [
+            checks.Error(
+                f"FIELDLAB must be a dict with a 'lab' key, got {conf!r:.80}",
+                hint=f"write it like {_EXAMPLE}",
+                id="fieldlab.E002",
+            )
+        ]
     out: list[checks.CheckMessage] = []
     middleware = [m for m in (getattr(settings, "MIDDLEWARE", None) or []) if isinstance(m, str)]
     found = [i for i, m in enumerate(middleware) if _is(m, MIDDLEWARE_PATH)]
     if not found:
-        out.append(checks.Warning(f"{MIDDLEWARE_PATH} is not in MIDDLEWARE, so no request gets a variant",
-                                  hint="add it to MIDDLEWARE, after AuthenticationMiddleware",
-                                  id="fieldlab.W001"))
+        out.append(
+            checks.Warning(
+                f"{MIDDLEWARE_PATH} is not in MIDDLEWARE, so no request gets a variant",
+                hint="add it to MIDDLEWARE, after AuthenticationMiddleware",
+                id="fieldlab.W001",
+            )
+        )
     elif len(found) > 1:
-        out.append(checks.Warning(f"FieldLabMiddleware is listed {len(found)} times in MIDDLEWARE, so every "
-                                  "request runs fieldlab's request path once per entry",
-                                  hint="keep one entry, after AuthenticationMiddleware", id="fieldlab.W005"))
+        out.append(
+            checks.Warning(
+                f"FieldLabMiddleware is listed {len(found)} times in MIDDLEWARE, so every "
+                "request runs fieldlab's request path once per entry",
+                hint="keep one entry, after AuthenticationMiddleware",
+                id="fieldlab.W005",
+            )
+        )
     lab, errors = _load(conf)
     out.extend(errors)
     if lab is not None and found:
@@ -163,8 +201,7 @@ def fieldlab_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     try:
         return _messages()
     except Exception as exc:  # a check must report, never crash manage.py
-        return [checks.Warning(f"fieldlab could not check its wiring: {type(exc).__name__}: {exc}",
-                               id="fieldlab.W000")]
+        return [checks.Warning(f"fieldlab could not check its wiring: {type(exc).__name__}: {exc}", id="fieldlab.W000")]
 
 
 def register() -> None:

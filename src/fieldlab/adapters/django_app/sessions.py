@@ -57,8 +57,10 @@ class SessionCreator:
     def _failed(self) -> None:
         if not self._failed_once:
             self._failed_once = True
-            _log.warning("fieldlab: creating a session for the session unit failed; such requests get no "
-                         "session unit", exc_info=True)
+            _log.warning(
+                "fieldlab: creating a session for the session unit failed; such requests get no session unit",
+                exc_info=True,
+            )
 
     def __call__(self, request: Any) -> bool:
         """Create the session of ``request`` if it needs one (sync stacks); True when it did."""

@@ -6,15 +6,15 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.djblog.settings")
 
-import django  # noqa: E402
-from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+import django
+from opentelemetry.instrumentation.django import DjangoInstrumentor
 
-from .. import common  # noqa: E402
+from .. import common
 
 common.setup_otel("djblog-asgi")
 django.setup()
 DjangoInstrumentor().instrument()  # ASGI requests are recorded because opentelemetry-instrumentation-asgi is installed
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 application = get_asgi_application()

@@ -17,26 +17,26 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.djblog.settings")
 if os.environ.get("DJBLOG_NO_ASGI_OTEL") == "1":  # as if opentelemetry-instrumentation-asgi were not installed
     sys.modules["opentelemetry.instrumentation.asgi"] = None  # type: ignore[assignment]
 
-import django  # noqa: E402
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind  # noqa: E402
+import django
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 EXPORTER = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(_provider)
 django.setup()
-from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+from opentelemetry.instrumentation.django import DjangoInstrumentor
 
 DjangoInstrumentor().instrument()
 
-from django.core.management import call_command  # noqa: E402
-from django.test import AsyncClient, Client  # noqa: E402
+from django.core.management import call_command
+from django.test import AsyncClient, Client
 
-from fieldlab.adapters.django import _load_lab  # noqa: E402
+from fieldlab.adapters.django import _load_lab
 
 
 def _page(html: str) -> dict[str, str]:
@@ -55,6 +55,7 @@ def _span() -> dict[str, Any]:
 
 def _lab() -> Any:
     from django.conf import settings
+
     return _load_lab(settings.FIELDLAB["lab"])
 
 
@@ -68,10 +69,16 @@ def template() -> dict[str, Any]:
     r = client.get("/")
     visitor = r.cookies["fieldlab_visitor"].value
     session_key = r.cookies["sessionid"].value if "sessionid" in r.cookies else None
-    first = {"status": r.status_code, "page": _page(r.content.decode()), "span": _span(), "visitor": visitor,
-             "session_key": session_key, "expect_quote": _expected("home-quote", visitor),
-             "expect_sidebar": _expected("sidebar", session_key),
-             "expect_words": _lab().assign("home-quote", visitor).params["words"]}
+    first = {
+        "status": r.status_code,
+        "page": _page(r.content.decode()),
+        "span": _span(),
+        "visitor": visitor,
+        "session_key": session_key,
+        "expect_quote": _expected("home-quote", visitor),
+        "expect_sidebar": _expected("sidebar", session_key),
+        "expect_words": _lab().assign("home-quote", visitor).params["words"],
+    }
     lazy = client.get("/lazy")
     return {"first": first, "lazy": {"page": _page(lazy.content.decode()), "span": _span()}}
 
@@ -96,17 +103,26 @@ def session() -> dict[str, Any]:
     span_in = _span()
     # ASGI: the async middleware path creates the session with asave()
     ar = asyncio.run(AsyncClient().get("/who"))
-    return {"anon_key": anon_key, "again_key": again_key, "page_anon": page_anon,
-            "expect_sidebar_anon": _expected("sidebar", anon_key), "login_status": r3.status_code,
-            "login_key": login_key, "page_in": page_in, "span_in": span_in,
-            "expect_sidebar_in": _expected("sidebar", login_key),
-            "expect_welcome": _expected("welcome", str(user.pk)), "user_pk": str(user.pk),
-            "asgi_key": ar.json()["session_key"]}
+    return {
+        "anon_key": anon_key,
+        "again_key": again_key,
+        "page_anon": page_anon,
+        "expect_sidebar_anon": _expected("sidebar", anon_key),
+        "login_status": r3.status_code,
+        "login_key": login_key,
+        "page_in": page_in,
+        "span_in": span_in,
+        "expect_sidebar_in": _expected("sidebar", login_key),
+        "expect_welcome": _expected("welcome", str(user.pk)),
+        "user_pk": str(user.pk),
+        "asgi_key": ar.json()["session_key"],
+    }
 
 
 def check() -> dict[str, Any]:
     """``call_command("check")``: the ids it reports (it raises SystemCheckError on errors)."""
     from django.core.management.base import SystemCheckError
+
     try:
         call_command("check")
         return {"error": None}
@@ -144,6 +160,7 @@ def cached() -> dict[str, Any]:
         out[path] = _counts(visits)
         out[path + " headers"] = visits["last"]
     from django.core.cache import cache
+
     cache.clear()
     return out
 
@@ -161,20 +178,33 @@ def asgi_span() -> dict[str, Any]:
     import logging
 
     from django.core.asgi import get_asgi_application
+
     call_command("migrate", verbosity=0)
     logged: list[str] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             logged.append(record.getMessage())
+
     logging.getLogger("fieldlab").addHandler(Keep(logging.WARNING))
     app = get_asgi_application()
     EXPORTER.clear()
 
     async def get(path: str) -> int:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"testserver")], "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 5000),
+        }
         sent: list[dict[str, Any]] = []
         requested = False
         done = asyncio.Event()
@@ -191,16 +221,23 @@ def asgi_span() -> dict[str, Any]:
             sent.append(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 done.set()
+
         await app(scope, receive, send)
         return int(sent[0]["status"])
 
     statuses = [asyncio.run(get("/")) for _ in range(3)]
     spans = [s for s in EXPORTER.get_finished_spans() if s.kind is SpanKind.SERVER]
-    return {"statuses": statuses, "server_spans": len(spans),
-            "asgi_warnings": [m for m in logged if "under ASGI" in m]}
+    return {"statuses": statuses, "server_spans": len(spans), "asgi_warnings": [m for m in logged if "under ASGI" in m]}
 
 
-SCENARIOS = {"asgi_span": asgi_span, "cached": cached, "sitecache": sitecache, "template": template, "session": session, "check": check}
+SCENARIOS = {
+    "asgi_span": asgi_span,
+    "cached": cached,
+    "sitecache": sitecache,
+    "template": template,
+    "session": session,
+    "check": check,
+}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()))

@@ -11,13 +11,23 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "webapps.djblog.urls"
 USE_TZ = True
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("DJBLOG_DB") or os.path.join(tempfile.gettempdir(), "djblog.sqlite3")}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DJBLOG_DB") or os.path.join(tempfile.gettempdir(), "djblog.sqlite3"),
+    }
+}
 INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"]
 if os.environ.get("DJBLOG_APP", "1") == "1":
     INSTALLED_APPS.append("fieldlab.adapters.django_app")
-TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [os.path.join(HERE, "templates")],
-              "APP_DIRS": True, "OPTIONS": {"context_processors": ["django.template.context_processors.request"]}}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [os.path.join(HERE, "templates")],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
 if os.environ.get("DJBLOG_APP", "1") != "1":  # without the app, the tag library is named in OPTIONS
     TEMPLATES[0]["OPTIONS"]["libraries"] = {"fieldlab": "fieldlab.adapters.django_app.templatetags.fieldlab"}
 
@@ -32,9 +42,14 @@ elif _ORDER == "no_auth":
 elif _ORDER == "none":
     MIDDLEWARE = [_SESSION, _AUTH]
 elif _ORDER == "sitecache":  # Django's per-site cache: Update first, Fetch last, fieldlab inside
-    MIDDLEWARE = ["django.middleware.cache.UpdateCacheMiddleware", _SESSION,
-                  "django.middleware.csrf.CsrfViewMiddleware", _AUTH, _FIELDLAB,
-                  "django.middleware.cache.FetchFromCacheMiddleware"]
+    MIDDLEWARE = [
+        "django.middleware.cache.UpdateCacheMiddleware",
+        _SESSION,
+        "django.middleware.csrf.CsrfViewMiddleware",
+        _AUTH,
+        _FIELDLAB,
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
 elif _ORDER == "twice":
     MIDDLEWARE = [_SESSION, "django.middleware.csrf.CsrfViewMiddleware", _AUTH, _FIELDLAB, _FIELDLAB]
 else:

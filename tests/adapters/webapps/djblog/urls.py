@@ -58,8 +58,9 @@ def cached_auto_lazy(request: Any) -> TemplateResponse:
 
 
 def who(request: Any) -> JsonResponse:
-    return JsonResponse({"session_key": request.session.session_key,
-                         "user": request.user.pk if request.user.is_authenticated else None})
+    return JsonResponse(
+        {"session_key": request.session.session_key, "user": request.user.pk if request.user.is_authenticated else None}
+    )
 
 
 def do_login(request: Any) -> HttpResponse:
@@ -70,7 +71,14 @@ def do_login(request: Any) -> HttpResponse:
     return HttpResponse("in")
 
 
-urlpatterns = [path("health", health), path("", home), path("lazy", home_lazy), path("who", who),
-               path("cached", cached_home), path("cached-naive", cached_naive),
-               path("cached-auto", cached_auto), path("cached-auto-lazy", cached_auto_lazy),
-               path("login", do_login)]
+urlpatterns = [
+    path("health", health),
+    path("", home),
+    path("lazy", home_lazy),
+    path("who", who),
+    path("cached", cached_home),
+    path("cached-naive", cached_naive),
+    path("cached-auto", cached_auto),
+    path("cached-auto-lazy", cached_auto_lazy),
+    path("login", do_login),
+]

@@ -6,15 +6,15 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.djblog.settings")
 
-import django  # noqa: E402
-from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+import django
+from opentelemetry.instrumentation.django import DjangoInstrumentor
 
-from .. import common  # noqa: E402
+from .. import common
 
 common.setup_otel("djblog")
 django.setup()
 DjangoInstrumentor().instrument()
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application
 
 application = get_wsgi_application()

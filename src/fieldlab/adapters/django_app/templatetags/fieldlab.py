@@ -49,8 +49,7 @@ class _ReadNode(template.Node):
         return str(conditional_escape(text)) if context.autoescape else text
 
 
-def _parse(parser: Parser, token: Token, fn: Any, positional: int,
-           usage: str) -> _ReadNode:
+def _parse(parser: Parser, token: Token, fn: Any, positional: int, usage: str) -> _ReadNode:
     bits = token.split_contents()
     name, rest = bits[0], bits[1:]
     target = None
@@ -67,8 +66,9 @@ def _parse(parser: Parser, token: Token, fn: Any, positional: int,
         else:
             args.append(parser.compile_filter(bit))
     if len(args) != positional:
-        raise template.TemplateSyntaxError(f"'{name}' takes {positional} argument(s) before default=/as; "
-                                           f"usage: {usage}")
+        raise template.TemplateSyntaxError(
+            f"'{name}' takes {positional} argument(s) before default=/as; usage: {usage}"
+        )
     return _ReadNode(fn, args, default, target)
 
 
