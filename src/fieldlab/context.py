@@ -168,6 +168,14 @@ class RequestContext:
         self.request_unit_pending = False
         #: The OpenTelemetry context token of the outbound baggage the request path attached, if any.
         self.baggage_token: object | None = None
+        #: Experiments whose assignment the request's code read (in the experiment or not): what the response
+        #: depends on, for its ``Vary`` / ``Cache-Control`` (see :mod:`fieldlab._request.caching`).
+        self.read_keys: set[str] = set()
+        #: Unit kinds whose id this request created (a new session): a cache must not share its response.
+        self.new_unit_kinds: set[str] = set()
+        #: Where each unit kind came from (see :mod:`fieldlab._cache_headers`), set by the request path when
+        #: the adapter writes cache headers; None: it does not.
+        self.unit_sources: Mapping[str, str] | None = None
         #: Free-form notes of the application (or its tests) about the request; fieldlab keeps nothing here.
         self.extra: dict[str, Any] = {}
         self.on_expose: Callable[[RequestContext, Assignment], None] | None = None
@@ -260,6 +268,7 @@ class RequestContext:
             if key not in self.lab.experiments:  # not a key added by a reload since this request began
                 self.lab._unknown_key(key)
             return None
+        self.read_keys.add(key)  # every read: a default page is as unit-specific as a variant's
         if a.in_experiment and key not in self.exposed:
             self.exposed.add(key)
             hook = self.on_expose

@@ -277,3 +277,41 @@ def test_cache_page_recipe_serves_each_visitor_their_own_variant(tmp_path: Path)
     # without it, cache_page serves the first visitor's page to everyone (each of 30 fresh visitors is
     # in either variant with probability 1/2, so no wrong page at all would have probability 2**-29)
     assert got["/cached-naive"]["wrong"] > 0
+
+
+def test_vary_on_variants_under_cache_page_serves_each_visitor_their_own_variant(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "cached")
+    for path in ("/cached-auto", "/cached-auto-lazy"):  # render() and a TemplateResponse rendered later
+        assert got[path]["pages"] == 60 and got[path]["wrong"] == 0, (path, got[path])
+        assert "Cookie" in (got[path + " headers"]["vary"] or "")
+
+
+@pytest.mark.parametrize(("fieldlab", "safe"), [("no_session_exp", True), ("no_session_exp_no_headers", False)])
+def test_per_site_cache_middleware_serves_each_visitor_their_own_variant(
+    tmp_path: Path, fieldlab: str, safe: bool
+) -> None:
+    # a visitor experiment on a view that never touches the session: only fieldlab's headers key the cache
+    got = scenario(tmp_path, "sitecache", DJBLOG_ORDER="sitecache", DJBLOG_FIELDLAB=fieldlab)
+    assert got["pages"] == 60
+    if safe:
+        assert got["wrong"] == 0, got
+        assert got["last"]["vary"] == "Cookie"
+        assert "Vary" not in got["health"] and got["health"]["Cache-Control"] == "max-age=600"  # no variant read
+    else:  # cache_headers=False: the app said it handles caching, and the per-site cache mixes variants
+        assert got["wrong"] > 0, got
+        assert got["last"]["vary"] is None
+
+
+# --------------------------------------------------------------------------- Django under ASGI without a span
+def test_django_asgi_without_the_asgi_instrumentation_warns_once(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "asgi_span", DJBLOG_NO_ASGI_OTEL="1")
+    assert got["statuses"] == [200, 200, 200]
+    assert got["server_spans"] == 0  # DjangoInstrumentor skips ASGI requests without the package: silently
+    assert len(got["asgi_warnings"]) == 1, got  # once, for three requests
+    assert "install opentelemetry-instrumentation-asgi" in got["asgi_warnings"][0]
+
+
+def test_django_asgi_with_the_asgi_instrumentation_does_not_warn(tmp_path: Path) -> None:
+    got = scenario(tmp_path, "asgi_span")
+    assert got["statuses"] == [200, 200, 200] and got["server_spans"] == 3
+    assert got["asgi_warnings"] == []

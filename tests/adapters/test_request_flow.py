@@ -107,6 +107,7 @@ def test_options_list_what_every_adapter_takes() -> None:
         "visitor_cookie",
         "override_header",
         "override_cookie",
+        "cache_headers",
     )
 
 

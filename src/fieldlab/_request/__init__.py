@@ -4,7 +4,8 @@ One module per job: :mod:`.options` (the typed adapter options and the
 per-adapter :class:`AdapterConfig`), :mod:`.headers` (a header getter per
 protocol, cookies, the inbound trace id), :mod:`.prepared` (the per-unit-ids
 cache of evaluations), :mod:`.baggage` (signed W3C baggage in and out),
-:mod:`.path` (:func:`begin` / :func:`end` of a request) and :mod:`.failures`
+:mod:`.path` (:func:`begin` / :func:`end` of a request), :mod:`.caching` (the
+``Vary`` / ``Cache-Control`` a response that read variants needs) and :mod:`.failures`
 (what went wrong, counted and logged once).
 """
 
@@ -16,6 +17,7 @@ from .baggage import (
     outbound_baggage,
     verify_baggage,
 )
+from .caching import patch_header_list, response_headers
 from .failures import stats
 from .headers import (
     HeaderGetter,
@@ -56,6 +58,8 @@ __all__ = [
     "new_visitor_id",
     "outbound_baggage",
     "parse_cookies",
+    "patch_header_list",
+    "response_headers",
     "stats",
     "verify_baggage",
     "visitor_cookie",

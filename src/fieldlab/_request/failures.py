@@ -12,7 +12,8 @@ __all__ = ["failed", "stats"]
 
 #: Failures on the request path, by kind (also in ``fieldlab.stats()`` as ``request.<kind>``).
 stats: dict[str, int] = _internal.counters(
-    "request", ("resolver_errors", "attribute_errors", "start_errors", "fault_errors", "baggage_rejected")
+    "request",
+    ("resolver_errors", "attribute_errors", "start_errors", "fault_errors", "baggage_rejected", "cache_header_errors"),
 )
 
 

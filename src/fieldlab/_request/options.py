@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict
 
 from .. import telemetry
+from .._cache_headers import COOKIE, OPAQUE, header_source
 from .._fault_kinds import HTTP_POINT
 from ..errors import ConfigError
 from ..lab import Lab
+from .caching import Sources
 from .headers import env_key
 from .prepared import PreparedCache
+from .wiring import UnitWatch
 
 __all__ = [
     "DEFAULT_OVERRIDE_COOKIE",
@@ -64,6 +67,8 @@ class Options:
         visitor_cookie: the cookie holding fieldlab's ``visitor`` id.
         override_header: the header carrying signed override tokens (None: none).
         override_cookie: the cookie carrying signed override tokens (None: none).
+        cache_headers: give a response whose code read a variant the ``Vary`` / ``Cache-Control: private``
+            that keep shared caches from serving it to another unit; False when the app handles caching itself.
     """
 
     units: Mapping[str, Any] | None = None
@@ -75,6 +80,7 @@ class Options:
     visitor_cookie: str = DEFAULT_VISITOR_COOKIE
     override_header: str | None = DEFAULT_OVERRIDE_HEADER
     override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE
+    cache_headers: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -108,16 +114,21 @@ class AdapterOptions(TypedDict, total=False):
     visitor_cookie: str
     override_header: str | None
     override_cookie: str | None
+    cache_headers: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One compiled unit resolver: ``how`` is ``header``, ``cookie``, ``call``, ``visitor`` or ``request``."""
+    """One compiled unit resolver: ``how`` is ``header``, ``cookie``, ``call``, ``visitor`` or ``request``.
+
+    ``source`` says what the id came from, for caches (see :mod:`fieldlab._cache_headers`).
+    """
 
     kind: str
     how: str
     name: str = ""
     fn: Resolver | None = None
+    source: str = OPAQUE
 
 
 def _compile_unit(kind: str, spec: Any, where: str) -> Unit:
@@ -128,9 +139,9 @@ def _compile_unit(kind: str, spec: Any, where: str) -> Unit:
         how = how.strip().lower()
         name = name.strip()
         if sep and name and how == "header":
-            return Unit(kind, "header", name.lower())
+            return Unit(kind, "header", name.lower(), source=header_source(name))
         if sep and name and how == "cookie":
-            return Unit(kind, "cookie", name)
+            return Unit(kind, "cookie", name, source=COOKIE)
     raise ConfigError(
         f"{where}[{kind!r}]",
         f"cannot use {spec!r} as a unit resolver",
@@ -138,7 +149,9 @@ def _compile_unit(kind: str, spec: Any, where: str) -> Unit:
     )
 
 
-def _check(lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: Any, where: str) -> None:
+def _check(
+    lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: Any, cache_headers: Any, where: str
+) -> None:
     """Raise the ConfigError (field, problem, fix) of the first adapter argument that cannot work."""
     if not isinstance(lab, Lab):
         raise ConfigError(
@@ -158,6 +171,12 @@ def _check(lab: Lab, units: Any, headers: Any, attributes: Any, visitor_cookie: 
         )
     if isinstance(headers, str):
         raise ConfigError("headers", "expected a list of header names, got one string", f'write headers=["{headers}"]')
+    if not isinstance(cache_headers, bool):
+        raise ConfigError(
+            "cache_headers",
+            f"{cache_headers!r} is not True or False",
+            "write False when the app keeps variant pages out of shared caches itself, else True",
+        )
     if not isinstance(visitor_cookie, str) or not re.match(r"^[A-Za-z0-9_.-]+$", visitor_cookie):
         raise ConfigError(
             "visitor_cookie", f"{visitor_cookie!r} is not a valid cookie name", "use letters, digits, '_', '.' or '-'"
@@ -169,8 +188,11 @@ class AdapterConfig:
 
     The keyword arguments are those of :class:`Options`. ``framework_defaults``
     maps unit kinds to the framework's default resolver (e.g. Django's
-    ``request.user``); explicit ``units`` win over them. ``where`` names the
-    ``units`` field in errors.
+    ``request.user``); explicit ``units`` win over them, and
+    ``framework_sources`` says what each default reads (:data:`~fieldlab._cache_headers.COOKIE` for a
+    cookie-kept session or login; anything else is opaque). ``where`` names the ``units`` field in errors.
+    ``unit_hints`` says, per unit kind, how to wire it in this framework, for
+    the warnings of :mod:`~fieldlab._request.wiring` (``adapter`` names the adapter in them).
     """
 
     def __init__(
@@ -186,14 +208,27 @@ class AdapterConfig:
         visitor_cookie: str = DEFAULT_VISITOR_COOKIE,
         override_header: str | None = DEFAULT_OVERRIDE_HEADER,
         override_cookie: str | None = DEFAULT_OVERRIDE_COOKIE,
+        cache_headers: bool = True,
         framework_defaults: Mapping[str, Resolver] | None = None,
+        framework_sources: Mapping[str, str] | None = None,
         where: str = "units",
+        unit_hints: Mapping[str, str] | None = None,
+        adapter: str = "this adapter",
     ) -> None:
-        _check(lab, units, headers, attributes, visitor_cookie, where)
+        _check(lab, units, headers, attributes, visitor_cookie, cache_headers, where)
         self.lab = lab
         self.recorder = telemetry.Recorder(lab, unit_ids)
         self.units: dict[str, Unit] = {k: _compile_unit(k, v, where) for k, v in (units or {}).items()}
-        self.defaults: dict[str, Unit] = {k: Unit(k, "call", fn=fn) for k, fn in (framework_defaults or {}).items()}
+        known_sources = framework_sources or {}
+        self.defaults: dict[str, Unit] = {
+            k: Unit(k, "call", fn=fn, source=known_sources.get(k, OPAQUE))
+            for k, fn in (framework_defaults or {}).items()
+        }
+        self.cache_headers = cache_headers
+        #: unit kinds nothing resolved yet, warned about once (see :mod:`fieldlab._request.wiring`)
+        self.watch = UnitWatch(unit_hints or {}, self.defaults, adapter)
+        #: unit kind -> where its id came from, for the kinds of the current plan (see plan())
+        self.sources: Sources = Sources({})
         self.headers = tuple(h.strip().lower() for h in headers)
         self.attributes = attributes
         self.trust_baggage = bool(lab.settings.get("trust_baggage", False) if trust_baggage is None else trust_baggage)
@@ -231,7 +266,7 @@ class AdapterConfig:
         if unit is not None:
             return unit
         if kind == "visitor":
-            return Unit(kind, "visitor", self.visitor_cookie)
+            return Unit(kind, "visitor", self.visitor_cookie, source=COOKIE)
         if kind == "request":
             return Unit(kind, "request")
         return self.defaults.get(kind)
@@ -245,6 +280,8 @@ class AdapterConfig:
         kinds = sorted({e.unit for e in state.experiments.values()})
         plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
         self._plan = tuple(plan)
+        self.sources = Sources({unit.kind: unit.source for unit in plan})
+        self.watch.planned(self.lab, kinds, {unit.kind: unit.how == "call" for unit in plan})
         # Without targeting and without per-request units, the assignments are a function of the
         # unit ids alone, so they (and their span attributes) are computed once per distinct ids.
         cacheable = "request" not in kinds and not any(e.targeting for e in state.experiments.values())

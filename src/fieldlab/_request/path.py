@@ -103,6 +103,8 @@ def begin(
                 failed("resolver_errors", "request builder")  # resolvers get what the adapter had
         trace_id, generated = _request_trace_id(cfg, get)
         units, visitor = _resolve_units(cfg, request, get, known, trace_id)
+        if cfg.watch.pending:
+            cfg.watch.note(cfg.lab, units, cfg.units)
         attrs.update(_attributes(cfg, request, get))
         overrides = _overrides(cfg, get) if overridden else None
         if cfg.cache is not None and overrides is None:
@@ -253,6 +255,8 @@ def _started(cfg: AdapterConfig, ctx: RequestContext, get: HeaderGetter) -> Requ
         # Fault decisions hash the trace id; an abort may run before any span
         # exists, so take the caller's W3C trace id when there is one.
         ctx.trace_id = known_trace_id(get)
+    if cfg.cache_headers:
+        ctx.unit_sources = cfg.sources
     if cfg.trust_baggage:
         apply_baggage(ctx, get("baggage"))
     try:

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .. import _request
+from .._cache_headers import COOKIE
+from .._request.wiring import added_twice
 from ..context import bind
 from ..lab import Lab
 from ._shared import SESSION_KEY, abort_headers, session_unit_id
@@ -53,8 +55,28 @@ def _default_user(request: Any) -> Any:
     return None
 
 
+_NEW_SESSION = "fieldlab.new_session"
+_HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
+_HINTS = {
+    "user": "request.user comes from Starlette's AuthenticationMiddleware, which must run before fieldlab: "
+    "add it after FieldLabMiddleware in code (the middleware added last runs first), "
+    'or pass units={"user": ...}',
+    "session": "request.session comes from Starlette's SessionMiddleware, which must run before fieldlab: "
+    "add it after FieldLabMiddleware in code (the middleware added last runs first)",
+}
+
+
 def _default_session(request: Any) -> Any:
-    return session_unit_id(_scope_of(request).get("session"))
+    scope = _scope_of(request)
+    session = scope.get("session")
+    try:
+        new = session is not None and not session.get(SESSION_KEY)
+    except (AttributeError, TypeError):
+        new = False
+    sid = session_unit_id(session)
+    if new and sid is not None and isinstance(scope, dict):
+        scope[_NEW_SESSION] = True  # the response sets the session cookie: no shared cache may keep it
+    return sid
 
 
 def _starlette_request() -> Callable[..., Any] | None:
@@ -94,8 +116,31 @@ class FieldLabMiddleware:
         self.request_factory = request_factory if request_factory is not None else _starlette_request()
         opts = _request.Options.of(options, "FieldLabMiddleware")
         self.config = _request.AdapterConfig(
-            lab, **vars(opts), framework_defaults={"user": _default_user, "session": _default_session}
+            lab,
+            **vars(opts),
+            framework_defaults={"user": _default_user, "session": _default_session},
+            framework_sources={"session": COOKIE},  # request.user: whatever the auth backend read, opaque
+            unit_hints=_HINTS,
+            adapter="FieldLabMiddleware (ASGI)",
         )
+        self._first_request = True
+
+    def _check_scope(self, scope: Scope) -> None:
+        """On the first request: a default unit whose middleware does not run before fieldlab's."""
+        cfg = self.config
+        try:
+            for unit in cfg.plan():
+                if unit.kind in cfg.units or unit.kind not in ("user", "session") or unit.kind in scope:
+                    continue
+                what = "AuthenticationMiddleware" if unit.kind == "user" else "SessionMiddleware"
+                cfg.watch.report_now(
+                    cfg.lab,
+                    unit.kind,
+                    f"the first request reached fieldlab without "
+                    f"request.{unit.kind} ({what} is missing or runs after fieldlab)",
+                )
+        except Exception:
+            pass  # a warning that cannot be worked out is not worth a failed request
 
     @property
     def request_class(self) -> Callable[..., Any] | None:
@@ -106,7 +151,21 @@ class FieldLabMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        outer = scope.get(_HANDLED)
+        if (
+            outer is not None
+            and outer is not self
+            and getattr(outer, "config", None) is not None
+            and outer.config.lab is self.config.lab
+        ):  # the same lab twice (another lab: a mounted sub-app)
+            added_twice(self, "FieldLabMiddleware (ASGI)", "keep one app.add_middleware(FieldLabMiddleware, ...)")
+            await self.app(scope, receive, send)
+            return
+        scope[_HANDLED] = self
         cfg = self.config
+        if self._first_request:
+            self._first_request = False
+            self._check_scope(scope)
         ctx = _request.begin(
             cfg,
             scope,
@@ -118,12 +177,15 @@ class FieldLabMiddleware:
         if ctx is None:
             await self.app(scope, receive, send)
             return
+        if scope.pop(_NEW_SESSION, False):
+            ctx.new_unit_kinds.add("session")
         token = bind(ctx)
         try:
+            cookie = None
             if ctx.new_visitor_id is not None:
                 cookie = _request.visitor_cookie(cfg, ctx, scope.get("scheme") == "https")
-                if cookie is not None:
-                    send = _with_cookie(send, cookie.encode("latin-1"))
+            if cookie is not None or cfg.cache_headers:
+                send = _finishing(send, ctx, cookie.encode("latin-1") if cookie is not None else None)
             abort = _request.abort_for(ctx) if cfg.may_abort else None
             if abort is not None:
                 status, body = abort
@@ -141,11 +203,31 @@ class FieldLabMiddleware:
             _request.end(ctx, token)
 
 
-def _with_cookie(send: Send, cookie: bytes) -> Send:
-    async def send_with_cookie(message: MutableMapping[str, Any]) -> None:
+def _finishing(send: Send, ctx: Any, cookie: bytes | None) -> Send:
+    """``send`` adding the new visitor's cookie and the cache headers the app's reads need to the response start."""
+
+    async def send_finished(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             message = dict(message)
-            message["headers"] = [*message.get("headers", ()), (b"set-cookie", cookie)]
+            headers = list(message.get("headers", ()))
+            if ctx.read_keys and ctx.unit_sources is not None:
+                headers = _patch_raw(ctx, headers)
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie))
+            message["headers"] = headers
         await send(message)
 
-    return send_with_cookie
+    return send_finished
+
+
+def _patch_raw(ctx: Any, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """ASGI (byte) headers with the cache headers ``ctx`` needs."""
+    vary = [v.decode("latin-1") for k, v in headers if k.lower() == b"vary"]
+    cache_control = [v.decode("latin-1") for k, v in headers if k.lower() == b"cache-control"]
+    wanted = _request.response_headers(ctx, vary, cache_control)
+    if not wanted:
+        return headers
+    lower = {name.lower().encode("latin-1") for name in wanted}
+    return [(k, v) for k, v in headers if k.lower() not in lower] + [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items()
+    ]

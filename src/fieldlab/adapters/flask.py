@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from .. import _request
+from .._cache_headers import COOKIE
 from ..context import bind
 from ..errors import ConfigError
 from ..lab import Lab
@@ -33,11 +34,22 @@ _TOKEN = "fieldlab.token"
 _CTX = "fieldlab.context"
 
 
+_HINTS = {
+    "user": 'Flask has no built-in user: pass units={"user": lambda request: '
+    'flask_login.current_user.get_id()} (or "header:X-User-Id") to FieldLab',
+    "session": "set app.secret_key: fieldlab keeps the session unit in Flask's signed session cookie",
+}
+
+
 def _default_session(request: Any) -> Any:
     try:
-        return session_unit_id(flask.session)
+        new = not flask.session.get(SESSION_KEY)
+        sid = session_unit_id(flask.session)
     except RuntimeError:  # no secret key: Flask cannot keep a session
         return None
+    if new and sid is not None:
+        flask.g.fieldlab_new_session = True  # the response sets the session cookie: no shared cache may keep it
+    return sid
 
 
 class FieldLab:
@@ -62,7 +74,12 @@ class FieldLab:
             raise ConfigError("lab", "FieldLab needs a Lab", "pass FieldLab(app, lab=Lab.from_file(...))")
         if self.config is None:
             self.config = _request.AdapterConfig(
-                self.lab, **vars(self.options), framework_defaults={"session": _default_session}
+                self.lab,
+                **vars(self.options),
+                framework_defaults={"session": _default_session},
+                framework_sources={"session": COOKIE},
+                unit_hints=_HINTS,
+                adapter="FieldLab (Flask)",
             )
         if "fieldlab" in app.extensions:
             raise ConfigError(
@@ -71,7 +88,9 @@ class FieldLab:
                 "create one FieldLab per app and call init_app once",
             )
         app.extensions["fieldlab"] = self
+        self.config.plan()  # start-up: warns about unit kinds nothing resolves (Flask has no built-in user)
         app.before_request(self._before)
+        app.after_request(self._cache_headers)
         app.teardown_request(self._teardown)
         install_globals(app.jinja_env)  # {{ variant("key", "default") }} / {{ param(...) }} in templates
 
@@ -91,9 +110,11 @@ class FieldLab:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
+        if "session" in cfg.sources and flask.g.pop("fieldlab_new_session", False):  # type: ignore[union-attr]
+            ctx.new_unit_kinds.add("session")
         if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
-        abort = _request.abort_for(ctx) if cfg.may_abort else None
+        abort = _request.abort_for(ctx) if cfg.may_abort else None  # type: ignore[union-attr]
         if abort is not None:
             status, body = abort
             return flask.Response(body, status=status, headers=abort_headers(body))
@@ -104,6 +125,17 @@ class FieldLab:
         cookie = _request.visitor_cookie(self.config, ctx, flask.request.scheme == "https")  # type: ignore[arg-type]
         if cookie is not None:
             response.headers.add("Set-Cookie", cookie)
+        return response
+
+    def _cache_headers(self, response: flask.Response) -> flask.Response:
+        """``Vary`` / ``Cache-Control: private`` on a response whose view read a variant (option ``cache_headers``)."""
+        ctx = flask.request.environ.get(_CTX)
+        if ctx is not None and ctx.read_keys:
+            headers = response.headers
+            for name, value in _request.response_headers(
+                ctx, headers.getlist("Vary"), headers.getlist("Cache-Control")
+            ).items():
+                headers[name] = value
         return response
 
     def _teardown(self, exc: BaseException | None) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import _request
+from .._request.wiring import added_twice
 from ..context import bind
 from ..lab import Lab
 from ._shared import abort_headers
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FieldLabMiddleware"]
 
+_HANDLED = "fieldlab.middleware"  # set by the outermost fieldlab middleware: an inner one passes through
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -68,9 +70,28 @@ class FieldLabMiddleware:
         self.app = app
         self.request_factory = request_factory
         opts = _request.Options.of(options, "FieldLabMiddleware")
-        self.config = _request.AdapterConfig(lab, **vars(opts), framework_defaults={"user": _remote_user})
+        self.config = _request.AdapterConfig(
+            lab,
+            **vars(opts),
+            framework_defaults={"user": _remote_user},
+            adapter="FieldLabMiddleware (WSGI)",
+            unit_hints={
+                "user": "REMOTE_USER is set by the server or an auth middleware wrapped outside "
+                'FieldLabMiddleware; or pass units={"user": ...}'
+            },
+        )
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        outer = environ.get(_HANDLED)
+        if (
+            outer is not None
+            and outer is not self
+            and getattr(outer, "config", None) is not None
+            and outer.config.lab is self.config.lab
+        ):  # the same lab twice (another lab: a mounted sub-app)
+            added_twice(self, "FieldLabMiddleware (WSGI)", "wrap the app in FieldLabMiddleware once")
+            return self.app(environ, start_response)
+        environ[_HANDLED] = self
         cfg = self.config
         get = environ.get
         ctx = _request.begin(
@@ -86,10 +107,11 @@ class FieldLabMiddleware:
         token = bind(ctx)
         try:
             abort = _request.abort_for(ctx) if cfg.may_abort else None
+            cookie = None
             if ctx.new_visitor_id is not None:
                 cookie = _request.visitor_cookie(cfg, ctx, get("wsgi.url_scheme") == "https")
-                if cookie is not None:
-                    start_response = _with_cookie(start_response, cookie)
+            if cookie is not None or cfg.cache_headers:
+                start_response = _finishing(start_response, ctx, cookie)
             if abort is not None:
                 status, body = abort
                 start_response(status_line(status), abort_headers(body))
@@ -99,10 +121,13 @@ class FieldLabMiddleware:
             _request.end(ctx, token)
 
 
-def _with_cookie(start_response: Callable[..., Any], cookie: str) -> Callable[..., Any]:
+def _finishing(start_response: Callable[..., Any], ctx: Any, cookie: str | None) -> Callable[..., Any]:
+    """``start_response`` adding the new visitor's cookie and the cache headers the app's reads need."""
+
     def start(status: str, headers: list, exc_info: Any = None) -> Any:
-        headers = list(headers)
-        headers.append(("Set-Cookie", cookie))
+        headers = _request.patch_header_list(ctx, list(headers))
+        if cookie is not None:
+            headers.append(("Set-Cookie", cookie))
         if exc_info is None:
             return start_response(status, headers)
         return start_response(status, headers, exc_info)

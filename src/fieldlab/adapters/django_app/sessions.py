@@ -62,21 +62,23 @@ class SessionCreator:
                 exc_info=True,
             )
 
-    def __call__(self, request: Any) -> None:
-        """Create the session of ``request`` if it needs one (sync stacks)."""
+    def __call__(self, request: Any) -> bool:
+        """Create the session of ``request`` if it needs one (sync stacks); True when it did."""
         try:
             session = self._new_session(request)
             if session is not None:
                 session.save()
+                return True
         except Exception:
             self._failed()
+        return False
 
-    async def acall(self, request: Any) -> None:
+    async def acall(self, request: Any) -> bool:
         """The same for async stacks: the session store's ``asave`` (Django 5), else ``save`` in a thread."""
         try:
             session = self._new_session(request)
             if session is None:
-                return
+                return False
             asave = getattr(session, "asave", None)
             if asave is not None:
                 await asave()
@@ -84,5 +86,7 @@ class SessionCreator:
                 from asgiref.sync import sync_to_async
 
                 await sync_to_async(session.save)()
+            return True
         except Exception:
             self._failed()
+        return False

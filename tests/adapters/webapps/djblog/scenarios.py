@@ -14,6 +14,8 @@ import sys
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapps.djblog.settings")
+if os.environ.get("DJBLOG_NO_ASGI_OTEL") == "1":  # as if opentelemetry-instrumentation-asgi were not installed
+    sys.modules["opentelemetry.instrumentation.asgi"] = None  # type: ignore[assignment]
 
 import django
 from opentelemetry import trace
@@ -128,25 +130,114 @@ def check() -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def _visits(path: str) -> dict[str, Any]:
+    """30 fresh visitors, two requests each: how many pages showed another visitor's variant."""
+    wrong = 0
+    pages = 0
+    headers: dict[str, str] = {}
+    for _ in range(30):
+        client = Client()
+        for _ in range(2):
+            r = client.get(path)
+            visitor = client.cookies["fieldlab_visitor"].value
+            pages += 1
+            wrong += _page(r.content.decode())["variant"] != _expected("home-quote", visitor)
+            headers = {"vary": r.headers.get("Vary"), "cache_control": r.headers.get("Cache-Control")}
+    return {"pages": pages, "wrong": wrong, "last": headers}
+
+
+def _counts(visits: dict[str, Any]) -> dict[str, Any]:
+    return {"pages": visits["pages"], "wrong": visits["wrong"]}
+
+
 def cached() -> dict[str, Any]:
-    """Fresh visitors, two requests each, on a cache_page view with the docs' recipe and on one without."""
+    """Fresh visitors on cache_page views: the docs' recipe, fieldlab's decorator, and neither."""
     call_command("migrate", verbosity=0)
+    paths = ("/cached", "/cached-naive", "/cached-auto", "/cached-auto-lazy")
     out: dict[str, Any] = {}
-    for path in ("/cached", "/cached-naive"):
-        wrong = 0
-        pages = 0
-        for _ in range(30):
-            client = Client()
-            for _ in range(2):
-                r = client.get(path)
-                visitor = client.cookies["fieldlab_visitor"].value
-                pages += 1
-                wrong += _page(r.content.decode())["variant"] != _expected("home-quote", visitor)
-        out[path] = {"pages": pages, "wrong": wrong}
+    for path in paths:
+        visits = _visits(path)
+        out[path] = _counts(visits)
+        out[path + " headers"] = visits["last"]
+    from django.core.cache import cache
+
+    cache.clear()
     return out
 
 
-SCENARIOS = {"cached": cached, "template": template, "session": session, "check": check}
+def sitecache() -> dict[str, Any]:
+    """Fresh visitors on a plain view under Django's per-site cache middleware (DJBLOG_ORDER=sitecache)."""
+    call_command("migrate", verbosity=0)
+    out = _visits("/")
+    out["health"] = dict(Client().get("/health").headers)  # reads no variant: left alone
+    return out
+
+
+def asgi_span() -> dict[str, Any]:
+    """Requests through Django's real ASGI handler: what fieldlab logged and how many SERVER spans there were."""
+    import logging
+
+    from django.core.asgi import get_asgi_application
+
+    call_command("migrate", verbosity=0)
+    logged: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    logging.getLogger("fieldlab").addHandler(Keep(logging.WARNING))
+    app = get_asgi_application()
+    EXPORTER.clear()
+
+    async def get(path: str) -> int:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 5000),
+        }
+        sent: list[dict[str, Any]] = []
+        requested = False
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()  # a client that stays until the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    statuses = [asyncio.run(get("/")) for _ in range(3)]
+    spans = [s for s in EXPORTER.get_finished_spans() if s.kind is SpanKind.SERVER]
+    return {"statuses": statuses, "server_spans": len(spans), "asgi_warnings": [m for m in logged if "under ASGI" in m]}
+
+
+SCENARIOS = {
+    "asgi_span": asgi_span,
+    "cached": cached,
+    "sitecache": sitecache,
+    "template": template,
+    "session": session,
+    "check": check,
+}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()))

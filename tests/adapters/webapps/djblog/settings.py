@@ -41,6 +41,15 @@ elif _ORDER == "no_auth":
     MIDDLEWARE = [_FIELDLAB]
 elif _ORDER == "none":
     MIDDLEWARE = [_SESSION, _AUTH]
+elif _ORDER == "sitecache":  # Django's per-site cache: Update first, Fetch last, fieldlab inside
+    MIDDLEWARE = [
+        "django.middleware.cache.UpdateCacheMiddleware",
+        _SESSION,
+        "django.middleware.csrf.CsrfViewMiddleware",
+        _AUTH,
+        _FIELDLAB,
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
 elif _ORDER == "twice":
     MIDDLEWARE = [_SESSION, "django.middleware.csrf.CsrfViewMiddleware", _AUTH, _FIELDLAB, _FIELDLAB]
 else:
@@ -62,3 +71,5 @@ elif _MODE == "bad_create":
     FIELDLAB = {"lab": os.path.join(HERE, "blog.toml"), "create_session": "yes"}
 elif _MODE == "no_session_exp":
     FIELDLAB = {"lab": os.path.join(HERE, "nosession.toml")}
+elif _MODE == "no_session_exp_no_headers":  # the app says it handles caching itself (and does not)
+    FIELDLAB = {"lab": os.path.join(HERE, "nosession.toml"), "cache_headers": False}

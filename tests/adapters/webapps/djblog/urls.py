@@ -13,6 +13,8 @@ from django.utils.cache import patch_cache_control
 from django.views.decorators.cache import cache_page
 from django.views.decorators.vary import vary_on_cookie
 
+from fieldlab.adapters.django import vary_on_variants
+
 
 def health(request: Any) -> HttpResponse:
     return HttpResponse("ok")
@@ -30,7 +32,7 @@ def home_lazy(request: Any) -> TemplateResponse:
 @cache_page(60)
 @vary_on_cookie
 def cached_home(request: Any) -> HttpResponse:
-    """docs/integration.md's recipe for cache_page until fieldlab sets the headers itself."""
+    """docs/integration.md's manual recipe for cache_page, where vary_on_variants cannot go."""
     response = render(request, "home.html")
     if "fieldlab_visitor" not in request.COOKIES:
         patch_cache_control(response, private=True)  # a first visit: no cookie yet to key the cache on
@@ -40,6 +42,19 @@ def cached_home(request: Any) -> HttpResponse:
 @cache_page(60)
 def cached_naive(request: Any) -> HttpResponse:
     return render(request, "home.html")
+
+
+@cache_page(60)
+@vary_on_variants
+def cached_auto(request: Any) -> HttpResponse:
+    """fieldlab's decorator under cache_page: the headers are on the response before cache_page stores it."""
+    return render(request, "home.html")
+
+
+@cache_page(60)
+@vary_on_variants
+def cached_auto_lazy(request: Any) -> TemplateResponse:
+    return TemplateResponse(request, "home.html")  # the template reads its variants when rendered, later
 
 
 def who(request: Any) -> JsonResponse:
@@ -63,5 +78,7 @@ urlpatterns = [
     path("who", who),
     path("cached", cached_home),
     path("cached-naive", cached_naive),
+    path("cached-auto", cached_auto),
+    path("cached-auto-lazy", cached_auto_lazy),
     path("login", do_login),
 ]
