@@ -110,11 +110,11 @@ class FieldLab:
             return None
         environ[_CTX] = ctx
         environ[_TOKEN] = bind(ctx)
-        if "session" in cfg.sources and flask.g.pop("fieldlab_new_session", False):  # type: ignore[union-attr]
+        if "session" in cfg.sources and flask.g.pop("fieldlab_new_session", False):
             ctx.new_unit_kinds.add("session")
         if ctx.new_visitor_id is not None:
             flask.after_this_request(self._set_cookie)  # only new visitors: no per-request hook
-        abort = _request.abort_for(ctx) if cfg.may_abort else None  # type: ignore[union-attr]
+        abort = _request.abort_for(ctx) if cfg.may_abort else None
         if abort is not None:
             status, body = abort
             return flask.Response(body, status=status, headers=abort_headers(body))
