@@ -169,6 +169,13 @@ def test_cli_runs_a_round_and_shows_the_status(tmp_path: Path, capsys: pytest.Ca
     assert "canary inventory-latency at inventory.reserve (5% of units): escalating" in out, out
     code, out, err = cli("canary", "status", str(tmp_path / "missing.toml"))
     assert code == 2 and "missing.toml" in err
+    # fieldlab status shows the canaries beside the guardrails' variants
+    code, out, err = cli("status", str(cfg), "--json")
+    assert code == 0, err
+    (st,) = json.loads(out)["canaries"]
+    assert st["key"] == KEY and st["dose_response"][0]["arm"] == "control"
+    code, out, err = cli("status", str(cfg))
+    assert code == 0 and "canary inventory-latency at inventory.reserve (5% of units): escalating" in out, out
 
 
 @pytest.mark.server

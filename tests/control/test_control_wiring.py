@@ -369,3 +369,24 @@ def test_the_controller_counts_units_by_their_assigned_variant_through_a_pause(t
         m = measure(FileSource(spans, engine=engine), ctl.query(now), cfg)
         arms = {v: a.units for e in m.experiments for v, a in e.arms.items()}
         assert arms == {"control": 50, "bad": 50}, engine
+
+
+def test_a_lab_collected_while_another_follows_its_store_does_not_deadlock() -> None:
+    """A Lab's finalizer releases its store under the runtime's lock; the garbage collector can run it
+    on the thread that already holds that lock (inside ``follow``, while it allocates the poller).
+    With a plain Lock this hung the test suite; the finalizer must be able to take the lock again."""
+    import threading
+
+    from fieldlab.control import runtime
+
+    done = threading.Event()
+
+    def finalizer_inside_follow() -> None:
+        with runtime._LOCK:  # as follow() holds it
+            runtime._release(("/nonexistent/state.json", 1.0))  # as a finalizer run by the GC there
+        done.set()
+
+    t = threading.Thread(target=finalizer_inside_follow, daemon=True)
+    t.start()
+    t.join(5)
+    assert done.is_set(), "the finalizer deadlocked on the runtime's lock"

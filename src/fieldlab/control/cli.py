@@ -260,6 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     rows = _variant_rows(state, lab_state)
+    canaries = _canary_statuses(state, lab_state)
     report = lab_state.report or {}
     budget = report.get("budget") or {}
     halt = lab_state.all.to_json() if lab_state.all is not None else None
@@ -275,6 +276,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "killed": {k: m.to_json() for k, m in lab_state.killed.items()},
                     "budget": budget or None,
                     "variants": rows,
+                    "canaries": canaries,
                 },
                 ensure_ascii=False,
                 default=str,
@@ -320,7 +322,20 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {'':16} last decision: {d['action']} ({d['cause']}) {d['at']} by {d['by']}"
                 f"{': ' + d['reason'] if d['reason'] else ''}"
             )
+    if canaries:
+        from .canary_cli import render_status
+
+        render_status(canaries, sys.stdout)
     return 0
+
+
+def _canary_statuses(state: Any, lab_state: Any) -> list[dict[str, Any]]:
+    """The sick canaries' dose-response, breaking point and budget, as ``fieldlab canary status`` shows them."""
+    if not state.canaries:
+        return []
+    from .canary_controller import status_of
+
+    return [status_of(c, lab_state.canaries.get(c.key)) for c in state.canaries]
 
 
 # ----------------------------------------------------------------------------- resume

@@ -57,7 +57,9 @@ def _changed(ref: weakref.ref[_Follow], snapshot: Snapshot) -> None:
 
 
 _SHARED: dict[tuple[str, float], _Follow] = {}
-_LOCK = threading.Lock()
+#: Reentrant: a Lab's finalizer (``_release``) can run inside ``follow`` on the same thread, when the
+#: garbage collector collects an old Lab while ``follow`` allocates; a plain Lock would deadlock there.
+_LOCK = threading.RLock()
 
 
 def follow(lab: Any, url: str, interval: float = DEFAULT_POLL_INTERVAL, *, start: bool = True) -> StatePoller:
@@ -135,7 +137,7 @@ def pollers() -> dict[str, StatePoller]:
 def _after_fork_in_child() -> None:
     """Fresh lock in a forked child; each Lab restarts its pollers at its first evaluation there."""
     global _LOCK
-    _LOCK = threading.Lock()
+    _LOCK = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
