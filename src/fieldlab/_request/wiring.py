@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["UNRESOLVED_AFTER", "UnitWatch", "added_twice"]
+__all__ = ["UNRESOLVED_AFTER", "UnitWatch", "added_twice", "same_lab_outside"]
 
 _log = logging.getLogger("fieldlab")
 
@@ -118,6 +118,17 @@ class UnitWatch:
                     )
         if done:
             self.pending = {k: v for k, v in self.pending.items() if k not in done}
+
+
+def same_lab_outside(outer: Any, middleware: Any) -> bool:
+    """True when ``outer`` (the middleware that marked the request first) is another fieldlab middleware
+    with the same lab: added twice. Another lab is a mounted sub-app, which runs normally."""
+    return (
+        outer is not None
+        and outer is not middleware
+        and getattr(outer, "config", None) is not None
+        and outer.config.lab is middleware.config.lab
+    )
 
 
 def added_twice(middleware: Any, where: str, fix: str) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _request
 from .._cache_headers import COOKIE
-from .._request.wiring import added_twice
+from .._request.wiring import added_twice, same_lab_outside
 from ..context import bind
 from ..lab import Lab
 from ._shared import SESSION_KEY, abort_headers, session_unit_id
@@ -152,12 +152,7 @@ class FieldLabMiddleware:
             await self.app(scope, receive, send)
             return
         outer = scope.get(_HANDLED)
-        if (
-            outer is not None
-            and outer is not self
-            and getattr(outer, "config", None) is not None
-            and outer.config.lab is self.config.lab
-        ):  # the same lab twice (another lab: a mounted sub-app)
+        if same_lab_outside(outer, self):
             added_twice(self, "FieldLabMiddleware (ASGI)", "keep one app.add_middleware(FieldLabMiddleware, ...)")
             await self.app(scope, receive, send)
             return

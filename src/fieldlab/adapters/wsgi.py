@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import _request
-from .._request.wiring import added_twice
+from .._request.wiring import added_twice, same_lab_outside
 from ..context import bind
 from ..lab import Lab
 from ._shared import abort_headers
@@ -83,12 +83,7 @@ class FieldLabMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         outer = environ.get(_HANDLED)
-        if (
-            outer is not None
-            and outer is not self
-            and getattr(outer, "config", None) is not None
-            and outer.config.lab is self.config.lab
-        ):  # the same lab twice (another lab: a mounted sub-app)
+        if same_lab_outside(outer, self):
             added_twice(self, "FieldLabMiddleware (WSGI)", "wrap the app in FieldLabMiddleware once")
             return self.app(environ, start_response)
         environ[_HANDLED] = self
