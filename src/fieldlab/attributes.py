@@ -18,6 +18,8 @@ On the request's SERVER span:
 ``fieldlab.fault.injected``         true when any fault was injected into the request
 ``fieldlab.canary.<canary>``        the request's arm of a sick canary: ``control`` or the
                                     dose's label (``"100ms"``); absent outside the canary
+``fieldlab.bandit.<experiment>``    the weights version (int) that decided a ``kind = "bandit"``
+                                    experiment's variant: the enrolment period of the unit
 ``fieldlab.assignments``            every variant of the request packed in one value
                                     (:func:`pack_assignments`), written only when the
                                     span's attribute limit left some of the above out
@@ -60,6 +62,8 @@ __all__ = [
     "guardrail_attr",
     "CANARY_PREFIX",
     "canary_attr",
+    "BANDIT_PREFIX",
+    "bandit_attr",
     "FAULT_CANARY",
     "FLAG_EVENT",
     "FLAG_KEY",
@@ -99,6 +103,8 @@ CONFIG_VERSION = "fieldlab.config.version"
 FAULT_INJECTED = "fieldlab.fault.injected"
 ASSIGNMENTS = "fieldlab.assignments"
 CANARY_PREFIX = "fieldlab.canary."
+#: ``fieldlab.bandit.<experiment>``: the weights version (enrolment period) that decided a bandit's assignment
+BANDIT_PREFIX = "fieldlab.bandit."
 
 
 def variant_attr(experiment: str) -> str:
@@ -119,6 +125,10 @@ def holdout_attr(holdout: str) -> str:
 
 def canary_attr(canary: str) -> str:
     return CANARY_PREFIX + canary
+
+
+def bandit_attr(experiment: str) -> str:
+    return BANDIT_PREFIX + experiment
 
 
 def unit_attr(kind: str) -> str:
