@@ -248,3 +248,45 @@ def test_fieldlab_kill_names_the_canary_and_keeps_its_search(tmp_path: Path) -> 
     doc = ctl.run_round(now=2.0)[KEY]
     assert doc["phase"] == "stopped" and "game day over" in doc["history"][-1]["reason"]
     assert [h["action"] for h in doc["history"]][:1] == ["open"]  # the search's history is kept
+
+
+def test_fieldlab_watch_runs_the_canaries_beside_the_guardrails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: the controller (`fieldlab watch`) runs the canaries; a finished canary is left alone."""
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(
+        '[lab]\nstate_file = "lab.state.json"\n[faults]\nenabled = true\nmax_blast_radius = 5\n'
+        '[[experiments]]\nkey = "checkout"\nvariants = [{ name = "control" }, { name = "one-page" }]\n'
+        '[[canaries]]\nkey = "inventory-latency"\npoint = "inventory.reserve"\ntraffic = 5\n'
+        "doses = { start = 25, factor = 2, max = 1600 }\n"
+    )
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    write_spans(str(spans / "a.jsonl"), serve({"control": 0.5, "25ms": 0.5}, 300, 1.0, random.Random(1)))
+    state = tmp_path / "lab.state.json"
+
+    def watch(*extra: str) -> tuple[int, str, str]:
+        code = main(["watch", str(cfg), str(spans), "--once", "--engine", "python", *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = watch("--json")
+    assert code == 0, err
+    (rnd,) = [json.loads(line) for line in out.splitlines()]
+    assert rnd["canaries"][KEY]["phase"] == "escalating" and rnd["canaries"][KEY]["round"] == 1
+    assert json.loads(state.read_text())["canaries"][KEY]["round"] == 1
+    code, out, err = watch()
+    assert code == 0, err
+    assert "and 1 sick canary(ies)" in out and f"canary {KEY} escalating, on 25ms" in out, out
+    assert json.loads(state.read_text())["canaries"][KEY]["round"] == 2
+    # a finished canary is not run again, and the store is not rewritten for it
+    doc = json.loads(state.read_text())
+    doc["canaries"][KEY]["phase"] = "done"
+    state.write_text(json.dumps(doc))
+    code, out, err = watch("--json")
+    assert code == 0, err
+    (rnd,) = [json.loads(line) for line in out.splitlines()]
+    assert "canaries" not in rnd
+    after = json.loads(state.read_text())["canaries"][KEY]
+    assert after["round"] == 2 and after["phase"] == "done"

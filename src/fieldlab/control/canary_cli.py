@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from ..errors import FieldLabError
 
-__all__ = ["add_parsers", "load", "render_status"]
+__all__ = ["add_parsers", "load", "render_status", "round_json", "round_lines", "round_summary", "unfinished"]
 
 
 def load(config: str) -> tuple[Any, Any]:
@@ -107,6 +107,46 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+_JSON_FIELDS = ("phase", "round", "outcome", "breaking_point", "bracket", "weights", "requests_spent", "bad_spent")
+
+
+def round_json(written: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ``--json`` view of a canary round: per canary, its phase, bracket, weights and spending."""
+    return {k: {x: d.get(x) for x in _JSON_FIELDS} for k, d in written.items()}
+
+
+def round_lines(written: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per decision a canary round made (escalate, refine, stop...), for people."""
+    return [
+        f"{k} round {h['round']}: {h['action']}: {h['reason']}"
+        for k, d in written.items()
+        for h in d.get("history", [])
+        if h.get("round") == d.get("round")
+    ]
+
+
+def round_summary(written: Mapping[str, Mapping[str, Any]]) -> str:
+    """The canaries of a round in a few words (for the round line of ``fieldlab watch``)."""
+    parts = []
+    for k, d in written.items():
+        doses = [a for a in d.get("weights") or {} if a != "control"]
+        on = f", on {' '.join(doses)}" if doses else ""
+        bp = d.get("breaking_point")
+        found = f", breaking point {bp:g} ms" if isinstance(bp, (int, float)) else ""
+        parts.append(f"{k} {d.get('phase')}{on}{found}")
+    return "canary " + "; ".join(parts) if parts else ""
+
+
+def unfinished(canaries: Sequence[Any], store: Any) -> list[Any]:
+    """The canaries ``fieldlab watch`` still has to run: not yet finished in the store (a finished canary
+    is left as it is, so the store is not rewritten every round for nothing)."""
+    docs = store.read().canaries
+    return [c for c in canaries if not (isinstance(docs.get(c.key), Mapping) and docs[c.key].get("phase") in _FINISHED)]
+
+
+_FINISHED = ("done", "stopped")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .canary_controller import CanaryController
 
@@ -123,34 +163,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             written = ctl.run_round()
             if args.json:
-                print(
-                    json.dumps(
-                        {
-                            k: {
-                                x: d.get(x)
-                                for x in (
-                                    "phase",
-                                    "round",
-                                    "outcome",
-                                    "breaking_point",
-                                    "bracket",
-                                    "weights",
-                                    "requests_spent",
-                                    "bad_spent",
-                                )
-                            }
-                            for k, d in written.items()
-                        },
-                        default=str,
-                    ),
-                    flush=True,
-                )
+                print(json.dumps(round_json(written), default=str), flush=True)
             else:
-                for k, d in written.items():
-                    news = [h for h in d.get("history", []) if h.get("round") == d.get("round")]
-                    for h in news:
-                        print(f"{k} round {h['round']}: {h['action']}: {h['reason']}", flush=True)
-            done = all(d.get("phase") in ("done", "stopped") for d in written.values())
+                for line in round_lines(written):
+                    print(line, flush=True)
+            done = all(d.get("phase") in _FINISHED for d in written.values())
             if args.once or done or stop.is_set():
                 break
             stop.wait(max(0.0, args.interval - (time.monotonic() - t0)))

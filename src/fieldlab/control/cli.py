@@ -8,6 +8,10 @@
   decision; ``--json`` prints one JSON object per round with every verdict and
   its evidence. SIGTERM or SIGINT ends it cleanly after the round in progress.
   The config is re-read every round; a bad new config keeps the last good one.
+  The config's ``[[canaries]]`` run in the same loop, one canary round per
+  round until each is finished (``fieldlab canary run`` runs them alone, for a
+  game day); their decisions print as ``canary ...`` lines, and ``--json``
+  rounds carry them under ``canaries``.
 * ``fieldlab status CONFIG [--json]``: per experiment and variant, running,
   paused (or alerted) or killed, the burn rates of the controller's last round
   per window, the experimentation budget used, and the last decision and who
@@ -32,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FieldLabError
+from .canary_cli import round_json, round_lines, round_summary, unfinished
 
 __all__ = ["add_parsers", "cmd_watch", "cmd_status", "cmd_resume"]
 
@@ -129,7 +134,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         if not args.json:
             print(
-                f"fieldlab watch: {len(_specs(state))} running experiment(s) of {args.config}, decisions to "
+                f"fieldlab watch: {len(_specs(state))} running experiment(s)"
+                + (f" and {len(state.canaries)} sick canary(ies)" if state.canaries else "")
+                + f" of {args.config}, decisions to "
                 f"{store.description}, every {args.interval:g} s (Ctrl-C or SIGTERM to stop)",
                 flush=True,
             )
@@ -152,21 +159,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 if args.once:
                     return 2
             else:
+                canaries, failed = _canary_round(state, args.sources, store, args.engine, n)
                 seconds = time.monotonic() - t0
                 if args.json:
                     doc = rnd.to_json()
                     doc["round"], doc["seconds"] = n, round(seconds, 3)
                     doc["applied"] = [d.to_json() for d in ctl.applied]  # what changed the state this round
+                    if canaries:
+                        doc["canaries"] = round_json(canaries)
                     out.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
                 else:
                     line = _round_line(n, rnd, seconds)
-                    if ctl.applied or not live:
+                    if canaries:
+                        line += "; " + round_summary(canaries)
+                    news = [_decision_line(d) for d in ctl.applied] + ["  canary " + x for x in round_lines(canaries)]
+                    if news or not live:
                         out.write(("\r\033[K" if live else "") + line + "\n")
-                        for d in ctl.applied:
-                            out.write(_decision_line(d) + "\n")
+                        out.write("".join(x + "\n" for x in news))
                     else:
                         out.write("\r\033[K" + line)
                 out.flush()
+                if failed and args.once:
+                    return 2
             if args.once:
                 break
             stop.wait(max(0.0, args.interval - (time.monotonic() - t0)))
@@ -179,6 +193,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not args.json and not args.once:
         print(f"fieldlab watch: stopped after {n} round(s)", flush=True)
     return 0
+
+
+def _canary_round(state: Any, sources: Any, store: Any, engine: str, n: int) -> tuple[dict[str, Any], bool]:
+    """One round of the config's unfinished sick canaries (docs/canary.md): the documents written, and
+    whether the round failed (reported on stderr; the guardrails' round stands on its own)."""
+    if not state.canaries:
+        return {}, False
+    from .canary_controller import CanaryController
+
+    try:
+        todo = unfinished(state.canaries, store)
+        if not todo:
+            return {}, False
+        return CanaryController(todo, sources, store, engine=engine).run_round(), False
+    except Exception as exc:
+        print(f"fieldlab watch: canary round {n} failed: {exc}", file=sys.stderr, flush=True)
+        return {}, True
 
 
 # ----------------------------------------------------------------------------- status
