@@ -204,3 +204,51 @@ def test_slow_requests_and_a_since_cut_are_counted_alike_by_both_engines(tmp_pat
     late = {v: a for e in ch2.experiments for v, a in e.arms.items()}
     assert 0 < late["one-page"].errors.sx < arms["one-page"].errors.sx
     assert late["one-page"].errors.sx == arms["one-page"].window(1800.0).requests
+
+
+def test_a_sick_canary_spends_the_experimentation_budget_and_a_spent_budget_halts_it(tmp_path) -> None:
+    """Issue 13: the canaries stay inside the guardrails' experimentation budget. Their excess bad requests
+    are charged with the variants'; when that spends the budget every fault halts, and the canary with it."""
+    import dataclasses
+
+    from fieldlab.control import canary as C
+    from fieldlab.control.canary_config import parse_canaries
+    from fieldlab.control.canary_controller import CanaryController
+    from fieldlab.control.controller import canary_charges
+
+    healthy = traffic(
+        "checkout",
+        NOW,
+        units={"control": 400, "one-page": 400, "aa": 400},
+        error_rate={"control": 0.001, "one-page": 0.001, "aa": 0.001},
+        conversion={"control": 0.3, "one-page": 0.3, "aa": 0.3},
+    )
+    source = write_spans(str(tmp_path / "traces.jsonl"), healthy)
+    ctl = _controller(source, tmp_path, "python")
+    (canary,) = parse_canaries(
+        [{"key": "inventory-latency", "point": "inventory.reserve", "traffic": 5, "doses": {"latency_ms": [25, 50]}}]
+    )
+    # without a canary the healthy traffic spends (almost) nothing
+    assert not ctl.run_round(NOW).budget.exhausted
+    allowed = ctl.store.read().report["budget"]["allowed"]
+    sick = C.start(canary.spec)
+    sick = dataclasses.replace(
+        sick,
+        control=C.ArmCounts(1000, 1),
+        arms=[C.DoseArm(25.0, requests=1000, errors=5, bad=5), C.DoseArm(50.0, requests=1000, bad=int(allowed) + 50)],
+    )
+    doc = {**sick.to_dict(), "started_at": NOW - 600}
+    ctl.store.update(lambda cur: dataclasses.replace(cur, seq=cur.seq + 1, canaries={"inventory-latency": doc}))
+    rnd = ctl.run_round(NOW + 60)
+    assert rnd.budget is not None and rnd.budget.exhausted
+    assert rnd.budget.per_experiment["inventory-latency"] > allowed
+    assert [(d.action, d.experiment, d.cause) for d in rnd.decisions] == [("halt_faults", None, "budget")]
+    state = ctl.store.read()
+    assert state.all is not None and state.all.cause == "budget"
+    assert state.report["budget"]["experiments"]["inventory-latency"] > allowed
+    # the canary's next round sees the halt and stops
+    after = CanaryController([canary], [source], ctl.store, engine="python").run_round(now=NOW + 61)
+    assert after["inventory-latency"]["phase"] == "stopped" and after["inventory-latency"]["outcome"] == "halted"
+    # a canary started before the budget period is not charged any more
+    old = {**doc, "started_at": NOW + 60 - ctl.config.lab.budget_period - 1}
+    assert canary_charges(dataclasses.replace(state, canaries={"inventory-latency": old}), NOW + 60, 30 * 86400) == {}

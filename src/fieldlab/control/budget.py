@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..analysis.stats import RatioEstimate, cs_halfwidth
@@ -43,6 +43,7 @@ __all__ = [
     "BudgetStatus",
     "budget_status",
     "excess_bad",
+    "with_charges",
 ]
 
 
@@ -289,6 +290,8 @@ class BudgetStatus:
     period: float
     per_experiment: Mapping[str, float]
     per_variant: Mapping[tuple[str, str], float]
+    #: Spenders that are not variants (the sick canaries), by key: halting faults stops them.
+    others: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -303,6 +306,12 @@ class BudgetStatus:
     def costliest(self) -> list[tuple[tuple[str, str], float]]:
         """Variants by charged excess, costliest first (uncharged ones left out)."""
         return sorted(((k, v) for k, v in self.per_variant.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
+
+    def spenders(self) -> list[tuple[tuple[str, str | None], float]]:
+        """Variants and other spenders (variant None) by charged excess, costliest first."""
+        both: list[tuple[tuple[str, str | None], float]] = [(k, x) for k, x in self.per_variant.items() if x > 0]
+        both += [((k, None), x) for k, x in self.others.items() if x > 0]
+        return sorted(both, key=lambda kx: (-kx[1], kx[0][0], kx[0][1] or ""))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -350,6 +359,22 @@ def budget_status(
     return BudgetStatus(
         allowed, sum(per_exp.values()), service, observed_seconds, lab.budget_period, per_exp, per_variant
     )
+
+
+def with_charges(budget: BudgetStatus, charges: Mapping[str, float]) -> BudgetStatus:
+    """``budget`` with more spenders charged by key (the sick canaries' excess bad requests): they count in
+    the spend and in ``per_experiment``, not among the variants a spent budget pauses (a spent budget halts
+    every fault, which stops a canary)."""
+    extra = {k: x for k, x in charges.items() if x > 0}
+    if not extra:
+        return budget
+    per_exp = dict(budget.per_experiment)
+    for k, x in extra.items():
+        per_exp[k] = per_exp.get(k, 0.0) + x
+    others = dict(budget.others)
+    for k, x in extra.items():
+        others[k] = others.get(k, 0.0) + x
+    return replace(budget, spent=budget.spent + sum(extra.values()), per_experiment=per_exp, others=others)
 
 
 def _r(x: float) -> float | None:

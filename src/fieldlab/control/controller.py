@@ -38,7 +38,7 @@ from ..analysis import sources as S
 from ..analysis.clickhouse import query_chdb
 from ..analysis.model import Span
 from ..analysis.sql import file_spans_sql, otel_traces_spans_sql
-from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status
+from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status, with_charges
 from .guardrails import ExperimentData, Round, decide_round
 from .settings import GuardrailMetric, GuardrailsConfig
 from .state import Decision, LabState, StateFormatError, StateStore, decider_name
@@ -52,6 +52,7 @@ __all__ = [
     "Measurement",
     "measure",
     "Controller",
+    "canary_charges",
 ]
 
 
@@ -450,6 +451,24 @@ def _iso(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def canary_charges(state: LabState, now: float, period: float) -> dict[str, float]:
+    """The sick canaries' charge on the experimentation budget, by canary key: the bad requests (errors or
+    over the latency SLO) of their doses beyond their control's rate, for canaries started within the last
+    ``period`` (a canary runs for hours, so its whole spend is charged). A document that cannot be read
+    charges nothing and is reported by ``fieldlab canary status``."""
+    from .canary import CanaryState
+
+    out: dict[str, float] = {}
+    for key, doc in state.canaries.items():
+        try:
+            if now - float(doc.get("started_at", now)) > period:
+                continue
+            out[key] = CanaryState.from_dict(doc).excess_bad
+        except Exception:
+            continue
+    return out
+
+
 class Controller:
     """Measures, decides and records, one round at a time (``fieldlab watch`` loops over :meth:`run_round`).
 
@@ -495,7 +514,8 @@ class Controller:
         except StateFormatError:
             state = LabState()  # a broken document is rewritten by this round's write
         at = _iso(time.time() if live else now)  # when decided: after the measurement, which takes a while
-        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, m.budget, state, at=at, by=self.by)
+        budget = with_charges(m.budget, canary_charges(state, now, self.config.lab.budget_period))
+        rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, budget, state, at=at, by=self.by)
         if record:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)

@@ -388,10 +388,12 @@ def _budget_decisions(
         )
         units = {(ev.experiment, v.variant): v.evidence.get("units", {}) for ev in verdicts for v in ev.verdicts}
         covered = 0.0
-        for (exp, variant), excess in budget.costliest():
+        for (exp, variant), excess in budget.spenders():
             if covered >= BUDGET_PAUSE_COVER * budget.spent:
                 break
             covered += excess
+            if variant is None:
+                continue  # a sick canary: halting every fault has stopped it
             guard = guards.get(exp)
             min_units = guard.min_units if guard else lab.min_units
             u = units.get((exp, variant), {})
