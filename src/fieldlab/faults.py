@@ -231,6 +231,18 @@ def _internal_error(where: str) -> None:
     )
 
 
+def _take_slot(max_active: int) -> bool:
+    """Take one of the process's ``max_active`` fault slots; False (counted) when all are in use."""
+    global _active
+    with _lock:
+        full = _active >= max_active
+        if not full:
+            _active += 1
+    if full:
+        _count("skipped_max_active")
+    return not full
+
+
 def _release(n: int) -> None:
     global _active
     if n:
@@ -370,7 +382,6 @@ def _candidates(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...]) -
 
 def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode: str) -> list[_Hit]:
     """The faults to inject now at ``point`` (``mode``: sync, async or abort), each with a slot taken and recorded."""
-    global _active
     cands = _candidates(ctx, point, code)
     if not cands:
         return []
@@ -466,12 +477,7 @@ def _decide(ctx: RequestContext, point: str, code: tuple[FaultEntry, ...], mode:
                 spec.exception,
             )
             continue
-        with _lock:
-            full = _active >= plan.max_active
-            if not full:
-                _active += 1
-        if full:
-            _count("skipped_max_active")
+        if not _take_slot(plan.max_active):
             continue
         _count("injected")
         attrs: dict[str, Any] = {
@@ -513,7 +519,6 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
     off (``[faults] enabled``, ``FIELDLAB_FAULTS``, the kill switch) nothing is recorded: the canary's
     arms are then not measured either.
     """
-    global _active
     lab = ctx.lab
     state = lab._state
     if point not in state.canaries.points:
@@ -544,13 +549,7 @@ def _canary_hits(ctx: RequestContext, point: str, mode: str) -> list[_Hit]:
                 continue
             except RuntimeError:
                 pass
-        global _active
-        with _lock:
-            full = _active >= plan.max_active
-            if not full:
-                _active += 1
-        if full:
-            _count("skipped_max_active")
+        if not _take_slot(plan.max_active):
             continue
         _count("injected")
         ctx.annotate({A.canary_attr(key): label})

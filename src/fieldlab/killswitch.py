@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -49,6 +48,7 @@ from typing import Any
 
 from . import _internal
 from ._fault_kinds import state_path
+from ._files import write_atomically
 from .errors import FieldLabError
 
 __all__ = [
@@ -129,21 +129,8 @@ def read_state(path: str) -> KillState:
 
 def write_state(path: str, state: KillState) -> None:
     """Write ``state`` atomically: a temporary file beside ``path``, fsynced, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fieldlab-state-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(state.to_json(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    text = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
+    write_atomically(path, text.encode("utf-8"))
     _invalidate(path)
 
 

@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -58,6 +57,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .._files import write_atomically
 from ..errors import FieldLabError
 
 __all__ = [
@@ -493,19 +493,7 @@ class JsonFileStore(StateStore):
             new = change(current)
             if new is None:
                 return current
-            fd, tmp = tempfile.mkstemp(prefix=".fieldlab-state-", suffix=".tmp", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(_encode(new))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            write_atomically(self.path, _encode(new))
             return new
         finally:
             os.close(lock_fd)  # closing releases the flock
