@@ -473,8 +473,11 @@ def _decision_markers(p: _Plot, e: Mapping[str, Any], series: Sequence[tuple[str
             f'x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#b00" stroke-width="1.5" stroke-dasharray="3 2"/>'
         )
         ty = y0 + 12 + 12 * (placed % 3)  # staggered, so close decisions stay readable
+        # in the right half the label goes left of its line, clear of the legend
+        right = x > (p.ml + p.w - p.mr) / 2
         p.items.append(
-            f'<text class="decision-label" x="{x + 3:.1f}" y="{ty:.1f}" font-size="10" fill="#b00">{_e(label)}</text>'
+            f'<text class="decision-label" x="{x - 3 if right else x + 3:.1f}" y="{ty:.1f}" font-size="10" '
+            f'text-anchor="{"end" if right else "start"}" fill="#b00">{_e(label)}</text>'
         )
         placed += 1
     return skipped
