@@ -75,13 +75,14 @@ def analyze_periods(
     since: Any = None,
     until: Any = None,
     progress: Callable[[str], None] | bool | None = None,
-    **_ignored: Any,
+    looks: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per experiment of ``periods``, one entry per period: its window, paused variants, units and requests
     per variant (and how many requests were served control by the pause), the comparisons of every
     treatment against control on the primary metrics (error rate, latency, the custom metrics) with
     intervals, and a verdict. Takes :func:`~.core.analyze`'s options (the same metrics, filters and
-    population as the headline; ``since`` / ``until`` cut every period). One aggregation per distinct window.
+    population as the headline; ``since`` / ``until`` cut every period; ``looks`` is accepted and unused: a
+    period has no interval over time). One aggregation per distinct window.
     """
     from .core import MIN_UNITS_PER_ARM, _aggregate, _analyze_experiment, _clean, _options, _with_window, load_config
     from .reader import MAX_LINE_BYTES
