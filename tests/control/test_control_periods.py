@@ -284,3 +284,36 @@ def test_parse_time_reads_iso_to_the_nanosecond_and_epoch_seconds_exactly() -> N
     assert parse_time(1796416267.25) == 1_796_416_267_250_000_000
     assert parse_time("1796416267") == parse_time(1796416267) == 1_796_416_267 * 10**9
     assert parse_time(dt.datetime(2026, 12, 4, 20, 31, 7, tzinfo=dt.timezone.utc)) == 1_796_416_267 * 10**9
+
+
+def test_pause_periods_replay_the_store_rules_per_variant_and_experiment_wide() -> None:
+    """Two variants paused at different times, one resumed on its own, then all; a budget resume that may not
+    lift a guardrail pause changes nothing; a second pause gets its own period; other experiments are apart."""
+    from fieldlab.control.report import pause_periods
+
+    def d(action: str, t: int, variant: str | None = None, cause: str = "guardrail", exp: str = EXP) -> Decision:
+        return Decision(action, exp, variant, cause, "", "x", _iso(t))
+
+    history = [
+        d("pause", T0 + 10, "a"),
+        d("pause", T0 + 20, "b"),
+        d("resume", T0 + 25, "a", cause="budget"),  # may not lift a guardrail pause: no change, no split
+        d("alert", T0 + 27, "a"),  # an alert changes nothing for requests
+        d("resume", T0 + 30, "b", cause="operator"),
+        d("pause", T0 + 35, "z", exp="other"),
+        d("resume", T0 + 40, cause="operator"),
+        d("pause", T0 + 50, "a"),
+    ]
+    got = pause_periods(history)
+    assert set(got) == {EXP, "other"}
+    rows = [(p.label, p.since_ns, p.until_ns, p.paused) for p in got[EXP]]
+    ns = 10**9
+    assert rows == [
+        ("before", None, (T0 + 10) * ns, ()),
+        ("paused a", (T0 + 10) * ns, (T0 + 20) * ns, ("a",)),
+        ("paused a, b", (T0 + 20) * ns, (T0 + 30) * ns, ("a", "b")),
+        ("paused a (2)", (T0 + 30) * ns, (T0 + 40) * ns, ("a",)),
+        ("after resume", (T0 + 40) * ns, (T0 + 50) * ns, ()),
+        ("paused a (3)", (T0 + 50) * ns, None, ("a",)),
+    ]
+    assert [p.label for p in got["other"]] == ["before", "paused z"]
