@@ -32,22 +32,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .report import render_json, render_text, write_html
 
     show = _progress(args)
+    options = _analyze_options(args)
     try:
-        result = analyze(
-            args.sources,
-            args.config,
-            metrics=args.metric or (),
-            all_assigned=args.all_assigned,
-            sequential=not args.fixed_horizon,
-            alpha=args.alpha,
-            tuning=args.tuning,
-            engine=args.engine,
-            experiments=args.experiment,
-            progress=show,
-            max_line_bytes=args.max_line_bytes,
-            min_units=args.min_units,
-            where=args.where or (),
-        )
+        result = analyze(args.sources, args.config, experiments=args.experiment, progress=show, **options)
     except (FieldLabError, ValueError) as exc:
         if show:
             sys.stderr.write("\n")
@@ -59,7 +46,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.config:  # the guardrails' decisions on the report's timeline (fieldlab.control.report)
         from ..control.report import add_decisions
 
-        add_decisions(result, args.config)
+        add_decisions(result, args.config, sources=args.sources, options=options)
     if args.html:
         try:
             write_html(result, args.html)
@@ -72,6 +59,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.html:
             sys.stdout.write(f"HTML report written to {args.html}\n")
     return 0
+
+
+def _analyze_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How ``analyze`` judges, from the flags: the headline and the paused periods share them."""
+    return {
+        "metrics": args.metric or (),
+        "all_assigned": args.all_assigned,
+        "sequential": not args.fixed_horizon,
+        "alpha": args.alpha,
+        "tuning": args.tuning,
+        "engine": args.engine,
+        "max_line_bytes": args.max_line_bytes,
+        "min_units": args.min_units,
+        "where": args.where or (),
+        "since": getattr(args, "since", None),
+        "until": getattr(args, "until", None),
+    }
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
@@ -162,6 +166,17 @@ def add_parsers(subparsers: Any) -> None:
         help="only requests whose span attribute has this value, e.g. --where http.route=/checkout "
         "--where method=POST (route = http.route, path = url.path, method = http.request.method "
         "or the older http.method); repeatable, all must match",
+    )
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only requests that started at or after TIME: ISO-8601 (2026-12-04T20:00:00Z; no zone = UTC) "
+        "or seconds since the epoch",
+    )
+    p.add_argument(
+        "--until",
+        metavar="TIME",
+        help="only requests that started before TIME (the window is [since, until)); same formats as --since",
     )
     p.add_argument(
         "--all-assigned", action="store_true", help="intent-to-treat: every assigned unit, not only the exposed ones"

@@ -21,9 +21,11 @@ from .model import (
     Metric,
     QuerySpec,
     SourceError,
+    TimeWindow,
     hist_value_ms,
     parse_metric,
     parse_where,
+    time_window,
 )
 from .reader import MAX_LINE_BYTES
 from .sources import Source, open_source
@@ -99,6 +101,8 @@ def _variant_summary(
         "assigned_units": assigned.units,
         "requests": int(requests),
         "exposed_requests": int(g.exposed_requests.sum()) if g.exposed_requests is not None else None,
+        # requests served control while the variant was paused (fieldlab.guardrail.<key>), counted here (ITT)
+        "served_control_requests": int(g.guarded_requests.sum()) if g.guarded_requests is not None else None,
         "errors": int(errors),
         "error_rate": _f(errors / requests) if requests else None,
         "latency_ms": {
@@ -148,6 +152,8 @@ class _Options:
     tuning: float
     looks: int
     min_units: int
+    #: ``--since`` / ``--until`` (None: every span)
+    window: TimeWindow | None = None
 
     @property
     def latency_population(self) -> str:
@@ -181,6 +187,8 @@ def analyze(
     max_line_bytes: int = MAX_LINE_BYTES,
     min_units: int = MIN_UNITS_PER_ARM,
     where: Sequence[str | Filter] = (),
+    since: Any = None,
+    until: Any = None,
 ) -> dict[str, Any]:
     """Analyse every experiment found in ``sources``; returns the ``--json`` structure.
 
@@ -195,8 +203,11 @@ def analyze(
     units in an arm give no interval and no verdict (``insufficient data``).
     ``where``: ``ATTR=VALUE`` filters (:func:`~fieldlab.analysis.model.parse_where`), e.g.
     ``["http.route=/checkout", "method=POST"]``: only requests that match all of them are analysed.
+    ``since`` / ``until``: only requests that started in ``[since, until)`` are read; each is seconds since
+    the epoch, an ISO-8601 timestamp (no zone = UTC) or an aware ``datetime`` (:func:`~.model.parse_time`).
     """
     opts = _options(metrics, where, all_assigned, sequential, alpha, tuning, looks, min_units)
+    opts = _with_window(opts, since, until)
     lab = load_config(config)
     agg = _aggregate(sources, lab, opts, engine, max_line_bytes, progress)
     result = _result_header(agg, lab, opts, max_line_bytes)
@@ -237,6 +248,17 @@ def _options(
     return _Options(mlist, filters, all_assigned, sequential, alpha, tuning, looks, min_units)
 
 
+def _with_window(opts: _Options, since: Any, until: Any) -> _Options:
+    """``opts`` with the ``since`` / ``until`` window (checked: a bad time is a SourceError naming the flag)."""
+    from dataclasses import replace
+
+    try:
+        window = time_window(since, until)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    return replace(opts, window=window)
+
+
 def _aggregate(
     sources: Any,
     lab: Any,
@@ -249,7 +271,13 @@ def _aggregate(
     unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
     coverage = {h.key: tuple(h.experiments) for h in lab.holdouts.values()} if lab is not None else {}
     src = sources if isinstance(sources, Source) else open_source(sources, engine=engine, max_line_bytes=max_line_bytes)
-    spec = QuerySpec(unit_kinds=unit_kinds, metrics=opts.metrics, holdout_experiments=coverage, filters=opts.filters)
+    spec = QuerySpec(
+        unit_kinds=unit_kinds,
+        metrics=opts.metrics,
+        holdout_experiments=coverage,
+        filters=opts.filters,
+        window=opts.window,
+    )
     return src.aggregate(spec, progress if callable(progress) else None)
 
 
@@ -277,6 +305,8 @@ def _result_header(agg: Aggregates, lab: Any, opts: _Options, max_line_bytes: in
             + " and ".join(f"{f.name} = {f.value!r}" for f in opts.filters)
             + " are analysed (--where)"
         )
+    if opts.window is not None:
+        notes.append(f"only requests that started in {opts.window} are read (--since / --until)")
     if lab is None:
         notes.append(
             "no --config: weights assumed equal for the SRM check; unit kind inferred per span "
@@ -305,6 +335,8 @@ def _result_header(agg: Aggregates, lab: Any, opts: _Options, max_line_bytes: in
             "min_units_per_arm": opts.min_units,
             "metrics": ["error_rate", "latency_ms"] + [m.name for m in opts.metrics],
             "filters": [str(f) for f in opts.filters],
+            "since": opts.window.since if opts.window else None,
+            "until": opts.window.until if opts.window else None,
         },
         "notes": notes,
         "experiments": {},

@@ -8,6 +8,8 @@ variant a :class:`GroupData` of per-unit arrays) comes out.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -26,6 +28,9 @@ __all__ = [
     "Filter",
     "parse_where",
     "FILTER_ALIASES",
+    "TimeWindow",
+    "parse_time",
+    "time_window",
     "Span",
     "BAD_LINE",
     "GroupData",
@@ -145,6 +150,111 @@ def parse_where(text: str) -> Filter:
     return Filter(name=attrs[0], attrs=attrs, value=value)
 
 
+_ISO_FRACTION = re.compile(r"^(?P<head>[^.,]*T[^.,]*?)[.,](?P<frac>\d+)(?P<tail>.*)$")
+
+
+def parse_time(value: Any, flag: str = "since") -> int:
+    """A point in time as integer nanoseconds since the epoch, from epoch seconds (``1796000000``,
+    ``1796000000.25``), an ISO-8601 timestamp (``2026-12-04T20:31:07Z``; no zone = UTC; fractions to the
+    nanosecond) or a timezone-aware :class:`datetime.datetime`. ``flag`` names the argument in the error."""
+    import datetime as dt
+    from decimal import Decimal, InvalidOperation
+
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+    def from_datetime(d: dt.datetime) -> int:
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        delta = d - epoch
+        return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+    if isinstance(value, dt.datetime):
+        return from_datetime(value)
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, int):
+        return value * 10**9
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return int(Decimal(repr(value)) * 10**9)
+        value = str(value)
+    text = str(value).strip()
+    try:
+        secs = Decimal(text)
+        if secs.is_finite():
+            return int(secs * 10**9)
+    except InvalidOperation:
+        pass
+    extra_ns = 0
+    m = _ISO_FRACTION.match(text)
+    if m:  # datetime reads microseconds at most: the nanoseconds are added here
+        frac = m["frac"][:9].ljust(9, "0")
+        text, extra_ns = m["head"] + m["tail"], int(frac)
+    try:
+        d = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ValueError(
+            f"--{flag} {value!r}: not a time; give an ISO-8601 timestamp (2026-12-04T20:31:07Z; without a zone, "
+            "UTC) or seconds since the epoch (1796000000)"
+        ) from None
+    return from_datetime(d) + extra_ns
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """``--since`` / ``--until``: only requests (SERVER spans) that started in ``[since, until)`` are read.
+
+    Bounds are integer nanoseconds since the epoch (None: open). A span outside the window is not read at
+    all (nor counted among the spans), so a ClickHouse table can skip whole partitions.
+    """
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+
+    def contains(self, start_ns: int) -> bool:
+        """Whether a span that started at ``start_ns`` is in the window (the Python twin of the SQL)."""
+        return (self.since_ns is None or start_ns >= self.since_ns) and (
+            self.until_ns is None or start_ns < self.until_ns
+        )
+
+    @property
+    def since(self) -> float | None:
+        """The lower bound in seconds since the epoch (None: open)."""
+        return None if self.since_ns is None else self.since_ns / 1e9
+
+    @property
+    def until(self) -> float | None:
+        """The upper bound in seconds since the epoch (None: open)."""
+        return None if self.until_ns is None else self.until_ns / 1e9
+
+    def __str__(self) -> str:
+        def iso(ns: int | None) -> str:
+            if ns is None:
+                return "open"
+            import datetime as dt
+
+            d = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc)
+            frac = f".{ns % 10**9:09d}".rstrip("0").rstrip(".")
+            return d.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
+
+        return f"[{iso(self.since_ns)}, {iso(self.until_ns)})"
+
+
+def time_window(since: Any = None, until: Any = None) -> TimeWindow | None:
+    """The window of ``since`` / ``until`` (see :func:`parse_time`), None when both are None.
+    ``until`` not after ``since`` is a ValueError naming both flags."""
+    if since is None and until is None:
+        return None
+    lo = None if since is None else parse_time(since, "since")
+    hi = None if until is None else parse_time(until, "until")
+    if lo is not None and hi is not None and hi <= lo:
+        raise ValueError(
+            f"--until {until!r} is not after --since {since!r}: the window [since, until) would be empty; "
+            "swap them or widen the window"
+        )
+    return TimeWindow(lo, hi)
+
+
 @dataclass(frozen=True)
 class QuerySpec:
     """What the aggregation needs: unit kind per experiment (from a config), custom metrics and filters."""
@@ -156,6 +266,8 @@ class QuerySpec:
     holdout_experiments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: ``--where`` filters: a SERVER span that fails one is counted as read but not analysed.
     filters: tuple[Filter, ...] = ()
+    #: ``--since`` / ``--until``: only spans that started in this window are read (None: all).
+    window: TimeWindow | None = None
 
 
 class Span(NamedTuple):
@@ -199,6 +311,8 @@ class GroupData:
     hist_exposed: Any
     #: per unit, its requests that read the variant (``fieldlab.exposed.<key>`` on the span)
     exposed_requests: Any = None
+    #: per unit, its requests served control because its variant was paused (``fieldlab.guardrail.<key>``)
+    guarded_requests: Any = None
 
     @property
     def units(self) -> int:
@@ -219,6 +333,7 @@ class GroupData:
             self.hist_all,
             self.hist_exposed,
             None if self.exposed_requests is None else self.exposed_requests[mask],
+            guarded_requests=None if self.guarded_requests is None else self.guarded_requests[mask],
         )
 
 

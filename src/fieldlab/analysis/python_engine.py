@@ -41,6 +41,7 @@ class _Unit:
         "variants",
         "requests",
         "exposed_requests",
+        "guarded_requests",
         "errors",
         "latency_ns",
         "exposed",
@@ -51,7 +52,7 @@ class _Unit:
 
     def __init__(self, variant: str, ts: int, n_metrics: int) -> None:
         self.variants = {variant}
-        self.requests = self.exposed_requests = self.errors = 0
+        self.requests = self.exposed_requests = self.guarded_requests = self.errors = 0
         self.latency_ns = 0.0
         self.exposed = False
         self.first_ts = ts
@@ -59,10 +60,11 @@ class _Unit:
         #: per metric: sum (or 1.0 once converted) and count, as in :func:`python_unit_totals`
         self.metrics = [0.0] * (2 * n_metrics)
 
-    def add(self, dur: float, ts: int, hist_bin: int, is_error: bool, exposed: bool) -> None:
-        """Count one request of this unit."""
+    def add(self, dur: float, ts: int, hist_bin: int, is_error: bool, exposed: bool, guarded: bool = False) -> None:
+        """Count one request of this unit (``guarded``: served control because its variant was paused)."""
         self.requests += 1
         self.exposed_requests += exposed
+        self.guarded_requests += guarded
         self.errors += is_error
         self.latency_ns += dur
         self.exposed = self.exposed or exposed
@@ -108,6 +110,8 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
     if not ok:
         fold.bad_lines += 1
         return
+    if spec.window is not None and not spec.window.contains(ts):
+        return  # --since / --until: not read at all (the SQL filters before counting, too)
     if not tid or not _first_sighting(tid, sid, fold.seen):
         return
     fold.spans += 1
@@ -137,12 +141,13 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
             fold.kinds.setdefault(exp, set()).add(kind)
         u = fold.units.get((is_h, exp, uid))
         # intent-to-treat: served control during a pause (fieldlab.guardrail.<key>), assigned the paused variant
-        variant = "holdout" if is_h else (attrs.get(A.guardrail_attr(exp)) or attrs[vk])
+        paused = "" if is_h else attrs.get(A.guardrail_attr(exp), "")
+        variant = "holdout" if is_h else (paused or attrs[vk])
         if u is None:
             u = fold.units[(is_h, exp, uid)] = _Unit(variant, ts, len(spec.metrics))
         else:
             u.variants.add(variant)
-        u.add(dur, ts, b, is_err, is_h or attrs.get(A.exposed_attr(exp)) == "true")
+        u.add(dur, ts, b, is_err, is_h or attrs.get(A.exposed_attr(exp)) == "true", bool(paused))
         _add_metrics(u.metrics, 0, spec.metrics, attrs)
 
 
@@ -214,6 +219,7 @@ def _group_data(us: Sequence[_Unit], metrics: Sequence[Metric]) -> GroupData:
         np.asarray([h_all[b] for b in bins], dtype=np.int64),
         np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64),
         col(u.exposed_requests for u in us),
+        guarded_requests=col(u.guarded_requests for u in us),
     )
 
 

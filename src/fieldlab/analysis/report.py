@@ -151,6 +151,7 @@ def render_text(result: Mapping[str, Any]) -> str:
                 )
                 if c.get("why"):
                     lines[-1] += f"  ({c['why']})"
+        lines += _period_lines(e)
         hg = e.get("holdout_groups") or {}
         for h, s in hg.items():
             if s:
@@ -422,9 +423,162 @@ def _timeline_svg(e: Mapping[str, Any]) -> str:
             xs = [pt["units"] for pt in pts]
             p.band(xs, [pt["ci_low"] for pt in pts], [pt["ci_high"] for pt in pts], color)
             p.line(xs, [pt["estimate"] for pt in pts], color)
+    skipped = _decision_markers(p, e, series)
     p.legend([(f"{v} - {e['control']}", _COLORS[(i + 1) % len(_COLORS)]) for i, (v, _) in enumerate(series)])
     return p.render(
         _ticks(0, max(allx)), _ticks(ylo - pad, yhi + pad), xfmt=lambda v: f"{v:,.0f}", yfmt=lambda v: f"{v:.3g}"
+    ) + "".join(f"<p class='decision-skipped'><em>{_e(n)}</em></p>" for n in skipped)
+
+
+#: The decisions drawn on the timeline, and their short labels.
+_MARKED = {
+    "pause": "paused",
+    "resume": "resumed",
+    "alert": "alert",
+    "halt_faults": "faults halted",
+    "resume_faults": "faults resumed",
+}
+
+
+def _decision_label(d: Mapping[str, Any]) -> str:
+    """``paused one-page``, ``resumed`` (every variant), ``faults halted``."""
+    what = _MARKED.get(str(d.get("action")), str(d.get("action")))
+    return f"{what} {d['variant']}" if d.get("variant") else what
+
+
+def _decision_markers(p: _Plot, e: Mapping[str, Any], series: Sequence[tuple[str, Any]]) -> list[str]:
+    """A vertical marker per guardrail decision of the experiment (``e["decisions"]``, with ``t`` in seconds
+    since the epoch), placed by time: its ``t`` interpolated between the looks' times to their unit counts
+    (the variant's own series when it is plotted, else the first). Returns a note per decision outside the
+    plotted range (not drawn)."""
+    decisions = [d for d in e.get("decisions") or () if d.get("action") in _MARKED]
+    skipped: list[str] = []
+    by_variant = dict(series)
+    placed = 0
+    for d in sorted(decisions, key=lambda d: (d.get("t") is None, d.get("t") or 0.0)):
+        label = _decision_label(d)
+        pts = [pt for pt in (by_variant.get(d.get("variant")) or series[0][1])["points"] if pt.get("t") is not None]
+        t = d.get("t")
+        if t is None or not pts or not pts[0]["t"] <= t <= pts[-1]["t"]:
+            skipped.append(
+                f"decision {label} at {d.get('at') or '?'} is outside the plotted range "
+                f"({_when(pts[0]['t']) if pts else '?'} to {_when(pts[-1]['t']) if pts else '?'}): not marked"
+            )
+            continue
+        units = _interpolate(t, [pt["t"] for pt in pts], [float(pt["units"]) for pt in pts])
+        x = p.X(units)
+        y0, y1 = p.mt, p.h - p.mb
+        p.items.append(
+            f'<line class="decision" data-action="{_e(d.get("action"))}" data-t="{t:.3f}" '
+            f'x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#b00" stroke-width="1.5" stroke-dasharray="3 2"/>'
+        )
+        ty = y0 + 12 + 12 * (placed % 3)  # staggered, so close decisions stay readable
+        # in the right half the label goes left of its line, clear of the legend
+        right = x > (p.ml + p.w - p.mr) / 2
+        p.items.append(
+            f'<text class="decision-label" x="{x - 3 if right else x + 3:.1f}" y="{ty:.1f}" font-size="10" '
+            f'text-anchor="{"end" if right else "start"}" fill="#b00">{_e(label)}</text>'
+        )
+        placed += 1
+    return skipped
+
+
+def _interpolate(t: float, ts: Sequence[float], ys: Sequence[float]) -> float:
+    """``ys`` at ``t``, linear between the neighbouring ``ts`` (sorted, ``t`` within them)."""
+    for i in range(1, len(ts)):
+        if t <= ts[i]:
+            span = ts[i] - ts[i - 1]
+            return ys[i] if span <= 0 else ys[i - 1] + (ys[i] - ys[i - 1]) * (t - ts[i - 1]) / span
+    return ys[-1]
+
+
+def _when(t: float | None) -> str:
+    """Seconds since the epoch as an ISO-8601 UTC time to the second (``-`` for an open bound)."""
+    if t is None:
+        return "-"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _period_table(e: Mapping[str, Any]) -> list[list[str]]:
+    """The paused periods as table rows, one per period and treatment (header first); [] without periods."""
+    periods = e.get("periods") or []
+    if not periods:
+        return []
+    names: list[str] = []
+    for pr in periods:
+        for cs in (pr.get("comparisons") or {}).values():
+            names += [n for n in cs if n not in names]
+    rows = [["period", "from", "to", "variant", "units", "control units", "served control"] + names + ["verdict"]]
+    control = e.get("control", "")
+    for pr in periods:
+        vs = pr.get("variants") or {}
+        ctrl_units = (vs.get(control) or {}).get("units")
+        treatments = [v for v in vs if v != control] or [""]
+        for v in treatments:
+            s = vs.get(v) or {}
+            comp = (pr.get("comparisons") or {}).get(v) or {}
+            cells = []
+            for n in names:
+                c = comp.get(n) or {}
+                f = _pct if n == "error_rate" or "=" in n else (lambda x: _num(x, 3))
+                est = c.get("estimate")
+                cells.append(
+                    "-"
+                    if est is None
+                    else f"{'+' if est > 0 else ''}{f(est)} [{f(c.get('ci_low'))}, {f(c.get('ci_high'))}]"
+                )
+            rows.append(
+                [
+                    pr["label"],
+                    _when(pr.get("since")),
+                    _when(pr.get("until")),
+                    v or "-",
+                    _num(s.get("units")),
+                    _num(ctrl_units),
+                    _num(s.get("served_control_requests")),
+                ]
+                + cells
+                + [(pr.get("verdicts") or {}).get(v) or pr.get("verdict", "")]
+            )
+    return rows
+
+
+def _period_lines(e: Mapping[str, Any]) -> list[str]:
+    """The paused periods as a compact terminal table (difference to control [interval] per metric)."""
+    rows = _period_table(e)
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "   periods (split at guardrail pauses and resumes; requests that started in each; the verdict "
+        "above is intent-to-treat over the whole run):"
+    ]
+    for i, r in enumerate(rows):
+        lines.append(
+            "     "
+            + "  ".join(
+                c.ljust(w) if j < 4 or j == len(r) - 1 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
+        if i == 0:
+            lines.append("     " + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _periods_html(e: Mapping[str, Any]) -> str:
+    """The paused periods as an HTML table ('' without periods)."""
+    rows = _period_table(e)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return (
+        "<h3>Paused periods</h3><p>Split at the guardrail pauses and resumes; each period compares the requests "
+        "that started in it. The verdict above is intent-to-treat over the whole run.</p>"
+        f"<table class='periods'><tr>{head}</tr>{body}</table>"
     )
 
 
@@ -535,6 +689,7 @@ def render_html(result: Mapping[str, Any]) -> str:
                         "</td></tr>"
                     )
             parts.append("</table>")
+            parts.append(_periods_html(e))
             parts.append(_timeline_svg(e))
         elif e["verdict"].startswith("invalid"):
             parts.append(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import attributes as A
-from .model import HIST_PER_DECADE, UNIT_FALLBACK_ORDER, Metric, QuerySpec
+from .model import HIST_PER_DECADE, UNIT_FALLBACK_ORDER, Metric, QuerySpec, TimeWindow
 
 __all__ = ["otel_traces_spans_sql", "file_spans_sql", "aggregate_sql", "unit_totals_sql", "with_packed_variants_sql"]
 
@@ -51,8 +51,10 @@ def _keep_attrs(spec: QuerySpec, key: str = "k") -> str:
 
 
 def otel_traces_spans_sql(table: str = "otel_traces", where: str = "", spec: QuerySpec | None = None) -> str:
-    """Normalised spans from the Collector ClickHouse exporter's table (both enum spellings)."""
-    w = f" WHERE {where}" if where else ""
+    """Normalised spans from the Collector ClickHouse exporter's table (both enum spellings); ``--since`` /
+    ``--until`` become a condition on ``Timestamp``, so the table's date partitions outside are skipped."""
+    conds = [f"({where})" if where else "", _timestamp_window_sql(spec.window if spec else None)]
+    w = " WHERE " + " AND ".join(c for c in conds if c) if any(conds) else ""
     keep = _keep_attrs(spec or QuerySpec())
     return (
         "SELECT toUInt8(1) AS line_ok, toString(TraceId) != '' AS has_span, toString(TraceId) AS TraceId, "
@@ -145,6 +147,33 @@ def _filters_sql(spec: QuerySpec) -> str:
     return out
 
 
+def _timestamp_window_sql(window: TimeWindow | None) -> str:
+    """The ``--since`` / ``--until`` window as a condition on the ``otel_traces`` table's own ``Timestamp``
+    column (a constant bound, which ClickHouse prunes partitions and the primary key with); '' without one."""
+    if window is None:
+        return ""
+    conds = []
+    if window.since_ns is not None:
+        conds.append(f"Timestamp >= fromUnixTimestamp64Nano(toInt64({window.since_ns}))")
+    if window.until_ns is not None:
+        conds.append(f"Timestamp < fromUnixTimestamp64Nano(toInt64({window.until_ns}))")
+    return " AND ".join(conds)
+
+
+def _window_sql(spans_sql: str, spec: QuerySpec) -> str:
+    """The normalised spans that started in the ``--since`` / ``--until`` window, half-open ``[since, until)``
+    (the SQL twin of :meth:`~.model.TimeWindow.contains`); rows of unreadable lines are kept (they are counted)."""
+    w = spec.window
+    if w is None or (w.since_ns is None and w.until_ns is None):
+        return spans_sql
+    conds = []
+    if w.since_ns is not None:
+        conds.append(f"Ts >= toInt64({w.since_ns})")
+    if w.until_ns is not None:
+        conds.append(f"Ts < toInt64({w.until_ns})")
+    return f"SELECT * FROM ({spans_sql}) WHERE NOT line_ok OR ({' AND '.join(conds)})"
+
+
 def _coverage_sql(spec: QuerySpec) -> str:
     """Holdout attribute -> covered experiments, as a ClickHouse map literal."""
     items = ", ".join(
@@ -190,7 +219,9 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         + ") AND NOT "
         f"arrayExists(h -> has({_coverage_sql(spec)}[h], substring(k, {len(vp) + 1})), hk), ak)), "
         "CAST([], 'Array(String)')) AS keys "
-        f"FROM (SELECT * REPLACE ({with_packed_variants_sql('Attrs')} AS Attrs) FROM (" + _dedup_sql(spans_sql) + "))"
+        f"FROM (SELECT * REPLACE ({with_packed_variants_sql('Attrs')} AS Attrs) FROM ("
+        + _dedup_sql(_window_sql(spans_sql, spec))
+        + "))"
     )
     x = (
         "SELECT line_ok, has_span, IsServer, vk_i, vk != '' AS has_vk, "
@@ -201,6 +232,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         f"if(is_h, 'holdout', if(Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '', "
         f"Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)], Attrs[vk])) AS variant, "
         f"is_h OR Attrs[concat({_lit(A.EXPOSED_PREFIX)}, exp)] = 'true' AS exposed, "
+        f"NOT is_h AND Attrs[concat({_lit(A.GUARDRAIL_PREFIX)}, exp)] != '' AS guarded, "
         f"NOT is_h AND Attrs[concat({_lit(A.FORCED_PREFIX)}, exp)] = 'true' AS forced, "
         f"{_unit_kind_sql(spec)} AS ukind, "
         f"if(NOT has_vk, '', if(ukind = 'request', if(Attrs[{_lit(A.unit_attr('request'))}] != '', "
@@ -214,6 +246,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     inner = (
         "SELECT is_h, exp, unit, anyIf(variant, nf) AS uvariant, minIf(variant, nf) != maxIf(variant, nf) AS multi, "
         "countIf(nf) AS requests, countIf(nf AND exposed) AS exposed_requests, countIf(nf AND IsError) AS errors, "
+        "countIf(nf AND guarded) AS guarded_requests, "
         "sumIf(Dur, nf) / 1e6 AS lat_ms, "
         "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
@@ -224,7 +257,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
     return (
         "SELECT is_h, exp, uvariant AS v, countIf(multi AND requests > 0) AS a_multi, "
         "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(exposed_requests, ok_unit) AS a_exposed_requests, "
-        "groupArrayIf(errors, ok_unit) AS a_errors, "
+        "groupArrayIf(errors, ok_unit) AS a_errors, groupArrayIf(guarded_requests, ok_unit) AS a_guarded_requests, "
         "groupArrayIf(lat_ms, ok_unit) AS a_lat_ms, groupArrayIf(toUInt8(uexposed), ok_unit) AS a_exposed, "
         "groupArrayIf(first_ts, ok_unit) AS a_first_ts, "
         "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit) AS a_hist_all, "

@@ -87,6 +87,7 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
             hist_all,
             hist_exposed,
             np.asarray(r["a_exposed_requests"], dtype=np.float64),
+            guarded_requests=np.asarray(r.get("a_guarded_requests") or [0] * len(r["a_requests"]), dtype=np.float64),
         )
         if is_h:
             holds[exp] = gd

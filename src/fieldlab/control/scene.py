@@ -186,7 +186,7 @@ def _report(spans: Path, config: Path, html: Path, out: TextIO, err: TextIO) -> 
 
     try:
         result = analyze([str(spans)], config=str(config), experiments=["new-pricing"])
-        add_decisions(result, str(config))
+        add_decisions(result, str(config), sources=[str(spans)])  # with the periods before and after the pause
         write_html(result, html)
     except Exception as exc:  # the scene's counts stand on their own
         err.write(f"(scene analysis failed: {exc!r})\n")
