@@ -199,6 +199,9 @@ class GroupData:
     hist_exposed: Any
     #: per unit, its requests that read the variant (``fieldlab.exposed.<key>`` on the span)
     exposed_requests: Any = None
+    #: per unit, the bandit period it belongs to: the lowest weights version (``fieldlab.bandit.<key>``, read as
+    #: ClickHouse's ``toInt64OrZero``) on its requests; 0 when a request carries none (see analysis.bandits)
+    period: Any = None
 
     @property
     def units(self) -> int:
@@ -219,6 +222,7 @@ class GroupData:
             self.hist_all,
             self.hist_exposed,
             None if self.exposed_requests is None else self.exposed_requests[mask],
+            None if self.period is None else self.period[mask],
         )
 
 

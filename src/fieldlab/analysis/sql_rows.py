@@ -87,6 +87,7 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
             hist_all,
             hist_exposed,
             np.asarray(r["a_exposed_requests"], dtype=np.float64),
+            np.asarray(r["a_period"], dtype=np.int64),
         )
         if is_h:
             holds[exp] = gd
