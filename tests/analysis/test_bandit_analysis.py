@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analysis_helpers import T0, Req, write_otlp
+from analysis_helpers import OTEL_TRACES_DDL, T0, Req, chdb_session, load_into_otel_traces, write_otlp
 
 from fieldlab import attributes as A
 from fieldlab.analysis import analyze, render_html, render_text
+from fieldlab.analysis.sources import ClickHouseSource
 from fieldlab.analysis.stats import srm_test
 from fieldlab.cli import main
 from fieldlab.errors import ConfigError
@@ -169,12 +170,33 @@ def _same(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
-def test_both_engines_give_the_same_bandit_analysis(simpson_results):
-    py, ch = (simpson_results[e]["experiments"][KEY] for e in ("python", "chdb"))
-    assert simpson_results["python"]["engine"] == "python"
-    _same(py["bandit"], ch["bandit"], "bandit")
-    _same(py["srm"], ch["srm"], "srm")
-    assert py["verdict"] == ch["verdict"] == f"treatment better on {METRIC}=true"
+def test_both_engines_give_the_same_bandit_analysis(simpson, simpson_results, tmp_path):
+    """The Python reader, embedded ClickHouse over the file, and the same SQL over the Collector exporter's
+    ``otel_traces`` table: one bandit analysis."""
+    spans, cfg = simpson
+    sess = chdb_session(str(tmp_path / "ch"))
+    try:
+        sess.query(OTEL_TRACES_DDL.format(table="otel_traces", duration_type="UInt64"))
+        load_into_otel_traces(sess, "otel_traces", spans)
+        table = analyze(ClickHouseSource.from_chdb(sess, "otel_traces"), cfg, metrics=[f"{METRIC}=true"])
+    finally:
+        sess.close()
+    assert table["engine"] == "clickhouse" and simpson_results["python"]["engine"] == "python"
+    py, ch, tb = (r["experiments"][KEY] for r in (simpson_results["python"], simpson_results["chdb"], table))
+    for other in (ch, tb):
+        _same(py["bandit"], other["bandit"], "bandit")
+        _same(py["srm"], other["srm"], "srm")
+        _same(py["timeline"], other["timeline"], "timeline")
+    assert py["verdict"] == ch["verdict"] == tb["verdict"] == f"treatment better on {METRIC}=true"
+
+
+def test_the_timeline_of_a_bandit_is_the_per_period_effect(simpson_results):
+    e = simpson_results["python"]["experiments"][KEY]
+    points = e["timeline"]["bold"]["points"]
+    assert e["timeline"]["bold"]["basis"].startswith("per-period")
+    assert [p["period"] for p in points] == [0, 1]
+    assert points[-1]["estimate"] == pytest.approx(e["bandit"]["effect"]["bold"]["estimate"])
+    assert points[0]["units"] < points[1]["units"] == e["bandit"]["effect"]["bold"]["units"]
 
 
 def test_sample_ratio_is_checked_per_period_against_its_own_weights(tmp_path):

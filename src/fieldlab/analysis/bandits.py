@@ -194,6 +194,8 @@ class BanditPlan:
     weights: dict[int, PeriodWeights]
     weights_source: str
     notes: list[str] = field(default_factory=list)
+    #: the decision metric's per-period effect after each period, per treatment (set by :meth:`judge`)
+    _timeline: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ sample ratio, per period
 
@@ -337,6 +339,7 @@ class BanditPlan:
         b["note"] = _POOLED_NOTE
         out["notes"].append(_POOLED_NOTE)
         out["verdict_basis"] = "per-period effects (bandit)"
+        out["timeline"] = self._timeline  # the interval after each period, not the pooled one
         for v in treatments:
             if out["verdicts"].get(v) in ("insufficient data", "invalid (SRM)"):
                 continue
@@ -357,10 +360,8 @@ class BanditPlan:
     ) -> dict[str, dict[str, Any]]:
         """One metric: per treatment the stratified and inverse-variance effects, interval, p-value (Holm
         across treatments) and the pooled estimate; each period row gets the arms' means."""
-        from statistics import NormalDist
-
         from ..control.bandit import PeriodData, per_period_effect, pooled_effect
-        from .stats import DEFAULT_TUNING, cs_halfwidth, holm, sequential_p_value
+        from .stats import holm
 
         kind = _effect_kind(m)
         stats = {v: _arm_stats_by_period(groups[v], m, versions, kind) for v in arms}
@@ -372,34 +373,20 @@ class BanditPlan:
         ci_alpha = opts.alpha / max(len(treatments), 1)
         out: dict[str, dict[str, Any]] = {}
         for j, v in enumerate(treatments, start=1):
-            eff = per_period_effect(periods, treatment=j, control=0, kind=kind, alpha=ci_alpha)
+            eff = _combined(periods, j, kind, ci_alpha, opts)
             inv = per_period_effect(
                 periods, treatment=j, control=0, kind=kind, method="inverse_variance", alpha=ci_alpha
             )
-            est, var = eff["estimate"], eff["variance"]
-            n = sum(stats[arms[0]][p["period"]].units + stats[v][p["period"]].units for p in eff["periods"])
-            lo = hi = p_value = None
-            if est is not None and var is not None and var > 0 and math.isfinite(var):
-                if opts.sequential:
-                    hw = float(cs_halfwidth(var, n, ci_alpha, opts.tuning or DEFAULT_TUNING))
-                    p_value = float(sequential_p_value(est, var, n, opts.tuning or DEFAULT_TUNING))
-                else:
-                    hw = NormalDist().inv_cdf(1 - ci_alpha / 2) * math.sqrt(var)
-                    p_value = 2 * NormalDist().cdf(-abs(est) / math.sqrt(var))
-                lo, hi = est - hw, est + hw
             out[v] = {
-                "estimate": _f(est),
-                "ci_low": _f(lo),
-                "ci_high": _f(hi),
-                "p_value": _f(p_value),
+                **{k: x for k, x in eff.items() if k != "skipped"},
                 "method": "stratified by period (each period's difference weighted by its share of units)",
                 "interval": ("confidence sequence" if opts.sequential else "fixed-horizon normal")
                 + (f", Bonferroni {1 - ci_alpha:.4g}" if len(treatments) > 1 else ""),
-                "units": n,
                 "inverse_variance": {
                     "estimate": _f(inv["estimate"]),
                     "ci_low": _f(inv["ci_low"]),
                     "ci_high": _f(inv["ci_high"]),
+                    "interval": "fixed-horizon normal",
                 },
                 "skipped_periods": [versions[k] for k in eff["skipped"]],
                 "pooled_naive": {"estimate": _f(pooled_effect(periods, treatment=j, control=0, kind=kind))},
@@ -410,7 +397,72 @@ class BanditPlan:
         raw = [out[v]["p_value"] for v in treatments]
         for v, p in zip(treatments, holm(raw) if len(treatments) > 1 else raw, strict=True):
             out[v]["p_value_adjusted"] = _f(p)
+        if m is self.metric:
+            self._timeline = {
+                v: {
+                    "metric": name,
+                    "basis": "per-period effect over the periods so far",
+                    "points": _cumulative(periods, j, kind, ci_alpha, opts, versions, opts.min_units),
+                }
+                for j, v in enumerate(treatments, start=1)
+            }
         return out
+
+
+def _combined(periods: Sequence[Any], j: int, kind: str, ci_alpha: float, opts: Any) -> dict[str, Any]:
+    """Arm ``j`` against arm 0, stratified over ``periods``: estimate, interval (a confidence sequence over
+    the units compared, or fixed-horizon normal, as ``opts.sequential`` says), p-value, units, skipped periods."""
+    from statistics import NormalDist
+
+    from ..control.bandit import per_period_effect
+    from .stats import DEFAULT_TUNING, cs_halfwidth, sequential_p_value
+
+    eff = per_period_effect(periods, treatment=j, control=0, kind=kind, alpha=ci_alpha)
+    est, var = eff["estimate"], eff["variance"]
+    n = sum(periods[p["period"]].arms[0].units + periods[p["period"]].arms[j].units for p in eff["periods"])
+    lo = hi = p_value = None
+    if est is not None and var is not None and var > 0 and math.isfinite(var):
+        tuning = opts.tuning or DEFAULT_TUNING
+        if opts.sequential:
+            hw = float(cs_halfwidth(var, n, ci_alpha, tuning))
+            p_value = float(sequential_p_value(est, var, n, tuning))
+        else:
+            hw = NormalDist().inv_cdf(1 - ci_alpha / 2) * math.sqrt(var)
+            p_value = 2 * NormalDist().cdf(-abs(est) / math.sqrt(var))
+        lo, hi = est - hw, est + hw
+    return {
+        "estimate": _f(est),
+        "ci_low": _f(lo),
+        "ci_high": _f(hi),
+        "p_value": _f(p_value),
+        "units": n,
+        "skipped": eff["skipped"],
+    }
+
+
+def _cumulative(
+    periods: Sequence[Any], j: int, kind: str, ci_alpha: float, opts: Any, versions: Sequence[int], min_units: int
+) -> list[dict[str, Any]]:
+    """The stratified effect after each period (the report's interval over time), once both arms have
+    ``min_units`` units."""
+    points = []
+    for i in range(len(periods)):
+        head = periods[: i + 1]
+        if min(sum(p.arms[0].units for p in head), sum(p.arms[j].units for p in head)) < min_units:
+            continue
+        c = _combined(head, j, kind, ci_alpha, opts)
+        if c["estimate"] is None:
+            continue
+        points.append(
+            {
+                "period": versions[i],
+                "units": c["units"],
+                "estimate": c["estimate"],
+                "ci_low": c["ci_low"],
+                "ci_high": c["ci_high"],
+            }
+        )
+    return points
 
 
 def _f(x: Any) -> Any:
