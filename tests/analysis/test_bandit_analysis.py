@@ -18,6 +18,8 @@ from analysis_helpers import OTEL_TRACES_DDL, T0, Req, chdb_session, load_into_o
 
 from fieldlab import attributes as A
 from fieldlab.analysis import analyze, render_html, render_text
+from fieldlab.analysis.bandits import decision_metric
+from fieldlab.analysis.model import Metric, parse_metric
 from fieldlab.analysis.sources import ClickHouseSource
 from fieldlab.analysis.stats import srm_test
 from fieldlab.cli import main
@@ -227,7 +229,7 @@ def test_sample_ratio_is_checked_per_period_against_its_own_weights(tmp_path):
     assert e["verdict"] == "invalid (SRM)"
     assert any("sample ratio mismatch in period(s) [2]" in n for n in e["notes"])
     text = render_text({**_header(), "experiments": {KEY: e}})
-    assert "MISMATCH" in text and "effects are not shown" in text
+    assert "MISMATCH" in text and "effects are not shown" in text and "bold - control" not in text
 
 
 def _header() -> dict[str, Any]:
@@ -324,3 +326,20 @@ def test_cli_json_text_and_html_show_the_periods(simpson, tmp_path, capsys):
     page = html.read_text()
     assert "class='bandit-periods'" in page and "Bandit weights per period" in page
     assert render_html(json.loads(json.dumps(analyze(spans, cfg, engine="python")))).count("<svg") >= 3
+
+
+def test_the_decision_metric_follows_the_bandit_table():
+    """``[experiments.bandit] metric``/``metric_kind`` name what the analysis decides on (BANDIT_FORMAT)."""
+    conv = decision_metric({"bandit": {"metric": METRIC}}, ())
+    assert isinstance(conv, Metric) and (conv.name, conv.kind, conv.value) == (f"{METRIC}=true", "conversion", "true")
+    assert (
+        decision_metric({"bandit": {"metric": "app.plan=pro", "metric_kind": "conversion"}}, ()).name == "app.plan=pro"
+    )
+    num = decision_metric({"bandit": {"metric": "app.cart.value", "metric_kind": "numeric"}}, ())
+    assert isinstance(num, Metric) and (num.kind, num.higher_is_better) == ("mean", True)
+    assert decision_metric({"bandit": {"metric": "error", "metric_kind": "error"}}, ()) == "error_rate"
+    assert decision_metric({"bandit": {"metric": "latency", "metric_kind": "latency"}}, ()) == "latency_ms"
+    # a --metric of the same name keeps its direction; no bandit table: the first --metric, else latency
+    lower = parse_metric("-app.queue.wait_ms")
+    assert decision_metric({"bandit": {"metric": "app.queue.wait_ms", "metric_kind": "numeric"}}, (lower,)) is lower
+    assert decision_metric(None, (lower,)) is lower and decision_metric(None, ()) == "latency_ms"

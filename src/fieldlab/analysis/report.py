@@ -176,7 +176,8 @@ def _bandit_table(e: Mapping[str, Any]) -> list[list[str]]:
     b = e["bandit"]
     arms = list(e["srm"].get("observed") or {})
     name = b["metric"]
-    treatments = [v for v in arms if v != e["control"]]
+    # under SRM no effect is shown, the per-period differences neither
+    treatments = [] if e["verdict"].startswith("invalid") else [v for v in arms if v != e["control"]]
     head = ["period", "since", "weights", "units", "sample ratio", f"{name} per arm"] + [
         f"{v} - {e['control']}" for v in treatments
     ]
@@ -571,7 +572,7 @@ def _bandit_html(e: Mapping[str, Any]) -> str:
                     f"<td>{_e(f((c.get('pooled_naive') or {}).get('estimate')))}</td></tr>"
                 )
         parts.append("</table>")
-    if b.get("note"):
+    if b.get("note") and b["note"] not in e.get("notes", ()):
         parts.append(f"<p><em>{_e(b['note'])}</em></p>")
     parts.append(_bandit_weights_svg(e))
     return "".join(parts)
