@@ -105,7 +105,7 @@ def _state(tmp: Path, weights: Mapping[int, Sequence[int]]) -> None:
                 "at": "2026-12-05T00:00:00.000Z",
                 "reason": "Thompson sampling",
                 "periods": [
-                    {"version": v, "at": f"2026-12-0{v + 1}T00:00:00.000Z", "weights_bp": list(w)}
+                    {"version": v, "at": f"2026-12-{1 + v // 24:02d}T{v % 24:02d}:00:00.000Z", "weights_bp": list(w)}
                     for v, w in sorted(weights.items())
                 ],
             }
@@ -343,3 +343,29 @@ def test_the_decision_metric_follows_the_bandit_table():
     lower = parse_metric("-app.queue.wait_ms")
     assert decision_metric({"bandit": {"metric": "app.queue.wait_ms", "metric_kind": "numeric"}}, (lower,)) is lower
     assert decision_metric(None, (lower,)) is lower and decision_metric(None, ()) == "latency_ms"
+
+
+def test_a_long_bandit_shows_its_latest_periods_in_the_terminal(tmp_path):
+    """30 hourly periods: the terminal table keeps the latest 20 and says where the rest are; the JSON has all."""
+    rnd = random.Random(3)
+    periods, weights = [], {}
+    for v in range(30):
+        share = rnd.randint(10, 90)
+        weights[v] = [10000 - 100 * share, 100 * share]
+        periods.append(
+            {
+                "version": v,
+                "units": 60,
+                "split": {"control": 100 - share, "bold": share},
+                "conversion": {"control": 0.1, "bold": 0.12},
+            }
+        )
+    spans = write_otlp(str(tmp_path / "spans.jsonl"), _traffic(periods, seed=6), child_spans=False)
+    _state(tmp_path, weights)
+    res = analyze(spans, _config(tmp_path), engine="python")
+    assert [p["version"] for p in res["experiments"][KEY]["bandit"]["periods"]] == list(range(30))
+    text = render_text(res)
+    assert "(10 earlier period(s) in --json and --html)" in text
+    table = [ln.split()[0] for ln in text.splitlines() if ln.startswith("     ") and ln.split()[0].isdigit()]
+    assert table == [str(v) for v in range(10, 30)]
+    assert "Bandit weights per period" in render_html(res)

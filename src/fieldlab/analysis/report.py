@@ -202,6 +202,10 @@ def _bandit_table(e: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+#: Periods of a bandit the terminal table shows (the latest).
+_BANDIT_TEXT_PERIODS = 20
+
+
 def _bandit_lines(e: Mapping[str, Any]) -> list[str]:
     """A bandit's per-period table and its per-period effects (with the naive pooled estimate beside)."""
     b = e.get("bandit")
@@ -213,6 +217,9 @@ def _bandit_lines(e: Mapping[str, Any]) -> list[str]:
         f"{b['weights_source']}; per arm: {arms}"
     ]
     rows = _bandit_table(e)
+    if len(rows) > _BANDIT_TEXT_PERIODS + 1:  # a long bandit: its latest periods (every one in --json and --html)
+        lines.append(f"     ({len(rows) - 1 - _BANDIT_TEXT_PERIODS} earlier period(s) in --json and --html)")
+        rows = [rows[0], *rows[-_BANDIT_TEXT_PERIODS:]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
         lines.append(
