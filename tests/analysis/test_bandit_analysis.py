@@ -38,10 +38,12 @@ def _traffic(
     unit_kind: str = "user",
     untagged_period0: float = 0.5,
     requests: tuple[int, int] = (1, 3),
+    untagged_first: bool = False,
 ) -> list[Req]:
     """Units per period: each gets an arm by the period's ``split`` (what really happened), converts with its
     arm's probability in that period, and makes 1-3 requests that carry the period's version. Some period-0
-    units carry no version at all (an absent attribute is period 0)."""
+    units carry no version at all (an absent attribute is period 0); ``untagged_first``: no unit's first
+    request carries it."""
     rnd = random.Random(seed)
     out: list[Req] = []
     for p in periods:
@@ -61,7 +63,7 @@ def _traffic(
                 }
                 if unit_kind != "request":
                     attrs[A.unit_attr(unit_kind)] = uid
-                if tagged:
+                if tagged and not (untagged_first and j == 0):
                     attrs[A.bandit_attr(KEY)] = p["version"]
                 if converts and j == k - 1:
                     attrs[METRIC] = True
@@ -369,3 +371,19 @@ def test_a_long_bandit_shows_its_latest_periods_in_the_terminal(tmp_path):
     table = [ln.split()[0] for ln in text.splitlines() if ln.startswith("     ") and ln.split()[0].isdigit()]
     assert table == [str(v) for v in range(10, 30)]
     assert "Bandit weights per period" in render_html(res)
+
+
+def test_a_request_without_the_version_does_not_move_its_unit_to_period_0(tmp_path):
+    """Every unit's first request lacks ``fieldlab.bandit.<key>``: a user is in the period its other requests
+    name, and only a unit none of whose requests names one is in period 0 -- in both engines."""
+    periods = [dict(p, units=400) for p in SIMPSON]
+    reqs = _traffic(periods, seed=12, requests=(2, 3), untagged_first=True)
+    spans = write_otlp(str(tmp_path / "spans.jsonl"), reqs, child_spans=False)
+    users = {0: set(), 1: set()}
+    for r in reqs:
+        users[1 if r["attrs"].get(A.bandit_attr(KEY)) == 1 else 0].add(r["attrs"][A.unit_attr("user")])
+    users[0] -= users[1]
+    _state(tmp_path, WEIGHTS_BP)
+    for engine in ("python", "chdb"):
+        rows = analyze(spans, _config(tmp_path), engine=engine)["experiments"][KEY]["bandit"]["periods"]
+        assert [sum(p["units"].values()) for p in rows] == [len(users[0]), len(users[1])] == [400, 400], engine

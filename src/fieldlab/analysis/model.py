@@ -200,7 +200,7 @@ class GroupData:
     #: per unit, its requests that read the variant (``fieldlab.exposed.<key>`` on the span)
     exposed_requests: Any = None
     #: per unit, the bandit period it belongs to: the lowest weights version (``fieldlab.bandit.<key>``, read as
-    #: ClickHouse's ``toInt64OrZero``) on its requests; 0 when a request carries none (see analysis.bandits)
+    #: ClickHouse's ``toInt64OrZero``) among its requests that carry one; 0 when none does (see analysis.bandits)
     period: Any = None
 
     @property

@@ -59,7 +59,7 @@ class _Unit:
         self.hist: dict[int, int] = {}
         #: per metric: sum (or 1.0 once converted) and count, as in :func:`python_unit_totals`
         self.metrics = [0.0] * (2 * n_metrics)
-        #: the lowest bandit weights version on the unit's requests (``fieldlab.bandit.<key>``; absent is 0)
+        #: the lowest bandit weights version on the unit's requests (``fieldlab.bandit.<key>``); None: none has one
         self.period: int | None = None
 
     def add(self, dur: float, ts: int, hist_bin: int, is_error: bool, exposed: bool) -> None:
@@ -151,9 +151,12 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
 
 
 def _add_period(u: _Unit, exp: str, is_h: bool, attrs: Mapping[str, str]) -> None:
-    """Keep the lowest bandit weights version of the unit's requests (the SQL's ``minIf(bver, nf)``)."""
-    p = 0 if is_h else int64_or_zero(attrs.get(A.bandit_attr(exp), ""))
-    u.period = p if u.period is None else min(u.period, p)
+    """Keep the lowest bandit weights version among the unit's requests that carry one (the SQL's
+    ``minIf(bver, nf AND has_bver)``); a unit none of whose requests carries one is in period 0."""
+    raw = "" if is_h else attrs.get(A.bandit_attr(exp), "")
+    if raw:
+        p = int64_or_zero(raw)
+        u.period = p if u.period is None else min(u.period, p)
 
 
 def _group_keys(attrs: Mapping[str, str], cover: Mapping[str, set[str]]) -> list[str]:

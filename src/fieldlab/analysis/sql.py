@@ -210,7 +210,8 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "AS IsError, "
         f"if(Dur > 0, toInt32(floor(log10(Dur) * {HIST_PER_DECADE})), toInt32(-1)) AS bin, Ts, Dur, "
         # a bandit's weights version (period) that decided the assignment; absent: period 0
-        f"if(is_h, toInt64(0), toInt64OrZero(Attrs[concat({_lit(A.BANDIT_PREFIX)}, exp)])) AS bver{mcols} "
+        f"Attrs[concat({_lit(A.BANDIT_PREFIX)}, exp)] AS bver_s, NOT is_h AND bver_s != '' AS has_bver, "
+        f"toInt64OrZero(bver_s) AS bver{mcols} "
         f"FROM ({keyed}) LEFT ARRAY JOIN keys AS vk, arrayEnumerate(keys) AS vk_i"
     )
     inner = (
@@ -220,7 +221,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
         "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND has_span AND IsServer) AS n_server, "
-        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins, minIf(bver, nf) AS uperiod"
+        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins, if(countIf(nf AND has_bver) > 0, minIf(bver, nf AND has_bver), toInt64(0)) AS uperiod"
         f"{uaggs} FROM ({x}) GROUP BY is_h, exp, unit"
     )
     return (
