@@ -7,7 +7,8 @@ without it belongs to period 0, the config's own split). When the split moves *a
 different times: Simpson's paradox, up to a reversed sign. So, for a bandit:
 
 * both engines give every unit its period in the one pass over the spans
-  (:attr:`~.model.GroupData.period`: the lowest version on its requests, which is its enrolment period);
+  (:attr:`~.model.GroupData.period`: the lowest version among its requests that carry one, which is its
+  enrolment period; period 0 when none does);
 * the sample-ratio check runs per period against that period's own weights (the lab state store's
   ``bandits`` document, period 0 from the config), Bonferroni-corrected across the periods tested;
 * each metric's effect is estimated within each period and the periods are combined
