@@ -209,11 +209,15 @@ def analyze(
     opts = _options(metrics, where, all_assigned, sequential, alpha, tuning, looks, min_units)
     opts = _with_window(opts, since, until)
     lab = load_config(config)
-    agg = _aggregate(sources, lab, opts, engine, max_line_bytes, progress)
+    from .bandits import BanditPlanner  # bandits: each period with its own weights (analysis.bandits)
+
+    bandits = BanditPlanner(lab, opts.metrics)
+    agg = _aggregate(sources, lab, opts, engine, max_line_bytes, progress, bandits.extra_metrics())
     result = _result_header(agg, lab, opts, max_line_bytes)
     for key in _experiment_keys(agg, lab, experiments):
         cfg = lab.experiments.get(key) if lab is not None else None
-        result["experiments"][key] = _analyze_experiment(agg.experiments.get(key), cfg, lab is None, opts)
+        data = agg.experiments.get(key)
+        result["experiments"][key] = _analyze_experiment(data, cfg, lab is None, opts, bandits.plan(key, cfg, data))
     _add_holdouts(result, agg, lab, opts)
     if lab is not None and getattr(lab._state, "canaries", None):  # the sick canaries' dose-response
         from .canaries import analyze_canaries
@@ -266,14 +270,17 @@ def _aggregate(
     engine: str,
     max_line_bytes: int,
     progress: Callable[[str], None] | bool | None,
+    extra_metrics: Sequence[Metric] = (),
 ) -> Aggregates:
-    """Read the sources once: per-unit aggregates of every experiment and holdout."""
+    """Read the sources once: per-unit aggregates of every experiment and holdout (``extra_metrics``: computed
+    too, e.g. a bandit's decision metric, though not reported for every experiment)."""
     unit_kinds = {k: e.unit for k, e in lab.experiments.items()} if lab is not None else {}
     coverage = {h.key: tuple(h.experiments) for h in lab.holdouts.values()} if lab is not None else {}
     src = sources if isinstance(sources, Source) else open_source(sources, engine=engine, max_line_bytes=max_line_bytes)
+    metrics = (*opts.metrics, *extra_metrics)
     spec = QuerySpec(
         unit_kinds=unit_kinds,
-        metrics=opts.metrics,
+        metrics=metrics,
         holdout_experiments=coverage,
         filters=opts.filters,
         window=opts.window,
@@ -376,8 +383,11 @@ def _arms(data: ExperimentData | None, cfg: Any, notes: list[str]) -> _Arms:
     return _Arms(order, control, {v: 1.0 for v in order}, unit_kind, "inferred")
 
 
-def _analyze_experiment(data: ExperimentData | None, cfg: Any, no_config: bool, opts: _Options) -> dict[str, Any]:
-    """One experiment's part of the result: SRM first, then per-variant summaries, comparisons and verdicts."""
+def _analyze_experiment(
+    data: ExperimentData | None, cfg: Any, no_config: bool, opts: _Options, bandit: Any = None
+) -> dict[str, Any]:
+    """One experiment's part of the result: SRM first, then per-variant summaries, comparisons and verdicts.
+    ``bandit`` (an :class:`~.bandits.BanditPlan`): SRM per period, and the verdict from per-period effects."""
     notes: list[str] = []
     arms = _arms(data, cfg, notes)
     out: dict[str, Any] = {
@@ -408,11 +418,16 @@ def _analyze_experiment(data: ExperimentData | None, cfg: Any, no_config: bool, 
         notes.append(f"{data.multi_variant_units} unit(s) seen in more than one variant were excluded")
     assigned = {v: data.variants[v] for v in arms.order if v in data.variants}
     groups = {v: g if opts.all_assigned else g.select(g.exposed) for v, g in assigned.items()}
-    # 1. sample-ratio mismatch on assigned units
-    srm = _sample_ratio(out, arms, assigned, cfg is None, opts)
+    # 1. sample-ratio mismatch on assigned units (a bandit's: per period, against each period's weights)
+    if bandit is None:
+        srm = _sample_ratio(out, arms, assigned, cfg is None, opts)
+    else:
+        srm = bandit.sample_ratio(out, arms.order, assigned, opts)
     _add_summaries(out, arms, groups, assigned, opts)
     # 2. comparisons against control, verdicts; 3. the primary metric's interval over time (for the report)
     _judge_treatments(out, arms, groups, srm, opts)
+    if bandit is not None:
+        bandit.judge(out, arms.order, arms.control, groups, opts)
     return out
 
 

@@ -313,6 +313,9 @@ class GroupData:
     exposed_requests: Any = None
     #: per unit, its requests served control because its variant was paused (``fieldlab.guardrail.<key>``)
     guarded_requests: Any = None
+    #: per unit, the bandit period it belongs to: the lowest weights version (``fieldlab.bandit.<key>``, read as
+    #: ClickHouse's ``toInt64OrZero``) among its requests that carry one; 0 when none does (see analysis.bandits)
+    period: Any = None
 
     @property
     def units(self) -> int:
@@ -334,6 +337,7 @@ class GroupData:
             self.hist_exposed,
             None if self.exposed_requests is None else self.exposed_requests[mask],
             guarded_requests=None if self.guarded_requests is None else self.guarded_requests[mask],
+            period=None if self.period is None else self.period[mask],
         )
 
 

@@ -48,6 +48,7 @@ class _Unit:
         "first_ts",
         "hist",
         "metrics",
+        "period",
     )
 
     def __init__(self, variant: str, ts: int, n_metrics: int) -> None:
@@ -59,6 +60,8 @@ class _Unit:
         self.hist: dict[int, int] = {}
         #: per metric: sum (or 1.0 once converted) and count, as in :func:`python_unit_totals`
         self.metrics = [0.0] * (2 * n_metrics)
+        #: the lowest bandit weights version on the unit's requests (``fieldlab.bandit.<key>``); None: none has one
+        self.period: int | None = None
 
     def add(self, dur: float, ts: int, hist_bin: int, is_error: bool, exposed: bool, guarded: bool = False) -> None:
         """Count one request of this unit (``guarded``: served control because its variant was paused)."""
@@ -148,7 +151,17 @@ def _fold_span(fold: _Fold, span: Span, spec: QuerySpec, cover: Mapping[str, set
         else:
             u.variants.add(variant)
         u.add(dur, ts, b, is_err, is_h or attrs.get(A.exposed_attr(exp)) == "true", bool(paused))
+        _add_period(u, exp, is_h, attrs)
         _add_metrics(u.metrics, 0, spec.metrics, attrs)
+
+
+def _add_period(u: _Unit, exp: str, is_h: bool, attrs: Mapping[str, str]) -> None:
+    """Keep the lowest bandit weights version among the unit's requests that carry one (the SQL's
+    ``minIf(bver, nf AND has_bver)``); a unit none of whose requests carries one is in period 0."""
+    raw = "" if is_h else attrs.get(A.bandit_attr(exp), "")
+    if raw:
+        p = int64_or_zero(raw)
+        u.period = p if u.period is None else min(u.period, p)
 
 
 def _group_keys(attrs: Mapping[str, str], cover: Mapping[str, set[str]]) -> list[str]:
@@ -220,6 +233,7 @@ def _group_data(us: Sequence[_Unit], metrics: Sequence[Metric]) -> GroupData:
         np.asarray([h_exp.get(b, 0) for b in bins], dtype=np.int64),
         col(u.exposed_requests for u in us),
         guarded_requests=col(u.guarded_requests for u in us),
+        period=np.fromiter((u.period or 0 for u in us), dtype=np.int64, count=len(us)),
     )
 
 

@@ -133,12 +133,15 @@ def render_text(result: Mapping[str, Any]) -> str:
                 f"   requests, errors, latency mean and percentiles: {pop}; exposed req: the requests "
                 "that read the variant"
             )
+        lines += _bandit_lines(e)
         if e["verdict"].startswith("invalid"):
             lines.append("   effects are not shown: fix the sample ratio mismatch first")
             continue
+        if e.get("verdict_basis") and e.get("comparisons"):
+            lines.append("   pooled comparisons (all periods together: biased for a bandit, shown for reference):")
         namew = max([len(n) for comps in e.get("comparisons", {}).values() for n in comps] + [12])
         for v, comps in e.get("comparisons", {}).items():
-            lines.append(f"   {v} vs {e['control']}:  {e['verdicts'].get(v, '')}")
+            lines.append(f"   {v} vs {e['control']}:  {_pooled_or_verdict(e, v)}")
             for name, c in comps.items():
                 est, lo, hi = c.get("estimate"), c.get("ci_low"), c.get("ci_high")
                 f = (lambda x: _pct(x)) if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
@@ -167,6 +170,89 @@ def render_text(result: Mapping[str, Any]) -> str:
             )
     lines += _canary_lines(result.get("canaries") or {})
     return "\n".join(lines) + "\n"
+
+
+def _bandit_table(e: Mapping[str, Any]) -> list[list[str]]:
+    """A bandit's periods as table rows (header first): weights, units, SRM, the decision metric per arm."""
+    b = e["bandit"]
+    arms = list(e["srm"].get("observed") or {})
+    name = b["metric"]
+    # under SRM no effect is shown, the per-period differences neither
+    treatments = [] if e["verdict"].startswith("invalid") else [v for v in arms if v != e["control"]]
+    head = ["period", "since", "weights", "units", "sample ratio", f"{name} per arm"] + [
+        f"{v} - {e['control']}" for v in treatments
+    ]
+    rows = [head]
+    for p in b["periods"]:
+        w = p.get("weights_bp")
+        wsum = sum(w.values()) if w else 0
+        srm = p.get("srm")
+        means = (p.get("means") or {}).get(name) or {}
+        diffs = (p.get("differences") or {}).get(name) or {}
+        rows.append(
+            [
+                str(p["version"]),
+                p.get("at") or "-",
+                "/".join(f"{100 * w[v] / wsum:.1f}%" for v in arms) if w and wsum else "unknown",
+                "/".join(f"{p['units'].get(v, 0):,}" for v in arms),
+                ("MISMATCH " if srm["mismatch"] else "ok ") + _p(srm["p_value"]) if srm else "not checked",
+                "/".join(_fmt_metric(name, means.get(v)) for v in arms),
+            ]
+            + [("+" if (diffs.get(v) or 0) > 0 else "") + _fmt_metric(name, diffs.get(v)) for v in treatments]
+        )
+    return rows
+
+
+#: Periods of a bandit the terminal table shows (the latest).
+_BANDIT_TEXT_PERIODS = 20
+
+
+def _bandit_lines(e: Mapping[str, Any]) -> list[str]:
+    """A bandit's per-period table and its per-period effects (with the naive pooled estimate beside)."""
+    b = e.get("bandit")
+    if not b:
+        return []
+    arms = "/".join(e["srm"].get("observed") or {})
+    lines = [
+        f"   bandit: {len(b['periods'])} period(s), decision metric {b['metric']}; weights from "
+        f"{b['weights_source']}; per arm: {arms}"
+    ]
+    rows = _bandit_table(e)
+    if len(rows) > _BANDIT_TEXT_PERIODS + 1:  # a long bandit: its latest periods (every one in --json and --html)
+        lines.append(f"     ({len(rows) - 1 - _BANDIT_TEXT_PERIODS} earlier period(s) in --json and --html)")
+        rows = [rows[0], *rows[-_BANDIT_TEXT_PERIODS:]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        lines.append(
+            "     "
+            + "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
+        if i == 0:
+            lines.append("     " + "  ".join("-" * w for w in widths))
+    if e["verdict"].startswith("invalid"):
+        return lines
+    metrics = b.get("metrics") or {}
+    namew = max([len(n) for n in metrics] + [12])
+    for v in next(iter(metrics.values()), {}):
+        verdict = f":  {e['verdicts'].get(v, '')}" if e.get("verdict_basis") else ""
+        lines.append(f"   {v} vs {e['control']}, per period (stratified){verdict}")
+        for name, per in metrics.items():
+            c = per[v]
+            f = (lambda x: _pct(x)) if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
+            est = c.get("estimate")
+            sign = "+" if est is not None and est > 0 else ""
+            naive = (c.get("pooled_naive") or {}).get("estimate")
+            lines.append(
+                f"     {name:<{namew}}  {sign}{f(est)}  CI [{f(c.get('ci_low'))}, {f(c.get('ci_high'))}]  "
+                f"{_p(c.get('p_value_adjusted'))}; pooled (naive) {f(naive)}"
+            )
+    return lines
+
+
+def _pooled_or_verdict(e: Mapping[str, Any], v: str) -> str:
+    """A treatment's verdict beside its comparisons; for a bandit judged per period, the pooled comparisons
+    are labelled instead (the verdict is on the per-period lines)."""
+    return "pooled (the verdict is per period, above)" if e.get("verdict_basis") else e["verdicts"].get(v, "")
 
 
 def _canary_lines(canaries: Mapping[str, Any]) -> list[str]:
@@ -582,6 +668,77 @@ def _periods_html(e: Mapping[str, Any]) -> str:
     )
 
 
+def _bandit_weights_svg(e: Mapping[str, Any]) -> str:
+    """Each arm's weight per period (a step per weights version); periods of unknown weights are gaps."""
+    periods = [p for p in e["bandit"]["periods"] if p.get("weights_bp")]
+    if not periods:
+        return ""
+    arms = list(periods[0]["weights_bp"])
+    versions = [p["version"] for p in periods]
+    p = _Plot("Bandit weights per period", "weights version (period)", "share of the experiment's traffic")
+    x1 = max(versions) + 1
+    p.frame(min(versions), x1, 0, 1)
+    for i, arm in enumerate(arms):
+        xs: list[float] = []
+        ys: list[float] = []
+        for j, row in enumerate(periods):
+            w = row["weights_bp"]
+            share = w.get(arm, 0) / (sum(w.values()) or 1)
+            end = periods[j + 1]["version"] if j + 1 < len(periods) else x1
+            xs += [row["version"], end]
+            ys += [share, share]
+        p.line(xs, ys, _COLORS[i % len(_COLORS)])
+    p.legend([(a, _COLORS[i % len(_COLORS)]) for i, a in enumerate(arms)])
+    step = max(1, math.ceil(len(range(min(versions), x1 + 1)) / 12))
+    return p.render(
+        list(range(min(versions), x1 + 1, step)),
+        [0, 0.25, 0.5, 0.75, 1.0],
+        xfmt=lambda v: f"{v:g}",
+        yfmt=lambda v: f"{100 * v:.0f}%",
+    )
+
+
+def _bandit_html(e: Mapping[str, Any]) -> str:
+    """A bandit's per-period table, its per-period effects and the weights plot."""
+    b = e.get("bandit")
+    if not b:
+        return ""
+    rows = _bandit_table(e)
+    parts = [
+        f"<h3>Bandit: per period</h3><p>Decision metric {_e(b['metric'])}; weights from {_e(b['weights_source'])}; "
+        f"per arm: {_e('/'.join(e['srm'].get('observed') or {}))}.</p><table class='bandit-periods'><tr>"
+        + "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+        + "</tr>"
+    ]
+    for r in rows[1:]:
+        bad = r[4].startswith("MISMATCH")
+        parts.append(
+            "<tr>"
+            + "".join(f"<td{' class=bad' if bad and i == 4 else ''}>{_e(c)}</td>" for i, c in enumerate(r))
+            + "</tr>"
+        )
+    parts.append("</table>")
+    if b.get("metrics") and not e["verdict"].startswith("invalid"):
+        parts.append(
+            "<table class='bandit-effects'><tr><th>comparison</th><th>metric</th><th>per-period effect</th>"
+            "<th>interval</th><th>p (adjusted)</th><th>pooled (naive)</th></tr>"
+        )
+        for name, per in b["metrics"].items():
+            f = _pct if name == "error_rate" or "=" in name else (lambda x: _num(x, 3))
+            for v, c in per.items():
+                parts.append(
+                    f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
+                    f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
+                    f"<td>{_e(_p(c.get('p_value_adjusted')))}</td>"
+                    f"<td>{_e(f((c.get('pooled_naive') or {}).get('estimate')))}</td></tr>"
+                )
+        parts.append("</table>")
+    if b.get("note") and b["note"] not in e.get("notes", ()):
+        parts.append(f"<p><em>{_e(b['note'])}</em></p>")
+    parts.append(_bandit_weights_svg(e))
+    return "".join(parts)
+
+
 def _units_svg(e: Mapping[str, Any]) -> str:
     srm = e.get("srm") or {}
     obs, exp = srm.get("observed") or {}, srm.get("expected") or {}
@@ -673,6 +830,9 @@ def render_html(result: Mapping[str, Any]) -> str:
                     "requests that read the variant.</p>"
                 )
         parts.append(_units_svg(e))
+        parts.append(_bandit_html(e))
+        if e.get("verdict_basis") and e.get("comparisons") and not e["verdict"].startswith("invalid"):
+            parts.append("<p>Pooled comparisons (all periods together: biased for a bandit, shown for reference):</p>")
         if not e["verdict"].startswith("invalid") and e.get("comparisons"):
             parts.append(
                 "<table class='comparisons'><tr><th>comparison</th><th>metric</th><th>difference</th>"
@@ -684,7 +844,7 @@ def render_html(result: Mapping[str, Any]) -> str:
                     parts.append(
                         f"<tr><td>{_e(v)} vs {_e(e['control'])}</td><td>{_e(name)}</td><td>{_e(f(c.get('estimate')))}</td>"
                         f"<td>[{_e(f(c.get('ci_low')))}, {_e(f(c.get('ci_high')))}]</td>"
-                        f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(e['verdicts'].get(v, ''))}</td>"
+                        f"<td>{_e(_p(c.get('p_value_adjusted')))}</td><td>{_e(_pooled_or_verdict(e, v))}</td>"
                         f"<td class='latency-tests'>{_e(_latency_tests(c) if name == 'latency_ms' else '')}"
                         "</td></tr>"
                     )

@@ -240,7 +240,10 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "has_vk AND unit != '' AND NOT forced AS nf, "
         f"StatusError OR toInt64OrZero(if(Attrs[{status_new}] != '', Attrs[{status_new}], Attrs[{status_old}])) >= 500 "
         "AS IsError, "
-        f"if(Dur > 0, toInt32(floor(log10(Dur) * {HIST_PER_DECADE})), toInt32(-1)) AS bin, Ts, Dur{mcols} "
+        f"if(Dur > 0, toInt32(floor(log10(Dur) * {HIST_PER_DECADE})), toInt32(-1)) AS bin, Ts, Dur, "
+        # a bandit's weights version (period) that decided the assignment; absent: period 0
+        f"Attrs[concat({_lit(A.BANDIT_PREFIX)}, exp)] AS bver_s, NOT is_h AND bver_s != '' AS has_bver, "
+        f"toInt64OrZero(bver_s) AS bver{mcols} "
         f"FROM ({keyed}) LEFT ARRAY JOIN keys AS vk, arrayEnumerate(keys) AS vk_i"
     )
     inner = (
@@ -251,7 +254,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "maxIf(exposed, nf) AS uexposed, minIf(Ts, nf) / 1e9 AS first_ts, "
         "countIf(has_vk AND forced) AS n_forced, anyIf(ukind, nf) AS ukind_u, "
         "countIf(vk_i <= 1 AND has_span) AS n_spans, countIf(vk_i <= 1 AND has_span AND IsServer) AS n_server, "
-        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins"
+        "countIf(NOT line_ok) AS n_bad, groupArrayIf(bin, nf) AS ubins, if(countIf(nf AND has_bver) > 0, minIf(bver, nf AND has_bver), toInt64(0)) AS uperiod"
         f"{uaggs} FROM ({x}) GROUP BY is_h, exp, unit"
     )
     return (
@@ -259,7 +262,7 @@ def aggregate_sql(spans_sql: str, spec: QuerySpec) -> str:
         "groupArrayIf(requests, ok_unit) AS a_requests, groupArrayIf(exposed_requests, ok_unit) AS a_exposed_requests, "
         "groupArrayIf(errors, ok_unit) AS a_errors, groupArrayIf(guarded_requests, ok_unit) AS a_guarded_requests, "
         "groupArrayIf(lat_ms, ok_unit) AS a_lat_ms, groupArrayIf(toUInt8(uexposed), ok_unit) AS a_exposed, "
-        "groupArrayIf(first_ts, ok_unit) AS a_first_ts, "
+        "groupArrayIf(first_ts, ok_unit) AS a_first_ts, groupArrayIf(uperiod, ok_unit) AS a_period, "
         "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit) AS a_hist_all, "
         "sumMapIf(ubins, arrayMap(x -> toUInt64(1), ubins), ok_unit AND uexposed) AS a_hist_exposed, "
         "sum(n_forced) AS a_forced, groupUniqArrayIf(ukind_u, requests > 0) AS a_ukinds, "

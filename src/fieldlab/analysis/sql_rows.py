@@ -88,6 +88,7 @@ def rows_to_aggregates(rows: Iterable[Mapping[str, Any]], spec: QuerySpec) -> Ag
             hist_exposed,
             np.asarray(r["a_exposed_requests"], dtype=np.float64),
             guarded_requests=np.asarray(r.get("a_guarded_requests") or [0] * len(r["a_requests"]), dtype=np.float64),
+            period=np.asarray(r["a_period"], dtype=np.int64),
         )
         if is_h:
             holds[exp] = gd
