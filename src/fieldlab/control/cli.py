@@ -111,6 +111,7 @@ def _decision_line(d: Any) -> str:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """The controller loop (see the module docstring)."""
+    from .bandit_controller import watch_bandits
     from .controller import Controller
 
     if not args.interval > 0:
@@ -147,6 +148,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             try:
                 ctl = Controller(state.guardrails, _specs(state), args.sources, store, engine=args.engine)
                 rnd = ctl.run_round()
+                bandits = watch_bandits(state, args.sources, store, engine=args.engine)  # weights, not decisions
             except Exception as exc:  # a long-lived process: report the round, try again at the next one
                 print(f"fieldlab watch: round {n} failed: {exc}", file=sys.stderr, flush=True)
                 if args.once:
@@ -157,13 +159,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     doc = rnd.to_json()
                     doc["round"], doc["seconds"] = n, round(seconds, 3)
                     doc["applied"] = [d.to_json() for d in ctl.applied]  # what changed the state this round
+                    doc["bandits"] = [b.to_json() for b in bandits]
                     out.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
                 else:
                     line = _round_line(n, rnd, seconds)
-                    if ctl.applied or not live:
+                    notes = [f"  {b.line()}" for b in bandits if b.notable]
+                    if ctl.applied or notes or not live:
                         out.write(("\r\033[K" if live else "") + line + "\n")
                         for d in ctl.applied:
                             out.write(_decision_line(d) + "\n")
+                        out.write("".join(n + "\n" for n in notes))
                     else:
                         out.write("\r\033[K" + line)
                 out.flush()
@@ -261,6 +266,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         store.close()
     rows = _variant_rows(state, lab_state)
     canaries = _canary_statuses(state, lab_state)
+    from .bandit_controller import bandit_statuses, render_bandits
+
+    bandits = bandit_statuses(state, lab_state)
     report = lab_state.report or {}
     budget = report.get("budget") or {}
     halt = lab_state.all.to_json() if lab_state.all is not None else None
@@ -277,6 +285,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "budget": budget or None,
                     "variants": rows,
                     "canaries": canaries,
+                    "bandits": bandits,
                 },
                 ensure_ascii=False,
                 default=str,
@@ -322,6 +331,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {'':16} last decision: {d['action']} ({d['cause']}) {d['at']} by {d['by']}"
                 f"{': ' + d['reason'] if d['reason'] else ''}"
             )
+    render_bandits(bandits, sys.stdout)
     if canaries:
         from .canary_cli import render_status
 
