@@ -909,7 +909,11 @@ class Lab:
     @property
     def bandit_views(self) -> Mapping[str, Any]:
         """Bandit experiment -> the weights version in force here
-        (:class:`fieldlab.control.bandit_config.BanditView`: version, weights, assignment table)."""
+        (:class:`fieldlab.control.bandit_config.BanditView`: version, weights, assignment table).
+
+        Like an evaluation, the first read starts following the state store (one bounded read)."""
+        if self._poller_pending:
+            self._start_poller()
         return self._bandits
 
     def _apply_bandits(self, state: _State) -> None:

@@ -560,3 +560,32 @@ def test_view_of_matches_the_enrolment_schedule_bucket_for_bucket() -> None:
         assert view.assign(b) == expect, b
     assert [(p["lo"], p["hi"]) for p in last["periods"]] == [(0, 1500), (1500, 3000), (3000, 3500)]
     assert next_entry(exp, last, BanditWeights(3, (3334, 3333, 3333)), 2e9) is None  # the cap is reached
+
+
+def test_segment_sql_reproduces_a_published_version_on_chdb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chdb = pytest.importorskip("chdb")
+    cfg = tmp_path / "lab.json"
+    cfg.write_text(json.dumps(_doc(_exp(traffic=60, slice=20), state="state.json")))
+    entries = _versions(Lab.from_dict(_doc(_exp(traffic=60, slice=20))), [(2000, 7000, 1000), (500, 500, 9000)])
+    _publish(JsonFileStore(str(tmp_path / "state.json")), entries[2])  # before any Lab of this process reads it
+    assert main(["segment", str(cfg), KEY, "--sql", "uid"]) == 0
+    expr = capsys.readouterr().out.strip()
+    ids = [f"user-{i}" for i in range(4000)]
+    literal = ", ".join(f"'{i}'" for i in ids)
+    res = chdb.query(f"SELECT {expr} AS v FROM (SELECT arrayJoin([{literal}]) AS uid) FORMAT JSONEachRow", "JSONEachRow")
+    got = [json.loads(line)["v"] for line in str(res).strip().splitlines()]
+    lab = Lab.from_file(cfg, reload_interval=0)
+    want = [lab.assign(KEY, i).variant for i in ids]
+    assert lab.bandit_views[KEY].version == 2
+    assert got == want
+    assert {lab.assign(KEY, i).period for i in ids} == {None, 0, 1, 2}
+    lab.close()
+
+
+def test_validate_shows_the_bandit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "lab.json"
+    cfg.write_text(json.dumps(_doc()))
+    assert main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "bandit on conversion app.cart.added every 1h, floor 1%, burn-in 100, slices of 10%" in out
+    assert "control [0, 333), bold [333, 666), calm [666, 1000)" in out
