@@ -172,6 +172,12 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
 class Experiment:
     """An experiment: ordered, weighted variants, and who may take part.
 
+    ``kind`` is ``"ab"`` (a fixed split, the default) or ``"bandit"``: the
+    weights then follow the versions the controller publishes, and ``bandit``
+    (the ``[experiments.bandit]`` table, validated into a
+    :class:`fieldlab.control.bandit_config.BanditConfig`) names the decision
+    metric, cadence, floor, burn-in and enrolment slice (``docs/bandits.md``).
+
     >>> Experiment("checkout-redesign", {"control": 1, "treatment": 1}, traffic=10)
     Experiment('checkout-redesign', variants=['control', 'treatment'], traffic=10.0)
     """
