@@ -589,3 +589,16 @@ def test_validate_shows_the_bandit(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "bandit on conversion app.cart.added every 1h, floor 1%, burn-in 100, slices of 10%" in out
     assert "control [0, 333), bold [333, 666), calm [666, 1000)" in out
+
+
+def test_guardrail_decisions_and_kills_keep_the_published_weights(tmp_path: Path) -> None:
+    """Every writer of the state document (guardrail decisions, fieldlab kill) keeps bandits.<key> as it is."""
+    cfg = tmp_path / "lab.json"
+    cfg.write_text(json.dumps(_doc(state="state.json")))
+    store = JsonFileStore(str(tmp_path / "state.json"))
+    entry = _versions(Lab.from_dict(_doc()), [(2000, 7000, 1000)])[1]
+    _publish(store, entry)
+    store.record([Decision("pause", KEY, "bold", "guardrail", "burning", "tester")])
+    assert main(["kill", "--all", "--config", str(cfg), "--reason", "INC-1"]) == 0
+    state = store.read()
+    assert state.bandits[KEY] == entry and state.all is not None and state.is_paused(KEY, "bold")
