@@ -1003,7 +1003,7 @@ class Lab:
                 return self._reload_failed(f"{self._path}: {exc!r}", None)
             self._file_sig = sig
             changed = state.version != self._state.version
-            if state.bandits:  # the store's versions before the new config serves its first request
+            if state.bandits or self._bandits:  # the store's versions before the new config serves a request
                 self._apply_bandits(state)
             self._state = state
             if self.config_error is not None:

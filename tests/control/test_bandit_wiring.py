@@ -602,3 +602,26 @@ def test_guardrail_decisions_and_kills_keep_the_published_weights(tmp_path: Path
     assert main(["kill", "--all", "--config", str(cfg), "--reason", "INC-1"]) == 0
     state = store.read()
     assert state.bandits[KEY] == entry and state.all is not None and state.is_paused(KEY, "bold")
+
+
+def test_a_reload_applies_the_stored_version_to_the_new_config_at_once(tmp_path: Path) -> None:
+    """A reload that changes the config (here its traffic) assigns by the store's version from its first
+    evaluation, not by version 0; a reload that removes the bandit drops its view."""
+    cfg = tmp_path / "lab.json"
+    cfg.write_text(json.dumps(_doc(state="state.json")))
+    _publish(JsonFileStore(str(tmp_path / "state.json")), _versions(Lab.from_dict(_doc()), [(2000, 7000, 1000)])[1])
+    lab = Lab.from_file(cfg, reload_interval=0)
+    lab.assign(KEY, "warm-up")
+    _wait(lambda: lab.bandit_views[KEY].version == 1)
+    cfg.write_text(json.dumps(_doc(_exp(traffic=15), state="state.json")))
+    assert lab.reload() is True
+    view = lab.bandit_views[KEY]
+    assert view.version == 1 and view.enrolled == 1500  # v1's slice, cut at the new traffic
+    inside = [f"u{i}" for i in range(3000) if 1000 <= fieldlab.bucket(KEY, f"u{i}") < 1500]
+    beyond = [f"u{i}" for i in range(3000) if fieldlab.bucket(KEY, f"u{i}") >= 1500]
+    assert inside and {lab.assign(KEY, u).period for u in inside} == {1}
+    assert {lab.assign(KEY, u).reason for u in beyond} == {TRAFFIC}
+    assert lab.experiments[KEY].traffic == 15
+    cfg.write_text(json.dumps({"experiments": [{"key": "plain", "variants": ["a", "b"]}], "lab": {"state": "state.json"}}))
+    assert lab.reload() is True and dict(lab.bandit_views) == {}
+    lab.close()
