@@ -20,6 +20,8 @@ __all__ = [
     "NO_UNIT",
     "ERROR",
     "GUARDRAIL",
+    "bucket_outcome",
+    "bandit_outcome",
 ]
 
 SPLIT = "split"  # in the experiment; the variant comes from the bucket
@@ -44,11 +46,13 @@ class Assignment:
     ``variant`` is None when the unit is not in the experiment; ``reason`` says
     why. ``params`` holds the variant's parameters (empty when no variant).
     With reason ``guardrail``, ``variant`` is the control and ``paused`` the
-    variant the split chose, which the guardrails paused.
+    variant the split chose, which the guardrails paused. For a ``kind = "bandit"``
+    experiment, ``period`` is the weights version that decided the split (the
+    unit's enrolment period; ``fieldlab.bandit.<key>`` on the span); None otherwise.
     Instances are immutable and shared between units with the same outcome.
     """
 
-    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout", "in_experiment", "paused")
+    __slots__ = ("experiment", "variant", "bucket", "reason", "params", "holdout", "in_experiment", "paused", "period")
 
     experiment: str
     variant: str | None
@@ -59,6 +63,7 @@ class Assignment:
     #: True when the unit takes part (split, override, or guardrail): reading it is an exposure.
     in_experiment: bool
     paused: str | None
+    period: int | None
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class Assignment:
         params: Mapping[str, Any] | None = None,
         holdout: str | None = None,
         paused: str | None = None,
+        period: int | None = None,
     ) -> None:
         set_ = object.__setattr__
         set_(self, "experiment", experiment)
@@ -80,6 +86,7 @@ class Assignment:
         # a plain attribute, not a property: the request path reads it on every variant() call
         set_(self, "in_experiment", reason == SPLIT or reason == OVERRIDE or reason == GUARDRAIL)
         set_(self, "paused", paused)
+        set_(self, "period", period)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Assignment is immutable")
@@ -104,22 +111,25 @@ class Assignment:
             out["holdout"] = self.holdout
         if self.paused:
             out["paused"] = self.paused
+        if self.period is not None:
+            out["period"] = self.period
         return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Assignment):
             return NotImplemented
-        return (self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused) == (
+        return (self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused, self.period) == (
             other.experiment,
             other.variant,
             other.bucket,
             other.reason,
             other.holdout,
             other.paused,
+            other.period,
         )
 
     def __hash__(self) -> int:
-        return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused))
+        return hash((self.experiment, self.variant, self.bucket, self.reason, self.holdout, self.paused, self.period))
 
     def __repr__(self) -> str:
         return (
@@ -152,5 +162,22 @@ def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Ma
     a.holdout = None
     a.in_experiment = variant is not None
     a.paused = None
+    a.period = None
+    a.__class__ = Assignment
+    return a
+
+
+def bandit_outcome(experiment: str, variant: str, bucket: int, params: Mapping[str, Any], period: int) -> Assignment:
+    """A bandit's split outcome: ``variant`` (reason split) decided by weights version ``period``; for the Lab."""
+    a: Assignment = object.__new__(_Unsealed)
+    a.experiment = experiment
+    a.variant = variant
+    a.bucket = bucket
+    a.reason = SPLIT
+    a.params = params
+    a.holdout = None
+    a.in_experiment = True
+    a.paused = None
+    a.period = period
     a.__class__ = Assignment
     return a

@@ -74,6 +74,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         extra = (
             f" layer {exp.layer} [{exp.layer_range[0] / 100:g}%, {exp.layer_range[1] / 100:g}%)" if exp.layer else ""
         )
+        if exp.kind == "bandit":
+            from .control.bandit_config import view_of
+            from .control.settings import format_duration
+
+            ranges = ", ".join(f"{name} [{lo}, {hi})" for lo, hi, name, _ in view_of(exp).ranges())
+            b = exp.bandit
+            extra += (
+                f" bandit on {b.metric_kind} {b.metric} every {format_duration(b.interval)}, floor {b.floor:g}%, "
+                f"burn-in {b.burn_in}{f', slices of {b.slice:g}%' if b.slice else ''}; version 0"
+            )
         print(f"  {exp.key}: {exp.status}, unit {exp.unit}, traffic {exp.traffic:g}%{extra}: {ranges}")
     plan = lab._state.fault_plan
     if plan.radius:

@@ -172,6 +172,12 @@ def _coerce_variants(variants: Any, params: Mapping[str, Mapping[str, Any]] | No
 class Experiment:
     """An experiment: ordered, weighted variants, and who may take part.
 
+    ``kind`` is ``"ab"`` (a fixed split, the default) or ``"bandit"``: the
+    weights then follow the versions the controller publishes, and ``bandit``
+    (the ``[experiments.bandit]`` table, validated into a
+    :class:`fieldlab.control.bandit_config.BanditConfig`) names the decision
+    metric, cadence, floor, burn-in and enrolment slice (``docs/bandits.md``).
+
     >>> Experiment("checkout-redesign", {"control": 1, "treatment": 1}, traffic=10)
     Experiment('checkout-redesign', variants=['control', 'treatment'], traffic=10.0)
     """
@@ -193,6 +199,8 @@ class Experiment:
         "exposure",
         "faults",
         "guardrails",
+        "kind",
+        "bandit",
         "_predicate",
         "_ranges",
         "_path",
@@ -218,6 +226,8 @@ class Experiment:
         exposure: str = "on_read",
         faults: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         guardrails: Mapping[str, Any] | None = None,
+        kind: str = "ab",
+        bandit: Any = None,
         _path: str | None = None,
     ) -> None:
         path = _path or f"experiment {key!r}"
@@ -302,6 +312,7 @@ class Experiment:
             self.layer_range: tuple[int, int] | None = (traffic_basis_points(start), traffic_basis_points(end))
         else:
             self.layer_range = None
+        self.kind, self.bandit = _check_kind(kind, bandit, self, path)
         self.targeting = targeting
         self._predicate: Predicate | None = compile_condition(targeting, f"{path}.targeting") if targeting else None
         self._ranges = variant_boundaries([v.weight for v in self.variants], traffic_basis_points(self.traffic))
@@ -349,12 +360,49 @@ class Experiment:
                 out[name] = value
         if self.guardrails is not None:
             out["guardrails"] = dict(self.guardrails)
+        if self.kind != "ab":
+            out["kind"] = self.kind
+        if self.bandit is not None:
+            out["bandit"] = self.bandit.to_dict()
         if self.layer_range is not None:
             out["layer_range"] = [self.layer_range[0] / 100, self.layer_range[1] / 100]
         return out
 
     def __repr__(self) -> str:
         return f"Experiment({self.key!r}, variants={self.variant_names}, traffic={self.traffic})"
+
+
+def _check_kind(kind: Any, bandit: Any, exp: Experiment, path: str) -> tuple[str, Any]:
+    """``kind`` and the ``bandit`` table: validated together (:mod:`fieldlab.control.bandit_config`)."""
+    if kind not in ("ab", "bandit"):
+        raise ConfigError(
+            f"{path}.kind", f"unknown experiment kind {kind!r}", 'use "ab" (a fixed split, the default) or "bandit"'
+        )
+    if kind != "bandit":
+        if bandit is not None:
+            raise ConfigError(
+                f"{path}.kind",
+                f"an [experiments.bandit] table is given but kind is {kind!r}",
+                'set kind = "bandit", or remove the bandit table',
+            )
+        return kind, None
+    if bandit is None:
+        raise ConfigError(
+            f"{path}.bandit",
+            'is missing: a kind = "bandit" experiment needs its decision metric',
+            'add [experiments.bandit] with metric = "app.cart.added" (or "error" / "latency")',
+        )
+    if exp.faults:
+        raise ConfigError(
+            f"{path}.faults",
+            "a bandit cannot inject faults: its weights move traffic between arms, so the blast-radius cap "
+            "computed from the config's split would not hold",
+            'use [[canaries]] to search for a breaking point, or a kind = "ab" experiment for a fixed fault split',
+        )
+    from .control.bandit_config import parse_bandit
+
+    cfg = parse_bandit(bandit, f"{path}.bandit", unit=exp.unit, weights=[(v.name, v.weight) for v in exp.variants])
+    return kind, cfg
 
 
 class Layer:

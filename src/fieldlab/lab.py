@@ -52,6 +52,7 @@ from ._assignment import (
     SPLIT,
     TARGETING,
     Assignment,
+    bandit_outcome,
     bucket_outcome,
 )
 from ._fault_kinds import FaultPlan, compile_plan, state_path
@@ -178,6 +179,34 @@ class _Compiled:
         return self.split(bucket(self.salt, unit))
 
 
+class _CompiledBandit(_Compiled):
+    """A ``kind = "bandit"`` experiment: the split follows the weights version in force (``view``).
+
+    ``view`` (a :class:`fieldlab.control.bandit_config.BanditView`) is version 0,
+    from the config, until the Lab hands it the version its state store
+    publishes; it is swapped whole (one attribute write), so an evaluation sees
+    one version or the next, never a mix. Experiments of kind ``ab`` are plain
+    :class:`_Compiled` s: labs without bandits pay nothing for them.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, exp: Experiment, layer: Layer | None, holdouts: Sequence[Holdout]) -> None:
+        from .control.bandit_config import view_of
+
+        super().__init__(exp, layer, holdouts)
+        self.view = view_of(exp)
+
+    def split(self, b: int) -> Assignment:
+        """The arm and period of bucket ``b`` under the version in force, else outside the (enrolled) traffic."""
+        view = self.view
+        got = view.assign(b)
+        if got is None:
+            return bucket_outcome(self.key, None, b, _EMPTY)
+        _, _, name, params = self.ranges[got[0]]
+        return bandit_outcome(self.key, name, b, params, got[1])
+
+
 class _State:
     """One immutable, validated configuration: swapped whole on reload."""
 
@@ -195,6 +224,7 @@ class _State:
         "state_url",
         "state_poll_interval",
         "canaries",
+        "bandits",
     )
 
     def __init__(
@@ -229,9 +259,15 @@ class _State:
             for key in h.experiments:
                 covering.setdefault(key, []).append(h)
         self.compiled = {
-            e.key: _Compiled(e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ()))
+            e.key: (_CompiledBandit if e.kind == "bandit" else _Compiled)(
+                e, self.layers.get(e.layer) if e.layer else None, covering.get(e.key, ())
+            )
             for e in experiments
         }
+        #: the bandit experiments' compiled forms, by key (empty without bandits: nothing to follow)
+        self.bandits: Mapping[str, _CompiledBandit] = MappingProxyType(
+            {k: c for k, c in self.compiled.items() if isinstance(c, _CompiledBandit)}
+        )
         self.version = version or content_version(
             {
                 "experiments": [e.to_dict() for e in experiments],
@@ -266,6 +302,39 @@ def _guardrails_of(
             )
     interval = float(settings.get("state_poll_interval", DEFAULT_STATE_POLL_INTERVAL))
     return GuardrailsConfig(lab, exps), url, interval
+
+
+def _bandit_views(state: _State, snapshot: Any, current: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Set each bandit of ``state`` to the version ``snapshot`` publishes (version 0 without one); the views.
+
+    A stored entry that does not fit the experiment (other arms, a broken
+    document) is logged once and leaves the experiment on the version in
+    force here (``current``) when that one still fits, else on version 0.
+    """
+    if not state.bandits:
+        return _EMPTY
+    from .control.bandit_config import EntryError, view_of
+
+    lab_state = getattr(snapshot, "state", None)
+    entries = getattr(lab_state, "bandits", None) or {}
+    views: dict[str, Any] = {}
+    for key, c in state.bandits.items():
+        entry = entries.get(key)
+        try:
+            view = view_of(c.exp, entry)
+        except EntryError as exc:
+            _internal.log_once(
+                f"lab:bandit:{key}:{exc}",
+                "fieldlab: the state's bandit entry of %r is not usable (%s); keeping the weights in force",
+                key,
+                exc,
+            )
+            old = current.get(key)
+            view = old if old is not None and old.names == tuple(c.exp.variant_names) else view_of(c.exp)
+        if c.view != view:
+            c.view = view
+        views[key] = c.view
+    return MappingProxyType(views)
 
 
 def _validate_together(experiments: Sequence[Experiment], layers: Sequence[Layer], holdouts: Sequence[Holdout]) -> None:
@@ -490,6 +559,9 @@ class Lab:
         # experiment -> variants paused (empty unless something is paused: the hot path tests only that).
         self._control: Any = None
         self._paused: Mapping[str, frozenset[str]] = _EMPTY
+        #: experiment -> the bandit weights version in force here (empty without bandits); replaced whole
+        #: when a version changes, so the request path's prepared evaluations know they are stale
+        self._bandits: Mapping[str, Any] = _bandit_views(state, None, _EMPTY)
         self._following: tuple[str | None, float] | None = None
         #: the state poller's thread starts at the first evaluation in each process, as the file watcher
         self._poller_pending = False
@@ -810,6 +882,9 @@ class Lab:
         self._control = None
         if state.state_url is None:
             self._apply_pauses()
+            if state.bandits:
+                with self._lock:
+                    self._apply_bandits(state)
             return
         try:
             runtime.follow(self, state.state_url, state.state_poll_interval, start=start)
@@ -823,10 +898,33 @@ class Lab:
         return self._following is not None and self._following[0] is not None
 
     def _follow_state(self, snapshot: Any) -> None:
-        """Take a new state snapshot (called by the poller thread, or at start): swap the paused view."""
+        """Take a new state snapshot (called by the poller thread, or at start): swap the paused and bandit views."""
         first = self._control is None
         self._control = snapshot
         self._apply_pauses(logging.INFO if first else logging.WARNING)
+        if self._state.bandits:
+            with self._lock:
+                self._apply_bandits(self._state)
+
+    @property
+    def bandit_views(self) -> Mapping[str, Any]:
+        """Bandit experiment -> the weights version in force here
+        (:class:`fieldlab.control.bandit_config.BanditView`: version, weights, assignment table).
+
+        Like an evaluation, the first read starts following the state store (one bounded read)."""
+        if self._poller_pending:
+            self._start_poller()
+        return self._bandits
+
+    def _apply_bandits(self, state: _State) -> None:
+        """Hand ``state``'s bandit experiments the versions of the last snapshot; with ``_lock`` held."""
+        views = _bandit_views(state, self._control, self._bandits)
+        if views == self._bandits:
+            return
+        changed = [f"{k} v{v.version}" for k, v in sorted(views.items()) if self._bandits.get(k) != v]
+        self._bandits = views
+        if changed:
+            _log.info("fieldlab: bandit weights in force: %s", ", ".join(changed))
 
     def _apply_pauses(self, level: int = logging.WARNING) -> None:
         snapshot = self._control
@@ -856,7 +954,13 @@ class Lab:
         if exp is None:
             return a
         return Assignment(
-            a.experiment, exp.control, a.bucket, GUARDRAIL, exp.variant(exp.control).params, paused=a.variant
+            a.experiment,
+            exp.control,
+            a.bucket,
+            GUARDRAIL,
+            exp.variant(exp.control).params,
+            paused=a.variant,
+            period=a.period,
         )
 
     # ------------------------------------------------------------------ reload
@@ -899,6 +1003,8 @@ class Lab:
                 return self._reload_failed(f"{self._path}: {exc!r}", None)
             self._file_sig = sig
             changed = state.version != self._state.version
+            if state.bandits or self._bandits:  # the store's versions before the new config serves a request
+                self._apply_bandits(state)
             self._state = state
             if self.config_error is not None:
                 _log.warning("fieldlab: %s is valid again; config %s in force", self._path, state.version)

@@ -4,7 +4,9 @@ The expression follows the assignment contract exactly (``murmurHash3_32`` in
 ClickHouse is the same unsigned MurmurHash3 x86 32-bit, seed 0), so analysts can
 segment any table of unit ids without calling Python. It covers status,
 holdouts, the layer and traffic; targeting depends on request attributes that a
-column of unit ids does not have, and overrides are per request.
+column of unit ids does not have, and overrides are per request. A ``kind = "bandit"``
+experiment's expression is that of the weights version in force in the Lab (its
+state store's, read when the expression is made): rerun it after a new version.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def clickhouse_expression(lab: Lab, key: str, column: str) -> str:
         lo, hi = exp.layer_range  # type: ignore[misc]
         branches += [f"NOT ({_bucket(layer.salt, unit)} BETWEEN {lo} AND {hi - 1})", "NULL"]
     b = _bucket(exp.salt, unit)
-    for name, (lo, hi) in exp.ranges().items():
-        if hi > lo:
+    if exp.kind == "bandit":  # the weights version in force in ``lab``: each period's ranges
+        for lo, hi, name, _period in lab.bandit_views[key].ranges():
             branches += [f"{b} BETWEEN {lo} AND {hi - 1}", quote(name)]
+    else:
+        for name, (lo, hi) in exp.ranges().items():
+            if hi > lo:
+                branches += [f"{b} BETWEEN {lo} AND {hi - 1}", quote(name)]
     branches.append("NULL")
     return "multiIf(" + ", ".join(branches) + ")"

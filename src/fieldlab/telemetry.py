@@ -260,10 +260,13 @@ class Recorder:
 
     @staticmethod
     def _variant_attributes(a: Assignment) -> dict[str, Any]:
-        """``fieldlab.variant.<key>`` (and ``fieldlab.forced.<key>`` for an override) of an assignment in its experiment."""
+        """``fieldlab.variant.<key>`` (and ``fieldlab.forced.<key>`` for an override, ``fieldlab.bandit.<key>`` for a
+        bandit's split) of an assignment in its experiment."""
         attrs: dict[str, Any] = {A.variant_attr(a.experiment): a.variant}
         if a.reason == "override":
             attrs[A.forced_attr(a.experiment)] = True
+        if a.period is not None:  # a bandit: the weights version that decided the variant
+            attrs[A.bandit_attr(a.experiment)] = a.period
         return attrs
 
     # ------------------------------------------------------------------- room
@@ -320,6 +323,8 @@ class Recorder:
                     attrs[A.forced_attr(a.experiment)] = True
                 elif a.reason == "guardrail":  # the unit got control because the variant it drew is paused
                     attrs[A.guardrail_attr(a.experiment)] = a.paused
+                if a.period is not None:  # a bandit: the weights version (enrolment period) that decided it
+                    attrs[A.bandit_attr(a.experiment)] = a.period
             elif a.holdout is not None:
                 attrs[A.holdout_attr(a.holdout)] = True
         return attrs

@@ -246,6 +246,7 @@ class AdapterConfig:
         # set by plan(), per configuration
         self._planned_for: object = None
         self._paused_for: object = None
+        self._bandits_for: object = None
         self._plan: tuple[Unit, ...] = ()
         #: unit ids -> the evaluation every request with them shares (None: assignments depend on more)
         self.cache: PreparedCache | None = None
@@ -275,7 +276,8 @@ class AdapterConfig:
         """The resolvers to run: one per unit kind the lab's experiments use (redone when the config changes)."""
         state = self.lab._state  # one snapshot: experiments and fault plan of the same configuration
         paused = self.lab._paused  # a guardrail pause or resume makes evaluations made before it stale
-        if state is self._planned_for and paused is self._paused_for:
+        bandits = self.lab._bandits  # so does a new bandit weights version
+        if state is self._planned_for and paused is self._paused_for and bandits is self._bandits_for:
             return self._plan
         kinds = sorted({e.unit for e in state.experiments.values()})
         plan = [unit for unit in map(self._unit_for, kinds) if unit is not None]
@@ -294,4 +296,5 @@ class AdapterConfig:
         self.single_header = only.name if simple and only is not None and only.how == "header" else None
         self._planned_for = state
         self._paused_for = paused
+        self._bandits_for = bandits
         return self._plan

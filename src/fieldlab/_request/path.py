@@ -231,7 +231,8 @@ def _overrides(cfg: AdapterConfig, get: HeaderGetter) -> VerifiedOverrides | Non
 
 def _prepare(cfg: AdapterConfig, key: CacheKey, units: dict[str, str | None], attrs: dict[str, Any]) -> PreparedRequest:
     """Evaluate one set of unit ids in full and keep what every request with them shares."""
-    paused = cfg.lab._paused  # before evaluating: a pause that lands meanwhile must not leave this in the cache
+    # before evaluating: a pause or a bandit version that lands meanwhile must not leave this in the cache
+    paused, bandits = cfg.lab._paused, cfg.lab._bandits
     full = RequestContext(cfg.lab, units, attrs)
     recorder = cfg.recorder
     full.unit_values = recorder.unit_values(full.units)
@@ -244,7 +245,7 @@ def _prepare(cfg: AdapterConfig, key: CacheKey, units: dict[str, str | None], at
         recorder.base_attributes(full),
         full.unit_values,
     )
-    if cfg.cache is not None and cfg.lab._paused is paused:
+    if cfg.cache is not None and cfg.lab._paused is paused and cfg.lab._bandits is bandits:
         cfg.cache.remember(key, prepared)
     return prepared
 

@@ -12,12 +12,16 @@
   breaking point (escalation, always-valid decisions, log-dose bisection, an
   information-seeking allocation) and the per-trace dose choice;
 * :mod:`fieldlab.control.bandit` -- Thompson sampling for ``kind = "bandit"``
-  experiments, sticky enrolment slices for ``user`` units, and per-period analysis.
+  experiments, sticky enrolment slices for ``user`` units, and per-period analysis;
+* :mod:`fieldlab.control.bandit_config` -- the ``[experiments.bandit]`` table and the
+  assignment table of a published weights version (every process);
+* :mod:`fieldlab.control.bandit_controller` -- measure the arms, publish the next weights
+  version (called by ``fieldlab watch``).
 
 Nothing here is imported by ``import fieldlab``; the request path only ever needs
 :mod:`fieldlab.control.state` (no numpy, no framework), and numpy/scipy are imported
-lazily by the functions that compute statistics. See ``docs/guardrails.md`` and
-``docs/canary.md``.
+lazily by the functions that compute statistics. See ``docs/guardrails.md``,
+``docs/canary.md`` and ``docs/bandits.md``.
 """
 
 from __future__ import annotations

@@ -116,6 +116,7 @@ def _decision_line(d: Any) -> str:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """The controller loop (see the module docstring)."""
+    from .bandit_controller import watch_bandits
     from .controller import Controller
 
     if not args.interval > 0:
@@ -154,6 +155,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             try:
                 ctl = Controller(state.guardrails, _specs(state), args.sources, store, engine=args.engine)
                 rnd = ctl.run_round()
+                bandits = watch_bandits(state, args.sources, store, engine=args.engine)  # weights, not decisions
             except Exception as exc:  # a long-lived process: report the round, try again at the next one
                 print(f"fieldlab watch: round {n} failed: {exc}", file=sys.stderr, flush=True)
                 if args.once:
@@ -167,12 +169,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     doc["applied"] = [d.to_json() for d in ctl.applied]  # what changed the state this round
                     if canaries:
                         doc["canaries"] = round_json(canaries)
+                    doc["bandits"] = [b.to_json() for b in bandits]
                     out.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
                 else:
                     line = _round_line(n, rnd, seconds)
                     if canaries:
                         line += "; " + round_summary(canaries)
-                    news = [_decision_line(d) for d in ctl.applied] + ["  canary " + x for x in round_lines(canaries)]
+                    news = [_decision_line(d) for d in ctl.applied]
+                    news += [f"  {b.line()}" for b in bandits if b.notable]
+                    news += ["  canary " + x for x in round_lines(canaries)]
                     if news or not live:
                         out.write(("\r\033[K" if live else "") + line + "\n")
                         out.write("".join(x + "\n" for x in news))
@@ -292,6 +297,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         store.close()
     rows = _variant_rows(state, lab_state)
     canaries = _canary_statuses(state, lab_state)
+    from .bandit_controller import bandit_statuses, render_bandits
+
+    bandits = bandit_statuses(state, lab_state)
     report = lab_state.report or {}
     budget = report.get("budget") or {}
     halt = lab_state.all.to_json() if lab_state.all is not None else None
@@ -308,6 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "budget": budget or None,
                     "variants": rows,
                     "canaries": canaries,
+                    "bandits": bandits,
                 },
                 ensure_ascii=False,
                 default=str,
@@ -353,6 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {'':16} last decision: {d['action']} ({d['cause']}) {d['at']} by {d['by']}"
                 f"{': ' + d['reason'] if d['reason'] else ''}"
             )
+    render_bandits(bandits, sys.stdout)
     if canaries:
         from .canary_cli import render_status
 

@@ -22,7 +22,9 @@ is read as it is and an old reader still sees the kills::
                                           "reason": "error burn 1h/5m", "seq": 41}}},
      "alerts": {},                                   # action = "alert": reported, nothing changes
      "history": [{"seq": 41, "action": "pause", ...}],   # the last HISTORY_LIMIT decisions, oldest first
-     "report": {...}}                                # the controller's last round (burn rates, budget)
+     "report": {...},                                # the controller's last round (burn rates, budget)
+     "canaries": {...},                              # the sick canaries (fieldlab.control.canary_controller)
+     "bandits": {"hero-banner": {"arms": [...], "version": 3, "weights_bp": [...], "periods": [...]}}}
 
 A :class:`Decision` is what changes it (pause, resume, alert, halt_faults,
 resume_faults), with who or what decided, when, why and the evidence.
@@ -237,6 +239,10 @@ class LabState:
     #: The sick canaries' states by key (:meth:`fieldlab.control.canary.CanaryState.to_dict`): doses, weights,
     #: bracket and decisions, written by the canary controller and read by every process's poller.
     canaries: Mapping[str, Any] = field(default_factory=dict)
+    #: The bandits' published weights by experiment key (``arms``, ``version``, ``weights_bp``, ``at``,
+    #: ``reason``, ``p_best``, ``periods``): written by :mod:`fieldlab.control.bandit_controller`, read by every
+    #: process's Lab (:func:`fieldlab.control.bandit_config.view_of`) and by the analysis of each period.
+    bandits: Mapping[str, Any] = field(default_factory=dict)
 
     def is_paused(self, experiment: str, variant: str) -> bool:
         return variant in self.paused.get(experiment, {})
@@ -256,6 +262,7 @@ class LabState:
             "history": [d.to_json() for d in self.history],
             "report": dict(self.report),
             **({"canaries": dict(self.canaries)} if self.canaries else {}),
+            **({"bandits": dict(self.bandits)} if self.bandits else {}),
         }
 
     @classmethod
@@ -279,6 +286,9 @@ class LabState:
         canaries = doc.get("canaries") or {}
         if not isinstance(canaries, Mapping):
             raise StateFormatError(f"canaries: expected an object, got {type(canaries).__name__}")
+        bandits = doc.get("bandits") or {}
+        if not isinstance(bandits, Mapping) or not all(isinstance(v, Mapping) for v in bandits.values()):
+            raise StateFormatError("bandits: expected an object of objects (experiment key -> published weights)")
         return cls(
             seq=seq if isinstance(seq, int) else 0,
             updated_at=doc.get("updated_at") if isinstance(doc.get("updated_at"), str) else None,
@@ -289,6 +299,7 @@ class LabState:
             history=history,
             report=report if isinstance(report, Mapping) else {},
             canaries=canaries,
+            bandits={str(k): v for k, v in bandits.items()},
         )
 
     @classmethod
@@ -640,6 +651,11 @@ class Snapshot:
 
     def faults_halted(self, experiment: str) -> bool:
         return self.status == "error" or self.all_halted or experiment in self.killed
+
+    @property
+    def bandits(self) -> Mapping[str, Any]:
+        """The bandits' published weights (:attr:`LabState.bandits`) as last read; empty when never read."""
+        return self.state.bandits if self.state is not None else {}
 
     @classmethod
     def of(
