@@ -387,3 +387,31 @@ def test_a_request_without_the_version_does_not_move_its_unit_to_period_0(tmp_pa
     for engine in ("python", "chdb"):
         rows = analyze(spans, _config(tmp_path), engine=engine)["experiments"][KEY]["bandit"]["periods"]
         assert [sum(p["units"].values()) for p in rows] == [len(users[0]), len(users[1])] == [400, 400], engine
+
+
+def test_the_decision_metric_reads_the_value_and_direction_the_controller_uses():
+    """The analysis decides on what the controller optimises: the table's ``value`` and ``direction``."""
+    from fieldlab import Lab
+
+    lab = Lab.from_dict(
+        {
+            "experiments": [
+                {
+                    "key": "plans",
+                    "kind": "bandit",
+                    "unit": "request",
+                    "variants": [{"name": "control"}, {"name": "annual"}],
+                    "bandit": {"metric": "app.plan", "value": "gold", "direction": "lower"},
+                }
+            ]
+        }
+    )
+    m = decision_metric(lab.experiments["plans"], ())
+    assert isinstance(m, Metric)
+    assert (m.name, m.attr, m.kind, m.value, m.higher_is_better) == (
+        "app.plan=gold",
+        "app.plan",
+        "conversion",
+        "gold",
+        False,
+    )

@@ -24,7 +24,6 @@ request units this is exactly the main analysis's estimate. ``docs/statistics.md
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,8 +75,7 @@ def read_bandit_states(lab: Any) -> tuple[dict[str, Mapping[str, Any]], str | No
     """The ``bandits`` part of the state store the lab's config names (``[lab] state``), by experiment key.
 
     Returns ``(states, note)``: ``{}`` without a config or a store; ``note`` says why a store could not be
-    read (the analysis then goes on with the config's weights). Reads ``LabState.bandits`` when the state
-    model has it, else the file store's document itself (a state model without ``bandits`` drops it).
+    read (the analysis then goes on with the config's weights).
     """
     url = getattr(getattr(lab, "_state", None), "state_url", None) if lab is not None else None
     if url is None:
@@ -87,9 +85,7 @@ def read_bandit_states(lab: Any) -> tuple[dict[str, Mapping[str, Any]], str | No
 
         store = open_store(url)
         try:
-            raw = getattr(store.read(), "bandits", None)
-            if raw is None:
-                raw = _document_bandits(store)
+            raw = store.read().bandits
         finally:
             store.close()
     except Exception as exc:  # the analysis stands on its own
@@ -100,23 +96,10 @@ def read_bandit_states(lab: Any) -> tuple[dict[str, Mapping[str, Any]], str | No
     return out, None
 
 
-def _document_bandits(store: Any) -> Any:
-    """The ``bandits`` key of a JSON-file store's document (None for other stores or a missing file)."""
-    path = getattr(store, "path", None)
-    if not isinstance(path, str):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        return None
-    return doc.get("bandits") if isinstance(doc, Mapping) else None
-
-
 def decision_metric(cfg: Any, metrics: Sequence[Metric]) -> str | Metric:
     """The metric a bandit decides on: ``[experiments.bandit] metric`` and ``metric_kind`` of the config
-    (``error`` -> ``error_rate``, ``latency`` -> ``latency_ms``, a conversion attribute without ``=VALUE``
-    converts on ``true``); without one, the first ``--metric``, else ``latency_ms``. A ``--metric`` of the
+    (``error`` -> ``error_rate``, ``latency`` -> ``latency_ms``, a conversion attribute converts on the
+    table's ``value``, ``"true"`` by default, in its ``direction``); without one, the first ``--metric``, else ``latency_ms``. A ``--metric`` of the
     same name is used as given (its direction wins)."""
     b = _get(cfg, "bandit")
     name = _get(b, "metric")
@@ -129,10 +112,14 @@ def decision_metric(cfg: Any, metrics: Sequence[Metric]) -> str | Metric:
         return "error_rate"
     if kind == "latency" or name == "latency":
         return "latency_ms"
+    higher = bool(_get(b, "higher_is_better", True))
     if kind == "numeric":
-        chosen = Metric(name=name, attr=name, kind="mean")
-    else:
-        chosen = parse_metric(name if "=" in name else f"{name}=true")
+        chosen = Metric(name=name, attr=name, kind="mean", higher_is_better=higher)
+    elif "=" in name:
+        chosen = parse_metric(name)
+    else:  # the table's own value (default "true") and direction, as the controller reads them
+        value = str(_get(b, "value", "true"))
+        chosen = Metric(name=f"{name}={value}", attr=name, kind="conversion", value=value, higher_is_better=higher)
     return next((m for m in metrics if m.name == chosen.name), chosen)
 
 
