@@ -21,7 +21,6 @@ __all__ = [
     "ERROR",
     "GUARDRAIL",
     "bucket_outcome",
-    "bandit_outcome",
 ]
 
 SPLIT = "split"  # in the experiment; the variant comes from the bucket
@@ -145,10 +144,13 @@ class _Unsealed(Assignment):
     __setattr__ = object.__setattr__  # type: ignore[assignment]  # plain slot writes while filling in
 
 
-def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Mapping[str, Any]) -> Assignment:
+def bucket_outcome(
+    experiment: str, variant: str | None, bucket: int, params: Mapping[str, Any], period: int | None = None
+) -> Assignment:
     """The outcome of one bucket: ``variant`` (reason split), or no variant (reason traffic); for the Lab.
+    ``period``: the bandit weights version that decided it (None outside a bandit).
 
-    Equal to ``Assignment(experiment, variant, bucket, SPLIT or TRAFFIC, params)``, made for every
+    Equal to ``Assignment(experiment, variant, bucket, SPLIT or TRAFFIC, params, period=period)``, made for every
     evaluation (the bucket is the unit's own) at a third of the cost: ``Assignment.__init__`` pays
     one ``object.__setattr__`` call per field to stay immutable, while this writes the fields of an
     ``_Unsealed`` instance directly and then makes it a plain, immutable Assignment.
@@ -161,22 +163,6 @@ def bucket_outcome(experiment: str, variant: str | None, bucket: int, params: Ma
     a.params = params if variant is not None else _EMPTY
     a.holdout = None
     a.in_experiment = variant is not None
-    a.paused = None
-    a.period = None
-    a.__class__ = Assignment
-    return a
-
-
-def bandit_outcome(experiment: str, variant: str, bucket: int, params: Mapping[str, Any], period: int) -> Assignment:
-    """A bandit's split outcome: ``variant`` (reason split) decided by weights version ``period``; for the Lab."""
-    a: Assignment = object.__new__(_Unsealed)
-    a.experiment = experiment
-    a.variant = variant
-    a.bucket = bucket
-    a.reason = SPLIT
-    a.params = params
-    a.holdout = None
-    a.in_experiment = True
     a.paused = None
     a.period = period
     a.__class__ = Assignment

@@ -52,7 +52,6 @@ from ._assignment import (
     SPLIT,
     TARGETING,
     Assignment,
-    bandit_outcome,
     bucket_outcome,
 )
 from ._fault_kinds import FaultPlan, compile_plan, state_path
@@ -204,7 +203,7 @@ class _CompiledBandit(_Compiled):
         if got is None:
             return bucket_outcome(self.key, None, b, _EMPTY)
         _, _, name, params = self.ranges[got[0]]
-        return bandit_outcome(self.key, name, b, params, got[1])
+        return bucket_outcome(self.key, name, b, params, got[1])
 
 
 class _State:
