@@ -49,7 +49,7 @@ variants = [{{ name = "control" }}, {{ name = "bold" }}, {{ name = "calm" }}]
 [experiments.bandit]
 metric = "app.cart.added"
 interval = "1s"
-burn_in = 30
+burn_in = 100
 slice = 50
 """
 
@@ -86,9 +86,9 @@ def test_watch_publishes_weights_and_every_worker_follows(tmp_path: Path) -> Non
         server.start()
         (started,) = _watch(cfg, spans)
         assert (started["action"], started["version"]) == ("started", 0)
-        first = {f"user-{i}": _hero(session, server.url, f"user-{i}") for i in range(500)}
+        first = {f"user-{i}": _hero(session, server.url, f"user-{i}") for i in range(1000)}
         enrolled = {u: a for u, a in first.items() if a["reason"] == "split"}
-        assert {a["period"] for a in enrolled.values()} == {0} and 180 < len(enrolled) < 320
+        assert {a["period"] for a in enrolled.values()} == {0} and 400 < len(enrolled) < 600
         assert {a["version"] for a in first.values()} == {0}
         time.sleep(1.1)  # the interval
         (updated,) = _watch(cfg, spans)

@@ -95,6 +95,7 @@ BAD_CONFIGS = [
     ("floor below 1", lambda e: e["bandit"].update(floor=0.5), "experiments[0].bandit.floor", "at least 1"),
     ("floor too big", lambda e: e["bandit"].update(floor=40), "experiments[0].bandit.floor", "33.33"),
     ("burn_in 0", lambda e: e["bandit"].update(burn_in=0), "experiments[0].bandit.burn_in", "units"),
+    ("burn_in 99", lambda e: e["bandit"].update(burn_in=99), "experiments[0].bandit.burn_in", "at least 100"),
     ("burn_in text", lambda e: e["bandit"].update(burn_in="100"), "experiments[0].bandit.burn_in", "units"),
     ("slice 0", lambda e: e["bandit"].update(slice=0), "experiments[0].bandit.slice", "e.g. 10"),
     ("slice 150", lambda e: e["bandit"].update(slice=150), "experiments[0].bandit.slice", "e.g. 10"),
@@ -464,10 +465,12 @@ def test_the_controller_waits_for_the_burn_in(tmp_path: Path) -> None:
     (ev,) = run_bandits(lab.experiments, spans, store, now=NOW, engine="python")
     assert ev.action == "burn_in" and ev.version == 0 and max(ev.units) < 100, ev
     assert "burn-in" in ev.reason and store.read().bandits[KEY]["version"] == 0
-    # a lower burn-in lets the same data update the weights
-    lab2 = Lab.from_dict(_doc(_exp(slice=50, burn_in=20)))
-    (ev2,) = run_bandits(lab2.experiments, spans, store, now=NOW, engine="python")
-    assert ev2.action == "updated" and min(ev2.units) >= 20
+    # once every arm has its 100 units, the same round updates the weights
+    (tmp_path / "more").mkdir()
+    lab2, store2, spans2 = _controller_setup(tmp_path / "more", 1200, {"control": 0.1, "bold": 0.5, "calm": 0.1})
+    run_bandits(lab2.experiments, spans2, store2, now=NOW - 7200, engine="python")
+    (ev2,) = run_bandits(lab2.experiments, spans2, store2, now=NOW, engine="python")
+    assert ev2.action == "updated" and min(ev2.units) >= 100
 
 
 def test_the_floor_is_kept_for_losing_arms(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@
     metric_kind = "conversion"    # conversion | numeric | error | latency
     interval = "1h"               # how often the controller may publish new weights
     floor = 1                     # % of the experiment's traffic every arm keeps (>= 1)
-    burn_in = 100                 # units per arm before the first update
+    burn_in = 100                 # units per arm before the first update (100 at least)
     slice = 10                    # sticky units: % of the bucket space each period opens
 
 :func:`parse_bandit` validates the table (every problem a
@@ -262,11 +262,18 @@ def _parse_table(table: Any, path: str, unit: str) -> BanditConfig:
     burn_in = table.get("burn_in", _DEFAULT_BURN_IN)
     if isinstance(burn_in, float) and burn_in.is_integer():
         burn_in = int(burn_in)
-    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 1:
+    if isinstance(burn_in, bool) or not isinstance(burn_in, int):
         raise ConfigError(
             f"{path}.burn_in",
-            f"{burn_in!r} is not a whole number of units of 1 or more",
+            f"{burn_in!r} is not a whole number of units",
             f"give the units every arm needs before the first update (default {_DEFAULT_BURN_IN})",
+        )
+    if burn_in < _DEFAULT_BURN_IN:
+        raise ConfigError(
+            f"{path}.burn_in",
+            f"{burn_in} units per arm is below the minimum burn-in of {_DEFAULT_BURN_IN}",
+            f"give at least {_DEFAULT_BURN_IN} units: a posterior from fewer is noise, and the first weights "
+            "it publishes would move traffic on it",
         )
     slice_: float | None
     if is_sticky(unit):
