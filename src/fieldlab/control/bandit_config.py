@@ -48,7 +48,6 @@ This module needs neither numpy nor a framework: every worker imports it.
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from .._hashing import BUCKETS, traffic_basis_points
 from ..errors import ConfigError, suggest_names
 from .bandit import BanditWeights, EnrolmentSchedule, Period, to_basis_points
 from .settings import format_duration, parse_duration
+from .state import iso_time
 
 __all__ = [
     "EXPERIMENT_KINDS",
@@ -456,21 +456,17 @@ def view_of(exp: Any, entry: Any = None) -> BanditView:
 # ----------------------------------------------------------------------------- the stored entry
 
 
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def initial_entry(exp: Any, at: float) -> dict[str, Any]:
     """The ``bandits.<key>`` entry of version 0 (the config's split), as the controller first writes it."""
     w0 = initial_weights([v.weight for v in exp.variants])
-    period: dict[str, Any] = {"version": 0, "at": _iso(at), "weights_bp": list(w0)}
+    period: dict[str, Any] = {"version": 0, "at": iso_time(at), "weights_bp": list(w0)}
     if is_sticky(exp.unit):
         period["lo"], period["hi"] = 0, min(exp.bandit.slice_bp, traffic_basis_points(exp.traffic))
     return {
         "arms": list(exp.variant_names),
         "version": 0,
         "weights_bp": list(w0),
-        "at": _iso(at),
+        "at": iso_time(at),
         "reason": "version 0: the config's split, in force until the first update",
         "p_best": None,
         "periods": [period],
@@ -485,7 +481,7 @@ def next_entry(
     version, _, periods = check_entry(entry, exp.variant_names, is_sticky(exp.unit))
     if weights.version != version + 1:
         raise ValueError(f"version {weights.version} does not follow {version}")
-    record: dict[str, Any] = {"version": weights.version, "at": _iso(at), "weights_bp": list(weights.weights_bp)}
+    record: dict[str, Any] = {"version": weights.version, "at": iso_time(at), "weights_bp": list(weights.weights_bp)}
     if is_sticky(exp.unit):
         schedule = EnrolmentSchedule(traffic_basis_points(exp.traffic), tuple(periods))
         opened = schedule.open_period(weights, exp.bandit.slice_bp)
@@ -497,7 +493,7 @@ def next_entry(
         "arms": list(exp.variant_names),
         "version": weights.version,
         "weights_bp": list(weights.weights_bp),
-        "at": _iso(at),
+        "at": iso_time(at),
         "reason": weights.reason,
         "p_best": list(weights.p_best) if weights.p_best is not None else None,
         "periods": [*entry["periods"], record],

@@ -45,7 +45,7 @@ from typing import IO, Any
 from .._hashing import hash32
 from .bandit import ArmStats, BanditWeights, thompson_weights, to_basis_points
 from .bandit_config import EntryError, check_entry, initial_entry, is_sticky, next_entry
-from .state import LabState, StateFormatError, StateStore
+from .state import LabState, StateFormatError, StateStore, iso_time
 
 __all__ = [
     "BanditEvent",
@@ -123,10 +123,6 @@ def bandit_experiments(experiments: Any) -> list[Any]:
     """The running ``kind = "bandit"`` experiments among ``experiments`` (a mapping or a list of Experiments)."""
     items = experiments.values() if isinstance(experiments, Mapping) else experiments
     return [e for e in items if getattr(e, "kind", "ab") == "bandit" and e.status == "running"]
-
-
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _epoch(text: Any) -> float | None:
@@ -328,7 +324,7 @@ def run_bandits(
                 applied.add(key)
             if not applied:
                 return None
-            return dataclasses.replace(cur, seq=cur.seq + 1, updated_at=_iso(now), bandits=table)
+            return dataclasses.replace(cur, seq=cur.seq + 1, updated_at=iso_time(now), bandits=table)
 
         store.update(change)
         for key in writes:

@@ -30,7 +30,6 @@ requests spent and the budget used.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,17 +42,13 @@ from ..analysis.model import Span
 from ..analysis.sql import file_spans_sql, otel_traces_spans_sql
 from .canary import ArmCounts, CanaryState, advance, dose_response, halt, start
 from .canary_config import CanaryConfig
-from .state import LabState, StateFormatError, StateStore, decider_name
+from .state import LabState, StateFormatError, StateStore, decider_name, iso_time
 
 __all__ = ["arm_counts_sql", "python_arm_counts", "measure_arms", "CanaryController", "status_of"]
 
 
 def _lit(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def arm_counts_sql(spans_sql: str, key: str, latency_ms: float | None, since: float | None, now: float) -> str:
@@ -210,7 +205,7 @@ class CanaryController:
             doc = st.to_dict()
             doc.update(
                 started_at=started,
-                updated_at=_iso(now),
+                updated_at=iso_time(now),
                 by=self.by,
                 point=c.point,
                 unit=c.unit,
@@ -222,7 +217,7 @@ class CanaryController:
 
             def change(cur: LabState) -> LabState:
                 return dataclasses.replace(
-                    cur, seq=cur.seq + 1, updated_at=_iso(now), canaries={**cur.canaries, **written}
+                    cur, seq=cur.seq + 1, updated_at=iso_time(now), canaries={**cur.canaries, **written}
                 )
 
             self.store.update(change)

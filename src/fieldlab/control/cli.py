@@ -25,7 +25,6 @@ Errors are one line on stderr and exit code 2 (through :func:`fieldlab.cli.main`
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import getpass
 import json
 import signal
@@ -37,6 +36,7 @@ from typing import Any
 
 from ..errors import FieldLabError
 from .canary_cli import round_json, round_lines, round_summary, unfinished
+from .state import iso_time
 
 __all__ = ["add_parsers", "cmd_watch", "cmd_status", "cmd_resume"]
 
@@ -76,10 +76,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 # ----------------------------------------------------------------------------- watch
@@ -402,7 +398,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     try:
         before = store.read().paused.get(args.experiment, {})
         new, applied = store.record(
-            [Decision("resume", args.experiment, args.variant, "operator", args.reason or "", _user(), _now())]
+            [Decision("resume", args.experiment, args.variant, "operator", args.reason or "", _user(), iso_time())]
         )
     finally:
         store.close()

@@ -26,7 +26,6 @@ its interval.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -41,7 +40,7 @@ from ..analysis.sql import file_spans_sql, otel_traces_spans_sql
 from .budget import ArmData, BudgetStatus, Counts, Moments, budget_status, with_charges
 from .guardrails import ExperimentData, Round, decide_round
 from .settings import GuardrailMetric, GuardrailsConfig
-from .state import Decision, LabState, StateFormatError, StateStore, decider_name
+from .state import Decision, LabState, StateFormatError, StateStore, decider_name, iso_time
 
 __all__ = [
     "ExperimentSpec",
@@ -447,10 +446,6 @@ def measure(source: S.Source, q: WindowQuery, config: GuardrailsConfig) -> Measu
     return Measurement(experiments, budget, engine, time.perf_counter() - t0)
 
 
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def canary_charges(state: LabState, now: float, period: float) -> dict[str, float]:
     """The sick canaries' charge on the experimentation budget, by canary key: the bad requests (errors or
     over the latency SLO) of their doses beyond their control's rate, for canaries started within the last
@@ -513,13 +508,13 @@ class Controller:
             state = self.store.read()
         except StateFormatError:
             state = LabState()  # a broken document is rewritten by this round's write
-        at = _iso(time.time() if live else now)  # when decided: after the measurement, which takes a while
+        at = iso_time(time.time() if live else now)  # when decided: after the measurement, which takes a while
         budget = with_charges(m.budget, canary_charges(state, now, self.config.lab.budget_period))
         rnd = decide_round(m.experiments, self.config.experiments, self.config.lab, budget, state, at=at, by=self.by)
         if record:
             report = rnd.to_json()
             report["engine"], report["query_seconds"] = m.engine, round(m.seconds, 3)
-            report["data_until"] = _iso(now)
+            report["data_until"] = iso_time(now)
             _, self.applied = self.store.record(rnd.decisions, report=report, at=at, by=self.by)
         else:
             self.applied = []

@@ -80,6 +80,7 @@ __all__ = [
     "Snapshot",
     "StatePoller",
     "decider_name",
+    "iso_time",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_TIMEOUT",
 ]
@@ -107,7 +108,8 @@ class StateFormatError(StateStoreError, ValueError):
     """The store answered, but its document is not a fieldlab state."""
 
 
-def _now_iso(t: float | None = None) -> str:
+def iso_time(t: float | None = None) -> str:
+    """``t`` (seconds since the epoch; now when None) as the state document writes times: UTC, milliseconds."""
     t = time.time() if t is None else t
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -201,7 +203,7 @@ class Decision:
         )
 
     def mark(self, seq: int) -> Mark:
-        return Mark(self.at or _now_iso(), self.by, self.cause, self.reason, seq)
+        return Mark(self.at or iso_time(), self.by, self.cause, self.reason, seq)
 
 
 def _marks(doc: Any, what: str) -> dict[str, Mark]:
@@ -427,7 +429,7 @@ class StateStore(abc.ABC):
         def change(current: LabState) -> LabState | None:
             applied.clear()
             seq = current.seq + 1
-            when = at or _now_iso()
+            when = at or iso_time()
             state = current
             for d in decisions:
                 d = replace(d, seq=seq, at=d.at or when, by=d.by if d.by != "?" else (by or d.by))
