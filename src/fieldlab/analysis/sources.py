@@ -67,6 +67,7 @@ __all__ = [
     "FileSource",
     "ClickHouseSource",
     "open_source",
+    "open_source_when_ready",
     "aggregate_sql",
     "file_spans_sql",
     "otel_traces_spans_sql",
@@ -319,3 +320,16 @@ def open_source(
     if not spec:
         raise SourceError("no source given; pass OTLP JSON-lines files, a directory, a glob or a clickhouse:// URL")
     return FileSource(spec, engine=engine, max_line_bytes=max_line_bytes)
+
+
+def open_source_when_ready(spec: str | Sequence[str] | Source, engine: str = "auto") -> Source | None:
+    """:func:`open_source` for a controller that opens its source again every round (new span files appear as
+    processes start): None, not an error, while the given directories hold no span files yet."""
+    try:
+        return open_source(spec, engine=engine)
+    except SourceError:
+        assert not isinstance(spec, Source)  # open_source returns a Source as it is
+        specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+        if specs and all(isinstance(p, (str, os.PathLike)) and os.path.isdir(p) for p in specs):
+            return None
+        raise

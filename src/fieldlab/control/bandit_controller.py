@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -135,15 +134,13 @@ def _epoch(text: Any) -> float | None:
 
 
 def _metric(exp: Any) -> Any:
-    """The analysis metric that carries the bandit's decision metric (None: errors or latency, always measured)."""
+    """The analysis metric that carries the bandit's decision metric, as ``fieldlab analyze`` reads it
+    (:func:`fieldlab.analysis.bandits.decision_metric`); None for errors and latency, always measured."""
+    from ..analysis.bandits import decision_metric
     from ..analysis.model import Metric
 
-    cfg = exp.bandit
-    if cfg.metric_kind == "conversion":
-        return Metric(cfg.metric, cfg.metric, "conversion", cfg.value, cfg.higher_is_better)
-    if cfg.metric_kind == "numeric":
-        return Metric(cfg.metric, cfg.metric, "mean", None, cfg.higher_is_better)
-    return None
+    m = decision_metric(exp, ())
+    return m if isinstance(m, Metric) else None
 
 
 def _arm(exp: Any, g: Any) -> ArmStats:
@@ -152,19 +149,19 @@ def _arm(exp: Any, g: Any) -> ArmStats:
 
     if g is None or g.units == 0:
         return ArmStats(0)
-    cfg = exp.bandit
-    kind = cfg.metric_kind
-    if kind == "conversion":
-        return ArmStats(g.units, int(np.count_nonzero(g.conversions[cfg.metric] > 0)))
+    kind = exp.bandit.metric_kind
     if kind == "error":
         return ArmStats(g.units, int(np.count_nonzero(g.errors > 0)))
-    if kind == "numeric":
-        counts = g.metric_counts[cfg.metric]
-        mask = counts > 0
-        values = g.metric_sums[cfg.metric][mask] / counts[mask]
-    else:  # latency: the unit's mean request duration
+    if kind == "latency":  # the unit's mean request duration
         mask = g.requests > 0
         values = g.latency_sum_ms[mask] / g.requests[mask]
+    else:
+        name = _metric(exp).name
+        if kind == "conversion":
+            return ArmStats(g.units, int(np.count_nonzero(g.conversions[name] > 0)))
+        counts = g.metric_counts[name]
+        mask = counts > 0
+        values = g.metric_sums[name][mask] / counts[mask]
     return ArmStats(int(mask.sum()), 0, float(values.sum()), float((values * values).sum()))
 
 
@@ -185,21 +182,6 @@ def measure_bandits(source: Any, experiments: Sequence[Any]) -> tuple[dict[str, 
         groups = data.variants if data is not None else {}
         out[e.key] = [_arm(e, groups.get(name)) for name in e.variant_names]
     return out, agg.engine
-
-
-def _open(source: Any, engine: str) -> Any:
-    """The span source (opened again each round: new files appear); None while its directories hold no files."""
-    from ..analysis import sources as S
-
-    if isinstance(source, S.Source):
-        return source
-    try:
-        return S.open_source(source, engine=engine)
-    except S.SourceError:
-        specs = [source] if isinstance(source, str) else list(source)
-        if specs and all(isinstance(p, str) and os.path.isdir(p) for p in specs):
-            return None
-        raise
 
 
 def _means(exp: Any, arms: Sequence[ArmStats]) -> tuple[float | None, ...]:
@@ -253,7 +235,9 @@ def run_bandits(
             continue
         due.append((e, entry, version, weights))
     if due:
-        src = _open(source, engine)
+        from ..analysis.sources import open_source_when_ready
+
+        src = open_source_when_ready(source, engine)
         measured: dict[str, list[ArmStats]] = {}
         if src is not None:
             measured, _ = measure_bandits(src, [d[0] for d in due])

@@ -30,7 +30,6 @@ requests spent and the budget used.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -165,16 +164,7 @@ class CanaryController:
     def _source(self) -> S.Source | None:
         """The span source, opened again each round (new span files appear as processes start); None while
         the given directories hold no span files yet."""
-        spec = self.source_spec
-        if isinstance(spec, S.Source):
-            return spec
-        try:
-            return S.open_source(spec, engine=self.engine)
-        except S.SourceError:
-            specs = [spec] if isinstance(spec, str) else list(spec)
-            if specs and all(isinstance(p, str) and os.path.isdir(p) for p in specs):
-                return None
-            raise
+        return S.open_source_when_ready(self.source_spec, engine=self.engine)
 
     def _read(self) -> LabState:
         try:
