@@ -59,18 +59,6 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _as_dict(x: Any) -> Any:
-    """A state entry as a plain mapping (a dict, or an object with ``to_dict``/``to_json``), else None."""
-    if isinstance(x, Mapping):
-        return x
-    for name in ("to_dict", "to_json"):
-        fn = getattr(x, name, None)
-        if callable(fn):
-            out = fn()
-            return out if isinstance(out, Mapping) else None
-    return None
-
-
 def read_bandit_states(lab: Any) -> tuple[dict[str, Mapping[str, Any]], str | None]:
     """The ``bandits`` part of the state store the lab's config names (``[lab] state``), by experiment key.
 
@@ -90,10 +78,7 @@ def read_bandit_states(lab: Any) -> tuple[dict[str, Mapping[str, Any]], str | No
             store.close()
     except Exception as exc:  # the analysis stands on its own
         return {}, f"bandit weights unavailable ({exc}); period 0 uses the config's weights, later periods none"
-    if not isinstance(raw, Mapping):
-        return {}, None
-    out = {str(k): d for k, v in raw.items() if (d := _as_dict(v)) is not None}
-    return out, None
+    return {str(k): v for k, v in raw.items() if isinstance(v, Mapping)}, None
 
 
 def decision_metric(cfg: Any, metrics: Sequence[Metric]) -> str | Metric:
