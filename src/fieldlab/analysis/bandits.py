@@ -254,17 +254,21 @@ class BanditPlan:
             ],
             alpha,
         )
+
+        def split(r: Mapping[str, Any]) -> dict[str, float]:
+            """The period's units split by its own weights (as observed without weights)."""
+            w = r["weights_bp"]
+            wsum = sum(w.values()) if w is not None else 0
+            n = sum(r[what].values())
+            return {v: n * w[v] / wsum if wsum > 0 else float(r[what][v]) for v in order}
+
         expected = {v: 0.0 for v in order}
         for r in rows:
-            n = sum(r[what].values())
-            wsum = sum(r["weights_bp"].values()) if r["weights_bp"] is not None else 0
-            for v in order:
-                expected[v] += n * r["weights_bp"][v] / wsum if wsum > 0 else r[what][v]
+            for v, x in split(r).items():
+                expected[v] += x
         for r, c in zip(tested, checks, strict=True):
             c.pop("period", None)
-            c["expected"] = {
-                v: sum(r[what].values()) * r["weights_bp"][v] / sum(r["weights_bp"].values()) for v in order
-            }
+            c["expected"] = split(r)
             r[into] = c
         ps = [c["p_value"] for c in checks if c["p_value"] is not None]
         return {
