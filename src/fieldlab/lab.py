@@ -314,8 +314,7 @@ def _bandit_views(state: _State, snapshot: Any, current: Mapping[str, Any]) -> M
         return _EMPTY
     from .control.bandit_config import EntryError, view_of
 
-    lab_state = getattr(snapshot, "state", None)
-    entries = getattr(lab_state, "bandits", None) or {}
+    entries = snapshot.bandits if snapshot is not None else {}
     views: dict[str, Any] = {}
     for key, c in state.bandits.items():
         entry = entries.get(key)
