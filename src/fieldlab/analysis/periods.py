@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import attributes as A
 from .model import Aggregates, TimeWindow
 
 __all__ = ["Period", "analyze_periods", "period_note"]
@@ -169,7 +170,7 @@ def period_note(key: str, rows: Sequence[Mapping[str, Any]]) -> str:
     served = sum(int(r.get("served_control_requests") or 0) for r in paused)
     return (
         f"periods: the pause changed {names}: there the paused variant's units were served control "
-        f"({served:,} request(s) with fieldlab.guardrail.{key}), so that period measures control-served units, "
+        f"({served:,} request(s) with {A.guardrail_attr(key)}), so that period measures control-served units, "
         "not the variant; 'before' measures the variant as it was served. The headline verdict is "
         "intent-to-treat over the whole run"
     )

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
+from .. import attributes as A
+
 __all__ = ["add_decisions", "decision_words", "decision_ns", "pause_periods"]
 
 _WORDS = {
@@ -128,12 +130,12 @@ def add_decisions(
     for d in history:
         line = decision_words(d)
         e = experiments.get(d.experiment) if d.experiment else None
-        if e is not None:
+        if e is not None and d.experiment:
             if d.action == "pause" and d.experiment not in itt:
                 itt.add(d.experiment)
                 e.setdefault("notes", []).append(
                     "intent-to-treat: while a variant was paused its units were served control (spans carry "
-                    f"fieldlab.guardrail.{d.experiment}); they still count in the variant they were assigned"
+                    f"{A.guardrail_attr(d.experiment)}); they still count in the variant they were assigned"
                 )
             e.setdefault("notes", []).append(line)
             e.setdefault("decisions", []).append(_decision_json(d))
